@@ -1,1 +1,36 @@
-"""comm"""
+"""The only code that touches raw MPI: the library communicator, sub-communicators
+for roles, collectives on flat buffers, and abort-on-exception."""
+
+from hpcnet.comm.world import (
+    abort,
+    exit_on_error,
+    install_abort_hook,
+    library_comm,
+    ranks_on_node,
+    root_then_bcast,
+    same_on_every_rank,
+    world_rank,
+    world_size,
+)
+
+__all__ = [
+    "abort",
+    "exit_on_error",
+    "same_on_every_rank",
+    "install_abort_hook",
+    "library_comm",
+    "ranks_on_node",
+    "root_then_bcast",
+    "world_rank",
+    "world_size",
+]
+
+from hpcnet.comm.collectives import (  # noqa: E402
+    RoleComms,
+    allreduce_mean_,
+    allreduce_sum,
+    bcast_,
+    split_role_comms,
+)
+
+__all__ += ["RoleComms", "allreduce_mean_", "allreduce_sum", "bcast_", "split_role_comms"]

@@ -1,1 +1,1 @@
-"""optim"""
+"""Optimizers and learning-rate schedules on the flat parameter vector."""

@@ -1,1 +1,1 @@
-"""run"""
+"""Run support: metrics and results files, progress lines."""

@@ -1,0 +1,128 @@
+"""``python -m hpcnet SUBCOMMAND``: train (the default), data, info.
+
+Run under MPI: ``mpiexec -n 4 python -m hpcnet train --data fashion-mnist``.
+Every rank parses the same arguments and validates them before any
+communication, so a bad flag or config file gives the same one-line error on
+every rank (printed once, by rank 0) and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from hpcnet import __version__
+from hpcnet.errors import HpcnetError
+
+SUBCOMMANDS = ("train", "data", "info")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is an HpcnetError (one line, exit 2, every rank)."""
+
+    def error(self, message: str):
+        from hpcnet.errors import ConfigError
+
+        raise ConfigError(f"{self.prog}: {message}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from hpcnet.config import add_train_flags
+    from hpcnet.data.cli import add_data_parser
+
+    p = _Parser(
+        prog="python -m hpcnet",
+        description="DistBelief-style distributed training "
+        "on MPI. Start with mpiexec -n N python -m hpcnet [train] ...",
+    )
+    p.add_argument("--version", action="version", version=f"hpcnet {__version__}")
+    sub = p.add_subparsers(dest="command", parser_class=_Parser)
+    t = sub.add_parser("train", help="train a model (the default subcommand)")
+    add_train_flags(t)
+    t.set_defaults(func=_cmd_train)
+    i = sub.add_parser("info", help="the role layout, compute backend and MPI library")
+    add_train_flags(i)
+    i.set_defaults(func=_cmd_info)
+    add_data_parser(sub)
+    return p
+
+
+def _config_from(args):
+    from hpcnet.comm import same_on_every_rank
+    from hpcnet.config import load_config
+
+    with same_on_every_rank():  # no communication yet: every rank sees the same error
+        return load_config(args.config, vars(args))
+
+
+def _cmd_train(args) -> int:
+    from hpcnet.algos.runner import train
+    from hpcnet.comm import library_comm
+
+    cfg = _config_from(args)
+    train(cfg, library_comm())
+    return 0
+
+
+def _cmd_info(args) -> int:
+    import numba
+    from mpi4py import MPI
+
+    from hpcnet.comm import library_comm, same_on_every_rank
+    from hpcnet.kernels import cuda_available
+    from hpcnet.layout import make_layout
+
+    cfg = _config_from(args)
+    comm = library_comm()
+    with same_on_every_rank():
+        layout = make_layout(comm.Get_size(), cfg.algo.name)
+    if comm.Get_rank() == 0:
+        import os
+
+        from threadpoolctl import threadpool_info
+
+        print(f"hpcnet {__version__}")
+        print(f"layout: {layout.describe()}")
+        for rank, role in layout.table():
+            print(f"  rank {rank:>3}: {role}")
+        blas = ", ".join(
+            f"{i['internal_api']} {i.get('version', '')} "
+            f"({i.get('architecture', '?')}, {i['num_threads']} threads)"
+            for i in threadpool_info()
+            if i["user_api"] == "blas"
+        )
+        print(
+            f"compute: cpu backend, {os.cpu_count()} cores, numba {numba.__version__} "
+            f"({numba.config.NUMBA_NUM_THREADS} threads max), BLAS: {blas or 'none found'}"
+        )
+        print(f"gpu: {'CUDA GPU found' if cuda_available() else 'none (no CUDA GPU found)'}")
+        print(
+            f"mpi: {MPI.Get_library_version().splitlines()[0].strip()} "
+            f"(MPI {'.'.join(map(str, MPI.Get_version()))}), mpi4py "
+            f"{__import__('mpi4py').__version__}"
+        )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: parses, runs the subcommand, exits with its status.
+
+    Exit status: 0 success; 2 bad input (flag, config, layout, data), raised on
+    every rank alike; anything else aborts the MPI job (status 1).
+    """
+    from hpcnet.comm import exit_on_error, install_abort_hook, same_on_every_rank
+
+    install_abort_hook()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in SUBCOMMANDS + ("-h", "--help", "--version"):
+        argv.insert(0, "train")
+    try:
+        with same_on_every_rank():  # parsing and config checks communicate nothing
+            args = build_parser().parse_args(argv)
+        code = args.func(args)
+    except HpcnetError as e:
+        code = exit_on_error(e)
+    except KeyboardInterrupt:
+        code = 130
+    sys.stdout.flush()
+    sys.exit(code)

@@ -1,0 +1,80 @@
+"""Collectives on flat float32 buffers (buffer API: no pickling, no copies)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from mpi4py import MPI
+
+from hpcnet.layout import Layout, Role
+
+
+@dataclass
+class RoleComms:
+    """The sub-communicators one rank takes part in (shared/DESIGN.md, "Roles").
+
+    Attributes:
+        world: the library communicator (all ranks).
+        role: this rank's role.
+        data_comm: the same partition index across all replicas (allreduce runs
+            here); None on non-replica ranks.
+        replica_comm: the partitions of this rank's replica; None on non-replica ranks.
+    """
+
+    world: MPI.Intracomm
+    role: Role
+    data_comm: MPI.Intracomm | None
+    replica_comm: MPI.Intracomm | None
+
+    def free(self) -> None:
+        for c in (self.data_comm, self.replica_comm):
+            if c is not None and c != MPI.COMM_NULL:
+                c.Free()
+
+
+def split_role_comms(layout: Layout, comm: MPI.Intracomm) -> RoleComms:
+    """Builds the sub-communicators of ``layout`` with ``Comm.Split``.
+
+    Collective over ``comm``: every rank of it must call, with the same layout.
+    """
+    role = layout.role(comm.Get_rank())
+    is_rep = role.kind == "replica"
+    color = role.partition if is_rep else MPI.UNDEFINED
+    data = comm.Split(color, key=role.index if is_rep else 0)
+    color = role.index if is_rep else MPI.UNDEFINED
+    rep = comm.Split(color, key=role.partition if is_rep else 0)
+    return RoleComms(
+        comm, role, data if data != MPI.COMM_NULL else None, rep if rep != MPI.COMM_NULL else None
+    )
+
+
+def allreduce_mean_(buf: np.ndarray, comm: MPI.Intracomm) -> np.ndarray:
+    """In-place average of ``buf`` (any shape, float32, C-contiguous) over ``comm``.
+
+    One ``Allreduce(SUM)`` then a scale by 1/size. Collective: every rank of
+    ``comm`` must call it with a buffer of the same length and dtype.
+    """
+    size = comm.Get_size()
+    if size > 1:
+        comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
+        buf *= buf.dtype.type(1.0 / size)
+    return buf
+
+
+def allreduce_sum(values: np.ndarray, comm: MPI.Intracomm) -> np.ndarray:
+    """Sum of a small float64 vector over ``comm`` (e.g. loss sums, counts); a new array.
+
+    Collective over ``comm``, same length everywhere.
+    """
+    out = np.array(values, dtype=np.float64)
+    if comm.Get_size() > 1:
+        comm.Allreduce(MPI.IN_PLACE, out, op=MPI.SUM)
+    return out
+
+
+def bcast_(buf: np.ndarray, comm: MPI.Intracomm, root: int = 0) -> np.ndarray:
+    """Broadcasts ``buf`` in place from ``root`` (buffer API). Collective over ``comm``."""
+    if comm.Get_size() > 1:
+        comm.Bcast(buf, root=root)
+    return buf

@@ -1,0 +1,253 @@
+"""Run configuration: frozen dataclasses <- TOML file <- command-line flags.
+
+A config has one section per concern (``[run]``, ``[data]``, ``[model]``,
+``[optim]``, ``[algo]``). Every field can be set in the TOML file and
+overridden by a typed flag (see :data:`FLAGS`); unknown keys, wrong types and
+out-of-range values are :class:`hpcnet.errors.ConfigError` naming the file or
+flag. Validation uses no MPI, so every rank rejects a bad config the same way
+before any communication.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from hpcnet.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+ALGOS = ("sync", "avg")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """How long and where: epochs, batch, seed, output, compute."""
+
+    epochs: int = 30
+    max_steps: int = 0  # 0 = no limit; else stop after this many steps (smoke runs)
+    batch_size: int = 32  # per replica, samples
+    seed: int = 0
+    out: str = ""  # "" = runs/<timestamp>
+    backend: str = "auto"
+    threads: int = 0  # compute threads per rank; 0 = cores / ranks on this node
+    log_every: int = 0  # steps between progress lines; 0 = ~20 lines per run, >= 1 per epoch
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which dataset: a path to an hpcnet .h5 file or a known name."""
+
+    name: str = "digits"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which zoo model; ``auto`` picks the dataset's default."""
+
+    name: str = "auto"
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """SGD settings and the large-minibatch rules of Goyal et al. 2017."""
+
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    lr_scaling: str = "none"  # none | linear
+    reference_batch: int = 256  # samples; the batch at which lr is the base lr under linear scaling
+    warmup_epochs: float = 0.0
+
+
+@dataclass(frozen=True)
+class AlgoConfig:
+    """The training algorithm: ``sync`` (allreduce of gradients every step) or
+    ``avg`` (parameter averaging every ``avg_every`` local steps)."""
+
+    name: str = "sync"
+    avg_every: int = 8
+
+
+@dataclass(frozen=True)
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return dataclasses.asdict(self)
+
+    def to_toml(self) -> str:
+        """The resolved config as TOML text (loadable with ``--config``)."""
+        return tomli_w.dumps(self.to_dict())
+
+
+# flag -> (section, field, help). Types come from the dataclass fields.
+FLAGS: dict[str, tuple[str, str, str]] = {
+    "--algo": ("algo", "name", "training algorithm: sync | avg"),
+    "--avg-every": ("algo", "avg_every", "avg: local steps between parameter averages"),
+    "--model": ("model", "name", "zoo model (mlp, lenet, 2conv, digits_cnn, linear) or auto"),
+    "--data": ("data", "name", "an hpcnet .h5 file, or digits | fashion-mnist"),
+    "--epochs": ("run", "epochs", "passes over the training data"),
+    "--max-steps": ("run", "max_steps", "stop after this many steps (0: no limit)"),
+    "--batch-size": ("run", "batch_size", "samples per replica per step"),
+    "--seed": ("run", "seed", "seed for initialisation, shuffling and dropout"),
+    "--out": ("run", "out", "output directory (default runs/<timestamp>)"),
+    "--backend": ("run", "backend", "compute backend: auto | cpu | cuda"),
+    "--threads": ("run", "threads", "compute threads per rank (0: cores / local ranks)"),
+    "--log-every": (
+        "run",
+        "log_every",
+        "steps between progress lines (0: ~20 per run, at least 1 per epoch)",
+    ),
+    "--lr": ("optim", "lr", "base learning rate"),
+    "--momentum": ("optim", "momentum", "SGD momentum in [0, 1)"),
+    "--weight-decay": ("optim", "weight_decay", "L2 weight decay"),
+    "--lr-scaling": ("optim", "lr_scaling", "none | linear (Goyal et al. 2017)"),
+    "--reference-batch": ("optim", "reference_batch", "total batch at which lr is the base lr"),
+    "--warmup-epochs": ("optim", "warmup_epochs", "epochs of gradual linear lr warmup"),
+}
+
+_SECTION_CLASSES = {
+    "run": RunConfig,
+    "data": DataConfig,
+    "model": ModelConfig,
+    "optim": OptimConfig,
+    "algo": AlgoConfig,
+}
+
+
+def _field_type(section: str, name: str) -> type:
+    for f in fields(_SECTION_CLASSES[section]):
+        if f.name == name:
+            return {"int": int, "float": float, "str": str}[
+                f.type if isinstance(f.type, str) else f.type.__name__
+            ]
+    raise KeyError(name)
+
+
+def add_train_flags(parser: argparse.ArgumentParser) -> None:
+    """Adds ``--config`` and every flag of :data:`FLAGS` to ``parser`` (default: unset)."""
+    parser.add_argument("--config", metavar="FILE.toml", help="TOML config file; flags override it")
+    for flag, (section, name, help_) in FLAGS.items():
+        typ = _field_type(section, name)
+        parser.add_argument(
+            flag,
+            dest=f"{section}.{name}",
+            type=typ,
+            default=None,
+            metavar=typ.__name__.upper(),
+            help=help_,
+        )
+
+
+def _load_toml(path: str) -> dict[str, dict[str, Any]]:
+    try:
+        with open(path, "rb") as f:
+            doc = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read config file: {e.strerror}") from None
+    out: dict[str, dict[str, Any]] = {}
+    for section, table in doc.items():
+        if section not in _SECTION_CLASSES or not isinstance(table, dict):
+            raise ConfigError(
+                f"{path}: unknown section [{section}]; expected one of "
+                f"{', '.join('[' + s + ']' for s in _SECTION_CLASSES)}"
+            )
+        for key, value in table.items():
+            try:
+                typ = _field_type(section, key)
+            except KeyError:
+                raise ConfigError(f"{path}: unknown key {key!r} in [{section}]") from None
+            if typ is float and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            if not isinstance(value, typ) or isinstance(value, bool):
+                raise ConfigError(
+                    f"{path}: [{section}] {key} must be {typ.__name__}, got {value!r}"
+                )
+            out.setdefault(section, {})[key] = value
+    return out
+
+
+def load_config(config_file: str | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Builds and validates a Config from defaults, a TOML file, then flag overrides.
+
+    Args:
+        config_file: path of a TOML file, or None.
+        overrides: ``{"section.field": value}`` (None values are ignored), as
+            :func:`add_train_flags` leaves them in the argparse namespace.
+    Raises:
+        ConfigError: unreadable file, unknown key, wrong type or invalid value.
+    """
+    values = _load_toml(config_file) if config_file else {}
+    for key, value in (overrides or {}).items():
+        if value is None or "." not in key:
+            continue
+        section, name = key.split(".", 1)
+        if section in _SECTION_CLASSES:
+            values.setdefault(section, {})[name] = value
+    cfg = Config(**{s: cls(**values.get(s, {})) for s, cls in _SECTION_CLASSES.items()})
+    validate(cfg)
+    return cfg
+
+
+def _flag_for(section: str, name: str) -> str:
+    for flag, (s, n, _) in FLAGS.items():
+        if (s, n) == (section, name):
+            return flag
+    return f"[{section}] {name}"
+
+
+def validate(cfg: Config) -> None:
+    """Checks values that types alone do not; raises ConfigError naming the flag."""
+
+    def need(ok: bool, section: str, name: str, what: str) -> None:
+        if not ok:
+            value = getattr(getattr(cfg, section), name)
+            raise ConfigError(f"{_flag_for(section, name)} {value!r}: {what}")
+
+    r, o, a = cfg.run, cfg.optim, cfg.algo
+    need(a.name in ALGOS, "algo", "name", f"unknown algorithm; choose one of {', '.join(ALGOS)}")
+    need(a.avg_every >= 1, "algo", "avg_every", "must be >= 1")
+    need(r.epochs >= 1, "run", "epochs", "must be >= 1")
+    need(r.max_steps >= 0, "run", "max_steps", "must be >= 0 (0: no limit)")
+    need(r.batch_size >= 1, "run", "batch_size", "must be >= 1")
+    need(r.seed >= 0, "run", "seed", "must be >= 0")
+    need(r.threads >= 0, "run", "threads", "must be >= 0 (0: automatic)")
+    need(r.log_every >= 0, "run", "log_every", "must be >= 0 (0: automatic)")
+    need(r.backend in ("auto", "cpu", "cuda"), "run", "backend", "choose auto, cpu or cuda")
+    need(o.lr > 0, "optim", "lr", "must be > 0")
+    need(0 <= o.momentum < 1, "optim", "momentum", "must be in [0, 1)")
+    need(o.weight_decay >= 0, "optim", "weight_decay", "must be >= 0")
+    need(o.lr_scaling in ("none", "linear"), "optim", "lr_scaling", "choose none or linear")
+    need(o.reference_batch >= 1, "optim", "reference_batch", "must be >= 1")
+    need(o.warmup_epochs >= 0, "optim", "warmup_epochs", "must be >= 0")
+    need(bool(cfg.data.name), "data", "name", "must name a file or a dataset")
+
+
+def replace(cfg: Config, **sections: dict[str, Any]) -> Config:
+    """A copy of ``cfg`` with some fields changed, e.g. ``replace(cfg, run={"out": "x"})``."""
+    return dataclasses.replace(
+        cfg, **{s: dataclasses.replace(getattr(cfg, s), **kv) for s, kv in sections.items()}
+    )
+
+
+def save_config(cfg: Config, path: Path) -> None:
+    """Writes the resolved config as TOML."""
+    Path(path).write_text(cfg.to_toml())

@@ -1,0 +1,244 @@
+"""What each model replica reads: its row block, shuffled mini-batches, prefetched.
+
+Each replica owns one contiguous block of the train split (:func:`assign_rows`) and
+reads only that block, once, at construction; no rank ever loads the whole training
+set. The file is never written here, so any number of ranks may read it at once.
+
+Remainder policy: for training, every replica gets exactly ``N // n_replicas`` rows
+and the last ``N % n_replicas`` rows of the split are DROPPED (never trained on), and
+within a replica the last partial batch of each epoch is dropped too (a different one
+each epoch, since the order is reshuffled). So every replica runs the same
+``steps_per_epoch``, and a synchronous allreduce, which every replica must enter the
+same number of times, can never hang waiting for a replica that ran out of data.
+Evaluation (:func:`eval_batches`) drops nothing: all rows are spread over the replicas.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import numpy as np
+
+from hpcnet.data.format import read_rows, row_range, split_size
+from hpcnet.errors import DataError
+
+
+def assign_rows(
+    n_rows: int, n_replicas: int, replica: int, *, drop_remainder: bool = True
+) -> tuple[int, int]:
+    """The contiguous row block ``[start, stop)`` of one replica.
+
+    Args:
+        n_rows: rows in the split.
+        n_replicas: number of replicas sharing it.
+        replica: this replica's index in [0, n_replicas).
+        drop_remainder: if True (training), every replica gets exactly
+            ``n_rows // n_replicas`` rows and the last ``n_rows % n_replicas`` rows are
+            dropped, so all replicas run the same number of steps. If False
+            (evaluation), the first ``n_rows % n_replicas`` replicas get one row more
+            and all rows are covered exactly once.
+
+    Returns:
+        (start, stop) with ``0 <= start <= stop <= n_rows``.
+
+    Raises:
+        ValueError: ``n_replicas < 1``, ``replica`` outside [0, n_replicas) or
+            ``n_rows < 0``.
+    """
+    if not drop_remainder:
+        return row_range(n_rows, n_replicas, replica)
+    if n_replicas < 1 or not 0 <= replica < n_replicas or n_rows < 0:
+        raise ValueError(
+            f"bad row assignment: n_rows={n_rows}, n_replicas={n_replicas}, replica={replica}"
+        )
+    per = n_rows // n_replicas
+    return replica * per, (replica + 1) * per
+
+
+def normalize(images: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """Turn raw uint8 images into model inputs ``(img - mean[c]) / std[c]``.
+
+    Uses a 256-entry lookup table per channel, computed in float64, so each output is
+    the float64 formula rounded once to float32.
+
+    Args:
+        images: (n, C, H, W) uint8.
+        mean: (C,) per-channel mean, raw pixel units.
+        std: (C,) per-channel standard deviation, raw pixel units, > 0.
+
+    Returns:
+        (n, C, H, W) float32, C-contiguous.
+    """
+    return _apply_lut(images, _lut(mean, std, images.shape[1]))
+
+
+def _lut(mean: np.ndarray, std: np.ndarray, n_channels: int) -> np.ndarray:
+    mean = np.asarray(mean, dtype=np.float64).reshape(-1)
+    std = np.asarray(std, dtype=np.float64).reshape(-1)
+    if mean.shape != (n_channels,) or std.shape != (n_channels,):
+        raise ValueError(
+            f"mean and std need {n_channels} values (one per channel), got "
+            f"{mean.shape[0]} and {std.shape[0]}"
+        )
+    if np.any(std <= 0) or not np.all(np.isfinite(mean)):
+        raise ValueError(f"bad normalisation: mean={mean.tolist()}, std={std.tolist()}")
+    pixels = np.arange(256, dtype=np.float64)
+    return ((pixels[None, :] - mean[:, None]) / std[:, None]).astype(np.float32)  # (C, 256)
+
+
+def _apply_lut(images: np.ndarray, lut: np.ndarray) -> np.ndarray:
+    out = np.empty(images.shape, dtype=np.float32)  # (n, C, H, W)
+    for c in range(images.shape[1]):
+        np.take(lut[c], images[:, c], out=out[:, c])
+    return out
+
+
+class BatchLoader:
+    """Shuffled training mini-batches from this replica's row block, prefetched.
+
+    Reads rows ``assign_rows(N, n_replicas, replica)`` of ``split`` once, at
+    construction (one :func:`read_rows` call, recorded in :attr:`rows_read`). Each
+    epoch walks them in the permutation ``np.random.default_rng([seed, epoch,
+    replica]).permutation(n_local)``, so the order is reproducible, differs between
+    epochs and between replicas. A background thread builds the next batch while the
+    caller computes on the current one.
+
+    Purely local: no communication, any rank may construct one independently.
+
+    Attributes:
+        start, stop: this replica's row block ``[start, stop)`` in the split.
+        n_local: ``stop - start`` rows held (uint8) in memory.
+        steps_per_epoch: ``n_local // batch_size``, the same on every replica.
+        image_shape: (C, H, W).
+        rows_read: every ``(start, stop)`` range read from the file.
+
+    Raises (constructor):
+        DataError: the file or split is unreadable, or ``batch_size`` exceeds this
+            replica's rows (0 steps per epoch).
+        ValueError: bad ``replica``/``n_replicas``/``batch_size``, or ``mean``/``std``
+            do not have one positive value per channel.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        replica: int,
+        n_replicas: int,
+        batch_size: int,
+        seed: int,
+        mean: np.ndarray,
+        std: np.ndarray,
+        split: str = "train",
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.path = path
+        self.split = split
+        self.replica = replica
+        self.n_replicas = n_replicas
+        self.batch_size = batch_size
+        self.seed = seed
+        n_rows = split_size(path, split)
+        self.start, self.stop = assign_rows(n_rows, n_replicas, replica)
+        self.n_local = self.stop - self.start
+        self.steps_per_epoch = self.n_local // batch_size
+        if self.steps_per_epoch == 0:
+            raise DataError(
+                f"{path}: the {split} split has {n_rows} rows, so each of {n_replicas} "
+                f"replicas gets {self.n_local}, fewer than batch_size={batch_size}; use a "
+                "smaller batch or fewer replicas"
+            )
+        self.rows_read: list[tuple[int, int]] = []
+        self._images, self._labels = read_rows(path, split, self.start, self.stop)
+        self.rows_read.append((self.start, self.stop))
+        self.image_shape = tuple(int(d) for d in self._images.shape[1:])
+        self._lut = _lut(mean, std, self.image_shape[0])
+        self._pool: ThreadPoolExecutor | None = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix=f"hpcnet-prefetch-{replica}"
+        )
+
+    def batches(self, epoch: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Yield this epoch's ``steps_per_epoch`` batches.
+
+        Args:
+            epoch: epoch number (>= 0); seeds the permutation.
+
+        Yields:
+            (x, y): x (batch_size, C, H, W) float32 C-contiguous, normalised;
+            y (batch_size,) int64. Each batch is a fresh array the caller may keep.
+        """
+        if self._pool is None:
+            raise RuntimeError("BatchLoader is closed")
+        order = np.random.default_rng([self.seed, epoch, self.replica]).permutation(self.n_local)
+        b = self.batch_size
+        pending: Future | None = self._pool.submit(self._make, order[:b])
+        try:
+            for step in range(self.steps_per_epoch):
+                batch = pending.result()
+                nxt = order[(step + 1) * b : (step + 2) * b]
+                pending = self._pool.submit(self._make, nxt) if len(nxt) == b else None
+                yield batch
+        finally:
+            if pending is not None:
+                pending.cancel()
+
+    def _make(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return _apply_lut(self._images[idx], self._lut), self._labels[idx]
+
+    def close(self) -> None:
+        """Stop the prefetch thread and drop the cached rows. Idempotent."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+        self._images = self._labels = None
+
+    def __enter__(self) -> BatchLoader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def eval_batches(
+    path: str | os.PathLike,
+    *,
+    replica: int,
+    n_replicas: int,
+    batch_size: int,
+    mean: np.ndarray,
+    std: np.ndarray,
+    split: str = "test",
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yield this replica's evaluation slice in order, reading one batch at a time.
+
+    The slice is ``assign_rows(N, n_replicas, replica, drop_remainder=False)``: all N
+    rows are covered once across replicas, so sums of per-replica correct counts give
+    the exact accuracy. Replicas may get different numbers of batches; the caller must
+    not put a collective inside this loop.
+
+    Args:
+        path: the dataset file.
+        replica: this replica's index in [0, n_replicas).
+        n_replicas: number of replicas sharing the split.
+        batch_size: rows per batch; the last batch may be smaller.
+        mean, std: (C,) normalisation, raw pixel units.
+        split: which split to read.
+
+    Yields:
+        (x, y): x (b, C, H, W) float32 C-contiguous, normalised; y (b,) int64.
+
+    Raises:
+        DataError: the file or split is unreadable.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    start, stop = assign_rows(split_size(path, split), n_replicas, replica, drop_remainder=False)
+    lut = None
+    for lo in range(start, stop, batch_size):
+        images, labels = read_rows(path, split, lo, min(stop, lo + batch_size))
+        if lut is None:
+            lut = _lut(mean, std, images.shape[1])
+        yield _apply_lut(images, lut), labels

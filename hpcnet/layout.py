@@ -1,0 +1,117 @@
+"""Ranks -> roles (shared/DESIGN.md, "Roles").
+
+A :class:`Layout` says which world rank is a coordinator, a parameter shard or
+a partition of a model replica. It is computed from the world size and the
+config alone, with no communication, so every rank validates it identically
+and rejects a bad one with the same message before any MPI call. Ranks are
+assigned in the order: coordinator(s), parameter shards, replicas (each
+replica's partitions on consecutive ranks).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hpcnet.errors import LayoutError
+
+
+@dataclass(frozen=True)
+class Role:
+    """What one rank does: ``kind`` is ``coordinator``, ``shard`` or ``replica``;
+    ``index`` counts within the kind; ``partition`` is the model partition (0 if unsplit)."""
+
+    kind: str
+    index: int
+    partition: int = 0
+
+    def __str__(self) -> str:
+        if self.kind == "replica":
+            return f"replica {self.index}" + (
+                f" partition {self.partition}" if self.partition else ""
+            )
+        return f"{self.kind} {self.index}"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The role of every rank of a world.
+
+    Attributes:
+        world_size: number of MPI ranks.
+        algo: the algorithm the layout serves.
+        coordinators, shards, replicas, partitions: how many of each
+            (``partitions`` ranks per replica).
+    """
+
+    world_size: int
+    algo: str
+    coordinators: int
+    shards: int
+    replicas: int
+    partitions: int = 1
+
+    def role(self, rank: int) -> Role:
+        """The role of world rank ``rank``."""
+        if not 0 <= rank < self.world_size:
+            raise LayoutError(f"rank {rank} outside world of size {self.world_size}")
+        if rank < self.coordinators:
+            return Role("coordinator", rank)
+        rank -= self.coordinators
+        if rank < self.shards:
+            return Role("shard", rank)
+        rank -= self.shards
+        return Role("replica", rank // self.partitions, rank % self.partitions)
+
+    def replica_ranks(self, replica: int) -> list[int]:
+        """World ranks of the partitions of one replica."""
+        first = self.coordinators + self.shards + replica * self.partitions
+        return list(range(first, first + self.partitions))
+
+    def describe(self) -> str:
+        """One line, e.g. ``4 ranks: 4 replicas (sync)``."""
+        parts = []
+        if self.coordinators:
+            parts.append(f"{self.coordinators} coordinator")
+        if self.shards:
+            parts.append(f"{self.shards} parameter shard{'s' if self.shards > 1 else ''}")
+        rep = f"{self.replicas} replica{'s' if self.replicas > 1 else ''}"
+        if self.partitions > 1:
+            rep += f" x {self.partitions} partitions"
+        parts.append(rep)
+        return f"{self.world_size} ranks: {' + '.join(parts)} ({self.algo})"
+
+    def table(self) -> list[tuple[int, str]]:
+        """(rank, role) for every rank."""
+        return [(r, str(self.role(r))) for r in range(self.world_size)]
+
+    def to_dict(self) -> dict:
+        return {
+            "world_size": self.world_size,
+            "algo": self.algo,
+            "coordinators": self.coordinators,
+            "shards": self.shards,
+            "replicas": self.replicas,
+            "partitions": self.partitions,
+        }
+
+
+def make_layout(world_size: int, algo: str, partitions: int = 1) -> Layout:
+    """The layout of ``world_size`` ranks for ``algo``.
+
+    ``sync`` and ``avg`` make every rank (group of ``partitions`` ranks) a replica.
+
+    Raises:
+        LayoutError: the world size does not fit, with how many ranks each role needs.
+    """
+    if world_size < 1:
+        raise LayoutError(f"world size {world_size}: need at least 1 rank")
+    if partitions < 1:
+        raise LayoutError(f"--partitions {partitions}: must be >= 1")
+    if algo in ("sync", "avg"):
+        if world_size % partitions:
+            raise LayoutError(
+                f"{world_size} ranks cannot hold replicas of {partitions} partitions each: "
+                f"{algo} needs a multiple of {partitions} ranks"
+            )
+        return Layout(world_size, algo, 0, 0, world_size // partitions, partitions)
+    raise LayoutError(f"--algo {algo!r}: no layout for this algorithm")

@@ -1,0 +1,102 @@
+"""Model: a sequence of layers over ONE flat parameter vector.
+
+All parameters live in ``model.params`` ((n_params,) float32, contiguous) and
+all gradients in ``model.grads`` (same shape); every layer's weights are views
+into them (shared/DESIGN.md, "The flat parameter vector"). So an allreduce is
+one call on ``grads``, a parameter-shard range is a slice, and a checkpoint is
+one dataset.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from hpcnet.nn.layers import Dropout, Layer
+
+
+class Model:
+    """A sequential network bound to flat parameter and gradient vectors.
+
+    Args:
+        layers: the layers, input to output; the last one produces logits (N, K).
+        input_shape: per-sample input shape, (C, H, W) or (F,).
+        name: the zoo name, for reports.
+    """
+
+    def __init__(self, layers: list[Layer], input_shape: tuple[int, ...], name: str = "model"):
+        self.name = name
+        self.layers = layers
+        self.input_shape = tuple(input_shape)
+        shape = self.input_shape
+        specs = []  # (layer, param name, shape, offset)
+        offset = 0
+        for layer in layers:
+            shape = layer.build(shape)
+            for pname, pshape in layer.param_specs():
+                size = int(np.prod(pshape))
+                specs.append((layer, pname, pshape, offset))
+                offset += size
+        self.output_shape = shape
+        self.n_params = offset
+        self.params = np.zeros(offset, np.float32)  # (n_params,) float32
+        self.grads = np.zeros(offset, np.float32)  # (n_params,) float32
+        self.segments: list[tuple[str, int, int]] = []  # (layer.param, start, stop)
+        views: dict[int, tuple[dict, dict]] = {}
+        for layer, pname, pshape, off in specs:
+            size = int(np.prod(pshape))
+            p, g = views.setdefault(id(layer), ({}, {}))
+            p[pname] = self.params[off : off + size].reshape(pshape)
+            g[pname] = self.grads[off : off + size].reshape(pshape)
+            idx = layers.index(layer)
+            self.segments.append((f"{idx}.{type(layer).__name__}.{pname}", off, off + size))
+        for layer in layers:
+            p, g = views.get(id(layer), ({}, {}))
+            layer.bind(p, g)
+
+    def init(self, seed: int) -> None:
+        """Fills ``params`` from ``seed`` (He-normal weights, zero biases)."""
+        rng = np.random.default_rng(seed)
+        for layer in self.layers:
+            layer.init(rng)
+
+    def seed_dropout(self, seed: int, replica: int) -> None:
+        """Gives each Dropout layer its own stream, different per replica, fixed by the seed."""
+        for i, layer in enumerate(self.layers):
+            if isinstance(layer, Dropout):
+                layer.rng = np.random.default_rng([seed, replica, i, 0xD7])
+
+    def forward(self, x: np.ndarray, backend, train: bool = False) -> np.ndarray:
+        """x (N, *input_shape) float32 -> logits (N, K) float32."""
+        for layer in self.layers:
+            x = layer.forward(x, backend, train)
+        return x
+
+    def loss_and_grad(self, x: np.ndarray, y: np.ndarray, backend) -> tuple[float, int]:
+        """One forward and backward pass in training mode; fills ``self.grads``.
+
+        Args:
+            x: (N, *input_shape) float32. y: (N,) int64 labels.
+        Returns:
+            (loss, correct): mean cross-entropy over the batch (nats) and the
+            number of samples whose argmax logit equals the label.
+        """
+        logits = self.forward(x, backend, train=True)
+        loss, d = backend.softmax_xent(logits, y)
+        correct = int((logits.argmax(axis=1) == y).sum())
+        for layer in reversed(self.layers):
+            d = layer.backward(d, backend)
+        return loss, correct
+
+    def evaluate(self, x: np.ndarray, y: np.ndarray, backend) -> tuple[float, int]:
+        """Sum of per-sample losses (nats) and number correct on one batch, inference mode."""
+        logits = self.forward(x, backend, train=False)
+        loss, _ = backend.softmax_xent(logits, y)
+        return loss * len(y), int((logits.argmax(axis=1) == y).sum())
+
+    def summary(self) -> str:
+        """One line per layer: output shape and parameter count."""
+        lines = [f"model {self.name}: input {self.input_shape}, {self.n_params:,} parameters"]
+        for layer in self.layers:
+            n = sum(int(np.prod(s)) for _, s in layer.param_specs())
+            lines.append(f"  {type(layer).__name__:<10} -> {layer.out_shape}  ({n:,} params)")
+        return "\n".join(lines)

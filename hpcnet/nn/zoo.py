@@ -1,0 +1,105 @@
+"""The model zoo: named architectures, built for a dataset's input shape.
+
+Models:
+    mlp: 784-512-512-10 style multilayer perceptron (two hidden ReLU layers of 512).
+    lenet: LeNet-5 style (LeCun et al. 1998): conv 6 5x5 -> pool -> conv 16 5x5 -> pool
+        -> 120 -> 84 -> K, ReLU activations.
+    2conv: the TensorFlow tutorial CNN listed in Zalando's Fashion-MNIST benchmark (0.916):
+        conv 32 5x5 same -> pool 2 -> conv 64 5x5 same -> pool 2 -> dense 1024 -> dropout 0.4
+        -> dense K.
+    digits_cnn: a small CNN for 8x8 inputs (the UCI digits): conv 16 3x3 same -> pool 2
+        -> conv 32 3x3 same -> dense 64 -> dense K.
+    linear: softmax regression (no hidden layer), for convex tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from hpcnet.errors import ConfigError
+from hpcnet.nn.layers import Conv2D, Dense, Dropout, Flatten, MaxPool2D, ReLU
+from hpcnet.nn.model import Model
+
+
+def _mlp(shape, k):
+    return [Flatten(), Dense(512), ReLU(), Dense(512), ReLU(), Dense(k)]
+
+
+def _lenet(shape, k):
+    return [
+        Conv2D(6, 5, padding="same"),
+        ReLU(),
+        MaxPool2D(2),
+        Conv2D(16, 5),
+        ReLU(),
+        MaxPool2D(2),
+        Flatten(),
+        Dense(120),
+        ReLU(),
+        Dense(84),
+        ReLU(),
+        Dense(k),
+    ]
+
+
+def _two_conv(shape, k):
+    return [
+        Conv2D(32, 5, padding="same"),
+        ReLU(),
+        MaxPool2D(2),
+        Conv2D(64, 5, padding="same"),
+        ReLU(),
+        MaxPool2D(2),
+        Flatten(),
+        Dense(1024),
+        ReLU(),
+        Dropout(0.4),
+        Dense(k),
+    ]
+
+
+def _digits_cnn(shape, k):
+    return [
+        Conv2D(16, 3, padding="same"),
+        ReLU(),
+        MaxPool2D(2),
+        Conv2D(32, 3, padding="same"),
+        ReLU(),
+        Flatten(),
+        Dense(64),
+        ReLU(),
+        Dense(k),
+    ]
+
+
+def _linear(shape, k):
+    return [Flatten(), Dense(k)]
+
+
+MODELS: dict[str, Callable] = {
+    "mlp": _mlp,
+    "lenet": _lenet,
+    "2conv": _two_conv,
+    "digits_cnn": _digits_cnn,
+    "linear": _linear,
+}
+DEFAULT_FOR_DATA = {"digits": "digits_cnn", "fashion-mnist": "2conv"}
+
+
+def default_model(data_name: str) -> str:
+    """The zoo model ``--model auto`` picks for a dataset name (2conv for anything unknown)."""
+    return DEFAULT_FOR_DATA.get(data_name, "2conv")
+
+
+def build_model(name: str, input_shape: tuple[int, ...], num_classes: int) -> Model:
+    """Builds zoo model ``name`` for per-sample ``input_shape`` (C, H, W) and K classes.
+
+    Raises:
+        ConfigError: unknown name, or a model that does not fit the input shape.
+    """
+    if name not in MODELS:
+        raise ConfigError(f"--model {name!r}: unknown model; choose one of {', '.join(MODELS)}")
+    try:
+        return Model(MODELS[name](input_shape, num_classes), input_shape, name=name)
+    except ConfigError as e:
+        raise ConfigError(f"--model {name}: does not fit input {tuple(input_shape)}: {e}") from None

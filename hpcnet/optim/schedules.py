@@ -1,0 +1,37 @@
+"""Learning-rate rules for large minibatches (Goyal et al. 2017, "Accurate, Large
+Minibatch SGD: Training ImageNet in 1 Hour").
+"""
+
+from __future__ import annotations
+
+from hpcnet.errors import ConfigError
+
+
+def scaled_lr(base_lr: float, total_batch: int, reference_batch: int, rule: str) -> float:
+    """The target learning rate for a total (all-replica) batch.
+
+    ``rule="linear"`` is Goyal et al.'s linear scaling rule (sec. 2.1): when the
+    minibatch is multiplied by k, multiply the learning rate by k, i.e.
+    ``lr = base_lr * total_batch / reference_batch``. ``rule="none"`` keeps ``base_lr``.
+
+    Raises:
+        ConfigError: unknown rule.
+    """
+    if rule == "none":
+        return base_lr
+    if rule == "linear":
+        return base_lr * total_batch / reference_batch
+    raise ConfigError(f"--lr-scaling {rule!r}: choose none or linear")
+
+
+def lr_at(step: int, target_lr: float, warmup_steps: int, start_lr: float) -> float:
+    """Gradual warmup (Goyal et al. sec. 2.2): ramp linearly from ``start_lr`` at step
+    0 to ``target_lr`` at ``warmup_steps``, then hold ``target_lr``.
+
+    Args:
+        step: optimizer steps taken so far (0-based).
+        warmup_steps: length of the ramp in steps; 0 disables warmup.
+    """
+    if warmup_steps <= 0 or step >= warmup_steps:
+        return target_lr
+    return start_lr + (target_lr - start_lr) * step / warmup_steps

@@ -1,0 +1,41 @@
+"""SGD with momentum and weight decay on the flat parameter vector."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class SGD:
+    """Stochastic gradient descent with heavy-ball momentum, in place.
+
+    The update (PyTorch's convention, Sutskever et al. 2013 eq. 1 with the
+    learning rate moved outside the velocity)::
+
+        g <- g + weight_decay * p
+        v <- momentum * v + g
+        p <- p - lr * v
+
+    Args:
+        n_params: length of the flat vectors.
+        momentum: in [0, 1); 0 gives plain SGD.
+        weight_decay: L2 coefficient (per step, unscaled by batch).
+    """
+
+    def __init__(self, n_params: int, momentum: float = 0.0, weight_decay: float = 0.0):
+        self.momentum = float(momentum)
+        self.weight_decay = float(weight_decay)
+        self.velocity = np.zeros(n_params, np.float32) if momentum else None
+
+    def step(self, params: np.ndarray, grads: np.ndarray, lr: float) -> None:
+        """Updates ``params`` ((n,) float32) in place from ``grads`` ((n,) float32).
+
+        ``grads`` is modified when weight decay is on (it becomes the decayed gradient).
+        """
+        if self.weight_decay:
+            grads += np.float32(self.weight_decay) * params
+        if self.velocity is None:
+            params -= np.float32(lr) * grads
+            return
+        self.velocity *= np.float32(self.momentum)
+        self.velocity += grads
+        params -= np.float32(lr) * self.velocity

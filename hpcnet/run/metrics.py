@@ -1,0 +1,65 @@
+"""Results files: OUT/metrics.jsonl (one JSON object per logged interval),
+OUT/summary.json (the run's outcome) and OUT/config.toml (the resolved config).
+Written by rank 0 only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+from hpcnet.errors import ConfigError
+
+
+def make_out_dir(out: str) -> Path:
+    """Creates the output directory (``runs/<timestamp>`` when ``out`` is empty).
+
+    Raises:
+        ConfigError: the path exists and is not a directory, or cannot be created.
+    """
+    path = Path(out) if out else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise ConfigError(f"--out {path}: exists and is not a directory") from None
+    except OSError as e:
+        raise ConfigError(f"--out {path}: cannot create: {e.strerror}") from None
+    if not os.access(path, os.W_OK):
+        raise ConfigError(f"--out {path}: not writable")
+    return path
+
+
+class MetricsLog:
+    """Appends one JSON object per line to ``OUT/metrics.jsonl`` (flushed per record)."""
+
+    def __init__(self, out_dir: Path):
+        self.path = Path(out_dir) / "metrics.jsonl"
+        self._f: TextIO = open(self.path, "w")
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._f.write(json.dumps(record) + "\n")
+        self._f.flush()
+
+    def close(self) -> None:
+        self._f.close()
+
+
+def write_summary(out_dir: Path, summary: dict[str, Any]) -> Path:
+    """Writes ``OUT/summary.json`` atomically (temp file + rename); returns its path."""
+    path = Path(out_dir) / "summary.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def progress_line(rec: dict[str, Any]) -> str:
+    """The line rank 0 prints per logged interval."""
+    return (
+        f"epoch {rec['epoch']:>3}  step {rec['step']:>6}/{rec['total_steps']}  "
+        f"loss {rec['loss']:.4f}  acc {rec['accuracy']:.3f}  "
+        f"lr {rec['lr']:.4g}  {rec['samples_per_s']:,.0f} samples/s"
+    )

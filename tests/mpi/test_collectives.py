@@ -1,0 +1,35 @@
+"""Collectives on flat buffers hold at any world size."""
+
+import numpy as np
+import pytest
+
+from hpcnet.comm import allreduce_mean_, allreduce_sum, bcast_, root_then_bcast
+from hpcnet.errors import DataError
+
+
+@pytest.mark.mpi(min_size=2)
+@pytest.mark.timeout(60)
+def test_allreduce_mean_is_the_mean(comm):
+    size, rank = comm.size, comm.rank
+    x = np.arange(1000, dtype=np.float32) * (rank + 1)
+    allreduce_mean_(x, comm)
+    expect = np.arange(1000, dtype=np.float32) * (size + 1) / 2
+    np.testing.assert_allclose(x, expect, rtol=1e-6)
+    s = allreduce_sum(np.array([1.0, rank]), comm)
+    assert s[0] == size and s[1] == size * (size - 1) / 2
+
+
+@pytest.mark.mpi(min_size=2)
+@pytest.mark.timeout(60)
+def test_bcast_and_root_errors_reach_every_rank(comm):
+    x = np.full(10, comm.rank, np.float32)
+    bcast_(x, comm)
+    assert (x == 0).all()
+
+    def fails():
+        raise DataError("bad.h5: broken")
+
+    with pytest.raises(DataError, match="bad.h5") as info:
+        root_then_bcast(fails, comm)
+    assert info.value.collective
+    assert root_then_bcast(lambda: 42, comm) == 42
