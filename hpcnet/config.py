@@ -66,7 +66,8 @@ class OptimConfig:
     weight_decay: float = 0.0
     lr_scaling: str = "none"  # none | linear
     reference_batch: int = 256  # samples; the batch at which lr is the base lr under linear scaling
-    warmup_epochs: float = 0.0
+    warmup_epochs: float = 0.2
+    lr_schedule: str = "cosine"  # constant | cosine (decay to 0 at the end of the run)
 
 
 @dataclass(frozen=True)
@@ -118,6 +119,7 @@ FLAGS: dict[str, tuple[str, str, str]] = {
     "--lr-scaling": ("optim", "lr_scaling", "none | linear (Goyal et al. 2017)"),
     "--reference-batch": ("optim", "reference_batch", "total batch at which lr is the base lr"),
     "--warmup-epochs": ("optim", "warmup_epochs", "epochs of gradual linear lr warmup"),
+    "--lr-schedule": ("optim", "lr_schedule", "after warmup: constant | cosine (decay to 0)"),
 }
 
 _SECTION_CLASSES = {
@@ -238,6 +240,9 @@ def validate(cfg: Config) -> None:
     need(o.lr_scaling in ("none", "linear"), "optim", "lr_scaling", "choose none or linear")
     need(o.reference_batch >= 1, "optim", "reference_batch", "must be >= 1")
     need(o.warmup_epochs >= 0, "optim", "warmup_epochs", "must be >= 0")
+    need(
+        o.lr_schedule in ("constant", "cosine"), "optim", "lr_schedule", "choose constant or cosine"
+    )
     need(bool(cfg.data.name), "data", "name", "must name a file or a dataset")
 
 

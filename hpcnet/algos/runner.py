@@ -46,14 +46,15 @@ from hpcnet.optim.sgd import SGD
 from hpcnet.run.metrics import MetricsLog, make_out_dir, progress_line, write_summary
 
 
-def set_threads(threads: int) -> int:
+def set_threads(threads: int, comm: MPI.Intracomm | None = None) -> int:
     """Sets the compute threads of this rank (Numba parallel loops and BLAS); returns them.
 
-    ``threads == 0`` means this node's cores divided by its ranks (at least 1).
-    Collective over COMM_WORLD when ``threads == 0`` (counts the ranks per node).
+    ``threads == 0`` means this node's cores divided by its ranks of ``comm`` (at
+    least 1; ``comm`` defaults to COMM_WORLD). Then it is collective over ``comm``
+    (it counts the ranks per node), so every rank must call it with the same ``threads``.
     """
     if threads == 0:
-        threads = max(1, (os.cpu_count() or 1) // ranks_on_node())
+        threads = max(1, (os.cpu_count() or 1) // ranks_on_node(comm or MPI.COMM_WORLD))
     numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
     threadpool_limits(limits=threads)
     return threads
@@ -108,7 +109,7 @@ def train(cfg: Config, comm: MPI.Intracomm, verbose: bool = True) -> dict[str, A
             )
     out = root_then_bcast(lambda: make_out_dir(cfg.run.out), comm)
     cfg = replace(cfg, run={"out": str(out)}, model={"name": model_name})
-    threads = set_threads(cfg.run.threads)
+    threads = set_threads(cfg.run.threads, comm)
     comms = split_role_comms(layout, comm)
     role = comms.role
     data_comm = comms.data_comm
@@ -174,7 +175,7 @@ def train(cfg: Config, comm: MPI.Intracomm, verbose: bool = True) -> dict[str, A
             for x, y in loader.batches(epoch):
                 loss, correct = model.loss_and_grad(x, y, backend)
                 algo.after_backward(model.grads)
-                lr = lr_at(step, target_lr, warmup_steps, start_lr)
+                lr = lr_at(step, target_lr, warmup_steps, start_lr, o.lr_schedule, total_steps)
                 opt.step(model.params, model.grads, lr)
                 algo.after_step(step, model.params)
                 step += 1

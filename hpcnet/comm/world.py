@@ -47,9 +47,9 @@ def world_size() -> int:
     return MPI.COMM_WORLD.Get_size()
 
 
-def ranks_on_node() -> int:
-    """Number of ranks sharing this node (collective over COMM_WORLD)."""
-    node = MPI.COMM_WORLD.Split_type(MPI.COMM_TYPE_SHARED)
+def ranks_on_node(comm: MPI.Intracomm) -> int:
+    """Number of ranks of ``comm`` sharing this node (collective over ``comm``)."""
+    node = comm.Split_type(MPI.COMM_TYPE_SHARED)
     n = node.Get_size()
     node.Free()
     return n

@@ -55,9 +55,11 @@ class Layer:
         return f"{type(self).__name__}{self.out_shape}"
 
 
-def _he_normal(rng, w, fan_in):
-    # He et al. 2015, "Delving Deep into Rectifiers", sec. 2.2: std = sqrt(2 / fan_in).
-    w[...] = rng.standard_normal(w.shape, dtype=np.float32) * np.float32(math.sqrt(2.0 / fan_in))
+def _he_normal(rng, w, fan_in, gain=2.0):
+    # He et al. 2015, "Delving Deep into Rectifiers", sec. 2.2: std = sqrt(2 / fan_in) for a
+    # layer followed by ReLU; gain 1 (LeCun's std = sqrt(1 / fan_in)) for the logits layer,
+    # which no ReLU halves.
+    w[...] = rng.standard_normal(w.shape, dtype=np.float32) * np.float32(math.sqrt(gain / fan_in))
 
 
 class Dense(Layer):
@@ -66,6 +68,7 @@ class Dense(Layer):
     def __init__(self, units: int):
         super().__init__()
         self.units = units
+        self.init_gain = 2.0  # He init; the model sets 1.0 on its logits layer
 
     def _out_shape(self, in_shape):
         if len(in_shape) != 1:
@@ -76,7 +79,7 @@ class Dense(Layer):
         return [("w", (self.units, self.in_shape[0])), ("b", (self.units,))]
 
     def init(self, rng):
-        _he_normal(rng, self.params["w"], self.in_shape[0])
+        _he_normal(rng, self.params["w"], self.in_shape[0], self.init_gain)
         self.params["b"][...] = 0.0
 
     def forward(self, x, backend, train):

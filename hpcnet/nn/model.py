@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from hpcnet.nn.layers import Dropout, Layer
+from hpcnet.nn.layers import Dense, Dropout, Layer
 
 
 class Model:
@@ -52,9 +52,12 @@ class Model:
         for layer in layers:
             p, g = views.get(id(layer), ({}, {}))
             layer.bind(p, g)
+        if layers and isinstance(layers[-1], Dense):
+            layers[-1].init_gain = 1.0  # logits: no ReLU follows
 
     def init(self, seed: int) -> None:
-        """Fills ``params`` from ``seed`` (He-normal weights, zero biases)."""
+        """Fills ``params`` from ``seed``: He-normal weights (LeCun-normal on the
+        final logits layer), zero biases."""
         rng = np.random.default_rng(seed)
         for layer in self.layers:
             layer.init(rng)

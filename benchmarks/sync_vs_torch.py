@@ -1,0 +1,593 @@
+"""Training throughput of hpcnet ``sync`` against PyTorch CPU, measured in one run.
+
+Sides (each a fresh process group, launched with ``mpiexec``; batch 64 per process):
+
+* ``hpcnet-2x1``: hpcnet synchronous SGD, 2 ranks x 1 thread (total batch 128 a step);
+* ``hpcnet-1x2``: hpcnet, 1 rank x 2 threads;
+* ``torch-1x2``: PyTorch, 1 process x 2 threads (``torch.set_num_threads(2)``);
+* ``torch-ddp-2x1``: PyTorch DistributedDataParallel, gloo over loopback, 2 processes
+  x 1 thread.
+
+One step is forward + backward + gradient averaging (2-process sides) + SGD step
+(momentum 0.9, lr 0.01), as in :func:`hpcnet.algos.runner.train`. Both frameworks
+train the same zoo architecture (the torch model is translated from hpcnet's layer
+list, initialised from hpcnet's flat parameters and checked against hpcnet's
+reference backend: logits and gradients) on the same pre-sliced batches of the first
+``--rows`` Fashion-MNIST training rows. Process ``r`` of ``p`` takes batch ``s * p + r``
+at step ``s``, so every side sees the same data in the same order.
+
+Warm-up steps (Numba compilation, first-touch allocation, oneDNN primitive caches)
+are excluded. The sides run in the order A B A B within each repeat (hpcnet, torch,
+hpcnet, torch) and the table reports the median over repeats: the second vCPU of
+this project's machines does not always deliver (shared/PEERS.md).
+
+Usage::
+
+    python benchmarks/sync_vs_torch.py [--models 2conv,mlp] [--steps N] [--warmup W]
+        [--repeats R] [--json OUT.json]
+
+Needs PyTorch (not an hpcnet dependency): ``pip install torch==2.13.0``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.util
+import json
+import os
+import platform
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+BATCH = 64  # samples per process per step
+SEED = 0
+LR = 0.01
+MOMENTUM = 0.9
+DEFAULT_STEPS = {"2conv": 30, "mlp": 200}  # timed steps per run
+DEFAULT_WARMUP = {"2conv": 5, "mlp": 20}
+# name -> (framework, processes, threads per process); the list order is A B A B.
+SIDES = {
+    "hpcnet-2x1": ("hpcnet", 2, 1),
+    "torch-ddp-2x1": ("torch", 2, 1),
+    "hpcnet-1x2": ("hpcnet", 1, 2),
+    "torch-1x2": ("torch", 1, 2),
+}
+RESULT_TAG = "RESULT "
+TORCH_MISSING = (
+    "sync_vs_torch: PyTorch is not installed in this Python ({exe}); it is a benchmark-only "
+    "dependency, not an hpcnet one. Install the CPU build with:\n"
+    "    pip install torch==2.13.0"
+)
+
+
+# --------------------------------------------------------------------------- shared
+
+
+def load_batches(data: str, rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``rows`` Fashion-MNIST training rows as contiguous batches.
+
+    Returns:
+        (x, y): (rows // BATCH, BATCH, C, H, W) float32 normalised with the file's
+        per-channel mean/std, and (rows // BATCH, BATCH) int64 labels.
+    """
+    from hpcnet.data.format import open_dataset, read_rows
+    from hpcnet.data.loader import normalize
+
+    info = open_dataset(data)
+    rows = min(rows, info.n_train) // BATCH * BATCH
+    images, labels = read_rows(info.path, "train", 0, rows)
+    x = normalize(images, info.mean, info.std)  # (rows, C, H, W) float32
+    return (
+        x.reshape(rows // BATCH, BATCH, *x.shape[1:]),
+        labels.reshape(rows // BATCH, BATCH).astype(np.int64),
+    )
+
+
+def batch_index(step: int, rank: int, world_size: int, n_batches: int) -> int:
+    """Which pre-sliced batch process ``rank`` of ``world_size`` trains on at ``step``."""
+    return (step * world_size + rank) % n_batches
+
+
+def blas_info() -> list[dict]:
+    """threadpoolctl's view of the loaded BLAS/OpenMP libraries (JSON-safe)."""
+    from threadpoolctl import threadpool_info
+
+    return [
+        {k: v for k, v in d.items() if isinstance(v, (str, int, type(None)))}
+        for d in threadpool_info()
+    ]
+
+
+def env_info() -> dict:
+    keys = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OMP_NUM_THREADS", "NUMBA_NUM_THREADS")
+    return {k: os.environ.get(k) for k in keys}
+
+
+def emit(result: dict) -> None:
+    print(RESULT_TAG + json.dumps(result), flush=True)
+
+
+# --------------------------------------------------------------------------- workers
+
+
+def worker_hpcnet(args: argparse.Namespace) -> None:
+    """One hpcnet sync run; SPMD over COMM_WORLD (every rank runs it, same arguments)."""
+    from mpi4py import MPI
+
+    from hpcnet.algos.runner import set_threads
+    from hpcnet.algos.sync import SyncSGD
+    from hpcnet.comm import bcast_
+    from hpcnet.comm.world import install_abort_hook, library_comm
+    from hpcnet.kernels import get_backend
+    from hpcnet.nn.zoo import build_model
+    from hpcnet.optim.sgd import SGD
+
+    install_abort_hook()  # an exception on one rank aborts the job instead of hanging it
+    comm = library_comm()
+    rank, size = comm.Get_rank(), comm.Get_size()
+    threads = set_threads(args.threads)
+    backend = get_backend("cpu")
+    xs, ys = load_batches(args.data, args.rows)
+    model = build_model(args.model, xs.shape[2:], 10)
+    if rank == 0:
+        model.init(SEED)
+    bcast_(model.params, comm)
+    model.seed_dropout(SEED, rank)
+    algo = SyncSGD(comm)
+    opt = SGD(model.n_params, momentum=MOMENTUM)
+
+    def step(s: int) -> tuple[float, float, float]:
+        b = batch_index(s, rank, size, len(xs))
+        t0 = time.perf_counter()
+        model.loss_and_grad(xs[b], ys[b], backend)
+        t1 = time.perf_counter()
+        algo.after_backward(model.grads)  # one Allreduce of the flat gradient
+        t2 = time.perf_counter()
+        opt.step(model.params, model.grads, LR)
+        algo.after_step(s, model.params)
+        t3 = time.perf_counter()
+        return t1 - t0, t2 - t1, t3 - t2
+
+    for s in range(args.warmup):
+        step(s)
+    comm.Barrier()
+    phases = []
+    t0 = time.perf_counter()
+    for s in range(args.warmup, args.warmup + args.steps):
+        phases.append(step(s))
+    elapsed = time.perf_counter() - t0
+    slowest = comm.allreduce(elapsed, op=MPI.MAX)
+    if rank == 0:
+        fb, ar, sgd = (list(p) for p in zip(*phases, strict=True))
+        emit(
+            {
+                "framework": "hpcnet",
+                "world_size": size,
+                "threads": threads,
+                "n_params": model.n_params,
+                "elapsed_s": slowest,
+                "samples_per_s": size * BATCH * args.steps / slowest,
+                "step_s": [a + b + c for a, b, c in phases],
+                "phases_s": {"fwd_bwd": fb, "allreduce": ar, "sgd": sgd},
+                "blas": blas_info(),
+                "env": env_info(),
+            }
+        )
+
+
+def torch_model(hp_model):
+    """The hpcnet model's architecture as a ``torch.nn.Sequential``, same parameters.
+
+    Translates layer by layer (Conv2D, MaxPool2D, ReLU, Flatten, Dense, Dropout) and
+    copies the values of hpcnet's flat parameter vector, in its order.
+    """
+    import torch
+    from torch import nn
+
+    from hpcnet.nn import layers as hl
+
+    mods = []
+    for layer in hp_model.layers:
+        if isinstance(layer, hl.Conv2D):
+            mods.append(
+                nn.Conv2d(layer.in_shape[0], layer.filters, layer.kernel, layer.stride, layer.pad)
+            )
+        elif isinstance(layer, hl.MaxPool2D):
+            mods.append(nn.MaxPool2d(layer.kernel, layer.stride))
+        elif isinstance(layer, hl.ReLU):
+            mods.append(nn.ReLU())
+        elif isinstance(layer, hl.Flatten):
+            mods.append(nn.Flatten())
+        elif isinstance(layer, hl.Dense):
+            mods.append(nn.Linear(layer.in_shape[0], layer.units))
+        elif isinstance(layer, hl.Dropout):
+            mods.append(nn.Dropout(layer.rate))
+        else:
+            raise TypeError(f"sync_vs_torch: no torch translation for {type(layer).__name__}")
+    net = nn.Sequential(*mods)
+    tparams = list(net.parameters())
+    hparams = [layer.params[name] for layer in hp_model.layers for name, _ in layer.param_specs()]
+    if [tuple(p.shape) for p in tparams] != [h.shape for h in hparams]:
+        raise RuntimeError("sync_vs_torch: torch and hpcnet parameter shapes differ")
+    with torch.no_grad():
+        for p, h in zip(tparams, hparams, strict=True):
+            p.copy_(torch.from_numpy(np.ascontiguousarray(h)))
+    return net
+
+
+def check_identical(hp_model, net, x: np.ndarray, y: np.ndarray) -> dict:
+    """Logits and gradients of both models on one batch, dropout off; raises if they differ.
+
+    The oracle is hpcnet's NumPy ``reference`` backend.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from hpcnet.kernels import get_backend
+    from hpcnet.nn.layers import Dropout
+
+    ref = get_backend("reference")
+    rates = [(layer, layer.rate) for layer in hp_model.layers if isinstance(layer, Dropout)]
+    for layer, _ in rates:
+        layer.rate = 0.0
+    try:
+        h_logits = hp_model.forward(x, ref, train=False)
+        h_loss, _ = hp_model.loss_and_grad(x, y, ref)
+        h_grads = hp_model.grads.copy()
+    finally:
+        for layer, rate in rates:
+            layer.rate = rate
+    net.eval()
+    net.zero_grad()
+    out = net(torch.from_numpy(x))
+    loss = F.cross_entropy(out, torch.from_numpy(y))
+    loss.backward()
+    t_grads = np.concatenate([p.grad.numpy().ravel() for p in net.parameters()])
+    net.zero_grad(set_to_none=True)
+    net.train()
+    logit_err = float(np.abs(out.detach().numpy() - h_logits).max() / np.abs(h_logits).max())
+    grad_err = float(np.abs(t_grads - h_grads).max() / np.abs(h_grads).max())
+    loss_err = abs(float(loss) - h_loss)
+    if logit_err > 1e-4 or grad_err > 1e-3 or loss_err > 1e-4:
+        raise RuntimeError(
+            f"sync_vs_torch: the torch model is not hpcnet's {hp_model.name}: relative max "
+            f"error logits {logit_err:.2e}, gradients {grad_err:.2e}, loss {loss_err:.2e}"
+        )
+    return {"logits_rel_err": logit_err, "grads_rel_err": grad_err, "loss_abs_err": loss_err}
+
+
+def worker_torch(args: argparse.Namespace) -> None:
+    """One torch run: single process, or DDP (gloo) when launched as 2 processes."""
+    if importlib.util.find_spec("torch") is None:
+        sys.exit(TORCH_MISSING.format(exe=sys.executable))
+    import torch
+    import torch.distributed as dist
+    import torch.nn.functional as F
+
+    from hpcnet.nn.zoo import build_model
+
+    rank = int(os.environ.get("PMI_RANK", os.environ.get("RANK", "0")))
+    size = int(os.environ.get("PMI_SIZE", os.environ.get("WORLD_SIZE", "1")))
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(SEED + rank)  # dropout masks differ per replica, as in hpcnet
+    xs, ys = load_batches(args.data, args.rows)
+    hp_model = build_model(args.model, xs.shape[2:], 10)
+    hp_model.init(SEED)
+    net = torch_model(hp_model)
+    check = check_identical(hp_model, net, xs[0, :16], ys[0, :16]) if rank == 0 else None
+    if size > 1:
+        # MASTER_ADDR=127.0.0.1 and MASTER_PORT come from the driver: loopback only.
+        dist.init_process_group("gloo", init_method="env://", rank=rank, world_size=size)
+        net = torch.nn.parallel.DistributedDataParallel(net)
+    opt = torch.optim.SGD(net.parameters(), lr=LR, momentum=MOMENTUM)
+    tx, ty = torch.from_numpy(xs), torch.from_numpy(ys)
+
+    def step(s: int) -> tuple[float, float]:
+        b = batch_index(s, rank, size, len(xs))
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(net(tx[b]), ty[b])
+        loss.backward()  # DDP: gradient allreduce overlapped, finished on return
+        t1 = time.perf_counter()
+        opt.step()
+        t2 = time.perf_counter()
+        return t1 - t0, t2 - t1
+
+    for s in range(args.warmup):
+        step(s)
+    if size > 1:
+        dist.barrier()
+    phases = []
+    t0 = time.perf_counter()
+    for s in range(args.warmup, args.warmup + args.steps):
+        phases.append(step(s))
+    elapsed = time.perf_counter() - t0
+    if size > 1:
+        t = torch.tensor([elapsed], dtype=torch.float64)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        elapsed = float(t[0])
+        dist.destroy_process_group()
+    if rank == 0:
+        fb, sgd = (list(p) for p in zip(*phases, strict=True))
+        emit(
+            {
+                "framework": "torch",
+                "world_size": size,
+                "threads": torch.get_num_threads(),
+                "n_params": sum(p.numel() for p in net.parameters()),
+                "elapsed_s": elapsed,
+                "samples_per_s": size * BATCH * args.steps / elapsed,
+                "step_s": [a + b for a, b in phases],
+                "phases_s": {"fwd_bwd_allreduce" if size > 1 else "fwd_bwd": fb, "sgd": sgd},
+                "identity_check": check,
+                "torch": torch.__version__,
+                "mkldnn": torch.backends.mkldnn.is_available(),
+                "blas": blas_info(),
+                "env": env_info(),
+            }
+        )
+
+
+# --------------------------------------------------------------------------- driver
+
+
+def mpiexec_path() -> str:
+    here = Path(sys.executable).parent / "mpiexec"
+    found = str(here) if here.is_file() else shutil.which("mpiexec")
+    if not found:
+        sys.exit(
+            "sync_vs_torch: no mpiexec beside this Python or on PATH; "
+            "install hpcnet with its mpich extra (pip install -e '.[mpich]')"
+        )
+    return found
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_side(side: str, model: str, steps: int, warmup: int, args, mpiexec: str) -> dict:
+    """Launches one side as ``mpiexec -n P python THIS --worker ...``; returns its result."""
+    framework, procs, threads = SIDES[side]
+    cmd = [
+        mpiexec, "-n", str(procs), sys.executable, str(Path(__file__).resolve()),
+        "--worker", framework, "--model", model, "--threads", str(threads),
+        "--steps", str(steps), "--warmup", str(warmup),
+        "--data", args.data, "--rows", str(args.rows),
+    ]  # fmt: skip
+    env = dict(os.environ)
+    if framework == "torch" and procs > 1:
+        env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout)
+    except subprocess.TimeoutExpired:
+        sys.exit(
+            f"sync_vs_torch: {side} {model} did not finish in {args.timeout} s: " + " ".join(cmd)
+        )
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT_TAG)]
+    if proc.returncode != 0 or not lines:
+        sys.exit(
+            f"sync_vs_torch: {side} {model} failed (exit {proc.returncode}): {' '.join(cmd)}\n"
+            f"--- stdout\n{proc.stdout[-3000:]}\n--- stderr\n{proc.stderr[-3000:]}"
+        )
+    result = json.loads(lines[-1][len(RESULT_TAG) :])
+    result.update(
+        side=side,
+        model=model,
+        steps=steps,
+        warmup=warmup,
+        procs=procs,
+        wall_s=time.perf_counter() - t0,
+        loadavg=os.getloadavg(),
+    )
+    return result
+
+
+def summarize(runs: list[dict], models: list[str], sides: list[str]) -> list[dict]:
+    rows = []
+    for model in models:
+        med = {}
+        for side in sides:
+            sps = [r["samples_per_s"] for r in runs if r["model"] == model and r["side"] == side]
+            if not sps:
+                continue
+            ours = [r for r in runs if r["model"] == model and r["side"] == side]
+            phases = {
+                k: statistics.median(statistics.median(r["phases_s"][k]) for r in ours) * 1e3
+                for k in ours[0]["phases_s"]
+            }
+            med[side] = statistics.median(sps)
+            rows.append(
+                {
+                    "model": model,
+                    "side": side,
+                    "samples_per_s": med[side],
+                    "min": min(sps),
+                    "max": max(sps),
+                    "repeats": len(sps),
+                    "median_step_phases_ms": phases,
+                }
+            )
+        for row in rows:
+            if row["model"] != model:
+                continue
+            t1, ddp = med.get("torch-1x2"), med.get("torch-ddp-2x1")
+            row["vs_torch_1x2"] = row["samples_per_s"] / t1 if t1 else None
+            row["vs_torch_ddp_2x1"] = (
+                row["samples_per_s"] / ddp if ddp and row["side"] == "hpcnet-2x1" else None
+            )
+    return rows
+
+
+def print_table(rows: list[dict]) -> None:
+    head = (
+        f"{'model':<6} {'side':<14} {'samples/s':>10} {'min-max':>15} "
+        f"{'/torch-1x2':>10} {'/torch-ddp':>10}  median step phases (ms)"
+    )
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        ratio = f"{r['vs_torch_1x2']:.2f}" if r["vs_torch_1x2"] else "-"
+        ddp = f"{r['vs_torch_ddp_2x1']:.2f}" if r["vs_torch_ddp_2x1"] else "-"
+        spread = f"{r['min']:,.0f}-{r['max']:,.0f}"
+        phases = ", ".join(f"{k} {v:.1f}" for k, v in r["median_step_phases_ms"].items())
+        print(
+            f"{r['model']:<6} {r['side']:<14} {r['samples_per_s']:>10,.0f} {spread:>15} "
+            f"{ratio:>10} {ddp:>10}  {phases}"
+        )
+
+
+def driver(args: argparse.Namespace) -> None:
+    if importlib.util.find_spec("torch") is None:
+        sys.exit(TORCH_MISSING.format(exe=sys.executable))
+    from hpcnet.data.registry import resolve_data
+
+    models = [m for m in args.models.split(",") if m]
+    sides = [s for s in args.sides.split(",") if s]
+    bad = [s for s in sides if s not in SIDES]
+    if bad:
+        sys.exit(f"sync_vs_torch: --sides {','.join(bad)}: unknown; choose from {', '.join(SIDES)}")
+    if args.repeats < 1:
+        sys.exit("sync_vs_torch: --repeats must be at least 1 (2 or more for a median)")
+    # Convert Fashion-MNIST once, here, before any worker reads it.
+    args.data = str(resolve_data(args.data))
+    mpiexec = mpiexec_path()
+    meta = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": {
+            "cpu": cpu_model(),
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+        },
+        "env": env_info(),
+        "blas_driver": blas_info(),
+        "versions": versions(),
+        "config": {
+            "models": models,
+            "sides": sides,
+            "batch_per_process": BATCH,
+            "repeats": args.repeats,
+            "rows": args.rows,
+            "data": args.data,
+            "lr": LR,
+            "momentum": MOMENTUM,
+        },
+    }
+    print(
+        f"# {meta['date']}  {meta['machine']['cpu']} ({meta['machine']['cpus']} CPUs), "
+        f"OPENBLAS_CORETYPE={meta['env']['OPENBLAS_CORETYPE']} "
+        f"OPENBLAS_L2_SIZE={meta['env']['OPENBLAS_L2_SIZE']}",
+        flush=True,
+    )
+    runs = []
+    for rep in range(args.repeats):
+        for model in models:
+            steps = args.steps or DEFAULT_STEPS.get(model, 30)
+            warmup = args.warmup if args.warmup is not None else DEFAULT_WARMUP.get(model, 5)
+            for side in sides:
+                r = run_side(side, model, steps, warmup, args, mpiexec)
+                r["repeat"] = rep
+                runs.append(r)
+                print(
+                    f"  repeat {rep} {model:<6} {side:<14} {r['samples_per_s']:>9,.0f} "
+                    f"samples/s  (run {r['wall_s']:.1f} s, load {r['loadavg'][0]:.1f})",
+                    flush=True,
+                )
+    rows = summarize(runs, models, sides)
+    blas = [d for d in runs[0]["blas"] if d.get("user_api") == "blas"] if runs else []
+    if blas:
+        print(
+            f"# hpcnet BLAS: {blas[0].get('internal_api')} {blas[0].get('version')} "
+            f"kernel {blas[0].get('architecture')}"
+        )
+    print_table(rows)
+    if args.json:
+        Path(args.json).write_text(json.dumps({**meta, "summary": rows, "runs": runs}, indent=1))
+        print(f"# raw timings written to {args.json}")
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("hpcnet", "numpy", "numba", "mpi4py", "mpich", "torch", "threadpoolctl"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = None
+    try:
+        out["hpcnet_git"] = (
+            subprocess.run(
+                ["git", "-C", str(Path(__file__).resolve().parent), "rev-parse", "--short", "HEAD"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+            ).stdout.strip()
+            or None
+        )
+    except (OSError, subprocess.SubprocessError):
+        out["hpcnet_git"] = None
+    return out
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", default="2conv,mlp", help="comma-separated zoo models")
+    p.add_argument("--sides", default=",".join(SIDES), help="comma-separated, A B A B order")
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=0,
+        help="timed steps per run (default: 30 for 2conv, 200 for mlp)",
+    )
+    p.add_argument(
+        "--warmup",
+        type=int,
+        default=None,
+        help="untimed steps first (default: 5 for 2conv, 20 for mlp)",
+    )
+    p.add_argument("--repeats", type=int, default=2, help="runs of every side (median)")
+    p.add_argument("--rows", type=int, default=8192, help="Fashion-MNIST train rows used")
+    p.add_argument("--data", default="fashion-mnist", help="data set name or .h5 path")
+    p.add_argument("--timeout", type=int, default=300, help="seconds per side run")
+    p.add_argument("--json", default=None, help="write every raw timing here")
+    p.add_argument("--worker", choices=("hpcnet", "torch"), help=argparse.SUPPRESS)
+    p.add_argument("--model", help=argparse.SUPPRESS)
+    p.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.worker == "hpcnet":
+        worker_hpcnet(args)
+    elif args.worker == "torch":
+        worker_torch(args)
+    else:
+        driver(args)
+
+
+if __name__ == "__main__":
+    main()
