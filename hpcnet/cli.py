@@ -70,12 +70,12 @@ def _cmd_info(args) -> int:
 
     from hpcnet.comm import library_comm, same_on_every_rank
     from hpcnet.kernels import cuda_available
-    from hpcnet.layout import make_layout
+    from hpcnet.layout import layout_for
 
     cfg = _config_from(args)
     comm = library_comm()
     with same_on_every_rank():
-        layout = make_layout(comm.Get_size(), cfg.algo.name)
+        layout = layout_for(cfg, comm.Get_size())
     if comm.Get_rank() == 0:
         import os
 

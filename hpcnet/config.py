@@ -26,7 +26,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-ALGOS = ("sync", "avg")
+ALGOS = ("sync", "avg", "downpour")
 
 
 @dataclass(frozen=True)
@@ -77,6 +77,28 @@ class AlgoConfig:
 
     name: str = "sync"
     avg_every: int = 8
+    shards: int = 1  # downpour: parameter shard ranks
+    replicas: int = 0  # downpour: replica ranks; 0 = all ranks that are not shards
+
+
+@dataclass(frozen=True)
+class PSConfig:
+    """Downpour's parameter server (Dean et al. 2012, sec. 4.1)."""
+
+    n_fetch: int = 1  # steps between parameter fetches
+    n_push: int = 1  # steps between gradient pushes
+    rule: str = "adagrad"  # update rule at the shards: sgd | adagrad
+    warm_start_steps: int = 0  # replica 0 trains alone for this many steps first
+    replica_timeout: float = 60.0  # seconds without a heartbeat before a replica is lost
+    read_own_writes: bool = False  # wait for own pushes to be applied before each fetch
+
+
+@dataclass(frozen=True)
+class FaultConfig:
+    """Injected faults, for tests and demos."""
+
+    fail_replica: int = -1  # replica index that stops; -1 = none
+    fail_at_step: int = 0  # ... after this many of its steps
 
 
 @dataclass(frozen=True)
@@ -86,6 +108,8 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     algo: AlgoConfig = field(default_factory=AlgoConfig)
+    ps: PSConfig = field(default_factory=PSConfig)
+    faults: FaultConfig = field(default_factory=FaultConfig)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return dataclasses.asdict(self)
@@ -99,6 +123,20 @@ class Config:
 FLAGS: dict[str, tuple[str, str, str]] = {
     "--algo": ("algo", "name", "training algorithm: sync | avg"),
     "--avg-every": ("algo", "avg_every", "avg: local steps between parameter averages"),
+    "--shards": ("algo", "shards", "downpour: parameter shard ranks"),
+    "--replicas": ("algo", "replicas", "downpour: replica ranks (0: all non-shard ranks)"),
+    "--n-fetch": ("ps", "n_fetch", "downpour: steps between parameter fetches"),
+    "--n-push": ("ps", "n_push", "downpour: steps between gradient pushes"),
+    "--ps-rule": ("ps", "rule", "downpour: update rule at the shards: sgd | adagrad"),
+    "--warm-start-steps": ("ps", "warm_start_steps", "downpour: replica 0 trains alone first"),
+    "--replica-timeout": ("ps", "replica_timeout", "downpour: seconds of silence = lost"),
+    "--read-own-writes": (
+        "ps",
+        "read_own_writes",
+        "downpour: fetch only after own pushes are applied",
+    ),
+    "--fail-replica": ("faults", "fail_replica", "make this replica stop (-1: none)"),
+    "--fail-at-step": ("faults", "fail_at_step", "... after this many of its steps"),
     "--model": ("model", "name", "zoo model (mlp, lenet, 2conv, digits_cnn, linear) or auto"),
     "--data": ("data", "name", "an hpcnet .h5 file, or digits | fashion-mnist"),
     "--epochs": ("run", "epochs", "passes over the training data"),
@@ -128,13 +166,15 @@ _SECTION_CLASSES = {
     "model": ModelConfig,
     "optim": OptimConfig,
     "algo": AlgoConfig,
+    "ps": PSConfig,
+    "faults": FaultConfig,
 }
 
 
 def _field_type(section: str, name: str) -> type:
     for f in fields(_SECTION_CLASSES[section]):
         if f.name == name:
-            return {"int": int, "float": float, "str": str}[
+            return {"int": int, "float": float, "str": str, "bool": bool}[
                 f.type if isinstance(f.type, str) else f.type.__name__
             ]
     raise KeyError(name)
@@ -145,6 +185,15 @@ def add_train_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE.toml", help="TOML config file; flags override it")
     for flag, (section, name, help_) in FLAGS.items():
         typ = _field_type(section, name)
+        if typ is bool:  # --flag / --no-flag
+            parser.add_argument(
+                flag,
+                dest=f"{section}.{name}",
+                default=None,
+                action=argparse.BooleanOptionalAction,
+                help=help_,
+            )
+            continue
         parser.add_argument(
             flag,
             dest=f"{section}.{name}",
@@ -179,7 +228,7 @@ def _load_toml(path: str) -> dict[str, dict[str, Any]]:
                 raise ConfigError(f"{path}: unknown key {key!r} in [{section}]") from None
             if typ is float and isinstance(value, int) and not isinstance(value, bool):
                 value = float(value)
-            if not isinstance(value, typ) or isinstance(value, bool):
+            if not isinstance(value, typ) or (isinstance(value, bool) and typ is not bool):
                 raise ConfigError(
                     f"{path}: [{section}] {key} must be {typ.__name__}, got {value!r}"
                 )
@@ -244,6 +293,16 @@ def validate(cfg: Config) -> None:
         o.lr_schedule in ("constant", "cosine"), "optim", "lr_schedule", "choose constant or cosine"
     )
     need(bool(cfg.data.name), "data", "name", "must name a file or a dataset")
+    p, f = cfg.ps, cfg.faults
+    need(a.shards >= 0, "algo", "shards", "must be >= 0")
+    need(a.replicas >= 0, "algo", "replicas", "must be >= 0 (0: all non-shard ranks)")
+    need(p.n_fetch >= 1, "ps", "n_fetch", "must be >= 1")
+    need(p.n_push >= 1, "ps", "n_push", "must be >= 1")
+    need(p.rule in ("sgd", "adagrad"), "ps", "rule", "choose sgd or adagrad")
+    need(p.warm_start_steps >= 0, "ps", "warm_start_steps", "must be >= 0")
+    need(p.replica_timeout > 0, "ps", "replica_timeout", "must be > 0 seconds")
+    need(f.fail_replica >= -1, "faults", "fail_replica", "must be a replica index or -1")
+    need(f.fail_at_step >= 0, "faults", "fail_at_step", "must be >= 0")
 
 
 def replace(cfg: Config, **sections: dict[str, Any]) -> Config:

@@ -95,10 +95,14 @@ class Layout:
         }
 
 
-def make_layout(world_size: int, algo: str, partitions: int = 1) -> Layout:
+def make_layout(
+    world_size: int, algo: str, *, shards: int = 0, replicas: int = 0, partitions: int = 1
+) -> Layout:
     """The layout of ``world_size`` ranks for ``algo``.
 
-    ``sync`` and ``avg`` make every rank (group of ``partitions`` ranks) a replica.
+    ``sync`` and ``avg`` make every rank (group of ``partitions`` ranks) a
+    replica. ``downpour`` puts ``shards`` parameter shards on the first ranks
+    and ``replicas`` replicas (0: as many as the other ranks hold) after them.
 
     Raises:
         LayoutError: the world size does not fit, with how many ranks each role needs.
@@ -114,4 +118,26 @@ def make_layout(world_size: int, algo: str, partitions: int = 1) -> Layout:
                 f"{algo} needs a multiple of {partitions} ranks"
             )
         return Layout(world_size, algo, 0, 0, world_size // partitions, partitions)
+    if algo == "downpour":
+        if shards < 1:
+            raise LayoutError(f"--shards {shards}: downpour needs at least 1 parameter shard")
+        free = world_size - shards
+        if replicas == 0:
+            replicas = free // partitions
+        need = shards + max(replicas, 1) * partitions
+        if replicas < 1 or need != world_size:
+            raise LayoutError(
+                f"downpour with {shards} shard(s) and {max(replicas, 1)} replica(s) of "
+                f"{partitions} partition(s) needs {need} ranks, got {world_size}: "
+                f"run mpiexec -n {need}, or change --shards/--replicas"
+            )
+        return Layout(world_size, algo, 0, shards, replicas, partitions)
     raise LayoutError(f"--algo {algo!r}: no layout for this algorithm")
+
+
+def layout_for(cfg, world_size: int) -> Layout:
+    """The layout a run config asks for on ``world_size`` ranks (see :func:`make_layout`)."""
+    a = cfg.algo
+    return make_layout(
+        world_size, a.name, shards=a.shards if a.name == "downpour" else 0, replicas=a.replicas
+    )

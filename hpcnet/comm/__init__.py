@@ -2,18 +2,24 @@
 for roles, collectives on flat buffers, and abort-on-exception."""
 
 from hpcnet.comm.world import (
+    Backoff,
     abort,
+    barrier_polling,
     exit_on_error,
     install_abort_hook,
     library_comm,
     ranks_on_node,
     root_then_bcast,
     same_on_every_rank,
+    wait_polling,
     world_rank,
     world_size,
 )
 
 __all__ = [
+    "Backoff",
+    "barrier_polling",
+    "wait_polling",
     "abort",
     "exit_on_error",
     "same_on_every_rank",

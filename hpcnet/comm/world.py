@@ -129,3 +129,46 @@ def _excepthook(kind, value, tb) -> None:
 def install_abort_hook() -> None:
     """Makes an uncaught exception on any rank abort the whole job (as ``python -m mpi4py``)."""
     sys.excepthook = _excepthook
+
+
+class Backoff:
+    """Sleeps between polls, doubling from ``first`` to ``cap`` seconds, so a waiting
+    rank does not spin-burn a core on an oversubscribed node. ``reset()`` after
+    progress."""
+
+    def __init__(self, first: float = 20e-6, cap: float = 2e-3):
+        self.first, self.cap = first, cap
+        self.delay = first
+
+    def reset(self) -> None:
+        self.delay = self.first
+
+    def sleep(self) -> None:
+        import time
+
+        time.sleep(self.delay)
+        self.delay = min(self.delay * 2, self.cap)
+
+
+def wait_polling(request: MPI.Request, timeout: float, what: str) -> None:
+    """Completes a nonblocking ``request`` by testing it with sleeps in between
+    (no busy spin), or raises after ``timeout`` seconds.
+
+    Raises:
+        TimeoutError: ``what`` did not complete within ``timeout`` seconds (the
+            except hook then aborts the job: a hang becomes an error).
+    """
+    import time
+
+    deadline = time.monotonic() + timeout
+    backoff = Backoff(cap=10e-3)
+    while not request.Test():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"rank {world_rank()}: {what} did not complete in {timeout:.0f} s")
+        backoff.sleep()
+
+
+def barrier_polling(comm: MPI.Intracomm, timeout: float, what: str) -> None:
+    """A barrier over ``comm`` that sleeps while it waits and times out (see
+    :func:`wait_polling`). Collective over ``comm``."""
+    wait_polling(comm.Ibarrier(), timeout, what)

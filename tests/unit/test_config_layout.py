@@ -89,3 +89,35 @@ def test_cosine_schedule_after_warmup():
     )
     assert lr_at(110, 0.4, 10, 0.1, "cosine", 110) == pytest.approx(0.0, abs=1e-12)
     assert lr_at(5, 0.4, 10, 0.1, "cosine", 110) == pytest.approx(0.25)  # still warming up
+
+
+def test_layout_downpour():
+    lay = make_layout(4, "downpour", shards=1)
+    assert (lay.shards, lay.replicas) == (1, 3)
+    assert [str(lay.role(r)) for r in range(4)] == [
+        "shard 0",
+        "replica 0",
+        "replica 1",
+        "replica 2",
+    ]
+    assert make_layout(5, "downpour", shards=2, replicas=3).replicas == 3
+    with pytest.raises(LayoutError, match="at least 1 parameter shard"):
+        make_layout(4, "downpour", shards=0)
+    with pytest.raises(LayoutError, match="needs 2 ranks, got 1"):
+        make_layout(1, "downpour", shards=1)
+    with pytest.raises(LayoutError, match="needs 5 ranks, got 4"):
+        make_layout(4, "downpour", shards=2, replicas=3)
+
+
+def test_shard_ranges_balanced_and_at_boundaries():
+    from hpcnet.ps.windows import shard_ranges
+
+    r = shard_ranges(10, 3)
+    assert r[0][0] == 0 and r[-1][1] == 10 and all(a < b for a, b in r)
+    assert all(r[i][1] == r[i + 1][0] for i in range(2))
+    assert max(b - a for a, b in r) - min(b - a for a, b in r) <= 1
+    assert shard_ranges(100, 2, boundaries=[0, 48, 100]) == [(0, 48), (48, 100)]
+    with pytest.raises(LayoutError, match="more shards than"):
+        shard_ranges(5, 6)
+    with pytest.raises(LayoutError, match="at least 1"):
+        shard_ranges(5, 0)

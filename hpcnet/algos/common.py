@@ -1,0 +1,184 @@
+"""What every training algorithm does before and after its own loop.
+
+:func:`prepare` (collective) validates the layout and backend with no
+communication, has rank 0 find/convert/validate the data and create the output
+directory (broadcasting the result or the error), builds the model and sets the
+compute threads. :func:`evaluate` measures the test split, :func:`report`
+prints and writes the results files on rank 0.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numba
+import numpy as np
+from mpi4py import MPI
+from threadpoolctl import threadpool_limits
+
+from hpcnet.comm import allreduce_sum, ranks_on_node, root_then_bcast, same_on_every_rank
+from hpcnet.config import Config, replace, save_config
+from hpcnet.data.format import DatasetInfo, open_dataset
+from hpcnet.data.loader import eval_batches
+from hpcnet.data.registry import resolve_data
+from hpcnet.errors import ConfigError
+from hpcnet.kernels import Backend, get_backend
+from hpcnet.layout import Layout, layout_for
+from hpcnet.nn.model import Model
+from hpcnet.nn.zoo import build_model, default_model
+from hpcnet.run.metrics import MetricsLog, make_out_dir, write_summary
+
+
+def set_threads(threads: int, comm: MPI.Intracomm | None = None) -> int:
+    """Sets the compute threads of this rank (Numba parallel loops and BLAS); returns them.
+
+    ``threads == 0`` means this node's cores divided by its ranks of ``comm`` (at
+    least 1; ``comm`` defaults to COMM_WORLD). Then it is collective over ``comm``
+    (it counts the ranks per node), so every rank must call it with the same ``threads``.
+    """
+    if threads == 0:
+        threads = max(1, (os.cpu_count() or 1) // ranks_on_node(comm or MPI.COMM_WORLD))
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    threadpool_limits(limits=threads)
+    return threads
+
+
+@dataclass
+class Prepared:
+    """Everything a training algorithm starts from, the same on every rank."""
+
+    cfg: Config  # resolved: model name and output directory filled in
+    layout: Layout
+    backend: Backend
+    info: DatasetInfo
+    model: Model
+    out: Path
+    threads: int
+    t_start: float
+    log: MetricsLog | None = None  # rank 0 only
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def prepare(cfg: Config, comm: MPI.Intracomm) -> Prepared:
+    """Validates and sets up a run. Collective over ``comm``, same config on every rank.
+
+    Raises:
+        HpcnetError (every rank, same message): bad layout, backend, data, model or
+        output directory.
+    """
+    t_start = time.perf_counter()
+    with same_on_every_rank():  # config-only checks, before any communication
+        layout = layout_for(cfg, comm.Get_size())
+        backend = get_backend(cfg.run.backend)
+    info = root_then_bcast(lambda: open_dataset(resolve_data(cfg.data.name)), comm)
+    model_name = cfg.model.name
+    if model_name == "auto":
+        model_name = default_model(cfg.data.name)
+    with same_on_every_rank():  # depends only on the config and the broadcast info
+        model = build_model(model_name, info.image_shape, info.num_classes)
+        per_replica = info.n_train // layout.replicas
+        if per_replica < cfg.run.batch_size:
+            raise ConfigError(
+                f"--batch-size {cfg.run.batch_size}: larger than the {per_replica} training "
+                f"rows each of the {layout.replicas} replicas gets from {info.path.name}"
+            )
+    out = root_then_bcast(lambda: make_out_dir(cfg.run.out), comm)
+    cfg = replace(cfg, run={"out": str(out)}, model={"name": model_name})
+    threads = set_threads(cfg.run.threads, comm)
+    prep = Prepared(cfg, layout, backend, info, model, out, threads, t_start)
+    if comm.Get_rank() == 0:
+        save_config(cfg, out / "config.toml")
+        prep.log = MetricsLog(out)
+    return prep
+
+
+def announce(prep: Prepared, details: str, verbose: bool) -> None:
+    """Rank 0: prints the resolved config and one line describing the run."""
+    if prep.log is None or not verbose:
+        return
+    info, model = prep.info, prep.model
+    print("# resolved config\n" + prep.cfg.to_toml(), flush=True)
+    print(
+        f"hpcnet: {prep.layout.describe()}; data {info.path.name} "
+        f"({info.n_train:,} train / {info.n_test:,} test, {info.image_shape}); "
+        f"{model.name} {model.n_params:,} params; backend {prep.backend.name}, "
+        f"{prep.threads} thread(s)/rank; {details}",
+        flush=True,
+    )
+
+
+def evaluate(prep: Prepared, replica: int | None, comm: MPI.Intracomm) -> tuple[float, float]:
+    """Test loss (mean, nats) and accuracy of ``prep.model`` over the whole test split.
+
+    Each of the ``layout.replicas`` replicas evaluates its own slice of rows;
+    ranks with ``replica=None`` (shards, coordinator) contribute nothing.
+    Collective over ``comm``: every rank of it must call, and together they
+    must cover replica indices ``0 .. replicas-1`` exactly once.
+    """
+    loss_sum = correct = count = 0.0
+    if replica is not None:
+        for x, y in eval_batches(
+            prep.info.path,
+            replica=replica,
+            n_replicas=prep.layout.replicas,
+            batch_size=max(prep.cfg.run.batch_size, 256),
+            mean=prep.info.mean,
+            std=prep.info.std,
+            split="test",
+        ):
+            ls, c = prep.model.evaluate(x, y, prep.backend)
+            loss_sum, correct, count = loss_sum + ls, correct + c, count + len(y)
+    tot = allreduce_sum(np.array([loss_sum, correct, count]), comm)
+    return float(tot[0] / tot[2]), float(tot[1] / tot[2])
+
+
+def base_summary(prep: Prepared, comm: MPI.Intracomm) -> dict[str, Any]:
+    """The summary fields every algorithm reports."""
+    return {
+        "algo": prep.cfg.algo.name,
+        "model": prep.model.name,
+        "dataset": prep.cfg.data.name,
+        "data_file": str(prep.info.path),
+        "world_size": comm.Get_size(),
+        "layout": prep.layout.to_dict(),
+        "layout_text": prep.layout.describe(),
+        "batch_size": prep.cfg.run.batch_size,
+        "n_params": prep.model.n_params,
+        "backend": prep.backend.name,
+        "threads_per_rank": prep.threads,
+    }
+
+
+def report(prep: Prepared, summary: dict[str, Any], verbose: bool) -> None:
+    """Rank 0: prints the final line, then writes the test record and summary.json.
+
+    The line is printed first, so the result is not lost if the output
+    directory has vanished. ``summary`` must hold test_accuracy, test_loss,
+    steps, samples_per_s, wall_s.
+    """
+    if prep.log is None:
+        return
+    summary.setdefault("config", prep.cfg.to_dict())
+    summary.setdefault("out", str(prep.out))
+    if verbose:
+        print(
+            f"test accuracy {summary['test_accuracy']:.4f}  test loss {summary['test_loss']:.4f}"
+            f"  ({summary['steps']} steps, {summary['samples_per_s']:,.0f} samples/s, "
+            f"{summary['wall_s']:.1f} s; results in {prep.out})",
+            flush=True,
+        )
+    prep.log.write(
+        {
+            "event": "test",
+            "step": summary["steps"],
+            "test_loss": summary["test_loss"],
+            "test_accuracy": summary["test_accuracy"],
+            "elapsed_s": summary["wall_s"],
+        }
+    )
+    prep.log.close()
+    write_summary(prep.out, summary)

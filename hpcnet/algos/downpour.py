@@ -1,0 +1,279 @@
+"""Downpour SGD (Dean et al. 2012, sec. 4.1): asynchronous replicas and a sharded
+parameter server on MPI-3 one-sided RMA windows.
+
+Ranks: ``S`` parameter shards first, then ``R`` replicas. Each replica, on its own
+rows of the data, loops: every ``n_fetch`` steps it ``Get``s the parameters from
+every shard; it computes a gradient; every ``n_push`` steps it ``Accumulate``s
+the gradients summed since the last push into the shards' inboxes. The shards
+apply pushes as they arrive (SGD or Adagrad, :mod:`hpcnet.ps.rules`) and count
+versions. The training loop uses one-sided operations only: no messages, no
+collectives. Termination is by counters: a shard finishes when every replica
+has said done or fallen silent for ``replica_timeout`` seconds (lost). Then every
+rank meets in a (polling, time-limited) barrier, the shards' slices are gathered,
+the replicas evaluate the test split, and rank 0 (shard 0) writes the results.
+
+Learning rate at the shards: ``lr_at(version)`` with the run's warmup and
+schedule, counting one version per push; the expected number of pushes is
+``R * steps / n_push``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+from mpi4py import MPI
+
+from hpcnet.algos.common import Prepared, announce, base_summary, evaluate, report
+from hpcnet.comm import barrier_polling, bcast_, same_on_every_rank
+from hpcnet.data.loader import BatchLoader
+from hpcnet.optim.schedules import lr_at
+from hpcnet.ps import windows as W
+from hpcnet.ps.client import ShardClient
+from hpcnet.ps.rules import make_rule
+from hpcnet.ps.shard import ShardService, ShardStats
+from hpcnet.run.metrics import progress_line
+
+
+def _segment_bounds(model) -> list[int]:
+    return [start for _, start, _ in model.segments]
+
+
+def train_downpour(prep: Prepared, comm: MPI.Intracomm, verbose: bool = True) -> dict[str, Any]:
+    """Runs Downpour SGD. Collective over ``comm`` at its start and end only.
+
+    Returns the summary (every rank); ``"_params"`` holds the final parameters.
+    """
+    cfg, layout, model, info = prep.cfg, prep.layout, prep.model, prep.info
+    rank = comm.Get_rank()
+    role = layout.role(rank)
+    S, R = layout.shards, layout.replicas
+    ps = cfg.ps
+    with same_on_every_rank():
+        ranges = W.shard_ranges(model.n_params, S, _segment_bounds(model))
+    shard_ranks = list(range(S))
+    windows = W.create_shard_windows(comm, shard_ranks, ranges, R)
+
+    # Step budget per replica: the same rule as sync (epochs over its own rows).
+    spe = (info.n_train // R) // cfg.run.batch_size
+    total_steps = spe * cfg.run.epochs
+    if cfg.run.max_steps:
+        total_steps = min(total_steps, cfg.run.max_steps)
+    expected_pushes = max(1, R * total_steps // ps.n_push)
+    warmup_pushes = round(cfg.optim.warmup_epochs * spe * R / ps.n_push)
+    o = cfg.optim
+    start_lr = 0.1 * o.lr
+
+    def lr_of(version: int) -> float:
+        return lr_at(version, o.lr, warmup_pushes, start_lr, o.lr_schedule, expected_pushes)
+
+    if rank == 0:
+        model.init(cfg.run.seed)
+    bcast_(model.params, comm)
+    if role.kind == "shard":
+        mine = windows[role.index]
+        mine.local_arrays()[0][:] = model.params[mine.lo : mine.hi]
+    announce(
+        prep,
+        f"{spe} steps/epoch x {cfg.run.epochs} epochs = {total_steps} steps per "
+        f"replica; shard ranges {ranges}; n_fetch {ps.n_fetch}, n_push {ps.n_push}, "
+        f"rule {ps.rule}, lr {o.lr:g}",
+        verbose,
+    )
+    comm.Barrier()  # shards hold the initial parameters before any replica fetches
+
+    t_train = time.perf_counter()
+    shard_stats: ShardStats | None = None
+    client_stats: dict[str, Any] | None = None
+    if role.kind == "shard":
+        shard_stats = _serve(prep, windows[role.index], lr_of, comm, total_steps, verbose)
+    else:
+        client_stats = _replica(prep, windows, role.index, total_steps, spe)
+    train_s = time.perf_counter() - t_train
+
+    # End of the run: everyone meets (sleeping while waiting, with a time limit).
+    barrier_polling(comm, timeout=max(600.0, 4 * ps.replica_timeout), what="downpour end barrier")
+    full = np.empty(model.n_params, np.float32)
+    counts = [0] * comm.Get_size()
+    for s, (lo, hi) in enumerate(ranges):
+        counts[shard_ranks[s]] = hi - lo
+    displs = [0] * comm.Get_size()
+    for s, (lo, _) in enumerate(ranges):
+        displs[shard_ranks[s]] = lo
+    send = (
+        windows[role.index].local_arrays()[0].copy()
+        if role.kind == "shard"
+        else np.empty(0, np.float32)
+    )
+    comm.Allgatherv(send, [full, counts, displs, MPI.FLOAT])
+    model.params[:] = full
+    for sw in windows:
+        sw.free()
+    test_loss, test_acc = evaluate(prep, role.index if role.kind == "replica" else None, comm)
+    gathered = comm.gather((asdict(shard_stats) if shard_stats else None, client_stats), root=0)
+    summary = base_summary(prep, comm)
+    if rank == 0:
+        shards = [g[0] for g in gathered if g[0] is not None]
+        replicas = sorted((g[1] for g in gathered if g[1] is not None), key=lambda c: c["replica"])
+        summary.update(_summarise(prep, shards, replicas, total_steps, spe, train_s))
+        summary.update(
+            {
+                "test_accuracy": test_acc,
+                "test_loss": test_loss,
+                "wall_s": time.perf_counter() - prep.t_start,
+            }
+        )
+        lost = shards[0]["lost_replicas"] if shards else []
+        if lost and verbose:
+            print(
+                f"downpour: replica(s) {', '.join(map(str, lost))} lost (no heartbeat for "
+                f"{ps.replica_timeout:g} s); training finished with the others",
+                flush=True,
+            )
+        report(prep, summary, verbose)
+    summary = comm.bcast(summary if rank == 0 else None, root=0)
+    summary["_params"] = model.params
+    return summary
+
+
+def _serve(prep, sw, lr_of, comm, total_steps, verbose) -> ShardStats:
+    cfg = prep.cfg
+    rule = make_rule(cfg.ps.rule, sw.n)
+    R = sw.n_replicas
+    tick = None
+    if sw.shard == 0 and prep.log is not None:
+        state = {"t": time.perf_counter(), "samples": 0.0, "loss": 0.0, "correct": 0.0}
+
+        def tick(ctrl, st):
+            now = time.perf_counter()
+            tot = {
+                k: sum(ctrl[W.field(r, f)] for r in range(R))
+                for k, f in (
+                    ("samples", W.SAMPLES),
+                    ("loss", W.LOSS),
+                    ("correct", W.CORRECT),
+                    ("steps", W.STEPS),
+                )
+            }
+            n = tot["samples"] - state["samples"]
+            if n <= 0:
+                return
+            rec = {
+                "epoch": 1 + int(tot["steps"] / max(1, R * total_steps / cfg.run.epochs)),
+                "step": int(tot["steps"]),
+                "total_steps": R * total_steps,
+                "loss": (tot["loss"] - state["loss"]) / n,
+                "accuracy": (tot["correct"] - state["correct"]) / n,
+                "lr": lr_of(int(ctrl[W.VERSION])),
+                "samples_per_s": n / (now - state["t"]),
+                "elapsed_s": now - prep.t_start,
+                "version": int(ctrl[W.VERSION]),
+                "staleness_mean": ShardStats.staleness_summary(st)["mean"],
+            }
+            state.update(t=now, samples=tot["samples"], loss=tot["loss"], correct=tot["correct"])
+            prep.log.write(rec)
+            if verbose:
+                print(progress_line(rec) + f"  version {rec['version']}", flush=True)
+
+    service = ShardService(sw, rule, lr_of, cfg.ps.replica_timeout, comm, on_tick=tick)
+    return service.serve()
+
+
+def _replica(prep, windows, replica, total_steps, spe) -> dict[str, Any]:
+    cfg, model, backend, info = prep.cfg, prep.model, prep.backend, prep.info
+    ps, faults = cfg.ps, cfg.faults
+    client = ShardClient(windows, replica, wait_timeout=max(60.0, 2 * ps.replica_timeout))
+    model.seed_dropout(cfg.run.seed, replica)
+    loader = BatchLoader(
+        info.path,
+        replica=replica,
+        n_replicas=prep.layout.replicas,
+        batch_size=cfg.run.batch_size,
+        seed=cfg.run.seed,
+        mean=info.mean,
+        std=info.std,
+        split="train",
+    )
+    acc = np.zeros(model.n_params, np.float32)  # gradients summed since the last push
+    stats = np.zeros(3)  # loss sum, correct, samples since the last push
+    step = since_push = 0
+    failed = False
+    compute_s = 0.0
+    t0 = time.perf_counter()
+    if replica != 0 and ps.warm_start_steps:
+        # Warm start (sec. 4.1): replica 0 trains alone first; the others join later.
+        client.wait_for_version(
+            max(1, ps.warm_start_steps // ps.n_push), timeout=max(600.0, 4 * ps.replica_timeout)
+        )
+    try:
+        epoch = 0
+        while step < total_steps and not client.stopped and not failed:
+            for x, y in loader.batches(epoch):
+                if step % ps.n_fetch == 0:
+                    client.fetch(model.params, ps.read_own_writes)
+                    if client.stopped:
+                        break
+                tc = time.perf_counter()
+                loss, correct = model.loss_and_grad(x, y, backend)
+                acc += model.grads
+                compute_s += time.perf_counter() - tc
+                stats += (loss * len(y), correct, len(y))
+                step += 1
+                since_push += 1
+                if since_push == ps.n_push:
+                    client.push(acc, since_push, *stats)
+                    acc[:] = 0
+                    stats[:] = 0
+                    since_push = 0
+                if replica == faults.fail_replica and step >= faults.fail_at_step:
+                    failed = True  # leave without saying done: the shards must notice
+                    break
+                if step >= total_steps or client.stopped:
+                    break
+            epoch += 1
+        if since_push and not failed and not client.stopped:
+            client.push(acc, since_push, *stats)
+        if not failed:
+            client.done()
+    finally:
+        loader.close()
+        client.close()
+    wall = time.perf_counter() - t0
+    out = asdict(client.stats)
+    out.update(
+        {
+            "steps": step,
+            "samples": step * cfg.run.batch_size,
+            "failed": failed,
+            "compute_s": compute_s,
+            "wall_s": wall,
+            "samples_per_s": step * cfg.run.batch_size / wall if wall else 0.0,
+        }
+    )
+    return out
+
+
+def _summarise(prep, shards, replicas, total_steps, spe, train_s) -> dict[str, Any]:
+    hist = np.sum([s["staleness_hist"] for s in shards], axis=0)
+    st = ShardStats.staleness_summary(ShardStats(0, 0, 0, staleness_hist=list(hist)))
+    steps = sum(r["steps"] for r in replicas)
+    samples = sum(r["samples"] for r in replicas)
+    pushes_sent = sum(r["pushes"] for r in replicas)
+    applied = [sum(s["pushes_applied"]) for s in shards]
+    return {
+        "epochs": steps / max(1, spe * prep.layout.replicas),
+        "steps": steps,
+        "steps_per_epoch": spe,
+        "steps_per_replica": total_steps,
+        "samples_per_s": samples / train_s if train_s else 0.0,
+        "train_s": train_s,
+        "pushes_sent": pushes_sent,
+        "pushes_applied_per_shard": applied,
+        "staleness": {**st, "histogram": hist.tolist()},
+        "lost_replicas": shards[0]["lost_replicas"] if shards else [],
+        "failed_replicas": [r["replica"] for r in replicas if r["failed"]],
+        "shards": shards,
+        "replicas": replicas,
+    }

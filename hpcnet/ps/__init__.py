@@ -1,0 +1,1 @@
+"""Parameter server: shard windows, the shard service loop, the replica client."""

@@ -1,0 +1,181 @@
+"""The replica's side of the parameter server: fetch parameters, push gradients.
+
+Only one-sided operations (``Get``, ``Accumulate``, ``Flush``) inside one
+``Lock_all`` epoch per window that lasts the whole run (shared/DESIGN.md:
+MPICH stalls ~100 ms per ``Lock``/``Unlock`` while the target computes, not
+with ``Flush`` inside a long epoch). See :mod:`hpcnet.ps.shard` for the push
+protocol and the consistency guarantees.
+
+Bytes per operation, for S shards and n parameters in total: a fetch moves
+``4 n`` bytes of parameters plus ``16 S`` of version/stop counters; a push
+moves ``4 n`` bytes of gradients plus ``64 S`` of counters.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from mpi4py import MPI
+
+from hpcnet.comm import Backoff
+from hpcnet.ps import windows as W
+
+
+@dataclass
+class ClientStats:
+    """What one replica did with the parameter server (seconds, bytes, counts)."""
+
+    replica: int
+    fetches: int = 0
+    pushes: int = 0
+    fetch_s: float = 0.0
+    push_s: float = 0.0  # includes waiting for the shard to empty the slot
+    push_wait_s: float = 0.0
+    bytes_in: int = 0
+    bytes_out: int = 0
+
+
+class ShardClient:
+    """A replica's handle on every parameter shard.
+
+    Args:
+        shards: every shard's windows, from :func:`hpcnet.ps.windows.create_shard_windows`.
+        replica: this replica's index (its inbox slot and counter block).
+        wait_timeout: seconds a push may wait for its slot before it is an error.
+    """
+
+    def __init__(self, shards: list[W.ShardWindows], replica: int, wait_timeout: float):
+        self.shards, self.replica = shards, replica
+        self.wait_timeout = wait_timeout
+        self.stats = ClientStats(replica)
+        self.stopped = False  # a shard has finished: stop training
+        self.versions = np.zeros(len(shards), np.int64)  # per shard, at the last fetch
+        self._head = np.zeros(W.HEAD, np.float64)
+        self._one = np.ones(1, np.float64)
+        self._fields = np.zeros(W.SAMPLES - W.BASE_VERSION + 1, np.float64)
+        for sw in shards:
+            sw.lock_all()
+
+    def close(self) -> None:
+        """Ends the access epochs (before the windows are freed)."""
+        for sw in self.shards:
+            sw.unlock_all()
+
+    def _read_head(self, sw: W.ShardWindows) -> np.ndarray:
+        sw.ctrl_win.Get(self._head, sw.owner, (0, W.HEAD, MPI.DOUBLE))
+        sw.ctrl_win.Flush(sw.owner)
+        if self._head[W.STOP] > 0:
+            self.stopped = True
+        return self._head
+
+    def _read_field(self, sw: W.ShardWindows, name: int) -> float:
+        buf = np.zeros(1, np.float64)
+        sw.ctrl_win.Get(buf, sw.owner, (W.field(self.replica, name), 1, MPI.DOUBLE))
+        sw.ctrl_win.Flush(sw.owner)
+        return float(buf[0])
+
+    def _add(self, sw: W.ShardWindows, name: int, value: float) -> None:
+        self._one[0] = value
+        sw.ctrl_win.Accumulate(
+            self._one, sw.owner, (W.field(self.replica, name), 1, MPI.DOUBLE), MPI.SUM
+        )
+
+    def heartbeat(self) -> None:
+        """Tells every shard this replica is alive (also done by fetch and push)."""
+        for sw in self.shards:
+            self._add(sw, W.HEARTBEAT, 1.0)
+            sw.ctrl_win.Flush(sw.owner)
+
+    def _wait_applied(self, sw: W.ShardWindows) -> float:
+        """Waits until shard ``sw`` has consumed all of this replica's pushes;
+        returns the seconds waited. Sets ``stopped`` if the shard finished."""
+        t = time.perf_counter()
+        deadline = time.monotonic() + self.wait_timeout
+        backoff = Backoff(first=10e-6, cap=1e-3)
+        while self._read_field(sw, W.ACK) < self.stats.pushes:
+            if self._read_head(sw)[W.STOP] > 0:
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"replica {self.replica}: shard {sw.shard} (rank {sw.owner}) "
+                    f"did not take a push in {self.wait_timeout:.0f} s"
+                )
+            self._add(sw, W.HEARTBEAT, 1.0)
+            backoff.sleep()
+        return time.perf_counter() - t
+
+    def wait_for_version(self, version: int, timeout: float) -> None:
+        """Waits, with heartbeats, until shard 0's version reaches ``version`` (warm start)."""
+        sw = self.shards[0]
+        deadline = time.monotonic() + timeout
+        backoff = Backoff(first=1e-3, cap=50e-3)
+        while self._read_head(sw)[W.VERSION] < version and not self.stopped:
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"replica {self.replica}: warm start did not reach "
+                    f"version {version} in {timeout:.0f} s"
+                )
+            self.heartbeat()
+            backoff.sleep()
+
+    def fetch(self, params: np.ndarray, read_own_writes: bool = False) -> None:
+        """Copies every shard's parameters into ``params`` ((n_params,) float32, in
+        place) and records each shard's version in ``self.versions``."""
+        t = time.perf_counter()
+        for i, sw in enumerate(self.shards):
+            if read_own_writes:
+                self._wait_applied(sw)
+            self._add(sw, W.HEARTBEAT, 1.0)
+            self.versions[i] = int(self._read_head(sw)[W.VERSION])  # version first: a lower bound
+            sw.param_win.Get(params[sw.lo : sw.hi], sw.owner, (0, sw.n, MPI.FLOAT))
+        for sw in self.shards:
+            sw.param_win.Flush(sw.owner)
+        self.stats.fetches += 1
+        self.stats.fetch_s += time.perf_counter() - t
+        self.stats.bytes_in += params.nbytes
+
+    def push(
+        self, grads: np.ndarray, steps: int, loss_sum: float, correct: int, samples: int
+    ) -> None:
+        """Accumulates ``grads`` ((n_params,) float32: the gradients summed since the
+        last push) into this replica's inbox slot on every shard, with the training
+        counters (steps, loss sum, correct, samples) since the last push."""
+        t = time.perf_counter()
+        for sw in self.shards:
+            self.stats.push_wait_s += self._wait_applied(sw)
+        if self.stopped:
+            self.stats.push_s += time.perf_counter() - t
+            return
+        for i, sw in enumerate(self.shards):
+            sw.inbox_win.Accumulate(
+                grads[sw.lo : sw.hi], sw.owner, (self.replica * sw.n, sw.n, MPI.FLOAT), MPI.SUM
+            )
+            f = self._fields
+            f[:] = 0.0
+            f[W.BASE_VERSION - W.BASE_VERSION] = self.versions[i]
+            f[W.HEARTBEAT - W.BASE_VERSION] = 1.0
+            f[W.STEPS - W.BASE_VERSION] = steps
+            f[W.LOSS - W.BASE_VERSION] = loss_sum
+            f[W.CORRECT - W.BASE_VERSION] = correct
+            f[W.SAMPLES - W.BASE_VERSION] = samples
+            sw.ctrl_win.Accumulate(
+                f, sw.owner, (W.field(self.replica, W.BASE_VERSION), len(f), MPI.DOUBLE), MPI.SUM
+            )
+        for sw in self.shards:  # the gradient is complete at every shard ...
+            sw.inbox_win.Flush(sw.owner)
+            sw.ctrl_win.Flush(sw.owner)
+        for sw in self.shards:  # ... before it is announced
+            self._add(sw, W.READY, 1.0)
+        for sw in self.shards:
+            sw.ctrl_win.Flush(sw.owner)
+        self.stats.pushes += 1
+        self.stats.push_s += time.perf_counter() - t
+        self.stats.bytes_out += grads.nbytes
+
+    def done(self) -> None:
+        """Tells every shard this replica has finished its work."""
+        for sw in self.shards:
+            self._add(sw, W.DONE, 1.0)
+            sw.ctrl_win.Flush(sw.owner)

@@ -1,0 +1,193 @@
+"""The parameter shard's service loop (Downpour, Dean et al. 2012 sec. 4.1).
+
+How a push is consumed exactly once: replica r owns inbox slot r and the two
+counters READY[r] (written only by the replica, += 1 per completed push) and
+ACK[r] (written only by the shard). The replica pushes only when
+``ACK[r] == pushes it has sent`` (the slot is empty): it ``Accumulate``s its
+gradient into the zeroed slot, ``Flush``es (the data is complete at the
+shard), then adds 1 to READY[r] and flushes again. The shard applies slot r
+when ``READY[r] > ACK[r]``, zeroes the slot, and only then sets
+``ACK[r] = READY[r]``. So a slot is never written while the shard reads it,
+never read twice, and never skipped: pushes applied == pushes sent, per
+replica (tested).
+
+Consistency hpcnet guarantees (and what it does not):
+
+* each element of an ``Accumulate`` is atomic (MPI-3 sec. 11.7.1), and each push
+  is applied whole, in one update, in the order replicas' pushes are found;
+* a replica's ``Get`` of the parameters may race with an update and see some
+  elements before and some after it (DistBelief accepts this; so do we);
+* the version a replica reads is never newer than the parameters it then reads
+  (the version is read first), so measured staleness is an upper bound;
+* with ``read_own_writes`` a replica fetches only after all its own pushes were
+  applied (with one replica this is exactly serial SGD / Adagrad).
+
+Progress: MPICH may complete passive-target operations only when the target
+enters MPI, so the loop calls ``Win.Sync`` and ``Iprobe`` on every pass and
+sleeps with exponential back-off (20 us .. 1 ms) only when nothing arrived.
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+from mpi4py import MPI
+
+from hpcnet.comm import Backoff
+from hpcnet.ps import windows as W
+
+STALENESS_BINS = 64  # histogram bins 0..63, the last one also counts larger values
+
+
+@dataclass
+class ShardStats:
+    """What one shard did, for metrics.jsonl and summary.json."""
+
+    shard: int
+    lo: int
+    hi: int
+    version: int = 0
+    pushes_applied: list[int] = field(default_factory=list)  # per replica
+    bytes_in: int = 0  # gradient bytes consumed from the inbox
+    staleness_hist: list[int] = field(default_factory=list)  # count per staleness 0..63+
+    lost_replicas: list[int] = field(default_factory=list)
+    done_replicas: list[int] = field(default_factory=list)
+    serve_s: float = 0.0  # wall seconds in the service loop
+    cpu_s: float = 0.0  # CPU seconds (user + system) the loop used
+    idle_cpu_fraction: float = 0.0  # CPU seconds / wall seconds while nothing arrived
+    apply_s: float = 0.0  # seconds applying updates
+
+    def staleness_summary(self) -> dict[str, float]:
+        h = np.array(self.staleness_hist, dtype=np.float64)
+        n = h.sum()
+        if n == 0:
+            return {"mean": 0.0, "max": 0, "p50": 0, "p90": 0}
+        idx = np.arange(len(h))
+        cdf = np.cumsum(h) / n
+        return {
+            "mean": float((h * idx).sum() / n),
+            "max": int(idx[h > 0].max()),
+            "p50": int(np.searchsorted(cdf, 0.5)),
+            "p90": int(np.searchsorted(cdf, 0.9)),
+        }
+
+
+class ShardService:
+    """Serves one parameter shard until every replica is done or lost.
+
+    Args:
+        sw: this shard's windows (this rank must be their owner).
+        rule: update rule object with ``apply(params, grads, lr)``.
+        lr_at: learning rate as a function of this shard's version.
+        replica_timeout: seconds without a heartbeat after which a replica
+            that has not said done is declared lost.
+        comm: the library communicator (for ``Iprobe`` progress).
+        on_tick: called about every ``tick_s`` seconds with (ctrl, stats) - the
+            progress lines of shard 0.
+    """
+
+    def __init__(
+        self,
+        sw: W.ShardWindows,
+        rule,
+        lr_at: Callable[[int], float],
+        replica_timeout: float,
+        comm: MPI.Intracomm,
+        on_tick: Callable[[np.ndarray, ShardStats], None] | None = None,
+        tick_s: float = 2.0,
+    ):
+        self.sw, self.rule, self.lr_at = sw, rule, lr_at
+        self.timeout = replica_timeout
+        self.comm = comm
+        self.on_tick, self.tick_s = on_tick, tick_s
+        self.stats = ShardStats(
+            sw.shard,
+            sw.lo,
+            sw.hi,
+            pushes_applied=[0] * sw.n_replicas,
+            staleness_hist=[0] * STALENESS_BINS,
+        )
+
+    def _apply(self, r: int, params, inbox, ctrl) -> None:
+        n = self.sw.n
+        slot = inbox[r * n : (r + 1) * n]
+        version = int(ctrl[W.VERSION])
+        stale = version - int(ctrl[W.field(r, W.BASE_VERSION)])
+        t = time.perf_counter()
+        self.rule.apply(params, slot, self.lr_at(version))
+        slot[:] = 0.0
+        self.stats.apply_s += time.perf_counter() - t
+        ctrl[W.field(r, W.BASE_VERSION)] = 0.0
+        ctrl[W.VERSION] = version + 1
+        ctrl[W.APPLIED] += 1
+        ctrl[W.field(r, W.ACK)] += 1.0  # last: the slot is empty again
+        self.stats.pushes_applied[r] += 1
+        self.stats.bytes_in += slot.nbytes
+        self.stats.staleness_hist[min(max(stale, 0), STALENESS_BINS - 1)] += 1
+
+    def serve(self) -> ShardStats:
+        """Runs the service loop; returns the shard's statistics when it finishes."""
+        sw, st = self.sw, self.stats
+        params, inbox, ctrl = sw.local_arrays()
+        R = sw.n_replicas
+        sw.lock_all()
+        backoff = Backoff(first=20e-6, cap=1e-3)
+        t0 = time.perf_counter()
+        ru0 = resource.getrusage(resource.RUSAGE_SELF)
+        last_hb = np.full(R, -1.0)
+        last_seen = np.full(R, time.monotonic())
+        lost: set[int] = set()
+        idle_wall = idle_cpu = 0.0
+        next_tick = time.monotonic() + self.tick_s
+        while True:
+            c_iter, w_iter = time.process_time(), time.perf_counter()
+            sw.ctrl_win.Sync()
+            sw.inbox_win.Sync()
+            applied = 0
+            for r in range(R):
+                if ctrl[W.field(r, W.READY)] > ctrl[W.field(r, W.ACK)]:
+                    self._apply(r, params, inbox, ctrl)
+                    applied += 1
+            if applied:
+                sw.param_win.Sync()
+                sw.ctrl_win.Sync()
+            now = time.monotonic()
+            done = []
+            for r in range(R):
+                hb = ctrl[W.field(r, W.HEARTBEAT)]
+                if hb != last_hb[r]:
+                    last_hb[r], last_seen[r] = hb, now
+                    lost.discard(r)
+                if ctrl[W.field(r, W.DONE)] > 0:
+                    done.append(r)
+                elif now - last_seen[r] > self.timeout and r not in lost:
+                    lost.add(r)
+                    if r not in st.lost_replicas:
+                        st.lost_replicas.append(r)
+            pending = any(ctrl[W.field(r, W.READY)] > ctrl[W.field(r, W.ACK)] for r in range(R))
+            if len(done) + len(lost) >= R and not pending:
+                st.done_replicas = done
+                break
+            if self.on_tick is not None and now >= next_tick:
+                self.on_tick(ctrl, st)
+                next_tick = now + self.tick_s
+            if applied:
+                backoff.reset()
+            else:
+                self.comm.Iprobe()  # let MPI make progress on passive-target operations
+                backoff.sleep()
+                idle_cpu += time.process_time() - c_iter  # whole idle passes: polls + sleep
+                idle_wall += time.perf_counter() - w_iter
+        ctrl[W.STOP] = 1.0
+        sw.ctrl_win.Sync()
+        sw.unlock_all()
+        ru1 = resource.getrusage(resource.RUSAGE_SELF)
+        st.serve_s = time.perf_counter() - t0
+        st.cpu_s = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
+        st.idle_cpu_fraction = idle_cpu / idle_wall if idle_wall else 0.0
+        st.version = int(ctrl[W.VERSION])
+        return st

@@ -1,0 +1,173 @@
+"""The RMA windows of the parameter shards, and the layout of their control area.
+
+Every parameter shard ``s`` owns three windows, each created collectively over
+the library communicator with memory only at the shard's rank (one window
+per shard and purpose: MPI serialises accumulates per window, so shards do not
+contend; shared/DESIGN.md, "Known MPI pitfalls"):
+
+* ``param``  (n_s,) float32: the shard's slice ``[lo, hi)`` of the flat parameter
+  vector. Replicas ``Get`` it; the shard updates it in place.
+* ``inbox``  (R * n_s,) float32: one slot per replica. Replica r
+  ``Accumulate(SUM)``s its accumulated gradient into slot r (which the shard
+  has zeroed), the shard consumes it.
+* ``ctrl``   float64 counters (exact integers up to 2**53): a head
+  (:data:`VERSION`, :data:`STOP`, ...) and a block per replica
+  (:data:`READY`, :data:`ACK`, ...). Replicas only ``Accumulate(SUM)`` into it
+  and ``Get`` from it; the shard writes it with local stores + ``Win.Sync``.
+
+All windows are created with the info hints ``accumulate_ordering=none`` (no
+ordering between accumulates is needed: completion is enforced with
+``Flush``) and ``accumulate_ops=same_op`` (only SUM, plus Gets, ever touch them).
+
+Who must call what: :func:`create_shard_windows` and :meth:`ShardWindows.free`
+are collective over the communicator, on every rank, in the same order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from mpi4py import MPI
+
+from hpcnet.errors import LayoutError
+
+# ctrl head
+VERSION = 0  # updates applied by this shard (its parameter version)
+STOP = 1  # 1.0 once this shard has finished: replicas stop
+APPLIED = 2  # pushes applied, summed over replicas (== VERSION)
+HEAD = 4
+# per-replica block, at HEAD + r * PER_REPLICA
+READY = 0  # pushes replica r has completed into its inbox slot (replica: += 1)
+ACK = 1  # pushes of replica r the shard has consumed (shard writes)
+BASE_VERSION = 2  # VERSION of this shard the pending push was computed on (replica: += v)
+DONE = 3  # 1.0 when replica r has finished its work (replica: += 1)
+HEARTBEAT = 4  # replica r's liveness counter (replica: += 1 at each fetch and push)
+STEPS = 5  # training steps replica r has completed (replica: += steps at each push)
+LOSS = 6  # sum of replica r's per-sample training losses, for progress lines
+CORRECT = 7  # correctly classified training samples of replica r
+SAMPLES = 8  # training samples replica r has processed
+PER_REPLICA = 9
+
+
+def ctrl_size(n_replicas: int) -> int:
+    """Number of float64 counters in a shard's control window."""
+    return HEAD + n_replicas * PER_REPLICA
+
+
+def field(replica: int, name: int) -> int:
+    """Index of per-replica counter ``name`` of ``replica`` in the control window."""
+    return HEAD + replica * PER_REPLICA + name
+
+
+def shard_ranges(
+    n_params: int, n_shards: int, boundaries: list[int] | None = None
+) -> list[tuple[int, int]]:
+    """Splits ``[0, n_params)`` into ``n_shards`` contiguous ranges balanced by size.
+
+    With ``boundaries`` (e.g. the layers' parameter offsets), each cut moves to the
+    nearest boundary when that keeps every range non-empty, so a layer's tensor
+    is not split across shards unless it must be.
+
+    Raises:
+        LayoutError: ``n_shards`` < 1 or > ``n_params``.
+    """
+    if n_shards < 1:
+        raise LayoutError(f"--shards {n_shards}: need at least 1 parameter shard")
+    if n_shards > n_params:
+        raise LayoutError(
+            f"--shards {n_shards}: more shards than the model's {n_params} parameters"
+        )
+    cuts = [round(i * n_params / n_shards) for i in range(n_shards + 1)]
+    if boundaries:
+        bounds = sorted(set(b for b in boundaries if 0 < b < n_params))
+        for i in range(1, n_shards):
+            if bounds:
+                best = min(bounds, key=lambda b: abs(b - cuts[i]))
+                if cuts[i - 1] < best < cuts[i + 1] and abs(best - cuts[i]) <= n_params / (
+                    2 * n_shards
+                ):
+                    cuts[i] = best
+    return [(cuts[i], cuts[i + 1]) for i in range(n_shards)]
+
+
+def _info() -> MPI.Info:
+    info = MPI.Info.Create()
+    info.Set("accumulate_ordering", "none")
+    info.Set("accumulate_ops", "same_op")
+    return info
+
+
+@dataclass
+class ShardWindows:
+    """The three windows of one shard, as seen from any rank.
+
+    On the shard's own rank, ``params``/``inbox``/``ctrl`` are NumPy views of the
+    window memory; elsewhere they are empty.
+    """
+
+    shard: int
+    owner: int  # world rank of the shard
+    lo: int
+    hi: int
+    n_replicas: int
+    param_win: MPI.Win
+    inbox_win: MPI.Win
+    ctrl_win: MPI.Win
+
+    @property
+    def n(self) -> int:
+        return self.hi - self.lo
+
+    @property
+    def windows(self) -> tuple[MPI.Win, MPI.Win, MPI.Win]:
+        return (self.param_win, self.inbox_win, self.ctrl_win)
+
+    def local_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(params (n,) float32, inbox (R*n,) float32, ctrl float64) views of this
+        rank's window memory (meaningful on the owner only)."""
+        return (
+            np.frombuffer(self.param_win.tomemory(), np.float32),
+            np.frombuffer(self.inbox_win.tomemory(), np.float32),
+            np.frombuffer(self.ctrl_win.tomemory(), np.float64),
+        )
+
+    def lock_all(self) -> None:
+        """Opens one passive-target access epoch on every window, kept for the whole run."""
+        for w in self.windows:
+            w.Lock_all(MPI.MODE_NOCHECK)
+
+    def unlock_all(self) -> None:
+        for w in self.windows:
+            w.Unlock_all()
+
+    def free(self) -> None:
+        """Frees the windows. Collective over the communicator they were made on."""
+        for w in self.windows:
+            w.Free()
+
+
+def create_shard_windows(
+    comm: MPI.Intracomm, shard_ranks: list[int], ranges: list[tuple[int, int]], n_replicas: int
+) -> list[ShardWindows]:
+    """Creates every shard's windows (3 per shard, in shard order).
+
+    Collective over ``comm``: every rank must call it with the same arguments.
+    Memory is allocated (and zeroed) only on each window's shard rank.
+    """
+    rank = comm.Get_rank()
+    out = []
+    info = _info()
+    for s, (owner, (lo, hi)) in enumerate(zip(shard_ranks, ranges, strict=True)):
+        mine = rank == owner
+        n = hi - lo
+        wins = []
+        for count, itemsize in ((n, 4), (n_replicas * n, 4), (ctrl_size(n_replicas), 8)):
+            w = MPI.Win.Allocate(count * itemsize if mine else 0, itemsize, info, comm)
+            if mine:
+                np.frombuffer(w.tomemory(), np.uint8)[:] = 0
+            wins.append(w)
+        out.append(ShardWindows(s, owner, lo, hi, n_replicas, *wins))
+    info.Free()
+    comm.Barrier()  # every window zeroed before anyone reaches into it
+    return out

@@ -1,0 +1,133 @@
+"""Downpour SGD: exactness against serial SGD/Adagrad, counters, learning, failures."""
+
+import numpy as np
+import pytest
+
+from hpcnet.algos.runner import train
+from hpcnet.config import load_config
+from hpcnet.data.format import open_dataset
+from hpcnet.data.loader import BatchLoader
+from hpcnet.kernels import get_backend
+from hpcnet.nn.zoo import build_model
+
+
+def _sub(comm, n):
+    """The first n ranks of comm (None on the others, which sit the test out)."""
+    sub = comm.Split(0 if comm.rank < n else 1, comm.rank)
+    if comm.rank >= n:
+        sub.Free()
+        return None
+    return sub
+
+
+def _cfg(out, **kv):
+    base = {
+        "data.name": "digits",
+        "model.name": "digits_cnn",
+        "algo.name": "downpour",
+        "run.threads": 1,
+        "run.out": str(out),
+        "optim.warmup_epochs": 0.0,
+        "optim.lr_schedule": "constant",
+    }
+    base.update(kv)
+    return load_config(None, base)
+
+
+def _serial(rule, steps, lr, batch=32, seed=0):
+    """Serial SGD / Adagrad over the batches one replica of one would see."""
+    path = open_dataset(_digits()).path
+    info = open_dataset(path)
+    model = build_model("digits_cnn", info.image_shape, info.num_classes)
+    model.init(seed)
+    be = get_backend("cpu")
+    accum = np.full(model.n_params, 0.1, np.float32)
+    loader = BatchLoader(
+        path, replica=0, n_replicas=1, batch_size=batch, seed=seed, mean=info.mean, std=info.std
+    )
+    done, epoch = 0, 0
+    while done < steps:
+        for x, y in loader.batches(epoch):
+            model.loss_and_grad(x, y, be)
+            g = model.grads
+            if rule == "sgd":
+                model.params -= np.float32(lr) * g
+            else:
+                accum += g * g
+                model.params -= np.float32(lr) * g / (np.sqrt(accum) + np.float32(1e-8))
+            done += 1
+            if done == steps:
+                break
+        epoch += 1
+    loader.close()
+    return model.params
+
+
+def _digits():
+    from pathlib import Path
+
+    return Path(__file__).resolve().parents[2] / "data" / "digits.h5"
+
+
+@pytest.mark.mpi(min_size=2)
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("rule,lr", [("sgd", 0.05), ("adagrad", 0.01)])
+def test_one_shard_one_replica_equals_serial(comm, shared_tmp, rule, lr):
+    sub = _sub(comm, 2)
+    if sub is None:
+        return
+    cfg = _cfg(
+        shared_tmp / rule,
+        **{"ps.rule": rule, "optim.lr": lr, "run.max_steps": 25, "ps.read_own_writes": True},
+    )
+    s = train(cfg, sub, verbose=False)
+    sub.Free()
+    assert s["pushes_sent"] == 25 and s["pushes_applied_per_shard"] == [25]
+    assert s["staleness"]["max"] == 0  # read-own-writes with one replica: never stale
+    ref = _serial(rule, 25, lr)
+    assert not np.allclose(ref, _serial(rule, 1, lr))  # the run moved the parameters
+    np.testing.assert_allclose(s["_params"], ref, rtol=2e-4, atol=2e-5)
+
+
+@pytest.mark.mpi(min_size=4)
+@pytest.mark.timeout(300)
+def test_two_shards_two_replicas_learn_digits_and_count_pushes(comm, shared_tmp):
+    sub = _sub(comm, 4)
+    if sub is None:
+        return
+    cfg = _cfg(
+        shared_tmp / "dp22",
+        **{"algo.shards": 2, "run.epochs": 12, "optim.lr": 0.02, "optim.lr_schedule": "cosine"},
+    )
+    s = train(cfg, sub, verbose=False)
+    sub.Free()
+    assert s["layout"]["shards"] == 2 and s["layout"]["replicas"] == 2
+    sent = s["pushes_sent"]
+    assert sent == sum(r["pushes"] for r in s["replicas"]) and sent > 0
+    assert s["pushes_applied_per_shard"] == [sent, sent]  # every push applied once per shard
+    assert sum(s["staleness"]["histogram"]) == 2 * sent
+    assert s["test_accuracy"] >= 0.9, s["test_accuracy"]
+    assert s["lost_replicas"] == []
+
+
+@pytest.mark.mpi(min_size=3)
+@pytest.mark.timeout(240)
+def test_failed_replica_does_not_hang_the_run(comm, shared_tmp):
+    sub = _sub(comm, 3)
+    if sub is None:
+        return
+    cfg = _cfg(
+        shared_tmp / "fail",
+        **{
+            "run.epochs": 3,
+            "faults.fail_replica": 1,
+            "faults.fail_at_step": 4,
+            "ps.replica_timeout": 2.0,
+        },
+    )
+    s = train(cfg, sub, verbose=False)
+    sub.Free()
+    assert s["lost_replicas"] == [1] and s["failed_replicas"] == [1]
+    by = {r["replica"]: r for r in s["replicas"]}
+    assert by[1]["steps"] == 4 and by[0]["steps"] == s["steps_per_replica"]
+    assert s["pushes_applied_per_shard"] == [s["pushes_sent"]]
