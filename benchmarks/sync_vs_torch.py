@@ -6,7 +6,9 @@ Sides (each a fresh process group, launched with ``mpiexec``; batch 64 per proce
 * ``hpcnet-1x2``: hpcnet, 1 rank x 2 threads;
 * ``torch-1x2``: PyTorch, 1 process x 2 threads (``torch.set_num_threads(2)``);
 * ``torch-ddp-2x1``: PyTorch DistributedDataParallel, gloo over loopback, 2 processes
-  x 1 thread.
+  x 1 thread;
+* ``hpcnet-1x2-passive`` (diagnostic, only with ``--sides``): ``hpcnet-1x2`` with
+  ``OMP_WAIT_POLICY=passive`` in that one command.
 
 One step is forward + backward + gradient averaging (2-process sides) + SGD step
 (momentum 0.9, lr 0.01), as in :func:`hpcnet.algos.runner.train`. Both frameworks
@@ -37,6 +39,7 @@ import importlib.util
 import json
 import os
 import platform
+import resource
 import shutil
 import socket
 import statistics
@@ -53,14 +56,20 @@ LR = 0.01
 MOMENTUM = 0.9
 DEFAULT_STEPS = {"2conv": 30, "mlp": 200}  # timed steps per run
 DEFAULT_WARMUP = {"2conv": 5, "mlp": 20}
-# name -> (framework, processes, threads per process); the list order is A B A B.
+# name -> (framework, processes, threads per process, extra environment). The default
+# sides are the first four, in A B A B order; the last is a diagnostic, opt-in with
+# --sides: libgomp's spin-waiting threads (Numba's "omp" layer) and OpenBLAS's own
+# threads take turns on 2 cores, and a passive wait policy shows what that costs.
 SIDES = {
-    "hpcnet-2x1": ("hpcnet", 2, 1),
-    "torch-ddp-2x1": ("torch", 2, 1),
-    "hpcnet-1x2": ("hpcnet", 1, 2),
-    "torch-1x2": ("torch", 1, 2),
+    "hpcnet-2x1": ("hpcnet", 2, 1, {}),
+    "torch-ddp-2x1": ("torch", 2, 1, {}),
+    "hpcnet-1x2": ("hpcnet", 1, 2, {}),
+    "torch-1x2": ("torch", 1, 2, {}),
+    "hpcnet-1x2-passive": ("hpcnet", 1, 2, {"OMP_WAIT_POLICY": "passive"}),
 }
+DEFAULT_SIDES = ("hpcnet-2x1", "torch-ddp-2x1", "hpcnet-1x2", "torch-1x2")
 RESULT_TAG = "RESULT "
+IDLE_ENOUGH = 0.8  # machine idle fraction for a run to start (and count) as undisturbed
 TORCH_MISSING = (
     "sync_vs_torch: PyTorch is not installed in this Python ({exe}); it is a benchmark-only "
     "dependency, not an hpcnet one. Install the CPU build with:\n"
@@ -120,9 +129,10 @@ def emit(result: dict) -> None:
 
 def worker_hpcnet(args: argparse.Namespace) -> None:
     """One hpcnet sync run; SPMD over COMM_WORLD (every rank runs it, same arguments)."""
+    import numba
     from mpi4py import MPI
 
-    from hpcnet.algos.runner import set_threads
+    from hpcnet.algos.common import set_threads
     from hpcnet.algos.sync import SyncSGD
     from hpcnet.comm import bcast_
     from hpcnet.comm.world import install_abort_hook, library_comm
@@ -177,6 +187,7 @@ def worker_hpcnet(args: argparse.Namespace) -> None:
                 "samples_per_s": size * BATCH * args.steps / slowest,
                 "step_s": [a + b + c for a, b, c in phases],
                 "phases_s": {"fwd_bwd": fb, "allreduce": ar, "sgd": sgd},
+                "numba_threading_layer": numba.threading_layer(),
                 "blas": blas_info(),
                 "env": env_info(),
             }
@@ -226,7 +237,10 @@ def torch_model(hp_model):
 def check_identical(hp_model, net, x: np.ndarray, y: np.ndarray) -> dict:
     """Logits and gradients of both models on one batch, dropout off; raises if they differ.
 
-    The oracle is hpcnet's NumPy ``reference`` backend.
+    The oracle is hpcnet's NumPy ``reference`` backend. The images get a little noise
+    first: a flat background makes exact ties in max pooling, which the two frameworks'
+    different summation orders break differently (both valid, but the gradients then
+    differ by ~1e-2 in the conv weights).
     """
     import torch
     import torch.nn.functional as F
@@ -235,6 +249,7 @@ def check_identical(hp_model, net, x: np.ndarray, y: np.ndarray) -> dict:
     from hpcnet.nn.layers import Dropout
 
     ref = get_backend("reference")
+    x = x + np.random.default_rng(SEED).normal(0.0, 0.05, x.shape).astype(np.float32)
     rates = [(layer, layer.rate) for layer in hp_model.layers if isinstance(layer, Dropout)]
     for layer, _ in rates:
         layer.rate = 0.0
@@ -255,8 +270,8 @@ def check_identical(hp_model, net, x: np.ndarray, y: np.ndarray) -> dict:
     net.train()
     logit_err = float(np.abs(out.detach().numpy() - h_logits).max() / np.abs(h_logits).max())
     grad_err = float(np.abs(t_grads - h_grads).max() / np.abs(h_grads).max())
-    loss_err = abs(float(loss) - h_loss)
-    if logit_err > 1e-4 or grad_err > 1e-3 or loss_err > 1e-4:
+    loss_err = abs(loss.item() - h_loss)
+    if logit_err > 1e-4 or grad_err > 1e-4 or loss_err > 1e-4:
         raise RuntimeError(
             f"sync_vs_torch: the torch model is not hpcnet's {hp_model.name}: relative max "
             f"error logits {logit_err:.2e}, gradients {grad_err:.2e}, loss {loss_err:.2e}"
@@ -282,10 +297,18 @@ def worker_torch(args: argparse.Namespace) -> None:
     hp_model = build_model(args.model, xs.shape[2:], 10)
     hp_model.init(SEED)
     net = torch_model(hp_model)
-    check = check_identical(hp_model, net, xs[0, :16], ys[0, :16]) if rank == 0 else None
+    # Every rank checks (same data, same seed), so a mismatch stops them all alike.
+    check = check_identical(hp_model, net, xs[0, :16], ys[0, :16])
     if size > 1:
         # MASTER_ADDR=127.0.0.1 and MASTER_PORT come from the driver: loopback only.
-        dist.init_process_group("gloo", init_method="env://", rank=rank, world_size=size)
+        # A short timeout: a rank that died must not leave the other waiting 30 minutes.
+        dist.init_process_group(
+            "gloo",
+            init_method="env://",
+            rank=rank,
+            world_size=size,
+            timeout=datetime.timedelta(seconds=120),
+        )
         net = torch.nn.parallel.DistributedDataParallel(net)
     opt = torch.optim.SGD(net.parameters(), lr=LR, momentum=MOMENTUM)
     tx, ty = torch.from_numpy(xs), torch.from_numpy(ys)
@@ -329,6 +352,7 @@ def worker_torch(args: argparse.Namespace) -> None:
                 "phases_s": {"fwd_bwd_allreduce" if size > 1 else "fwd_bwd": fb, "sgd": sgd},
                 "identity_check": check,
                 "torch": torch.__version__,
+                "mkl": torch.backends.mkl.is_available(),
                 "mkldnn": torch.backends.mkldnn.is_available(),
                 "blas": blas_info(),
                 "env": env_info(),
@@ -356,18 +380,63 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def cpu_ticks() -> dict[str, int] | None:
+    """The whole machine's CPU time since boot, in clock ticks, from /proc/stat.
+
+    Returns:
+        ``busy`` (user, nice, system, irq, softirq), ``steal`` (the hypervisor ran
+        someone else on our vCPU) and ``total`` (all of them plus idle and iowait);
+        None where /proc/stat cannot be read.
+    """
+    try:
+        v = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    v += [0] * (8 - len(v))
+    user, nice, system, idle, iowait, irq, softirq, steal = v
+    busy = user + nice + system + irq + softirq
+    return {"busy": busy, "steal": steal, "total": busy + steal + idle + iowait}
+
+
+def wait_for_idle(max_wait: float, interval: float = 0.5) -> float | None:
+    """Waits up to ``max_wait`` seconds for the machine to be >= 80 % idle.
+
+    Another job on this shared 2-vCPU machine halves a side's throughput, so each run
+    starts on an idle machine when it can. Returns the idle fraction of the last
+    ``interval`` (None if unknown).
+    """
+    deadline = time.monotonic() + max_wait
+    while True:
+        a = cpu_ticks()
+        time.sleep(interval)
+        b = cpu_ticks()
+        if a is None or b is None:
+            return None
+        idle = 1.0 - (b["busy"] - a["busy"]) / max(b["total"] - a["total"], 1)
+        if idle >= IDLE_ENOUGH or time.monotonic() >= deadline:
+            return idle
+
+
+def children_cpu_s() -> float:
+    """CPU seconds used so far by this process's finished children (and theirs)."""
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
 def run_side(side: str, model: str, steps: int, warmup: int, args, mpiexec: str) -> dict:
     """Launches one side as ``mpiexec -n P python THIS --worker ...``; returns its result."""
-    framework, procs, threads = SIDES[side]
+    framework, procs, threads, extra_env = SIDES[side]
     cmd = [
         mpiexec, "-n", str(procs), sys.executable, str(Path(__file__).resolve()),
         "--worker", framework, "--model", model, "--threads", str(threads),
         "--steps", str(steps), "--warmup", str(warmup),
         "--data", args.data, "--rows", str(args.rows),
     ]  # fmt: skip
-    env = dict(os.environ)
+    env = {**os.environ, **extra_env}
     if framework == "torch" and procs > 1:
         env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
+    idle = wait_for_idle(args.wait_idle)
+    ticks0, ours0 = cpu_ticks(), children_cpu_s()
     t0 = time.perf_counter()
     try:
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout)
@@ -381,31 +450,48 @@ def run_side(side: str, model: str, steps: int, warmup: int, args, mpiexec: str)
             f"sync_vs_torch: {side} {model} failed (exit {proc.returncode}): {' '.join(cmd)}\n"
             f"--- stdout\n{proc.stdout[-3000:]}\n--- stderr\n{proc.stderr[-3000:]}"
         )
+    wall = time.perf_counter() - t0
+    ticks1, ours1 = cpu_ticks(), children_cpu_s()
+    others = steal = None
+    if ticks0 and ticks1:
+        # Machine-wide busy time minus our own processes' = what other jobs took.
+        hz = os.sysconf("SC_CLK_TCK")
+        capacity = max(ticks1["total"] - ticks0["total"], 1) / hz  # CPU-seconds
+        others = max(0.0, (ticks1["busy"] - ticks0["busy"]) / hz - (ours1 - ours0)) / capacity
+        steal = (ticks1["steal"] - ticks0["steal"]) / hz / capacity
+    clean = (idle is None or idle >= IDLE_ENOUGH) and (others is None or others <= 0.1)
     result = json.loads(lines[-1][len(RESULT_TAG) :])
     result.update(
         side=side,
+        extra_env=extra_env,
         model=model,
         steps=steps,
         warmup=warmup,
         procs=procs,
-        wall_s=time.perf_counter() - t0,
-        loadavg=os.getloadavg(),
+        wall_s=wall,
+        cpu_idle_before=idle,
+        cpu_others_during=others,
+        cpu_steal_during=steal,
+        clean=clean,
     )
     return result
 
 
 def summarize(runs: list[dict], models: list[str], sides: list[str]) -> list[dict]:
+    """One row per (model, side): the median over its undisturbed runs (all runs if none
+    was undisturbed), the spread, median per-step phases and the ratios to torch."""
     rows = []
     for model in models:
         med = {}
         for side in sides:
-            sps = [r["samples_per_s"] for r in runs if r["model"] == model and r["side"] == side]
-            if not sps:
+            every = [r for r in runs if r["model"] == model and r["side"] == side]
+            if not every:
                 continue
-            ours = [r for r in runs if r["model"] == model and r["side"] == side]
+            used = [r for r in every if r["clean"]] or every
+            sps = [r["samples_per_s"] for r in used]
             phases = {
-                k: statistics.median(statistics.median(r["phases_s"][k]) for r in ours) * 1e3
-                for k in ours[0]["phases_s"]
+                k: statistics.median(statistics.median(r["phases_s"][k]) for r in used) * 1e3
+                for k in used[0]["phases_s"]
             }
             med[side] = statistics.median(sps)
             rows.append(
@@ -415,14 +501,16 @@ def summarize(runs: list[dict], models: list[str], sides: list[str]) -> list[dic
                     "samples_per_s": med[side],
                     "min": min(sps),
                     "max": max(sps),
-                    "repeats": len(sps),
+                    "runs_used": len(used),
+                    "runs": len(every),
+                    "all_disturbed": not any(r["clean"] for r in every),
                     "median_step_phases_ms": phases,
                 }
             )
+        t1, ddp = med.get("torch-1x2"), med.get("torch-ddp-2x1")
         for row in rows:
             if row["model"] != model:
                 continue
-            t1, ddp = med.get("torch-1x2"), med.get("torch-ddp-2x1")
             row["vs_torch_1x2"] = row["samples_per_s"] / t1 if t1 else None
             row["vs_torch_ddp_2x1"] = (
                 row["samples_per_s"] / ddp if ddp and row["side"] == "hpcnet-2x1" else None
@@ -432,7 +520,7 @@ def summarize(runs: list[dict], models: list[str], sides: list[str]) -> list[dic
 
 def print_table(rows: list[dict]) -> None:
     head = (
-        f"{'model':<6} {'side':<14} {'samples/s':>10} {'min-max':>15} "
+        f"{'model':<6} {'side':<18} {'samples/s':>10} {'min-max':>15} {'runs':>5} "
         f"{'/torch-1x2':>10} {'/torch-ddp':>10}  median step phases (ms)"
     )
     print(head)
@@ -441,11 +529,16 @@ def print_table(rows: list[dict]) -> None:
         ratio = f"{r['vs_torch_1x2']:.2f}" if r["vs_torch_1x2"] else "-"
         ddp = f"{r['vs_torch_ddp_2x1']:.2f}" if r["vs_torch_ddp_2x1"] else "-"
         spread = f"{r['min']:,.0f}-{r['max']:,.0f}"
+        used = f"{r['runs_used']}/{r['runs']}" + ("!" if r["all_disturbed"] else "")
         phases = ", ".join(f"{k} {v:.1f}" for k, v in r["median_step_phases_ms"].items())
         print(
-            f"{r['model']:<6} {r['side']:<14} {r['samples_per_s']:>10,.0f} {spread:>15} "
-            f"{ratio:>10} {ddp:>10}  {phases}"
+            f"{r['model']:<6} {r['side']:<18} {r['samples_per_s']:>10,.0f} {spread:>15} "
+            f"{used:>5} {ratio:>10} {ddp:>10}  {phases}"
         )
+    print(
+        "runs: undisturbed runs in the median / all runs ('!': every run had other jobs "
+        "on the machine, so all are used and the figure is low)"
+    )
 
 
 def driver(args: argparse.Namespace) -> None:
@@ -455,11 +548,24 @@ def driver(args: argparse.Namespace) -> None:
 
     models = [m for m in args.models.split(",") if m]
     sides = [s for s in args.sides.split(",") if s]
+    from hpcnet.nn.zoo import MODELS
+
+    unknown = [m for m in models if m not in MODELS]
+    if unknown or not models:
+        sys.exit(
+            f"sync_vs_torch: --models {args.models!r}: unknown or empty; choose from "
+            f"{', '.join(MODELS)}"
+        )
     bad = [s for s in sides if s not in SIDES]
     if bad:
         sys.exit(f"sync_vs_torch: --sides {','.join(bad)}: unknown; choose from {', '.join(SIDES)}")
     if args.repeats < 1:
         sys.exit("sync_vs_torch: --repeats must be at least 1 (2 or more for a median)")
+    if args.steps < 0 or (args.warmup is not None and args.warmup < 0) or args.rows < BATCH:
+        sys.exit(
+            f"sync_vs_torch: need --steps >= 1 (0: the per-model default), --warmup >= 0 "
+            f"and --rows >= {BATCH}; got {args.steps}, {args.warmup}, {args.rows}"
+        )
     # Convert Fashion-MNIST once, here, before any worker reads it.
     args.data = str(resolve_data(args.data))
     mpiexec = mpiexec_path()
@@ -501,12 +607,14 @@ def driver(args: argparse.Namespace) -> None:
                 r["repeat"] = rep
                 runs.append(r)
                 print(
-                    f"  repeat {rep} {model:<6} {side:<14} {r['samples_per_s']:>9,.0f} "
-                    f"samples/s  (run {r['wall_s']:.1f} s, load {r['loadavg'][0]:.1f})",
+                    f"  repeat {rep} {model:<6} {side:<18} {r['samples_per_s']:>9,.0f} "
+                    f"samples/s  ({disturbance(r)})",
                     flush=True,
                 )
-    rows = summarize(runs, models, sides)
-    blas = [d for d in runs[0]["blas"] if d.get("user_api") == "blas"] if runs else []
+    rows = summarize(runs, models, list(dict.fromkeys(sides)))
+    hp = [r for r in runs if r["framework"] == "hpcnet"]
+    # numpy's OpenBLAS does hpcnet's GEMMs (scipy may load a second copy, unused).
+    blas = [d for d in hp[0]["blas"] if "numpy" in (d.get("filepath") or "")] if hp else []
     if blas:
         print(
             f"# hpcnet BLAS: {blas[0].get('internal_api')} {blas[0].get('version')} "
@@ -516,6 +624,19 @@ def driver(args: argparse.Namespace) -> None:
     if args.json:
         Path(args.json).write_text(json.dumps({**meta, "summary": rows, "runs": runs}, indent=1))
         print(f"# raw timings written to {args.json}")
+
+
+def disturbance(r: dict) -> str:
+    """How quiet the machine was around one run, for the progress line."""
+
+    def pct(v: float | None) -> str:
+        return "?" if v is None else f"{v:.0%}"
+
+    note = "" if r["clean"] else "  <- other jobs on the machine: left out of the median"
+    return (
+        f"run {r['wall_s']:.1f} s; idle before {pct(r['cpu_idle_before'])}, other jobs "
+        f"{pct(r['cpu_others_during'])}, steal {pct(r['cpu_steal_during'])}{note}"
+    )
 
 
 def cpu_model() -> str:
@@ -555,7 +676,11 @@ def versions() -> dict:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", default="2conv,mlp", help="comma-separated zoo models")
-    p.add_argument("--sides", default=",".join(SIDES), help="comma-separated, A B A B order")
+    p.add_argument(
+        "--sides",
+        default=",".join(DEFAULT_SIDES),
+        help=f"comma-separated, run in this order (A B A B); any of {', '.join(SIDES)}",
+    )
     p.add_argument(
         "--steps",
         type=int,
@@ -572,6 +697,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rows", type=int, default=8192, help="Fashion-MNIST train rows used")
     p.add_argument("--data", default="fashion-mnist", help="data set name or .h5 path")
     p.add_argument("--timeout", type=int, default=300, help="seconds per side run")
+    p.add_argument(
+        "--wait-idle",
+        type=float,
+        default=60.0,
+        help="seconds to wait, before each run, for the machine to be 80%% idle",
+    )
     p.add_argument("--json", default=None, help="write every raw timing here")
     p.add_argument("--worker", choices=("hpcnet", "torch"), help=argparse.SUPPRESS)
     p.add_argument("--model", help=argparse.SUPPRESS)

@@ -40,6 +40,8 @@ def set_threads(threads: int, comm: MPI.Intracomm | None = None) -> int:
     least 1; ``comm`` defaults to COMM_WORLD). Then it is collective over ``comm``
     (it counts the ranks per node), so every rank must call it with the same ``threads``.
     """
+    import hpcnet.kernels.cpu  # noqa: F401  (picks Numba's threading layer before it starts)
+
     if threads == 0:
         threads = max(1, (os.cpu_count() or 1) // ranks_on_node(comm or MPI.COMM_WORLD))
     numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))

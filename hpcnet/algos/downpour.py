@@ -94,7 +94,7 @@ def train_downpour(prep: Prepared, comm: MPI.Intracomm, verbose: bool = True) ->
     train_s = time.perf_counter() - t_train
 
     # End of the run: everyone meets (sleeping while waiting, with a time limit).
-    barrier_polling(comm, timeout=max(600.0, 4 * ps.replica_timeout), what="downpour end barrier")
+    barrier_polling(comm, timeout=max(120.0, 4 * ps.replica_timeout), what="downpour end barrier")
     full = np.empty(model.n_params, np.float32)
     counts = [0] * comm.Get_size()
     for s, (lo, hi) in enumerate(ranges):
