@@ -132,6 +132,14 @@ def train_downpour(prep: Prepared, comm: MPI.Intracomm, verbose: bool = True) ->
                 f"{ps.replica_timeout:g} s); training finished with the others",
                 flush=True,
             )
+        prep.log.write(
+            {
+                "event": "downpour",
+                "shards": summary["shards"],
+                "replicas": summary["replicas"],
+                "staleness": summary["staleness"],
+            }
+        )
         report(prep, summary, verbose)
     summary = comm.bcast(summary if rank == 0 else None, root=0)
     summary["_params"] = model.params
@@ -262,6 +270,9 @@ def _summarise(prep, shards, replicas, total_steps, spe, train_s) -> dict[str, A
     samples = sum(r["samples"] for r in replicas)
     pushes_sent = sum(r["pushes"] for r in replicas)
     applied = [sum(s["pushes_applied"]) for s in shards]
+    fetches = sum(r["fetches"] for r in replicas)
+    for s in shards:  # one-sided Gets are invisible to the shard: count them at the replicas
+        s["bytes_out"] = fetches * (s["hi"] - s["lo"]) * 4
     return {
         "epochs": steps / max(1, spe * prep.layout.replicas),
         "steps": steps,

@@ -35,6 +35,7 @@ class ClientStats:
     push_wait_s: float = 0.0
     bytes_in: int = 0
     bytes_out: int = 0
+    first_fetch_version: int = -1  # shard 0's version at this replica's first fetch
 
 
 class ShardClient:
@@ -132,6 +133,8 @@ class ShardClient:
             sw.param_win.Get(params[sw.lo : sw.hi], sw.owner, (0, sw.n, MPI.FLOAT))
         for sw in self.shards:
             sw.param_win.Flush(sw.owner)
+        if self.stats.fetches == 0:
+            self.stats.first_fetch_version = int(self.versions[0])
         self.stats.fetches += 1
         self.stats.fetch_s += time.perf_counter() - t
         self.stats.bytes_in += params.nbytes

@@ -12,9 +12,27 @@ from tests.e2e.test_cli import MPIEXEC, hpcnet
 def test_downpour_with_a_failed_replica_finishes_and_says_so(tmp_path):
     out = tmp_path / "out"
     code, stdout, stderr, _ = hpcnet(
-        "train", "--algo", "downpour", "--shards", "1", "--epochs", "3", "--threads", "1",
-        "--fail-replica", "1", "--fail-at-step", "5", "--replica-timeout", "3",
-        "--out", str(out), n=4, cwd=tmp_path, timeout=240)
+        "train",
+        "--algo",
+        "downpour",
+        "--shards",
+        "1",
+        "--epochs",
+        "3",
+        "--threads",
+        "1",
+        "--fail-replica",
+        "1",
+        "--fail-at-step",
+        "5",
+        "--replica-timeout",
+        "3",
+        "--out",
+        str(out),
+        n=4,
+        cwd=tmp_path,
+        timeout=240,
+    )
     assert code == 0, stderr
     assert "replica(s) 1 lost" in stdout
     s = json.loads((out / "summary.json").read_text())

@@ -131,3 +131,18 @@ def test_failed_replica_does_not_hang_the_run(comm, shared_tmp):
     by = {r["replica"]: r for r in s["replicas"]}
     assert by[1]["steps"] == 4 and by[0]["steps"] == s["steps_per_replica"]
     assert s["pushes_applied_per_shard"] == [s["pushes_sent"]]
+
+
+@pytest.mark.mpi(min_size=3)
+@pytest.mark.timeout(240)
+def test_warm_start_replica_zero_trains_alone_first(comm, shared_tmp):
+    sub = _sub(comm, 3)
+    if sub is None:
+        return
+    cfg = _cfg(shared_tmp / "warm", **{"run.max_steps": 20, "ps.warm_start_steps": 12})
+    s = train(cfg, sub, verbose=False)
+    sub.Free()
+    by = {r["replica"]: r for r in s["replicas"]}
+    assert by[0]["first_fetch_version"] == 0
+    assert by[1]["first_fetch_version"] >= 12  # joined only after replica 0's 12 pushes
+    assert s["pushes_applied_per_shard"] == [s["pushes_sent"]] and s["pushes_sent"] == 40
