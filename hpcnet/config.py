@@ -26,7 +26,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-ALGOS = ("sync", "avg", "downpour")
+ALGOS = ("sync", "avg", "downpour", "sandblaster")
 
 
 @dataclass(frozen=True)
@@ -94,11 +94,23 @@ class PSConfig:
 
 
 @dataclass(frozen=True)
+class LBFGSConfig:
+    """Sandblaster L-BFGS (Dean et al. 2012, sec. 4.2)."""
+
+    m: int = 10  # (s, y) pairs kept
+    unit_size: int = 0  # rows per work unit; 0 = a tenth of a replica's share
+    units_per_push: int = 4  # kept units a replica sums before pushing to the shards
+    batch: int = 0  # rows per evaluation pass; 0 = the whole training split
+
+
+@dataclass(frozen=True)
 class FaultConfig:
     """Injected faults, for tests and demos."""
 
     fail_replica: int = -1  # replica index that stops; -1 = none
-    fail_at_step: int = 0  # ... after this many of its steps
+    fail_at_step: int = 0  # ... after this many of its steps (work units for sandblaster)
+    slow_replica: int = -1  # replica index made slower; -1 = none
+    slow_factor: float = 1.0  # ... by this factor
 
 
 @dataclass(frozen=True)
@@ -109,6 +121,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     ps: PSConfig = field(default_factory=PSConfig)
+    lbfgs: LBFGSConfig = field(default_factory=LBFGSConfig)
     faults: FaultConfig = field(default_factory=FaultConfig)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
@@ -135,6 +148,12 @@ FLAGS: dict[str, tuple[str, str, str]] = {
         "read_own_writes",
         "downpour: fetch only after own pushes are applied",
     ),
+    "--lbfgs-m": ("lbfgs", "m", "sandblaster: L-BFGS history pairs"),
+    "--unit-size": ("lbfgs", "unit_size", "sandblaster: rows per work unit (0: auto)"),
+    "--units-per-push": ("lbfgs", "units_per_push", "sandblaster: units summed per push"),
+    "--lbfgs-batch": ("lbfgs", "batch", "sandblaster: rows per evaluation pass (0: all)"),
+    "--slow-replica": ("faults", "slow_replica", "make this replica slower (-1: none)"),
+    "--slow-factor": ("faults", "slow_factor", "... by this factor"),
     "--fail-replica": ("faults", "fail_replica", "make this replica stop (-1: none)"),
     "--fail-at-step": ("faults", "fail_at_step", "... after this many of its steps"),
     "--model": ("model", "name", "zoo model (mlp, lenet, 2conv, digits_cnn, linear) or auto"),
@@ -167,6 +186,7 @@ _SECTION_CLASSES = {
     "optim": OptimConfig,
     "algo": AlgoConfig,
     "ps": PSConfig,
+    "lbfgs": LBFGSConfig,
     "faults": FaultConfig,
 }
 
@@ -303,6 +323,13 @@ def validate(cfg: Config) -> None:
     need(p.replica_timeout > 0, "ps", "replica_timeout", "must be > 0 seconds")
     need(f.fail_replica >= -1, "faults", "fail_replica", "must be a replica index or -1")
     need(f.fail_at_step >= 0, "faults", "fail_at_step", "must be >= 0")
+    need(f.slow_replica >= -1, "faults", "slow_replica", "must be a replica index or -1")
+    need(f.slow_factor >= 1.0, "faults", "slow_factor", "must be >= 1")
+    lb = cfg.lbfgs
+    need(lb.m >= 1, "lbfgs", "m", "must be >= 1")
+    need(lb.unit_size >= 0, "lbfgs", "unit_size", "must be >= 0 (0: automatic)")
+    need(lb.units_per_push >= 1, "lbfgs", "units_per_push", "must be >= 1")
+    need(lb.batch >= 0, "lbfgs", "batch", "must be >= 0 (0: all rows)")
 
 
 def replace(cfg: Config, **sections: dict[str, Any]) -> Config:

@@ -132,12 +132,27 @@ def make_layout(
                 f"run mpiexec -n {need}, or change --shards/--replicas"
             )
         return Layout(world_size, algo, 0, shards, replicas, partitions)
+    if algo == "sandblaster":
+        if shards < 1:
+            raise LayoutError(f"--shards {shards}: sandblaster needs at least 1 parameter shard")
+        free = world_size - 1 - shards
+        if replicas == 0:
+            replicas = free // partitions
+        need = 1 + shards + max(replicas, 1) * partitions
+        if replicas < 1 or need != world_size:
+            raise LayoutError(
+                f"sandblaster with 1 coordinator, {shards} shard(s) and {max(replicas, 1)} "
+                f"replica(s) needs {need} ranks, got {world_size}: run mpiexec -n {need}, "
+                "or change --shards/--replicas"
+            )
+        return Layout(world_size, algo, 1, shards, replicas, partitions)
     raise LayoutError(f"--algo {algo!r}: no layout for this algorithm")
 
 
 def layout_for(cfg, world_size: int) -> Layout:
     """The layout a run config asks for on ``world_size`` ranks (see :func:`make_layout`)."""
     a = cfg.algo
+    uses_shards = a.name in ("downpour", "sandblaster")
     return make_layout(
-        world_size, a.name, shards=a.shards if a.name == "downpour" else 0, replicas=a.replicas
+        world_size, a.name, shards=a.shards if uses_shards else 0, replicas=a.replicas
     )

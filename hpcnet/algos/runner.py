@@ -56,6 +56,10 @@ def train(cfg: Config, comm: MPI.Intracomm, verbose: bool = True) -> dict[str, A
         from hpcnet.algos.downpour import train_downpour
 
         return train_downpour(prep, comm, verbose)
+    if prep.cfg.algo.name == "sandblaster":
+        from hpcnet.algos.sandblaster import train_sandblaster
+
+        return train_sandblaster(prep, comm, verbose)
     return _train_synchronous(prep, comm, verbose)
 
 

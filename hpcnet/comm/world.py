@@ -150,7 +150,9 @@ class Backoff:
         self.delay = min(self.delay * 2, self.cap)
 
 
-def wait_polling(request: MPI.Request, timeout: float, what: str) -> None:
+def wait_polling(
+    request: MPI.Request, timeout: float, what: str, on_poll: Callable[[], None] | None = None
+) -> None:
     """Completes a nonblocking ``request`` by testing it with sleeps in between
     (no busy spin), or raises after ``timeout`` seconds.
 
@@ -165,10 +167,15 @@ def wait_polling(request: MPI.Request, timeout: float, what: str) -> None:
     while not request.Test():
         if time.monotonic() > deadline:
             raise TimeoutError(f"rank {world_rank()}: {what} did not complete in {timeout:.0f} s")
+        if on_poll is not None:
+            on_poll()
         backoff.sleep()
 
 
-def barrier_polling(comm: MPI.Intracomm, timeout: float, what: str) -> None:
+def barrier_polling(
+    comm: MPI.Intracomm, timeout: float, what: str, on_poll: Callable[[], None] | None = None
+) -> None:
     """A barrier over ``comm`` that sleeps while it waits and times out (see
-    :func:`wait_polling`). Collective over ``comm``."""
-    wait_polling(comm.Ibarrier(), timeout, what)
+    :func:`wait_polling`); ``on_poll`` runs between tests (e.g. to drain stale
+    messages). Collective over ``comm``."""
+    wait_polling(comm.Ibarrier(), timeout, what, on_poll)

@@ -74,16 +74,20 @@ class Model:
             x = layer.forward(x, backend, train)
         return x
 
-    def loss_and_grad(self, x: np.ndarray, y: np.ndarray, backend) -> tuple[float, int]:
-        """One forward and backward pass in training mode; fills ``self.grads``.
+    def loss_and_grad(
+        self, x: np.ndarray, y: np.ndarray, backend, train: bool = True
+    ) -> tuple[float, int]:
+        """One forward and backward pass; fills ``self.grads``.
 
         Args:
             x: (N, *input_shape) float32. y: (N,) int64 labels.
+            train: training mode (dropout on); False gives the deterministic
+                objective's gradient (batch methods such as L-BFGS).
         Returns:
             (loss, correct): mean cross-entropy over the batch (nats) and the
             number of samples whose argmax logit equals the label.
         """
-        logits = self.forward(x, backend, train=True)
+        logits = self.forward(x, backend, train=train)
         loss, d = backend.softmax_xent(logits, y)
         correct = int((logits.argmax(axis=1) == y).sum())
         for layer in reversed(self.layers):

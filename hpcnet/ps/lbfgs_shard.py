@@ -1,0 +1,111 @@
+"""Sandblaster's parameter shard: its slice of the parameters and of the L-BFGS
+state, and the vector operations the coordinator asks for (Dean et al. 2012,
+sec. 4.2; the direction the vector-free way, Chen et al. 2014).
+
+A shard holds, for its range ``[lo, hi)`` of the flat parameter vector (all
+float64 except the served copy):
+
+* ``x`` the current iterate, ``d`` the search direction, ``g`` the gradient at ``x``;
+* ``x_trial = x + t d`` served to replicas as float32 through an RMA window;
+* ``g_trial``, the gradient being summed from replicas' pushes;
+* the last ``m`` pairs ``s = x_new - x`` and ``y = g_new - g``.
+
+Commands (float64 messages from the coordinator, tag :data:`TAG_CMD`) and the
+bytes that cross the network per L-BFGS iteration, for k stored pairs and R
+replicas: ``begin`` (24 B) / ``finalize`` (16 + 8 R B, reply 24 B) once per
+evaluation pass; ``gram`` (8 B, reply 8 (2k+1)^2 B), ``direction`` (8 (2k+2) B),
+``accept`` (16 B, reply 16 B), ``commit`` (16 B) once per iteration. Only
+scalars reach the coordinator; the shard's vectors never leave it except as
+the float32 parameters replicas fetch and the final gather.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# commands
+BEGIN, FINALIZE, GRAM, DIRECTION, ACCEPT, COMMIT, RESET, STOP = range(1, 9)
+TAG_CMD, TAG_REPLY = 11, 12
+TAG_PUSH0 = 1000  # gradient pushes of pass p use tag TAG_PUSH0 + p % PUSH_TAGS
+PUSH_TAGS = 8192
+
+
+def push_tag(pass_id: int) -> int:
+    return TAG_PUSH0 + pass_id % PUSH_TAGS
+
+
+class LBFGSShardState:
+    """The vector algebra of one shard; pure NumPy (tested against full vectors).
+
+    Args:
+        x0: (n,) initial parameter slice.
+        m: history length (pairs kept).
+        weight_decay: L2 coefficient lambda of the objective
+            ``mean loss + lambda/2 ||x||^2`` (its gradient term is added here).
+    """
+
+    def __init__(self, x0: np.ndarray, m: int, weight_decay: float = 0.0):
+        n = len(x0)
+        self.x = np.asarray(x0, np.float64).copy()
+        self.d = np.zeros(n)
+        self.g = np.zeros(n)
+        self.x_trial = self.x.copy()
+        self.g_trial = np.zeros(n)
+        self.S: list[np.ndarray] = []
+        self.Y: list[np.ndarray] = []
+        self.m = m
+        self.wd = weight_decay
+        self._s = self._y = None
+
+    def begin(self, t: float) -> np.ndarray:
+        """Starts an evaluation pass at ``x + t d``; returns it as float32 for replicas."""
+        self.x_trial = self.x + t * self.d
+        self.g_trial[:] = 0.0
+        return self.x_trial.astype(np.float32)
+
+    def add(self, grad_sum: np.ndarray) -> None:
+        """Adds one push: replicas' per-sample gradients summed over some units."""
+        self.g_trial += grad_sum
+
+    def finalize(self, n_samples: int) -> np.ndarray:
+        """Turns the summed gradient into the objective's gradient at ``x_trial``.
+
+        Returns partial sums [||x_trial||^2, g_trial . d, g_trial . g_trial].
+        """
+        self.g_trial /= n_samples
+        if self.wd:
+            self.g_trial += self.wd * self.x_trial
+        return np.array(
+            [self.x_trial @ self.x_trial, self.g_trial @ self.d, self.g_trial @ self.g_trial]
+        )
+
+    def gram(self) -> np.ndarray:
+        """Partial Gram matrix (2k+1, 2k+1) of the basis [s.., y.., g], flattened."""
+        basis = np.stack(self.S + self.Y + [self.g])
+        return (basis @ basis.T).ravel()
+
+    def direction(self, delta: np.ndarray) -> None:
+        """d = sum_l delta_l b_l over the basis [s.., y.., g]."""
+        basis = self.S + self.Y + [self.g]
+        self.d = sum(c * b for c, b in zip(delta, basis, strict=True))
+
+    def accept(self) -> np.ndarray:
+        """Moves to the trial point; returns partial [s . y, y . y] of the new pair."""
+        self._s = self.x_trial - self.x
+        self._y = self.g_trial - self.g
+        self.x, self.g = self.x_trial.copy(), self.g_trial.copy()
+        return np.array([self._s @ self._y, self._y @ self._y])
+
+    def commit(self, store: bool) -> None:
+        """Stores the last accepted pair if ``store`` (the curvature test passed)."""
+        if store:
+            self.S.append(self._s)
+            self.Y.append(self._y)
+            if len(self.S) > self.m:
+                self.S.pop(0)
+                self.Y.pop(0)
+        self._s = self._y = None
+
+    def reset(self) -> None:
+        """Forgets the history (the next direction is steepest descent)."""
+        self.S, self.Y = [], []
