@@ -39,8 +39,6 @@ import importlib.util
 import json
 import os
 import platform
-import resource
-import shutil
 import socket
 import statistics
 import subprocess
@@ -49,6 +47,17 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _common import (
+    Disturbance,
+    blas_info,
+    cpu_model,
+    disturbance,
+    emit,
+    env_info,
+    mpiexec_path,
+    parse_result,
+    versions,
+)
 
 BATCH = 64  # samples per process per step
 SEED = 0
@@ -68,8 +77,6 @@ SIDES = {
     "hpcnet-1x2-passive": ("hpcnet", 1, 2, {"OMP_WAIT_POLICY": "passive"}),
 }
 DEFAULT_SIDES = ("hpcnet-2x1", "torch-ddp-2x1", "hpcnet-1x2", "torch-1x2")
-RESULT_TAG = "RESULT "
-IDLE_ENOUGH = 0.8  # machine idle fraction for a run to start (and count) as undisturbed
 TORCH_MISSING = (
     "sync_vs_torch: PyTorch is not installed in this Python ({exe}); it is a benchmark-only "
     "dependency, not an hpcnet one. Install the CPU build with:\n"
@@ -103,25 +110,6 @@ def load_batches(data: str, rows: int) -> tuple[np.ndarray, np.ndarray]:
 def batch_index(step: int, rank: int, world_size: int, n_batches: int) -> int:
     """Which pre-sliced batch process ``rank`` of ``world_size`` trains on at ``step``."""
     return (step * world_size + rank) % n_batches
-
-
-def blas_info() -> list[dict]:
-    """threadpoolctl's view of the loaded BLAS/OpenMP libraries (JSON-safe)."""
-    from threadpoolctl import threadpool_info
-
-    return [
-        {k: v for k, v in d.items() if isinstance(v, (str, int, type(None)))}
-        for d in threadpool_info()
-    ]
-
-
-def env_info() -> dict:
-    keys = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OMP_NUM_THREADS", "NUMBA_NUM_THREADS")
-    return {k: os.environ.get(k) for k in keys}
-
-
-def emit(result: dict) -> None:
-    print(RESULT_TAG + json.dumps(result), flush=True)
 
 
 # --------------------------------------------------------------------------- workers
@@ -363,64 +351,10 @@ def worker_torch(args: argparse.Namespace) -> None:
 # --------------------------------------------------------------------------- driver
 
 
-def mpiexec_path() -> str:
-    here = Path(sys.executable).parent / "mpiexec"
-    found = str(here) if here.is_file() else shutil.which("mpiexec")
-    if not found:
-        sys.exit(
-            "sync_vs_torch: no mpiexec beside this Python or on PATH; "
-            "install hpcnet with its mpich extra (pip install -e '.[mpich]')"
-        )
-    return found
-
-
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def cpu_ticks() -> dict[str, int] | None:
-    """The whole machine's CPU time since boot, in clock ticks, from /proc/stat.
-
-    Returns:
-        ``busy`` (user, nice, system, irq, softirq), ``steal`` (the hypervisor ran
-        someone else on our vCPU) and ``total`` (all of them plus idle and iowait);
-        None where /proc/stat cannot be read.
-    """
-    try:
-        v = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-    except (OSError, ValueError):
-        return None
-    v += [0] * (8 - len(v))
-    user, nice, system, idle, iowait, irq, softirq, steal = v
-    busy = user + nice + system + irq + softirq
-    return {"busy": busy, "steal": steal, "total": busy + steal + idle + iowait}
-
-
-def wait_for_idle(max_wait: float, interval: float = 0.5) -> float | None:
-    """Waits up to ``max_wait`` seconds for the machine to be >= 80 % idle.
-
-    Another job on this shared 2-vCPU machine halves a side's throughput, so each run
-    starts on an idle machine when it can. Returns the idle fraction of the last
-    ``interval`` (None if unknown).
-    """
-    deadline = time.monotonic() + max_wait
-    while True:
-        a = cpu_ticks()
-        time.sleep(interval)
-        b = cpu_ticks()
-        if a is None or b is None:
-            return None
-        idle = 1.0 - (b["busy"] - a["busy"]) / max(b["total"] - a["total"], 1)
-        if idle >= IDLE_ENOUGH or time.monotonic() >= deadline:
-            return idle
-
-
-def children_cpu_s() -> float:
-    """CPU seconds used so far by this process's finished children (and theirs)."""
-    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return ru.ru_utime + ru.ru_stime
 
 
 def run_side(side: str, model: str, steps: int, warmup: int, args, mpiexec: str) -> dict:
@@ -435,32 +369,19 @@ def run_side(side: str, model: str, steps: int, warmup: int, args, mpiexec: str)
     env = {**os.environ, **extra_env}
     if framework == "torch" and procs > 1:
         env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
-    idle = wait_for_idle(args.wait_idle)
-    ticks0, ours0 = cpu_ticks(), children_cpu_s()
-    t0 = time.perf_counter()
+    measure = Disturbance(args.wait_idle).start()
     try:
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout)
     except subprocess.TimeoutExpired:
         sys.exit(
             f"sync_vs_torch: {side} {model} did not finish in {args.timeout} s: " + " ".join(cmd)
         )
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT_TAG)]
-    if proc.returncode != 0 or not lines:
+    result = parse_result(proc.stdout)
+    if proc.returncode != 0 or result is None:
         sys.exit(
             f"sync_vs_torch: {side} {model} failed (exit {proc.returncode}): {' '.join(cmd)}\n"
             f"--- stdout\n{proc.stdout[-3000:]}\n--- stderr\n{proc.stderr[-3000:]}"
         )
-    wall = time.perf_counter() - t0
-    ticks1, ours1 = cpu_ticks(), children_cpu_s()
-    others = steal = None
-    if ticks0 and ticks1:
-        # Machine-wide busy time minus our own processes' = what other jobs took.
-        hz = os.sysconf("SC_CLK_TCK")
-        capacity = max(ticks1["total"] - ticks0["total"], 1) / hz  # CPU-seconds
-        others = max(0.0, (ticks1["busy"] - ticks0["busy"]) / hz - (ours1 - ours0)) / capacity
-        steal = (ticks1["steal"] - ticks0["steal"]) / hz / capacity
-    clean = (idle is None or idle >= IDLE_ENOUGH) and (others is None or others <= 0.1)
-    result = json.loads(lines[-1][len(RESULT_TAG) :])
     result.update(
         side=side,
         extra_env=extra_env,
@@ -468,11 +389,7 @@ def run_side(side: str, model: str, steps: int, warmup: int, args, mpiexec: str)
         steps=steps,
         warmup=warmup,
         procs=procs,
-        wall_s=wall,
-        cpu_idle_before=idle,
-        cpu_others_during=others,
-        cpu_steal_during=steal,
-        clean=clean,
+        **measure.finish(),
     )
     return result
 
@@ -568,7 +485,7 @@ def driver(args: argparse.Namespace) -> None:
         )
     # Convert Fashion-MNIST once, here, before any worker reads it.
     args.data = str(resolve_data(args.data))
-    mpiexec = mpiexec_path()
+    mpiexec = mpiexec_path("sync_vs_torch")
     meta = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": {
@@ -624,53 +541,6 @@ def driver(args: argparse.Namespace) -> None:
     if args.json:
         Path(args.json).write_text(json.dumps({**meta, "summary": rows, "runs": runs}, indent=1))
         print(f"# raw timings written to {args.json}")
-
-
-def disturbance(r: dict) -> str:
-    """How quiet the machine was around one run, for the progress line."""
-
-    def pct(v: float | None) -> str:
-        return "?" if v is None else f"{v:.0%}"
-
-    note = "" if r["clean"] else "  <- other jobs on the machine: left out of the median"
-    return (
-        f"run {r['wall_s']:.1f} s; idle before {pct(r['cpu_idle_before'])}, other jobs "
-        f"{pct(r['cpu_others_during'])}, steal {pct(r['cpu_steal_during'])}{note}"
-    )
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for pkg in ("hpcnet", "numpy", "numba", "mpi4py", "mpich", "torch", "threadpoolctl"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = None
-    try:
-        out["hpcnet_git"] = (
-            subprocess.run(
-                ["git", "-C", str(Path(__file__).resolve().parent), "rev-parse", "--short", "HEAD"],
-                capture_output=True,
-                text=True,
-                timeout=10,
-            ).stdout.strip()
-            or None
-        )
-    except (OSError, subprocess.SubprocessError):
-        out["hpcnet_git"] = None
-    return out
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -1,4 +1,4 @@
-"""``python -m hpcnet SUBCOMMAND``: train (the default), data, info.
+"""``python -m hpcnet SUBCOMMAND``: train (the default), data, info, bench.
 
 Run under MPI: ``mpiexec -n 4 python -m hpcnet train --data fashion-mnist``.
 Every rank parses the same arguments and validates them before any
@@ -14,7 +14,12 @@ import sys
 from hpcnet import __version__
 from hpcnet.errors import HpcnetError
 
-SUBCOMMANDS = ("train", "data", "info")
+SUBCOMMANDS = ("train", "data", "info", "bench")
+# ``python -m hpcnet bench NAME [ARGS]`` runs benchmarks/SCRIPT.py ARGS (a source checkout).
+BENCHMARKS = {
+    "layers": "layers_vs_torch",  # kernels per layer and training steps vs PyTorch CPU
+    "sync": "sync_vs_torch",  # sync data parallelism vs PyTorch CPU and DDP
+}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -44,6 +49,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_flags(i)
     i.set_defaults(func=_cmd_info)
     add_data_parser(sub)
+    b = sub.add_parser(
+        "bench",
+        help="side-by-side benchmarks against peers (needs a source checkout and PyTorch)",
+        description="Runs benchmarks/SCRIPT.py with the remaining arguments: "
+        + ", ".join(f"{k} ({v}.py)" for k, v in BENCHMARKS.items())
+        + ". Pass -h after the name for its options.",
+    )
+    b.add_argument("name", choices=sorted(BENCHMARKS), help="which benchmark")
+    b.add_argument("args", nargs=argparse.REMAINDER, help="its arguments")
+    b.set_defaults(func=_cmd_bench)
     return p
 
 
@@ -102,6 +117,21 @@ def _cmd_info(args) -> int:
             f"{__import__('mpi4py').__version__}"
         )
     return 0
+
+
+def _cmd_bench(args) -> int:
+    import subprocess
+    from pathlib import Path
+
+    from hpcnet.errors import ConfigError
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / f"{BENCHMARKS[args.name]}.py"
+    if not script.is_file():
+        raise ConfigError(
+            f"bench {args.name}: {script} not found; the benchmarks ship with the source "
+            "checkout (git clone), not with an installed package"
+        )
+    return subprocess.run([sys.executable, str(script), *args.args]).returncode
 
 
 def main(argv: list[str] | None = None) -> None:

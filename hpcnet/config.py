@@ -48,6 +48,8 @@ class DataConfig:
     """Which dataset: a path to an hpcnet .h5 file or a known name."""
 
     name: str = "digits"
+    augment: bool = False  # random crop (zero padding crop_pad) + horizontal flip, training only
+    crop_pad: int = 2  # pixels of padding on each side for the random crop
 
 
 @dataclass(frozen=True)
@@ -156,8 +158,14 @@ FLAGS: dict[str, tuple[str, str, str]] = {
     "--slow-factor": ("faults", "slow_factor", "... by this factor"),
     "--fail-replica": ("faults", "fail_replica", "make this replica stop (-1: none)"),
     "--fail-at-step": ("faults", "fail_at_step", "... after this many of its steps"),
-    "--model": ("model", "name", "zoo model (mlp, lenet, 2conv, digits_cnn, linear) or auto"),
+    "--model": (
+        "model",
+        "name",
+        "zoo model (mlp, lenet, 2conv, digits_cnn, linear, alexnet, towers) or auto",
+    ),
     "--data": ("data", "name", "an hpcnet .h5 file, or digits | fashion-mnist"),
+    "--augment": ("data", "augment", "random crop and horizontal flip of training images"),
+    "--crop-pad": ("data", "crop_pad", "augment: zero padding (pixels) for the random crop"),
     "--epochs": ("run", "epochs", "passes over the training data"),
     "--max-steps": ("run", "max_steps", "stop after this many steps (0: no limit)"),
     "--batch-size": ("run", "batch_size", "samples per replica per step"),
@@ -313,6 +321,7 @@ def validate(cfg: Config) -> None:
         o.lr_schedule in ("constant", "cosine"), "optim", "lr_schedule", "choose constant or cosine"
     )
     need(bool(cfg.data.name), "data", "name", "must name a file or a dataset")
+    need(cfg.data.crop_pad >= 0, "data", "crop_pad", "must be >= 0 pixels")
     p, f = cfg.ps, cfg.faults
     need(a.shards >= 0, "algo", "shards", "must be >= 0")
     need(a.replicas >= 0, "algo", "replicas", "must be >= 0 (0: all non-shard ranks)")

@@ -11,6 +11,13 @@ each epoch, since the order is reshuffled). So every replica runs the same
 ``steps_per_epoch``, and a synchronous allreduce, which every replica must enter the
 same number of times, can never hang waiting for a replica that ran out of data.
 Evaluation (:func:`eval_batches`) drops nothing: all rows are spread over the replicas.
+
+Augmentation (training batches only, ``augment=True``): each image is zero-padded by
+``crop_pad`` pixels on every side, a random H x W window of the padded image is cut
+out and, with probability 1/2, mirrored left-right (Krizhevsky et al. 2012, sec. 4.1:
+random crops and horizontal reflections). The choices of batch ``step`` of ``epoch``
+come from ``np.random.default_rng([seed, epoch, replica, step, 0xA9])``, so they are
+reproducible and differ between epochs, replicas and batches.
 """
 
 from __future__ import annotations
@@ -88,6 +95,35 @@ def _lut(mean: np.ndarray, std: np.ndarray, n_channels: int) -> np.ndarray:
     return ((pixels[None, :] - mean[:, None]) / std[:, None]).astype(np.float32)  # (C, 256)
 
 
+def augment_images(images: np.ndarray, rng: np.random.Generator, crop_pad: int) -> np.ndarray:
+    """Random crop with zero padding and random horizontal flip (Krizhevsky et al. 2012,
+    sec. 4.1), one draw per image.
+
+    Args:
+        images: (n, C, H, W), any dtype (uint8 before normalisation here; the padding is 0).
+        rng: the generator the choices come from (3 draws of n values, in a fixed order).
+        crop_pad: pixels of zero padding on each side; the crop offset is uniform in
+            [0, 2 crop_pad] on each axis.
+    Returns:
+        (n, C, H, W) same dtype, C-contiguous, a new array.
+    """
+    n, c, h, w = images.shape
+    oy = rng.integers(0, 2 * crop_pad + 1, n)
+    ox = rng.integers(0, 2 * crop_pad + 1, n)
+    flip = rng.random(n) < 0.5
+    p = crop_pad
+    padded = np.zeros((n, c, h + 2 * p, w + 2 * p), images.dtype)  # (n, C, H+2p, W+2p)
+    padded[:, :, p : p + h, p : p + w] = images
+    rows = oy[:, None] + np.arange(h)  # (n, H)
+    cols = np.where(flip[:, None], np.arange(w)[::-1], np.arange(w)) + ox[:, None]  # (n, W)
+    return padded[
+        np.arange(n)[:, None, None, None],
+        np.arange(c)[None, :, None, None],
+        rows[:, None, :, None],
+        cols[:, None, None, :],
+    ]  # (n, C, H, W)
+
+
 def _apply_lut(images: np.ndarray, lut: np.ndarray) -> np.ndarray:
     out = np.empty(images.shape, dtype=np.float32)  # (n, C, H, W)
     for c in range(images.shape[1]):
@@ -102,8 +138,10 @@ class BatchLoader:
     construction (one :func:`read_rows` call, recorded in :attr:`rows_read`). Each
     epoch walks them in the permutation ``np.random.default_rng([seed, epoch,
     replica]).permutation(n_local)``, so the order is reproducible, differs between
-    epochs and between replicas. A background thread builds the next batch while the
-    caller computes on the current one.
+    epochs and between replicas. With ``augment=True`` every image of a batch is
+    randomly cropped (zero padding ``crop_pad``) and flipped, reproducibly (see the
+    module doc). A background thread builds the next batch while the caller computes
+    on the current one.
 
     Purely local: no communication, any rank may construct one independently.
 
@@ -132,9 +170,14 @@ class BatchLoader:
         mean: np.ndarray,
         std: np.ndarray,
         split: str = "train",
+        augment: bool = False,
+        crop_pad: int = 2,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if crop_pad < 0:
+            raise ValueError(f"crop_pad must be >= 0, got {crop_pad}")
+        self.augment, self.crop_pad = augment, crop_pad
         self.path = path
         self.split = split
         self.replica = replica
@@ -174,19 +217,31 @@ class BatchLoader:
             raise RuntimeError("BatchLoader is closed")
         order = np.random.default_rng([self.seed, epoch, self.replica]).permutation(self.n_local)
         b = self.batch_size
-        pending: Future | None = self._pool.submit(self._make, order[:b])
+
+        def submit(step: int) -> Future:
+            idx = order[step * b : (step + 1) * b]
+            if not self.augment:
+                return self._pool.submit(self._make, idx)
+            rng = np.random.default_rng([self.seed, epoch, self.replica, step, 0xA9])
+            return self._pool.submit(self._make, idx, rng)
+
+        pending: Future | None = submit(0)
         try:
             for step in range(self.steps_per_epoch):
                 batch = pending.result()
-                nxt = order[(step + 1) * b : (step + 2) * b]
-                pending = self._pool.submit(self._make, nxt) if len(nxt) == b else None
+                pending = submit(step + 1) if step + 1 < self.steps_per_epoch else None
                 yield batch
         finally:
             if pending is not None:
                 pending.cancel()
 
-    def _make(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return _apply_lut(self._images[idx], self._lut), self._labels[idx]
+    def _make(
+        self, idx: np.ndarray, rng: np.random.Generator | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        images = self._images[idx]  # (b, C, H, W) uint8
+        if rng is not None:
+            images = augment_images(images, rng, self.crop_pad)
+        return _apply_lut(images, self._lut), self._labels[idx]
 
     def close(self) -> None:
         """Stop the prefetch thread and drop the cached rows. Idempotent."""

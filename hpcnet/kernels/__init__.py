@@ -2,14 +2,16 @@
 
 ``get_backend(name)`` returns a :class:`Backend` whose attributes are the op
 functions (``conv2d_forward``, ``maxpool2d_backward``, ...) of one
-implementation: ``reference`` (NumPy, the test oracle) or ``cpu`` (NumPy BLAS +
-Numba). There is no silent fallback: asking for a backend that cannot run here
-raises :class:`hpcnet.errors.BackendError`.
+implementation: ``reference`` (NumPy, the test oracle), ``cpu`` (NumPy BLAS +
+Numba) or ``cuda`` (Numba ``@cuda.jit`` kernels, from the ``numba-cuda``
+package: ``pip install 'hpcnet[cuda]'``). There is no silent fallback: asking
+for a backend that cannot run here raises :class:`hpcnet.errors.BackendError`.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from types import ModuleType
 
 from hpcnet.errors import BackendError
@@ -19,8 +21,14 @@ OPS = (
     "conv2d_backward",
     "maxpool2d_forward",
     "maxpool2d_backward",
+    "lrn_forward",
+    "lrn_backward",
     "relu_forward",
     "relu_backward",
+    "dropout_forward",
+    "dropout_backward",
+    "concat_forward",
+    "concat_backward",
     "dense_forward",
     "dense_backward",
     "softmax_xent",
@@ -40,8 +48,20 @@ class Backend:
         return f"Backend({self.name!r})"
 
 
+def cuda_simulator() -> bool:
+    """True when Numba's CUDA simulator is switched on (``NUMBA_ENABLE_CUDASIM=1``)."""
+    try:
+        import numba
+
+        return bool(numba.config.ENABLE_CUDASIM)
+    except Exception:
+        return False
+
+
 def cuda_available() -> bool:
-    """True when Numba finds a usable CUDA GPU (never raises)."""
+    """True when Numba finds a real CUDA GPU (never raises; the simulator does not count)."""
+    if cuda_simulator():
+        return False
     try:
         from numba import cuda
 
@@ -50,11 +70,19 @@ def cuda_available() -> bool:
         return False
 
 
-def get_backend(name: str = "auto") -> Backend:
+def _numba_cuda_installed() -> bool:
+    return importlib.util.find_spec("numba_cuda") is not None
+
+
+def get_backend(name: str = "auto", *, allow_simulator: bool = False) -> Backend:
     """Returns the backend called ``name``: ``auto``, ``cpu``, ``cuda`` or ``reference``.
 
-    ``auto`` is ``cpu`` until the CUDA kernels land (issue "kernels").
+    ``auto`` is ``cuda`` where a CUDA GPU is found, else ``cpu``.
 
+    Args:
+        name: the backend (``--backend``).
+        allow_simulator: let ``cuda`` run on Numba's CUDA simulator when
+            ``NUMBA_ENABLE_CUDASIM=1`` (tests only: it is a thousand times slower).
     Raises:
         BackendError: unknown name, or ``cuda`` where it cannot run.
     """
@@ -62,15 +90,17 @@ def get_backend(name: str = "auto") -> Backend:
         raise BackendError(
             f"--backend {name!r}: unknown backend; choose one of {', '.join(BACKENDS)}"
         )
+    if name == "auto":
+        name = "cuda" if cuda_available() and _numba_cuda_installed() else "cpu"
     if name == "cuda":
-        why = (
-            "no CUDA GPU found by numba.cuda.is_available()"
-            if not cuda_available()
-            else ("hpcnet's CUDA kernels are not built yet")
-        )
-        raise BackendError(f"--backend cuda: {why}; use --backend cpu")
-    module = "reference" if name == "reference" else "cpu"
-    return Backend(
-        "reference" if name == "reference" else "cpu",
-        importlib.import_module(f"hpcnet.kernels.{module}"),
-    )
+        if not _numba_cuda_installed():
+            why = "the numba-cuda package is not installed (pip install 'hpcnet[cuda]')"
+        elif cuda_simulator() and not allow_simulator:
+            why = "NUMBA_ENABLE_CUDASIM=1 selects Numba's CUDA simulator, not a GPU"
+        elif not cuda_simulator() and not cuda_available():
+            why = "no CUDA GPU found by numba.cuda.is_available()"
+        else:
+            why = ""
+        if why:
+            raise BackendError(f"--backend cuda: {why}; use --backend cpu")
+    return Backend(name, importlib.import_module(f"hpcnet.kernels.{name}"))

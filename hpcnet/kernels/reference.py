@@ -15,49 +15,63 @@ def conv_out_size(size: int, k: int, stride: int, pad: int) -> int:
     return (size + 2 * pad - k) // stride + 1
 
 
-def conv2d_forward(x, w, b, stride, pad):
-    """Cross-correlation ``y[n,o] = sum_c,i,j w[o,c,i,j] x[n,c,s*h+i-p,s*w+j-p] + b[o]``.
+def conv2d_forward(x, w, b, stride, pad, groups=1):
+    """Cross-correlation ``y[n,o] = sum_c,i,j w[o,c,i,j] x[n,g*C/G+c,s*h+i-p,s*w+j-p] + b[o]``.
+
+    With ``groups = G`` the C input and O output channels are split into G equal
+    groups and output group g sees only input group g (AlexNet's conv 2, 4, 5 ran
+    as two groups, one per GPU: Krizhevsky et al. 2012, sec. 3.2 and 3.5).
 
     Args:
-        x: (N, C, H, W) float32. w: (O, C, K, K) float32. b: (O,) float32.
+        x: (N, C, H, W) float32. w: (O, C/G, K, K) float32. b: (O,) float32.
+        stride, pad: ints, the same on both spatial axes. groups: G, divides C and O.
     Returns:
         (y, cache): y (N, O, OH, OW) float32; cache for :func:`conv2d_backward`.
     """
     n, c, h, wd = x.shape
-    o, _, k, _ = w.shape
+    o, cg, k, _ = w.shape
+    og = o // groups
     oh, ow = conv_out_size(h, k, stride, pad), conv_out_size(wd, k, stride, pad)
     xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
     y = np.zeros((n, o, oh, ow), np.float64)
-    for i in range(k):
-        for j in range(k):
-            patch = xp[:, :, i : i + stride * oh : stride, j : j + stride * ow : stride]
-            y += np.einsum("nchw,oc->nohw", patch, w[:, :, i, j])
+    for g in range(groups):
+        xg, wg = xp[:, g * cg : (g + 1) * cg], w[g * og : (g + 1) * og]
+        for i in range(k):
+            for j in range(k):
+                patch = xg[:, :, i : i + stride * oh : stride, j : j + stride * ow : stride]
+                y[:, g * og : (g + 1) * og] += np.einsum("nchw,oc->nohw", patch, wg[:, :, i, j])
     y += b[None, :, None, None]
     return y.astype(np.float32), xp
 
 
-def conv2d_backward(dy, x_shape, cache, w, stride, pad, dw, db):
-    """Gradients of :func:`conv2d_forward`; writes ``dw`` (O,C,K,K) and ``db`` (O,).
+def conv2d_backward(dy, x_shape, cache, w, stride, pad, dw, db, groups=1, need_dx=True):
+    """Gradients of :func:`conv2d_forward`; writes ``dw`` (O,C/G,K,K) and ``db`` (O,).
 
     Returns:
-        dx: (N, C, H, W) float32.
+        dx: (N, C, H, W) float32; None when ``need_dx`` is False (the first layer's
+        input gradient, which nothing uses).
     """
     xp = cache
     n, c, h, wd = x_shape
-    o, _, k, _ = w.shape
+    o, cg, k, _ = w.shape
+    og = o // groups
     oh, ow = dy.shape[2], dy.shape[3]
     dxp = np.zeros(xp.shape, np.float64)
-    for i in range(k):
-        for j in range(k):
-            sl = (
-                slice(None),
-                slice(None),
-                slice(i, i + stride * oh, stride),
-                slice(j, j + stride * ow, stride),
-            )
-            dw[:, :, i, j] = np.einsum("nchw,nohw->oc", xp[sl], dy)
-            dxp[sl] += np.einsum("nohw,oc->nchw", dy, w[:, :, i, j])
+    for g in range(groups):
+        cs, os_ = slice(g * cg, (g + 1) * cg), slice(g * og, (g + 1) * og)
+        for i in range(k):
+            for j in range(k):
+                sl = (
+                    slice(None),
+                    cs,
+                    slice(i, i + stride * oh, stride),
+                    slice(j, j + stride * ow, stride),
+                )
+                dw[os_, :, i, j] = np.einsum("nchw,nohw->oc", xp[sl], dy[:, os_])
+                dxp[sl] += np.einsum("nohw,oc->nchw", dy[:, os_], w[os_, :, i, j])
     db[...] = dy.sum(axis=(0, 2, 3))
+    if not need_dx:
+        return None
     return dxp[:, :, pad : pad + h, pad : pad + wd].astype(np.float32)
 
 
@@ -104,15 +118,82 @@ def relu_backward(dy, y):
     return (dy * (y > 0)).astype(np.float32)
 
 
+def lrn_forward(x, size, alpha, beta, k):
+    """Local response normalization across channels (Krizhevsky et al. 2012, sec. 3.3).
+
+    ``y[n,c,h,w] = x[n,c,h,w] / s[n,c,h,w] ** beta`` with the scale
+    ``s[n,c,h,w] = k + alpha * sum_{j = max(0, c - size//2)}^{min(C-1, c + size//2)} x[n,j,h,w]**2``
+    (the paper's formula: alpha multiplies the sum itself; Caffe and PyTorch divide
+    it by ``size`` first, so their ``alpha`` is ``size`` times ours). The paper's
+    values are size = 5, k = 2, alpha = 1e-4, beta = 0.75.
+
+    Args:
+        x: (N, C, H, W) float32. size: channels in the window (odd). alpha, beta, k: floats.
+    Returns:
+        (y, scale): y (N, C, H, W) float32; scale s (N, C, H, W) float32 for the backward.
+    """
+    c = x.shape[1]
+    x64 = x.astype(np.float64)
+    sq = x64 * x64
+    s = np.empty_like(x64)
+    half = size // 2
+    for ci in range(c):
+        s[:, ci] = k + alpha * sq[:, max(0, ci - half) : min(c, ci + half + 1)].sum(axis=1)
+    return (x64 * s**-beta).astype(np.float32), s.astype(np.float32)
+
+
+def lrn_backward(dy, x, y, scale, size, alpha, beta, k):
+    """Gradient of :func:`lrn_forward`; ``y`` and ``scale`` are its outputs.
+
+    ``dx[j] = dy[j] s[j]^-beta - 2 alpha beta x[j] sum_{c: |c-j| <= size//2} dy[c] y[c] / s[c]``
+    (the window is symmetric, so channel j is in the window of c iff c is in j's).
+
+    Returns:
+        dx: (N, C, H, W) float32.
+    """
+    c = x.shape[1]
+    half = size // 2
+    dy64, s = dy.astype(np.float64), scale.astype(np.float64)
+    t = dy64 * y.astype(np.float64) / s  # (N, C, H, W)
+    acc = np.empty_like(t)
+    for ci in range(c):
+        acc[:, ci] = t[:, max(0, ci - half) : min(c, ci + half + 1)].sum(axis=1)
+    dx = dy64 * s**-beta - 2.0 * alpha * beta * x.astype(np.float64) * acc
+    return dx.astype(np.float32)
+
+
+def dropout_forward(x, mask):
+    """Inverted dropout: ``x * mask``; mask (same shape) holds 0 or 1/(1-rate), float32."""
+    return (x * mask).astype(np.float32)
+
+
+def dropout_backward(dy, mask):
+    """``dy * mask``, the gradient of :func:`dropout_forward`."""
+    return (dy * mask).astype(np.float32)
+
+
+def concat_forward(xs):
+    """Concatenates (N, C_i, ...) float32 arrays along axis 1 (channels or features)."""
+    return np.concatenate(xs, axis=1).astype(np.float32, copy=False)
+
+
+def concat_backward(dy, sizes):
+    """Splits dy (N, sum C_i, ...) along axis 1 into pieces of ``sizes`` channels (copies)."""
+    ends = np.cumsum(sizes)
+    return [np.ascontiguousarray(dy[:, e - s : e]) for s, e in zip(sizes, ends, strict=True)]
+
+
 def dense_forward(x, w, b):
     """y = x w^T + b; x (N, I), w (O, I), b (O,) -> y (N, O) float32."""
     return (x.astype(np.float64) @ w.T.astype(np.float64) + b).astype(np.float32)
 
 
-def dense_backward(dy, x, w, dw, db):
-    """Writes dw (O, I) and db (O,); returns dx (N, I) float32."""
+def dense_backward(dy, x, w, dw, db, need_dx=True):
+    """Writes dw (O, I) and db (O,); returns dx (N, I) float32 (None without ``need_dx``)."""
     dw[...] = dy.T.astype(np.float64) @ x
     db[...] = dy.sum(axis=0)
+    if not need_dx:
+        return None
     return (dy.astype(np.float64) @ w).astype(np.float32)
 
 

@@ -51,6 +51,11 @@ class Layer:
     def backward(self, dy, backend):
         raise NotImplementedError
 
+    def backward_params(self, dy, backend) -> None:
+        """The backward pass for the parameter gradients only, when nothing needs the
+        input gradient (the model's first layer); layers with weights skip its work."""
+        self.backward(dy, backend)
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}{self.out_shape}"
 
@@ -86,31 +91,48 @@ class Dense(Layer):
         self._x = x  # (N, I)
         return backend.dense_forward(x, self.params["w"], self.params["b"])  # (N, O)
 
-    def backward(self, dy, backend):
+    def backward(self, dy, backend, need_dx=True):
         return backend.dense_backward(
-            dy, self._x, self.params["w"], self.grads["w"], self.grads["b"]
+            dy, self._x, self.params["w"], self.grads["w"], self.grads["b"], need_dx
         )
+
+    def backward_params(self, dy, backend):
+        self.backward(dy, backend, need_dx=False)
 
 
 class Conv2D(Layer):
     """2-D convolution, square kernel, same stride and zero padding on both axes.
 
-    ``padding="same"`` keeps H and W at stride 1 (odd kernels only).
+    ``padding="same"`` keeps H and W at stride 1 (odd kernels only). ``groups = G``
+    splits the input and output channels into G groups, output group g seeing only
+    input group g; w is (filters, C/G, K, K). AlexNet ran conv 2, 4 and 5 as two
+    groups, one per GPU (Krizhevsky et al. 2012, sec. 3.2 and 3.5).
     """
 
-    def __init__(self, filters: int, kernel: int, stride: int = 1, padding: int | str = 0):
+    def __init__(
+        self,
+        filters: int,
+        kernel: int,
+        stride: int = 1,
+        padding: int | str = 0,
+        groups: int = 1,
+    ):
         super().__init__()
-        self.filters, self.kernel, self.stride = filters, kernel, stride
+        self.filters, self.kernel, self.stride, self.groups = filters, kernel, stride, groups
         if padding == "same":
             if kernel % 2 == 0:
                 raise ConfigError(f"Conv2D padding='same' needs an odd kernel, got {kernel}")
             padding = kernel // 2
         self.pad = int(padding)
+        if groups < 1 or filters % groups:
+            raise ConfigError(f"Conv2D groups={groups} must be >= 1 and divide filters={filters}")
 
     def _out_shape(self, in_shape):
         if len(in_shape) != 3:
             raise ConfigError(f"Conv2D needs a (C, H, W) input, got {in_shape}")
         c, h, w = in_shape
+        if c % self.groups:
+            raise ConfigError(f"Conv2D groups={self.groups} does not divide {c} input channels")
         oh = conv_out_size(h, self.kernel, self.stride, self.pad)
         ow = conv_out_size(w, self.kernel, self.stride, self.pad)
         if oh < 1 or ow < 1:
@@ -118,21 +140,21 @@ class Conv2D(Layer):
         return (self.filters, oh, ow)
 
     def param_specs(self):
-        c = self.in_shape[0]
-        return [("w", (self.filters, c, self.kernel, self.kernel)), ("b", (self.filters,))]
+        cg = self.in_shape[0] // self.groups
+        return [("w", (self.filters, cg, self.kernel, self.kernel)), ("b", (self.filters,))]
 
     def init(self, rng):
-        _he_normal(rng, self.params["w"], self.in_shape[0] * self.kernel**2)
+        _he_normal(rng, self.params["w"], self.in_shape[0] // self.groups * self.kernel**2)
         self.params["b"][...] = 0.0
 
     def forward(self, x, backend, train):
         self._x_shape = x.shape  # (N, C, H, W)
         y, self._cache = backend.conv2d_forward(
-            x, self.params["w"], self.params["b"], self.stride, self.pad
+            x, self.params["w"], self.params["b"], self.stride, self.pad, self.groups
         )
         return y  # (N, O, OH, OW)
 
-    def backward(self, dy, backend):
+    def backward(self, dy, backend, need_dx=True):
         dx = backend.conv2d_backward(
             dy,
             self._x_shape,
@@ -142,9 +164,14 @@ class Conv2D(Layer):
             self.pad,
             self.grads["w"],
             self.grads["b"],
+            self.groups,
+            need_dx,
         )
         self._cache = None
         return dx
+
+    def backward_params(self, dy, backend):
+        self.backward(dy, backend, need_dx=False)
 
 
 class MaxPool2D(Layer):
@@ -216,8 +243,128 @@ class Dropout(Layer):
             self._mask = None
             return x
         keep = np.float32(1.0 - self.rate)
-        self._mask = (self.rng.random(x.shape, dtype=np.float32) < keep) / keep
-        return x * self._mask
+        mask = self.rng.random(x.shape, dtype=np.float32) < keep
+        self._mask = np.multiply(mask, np.float32(1.0) / keep, dtype=np.float32)  # 0 or 1/keep
+        return backend.dropout_forward(x, self._mask)
 
     def backward(self, dy, backend):
-        return dy if self._mask is None else dy * self._mask
+        return dy if self._mask is None else backend.dropout_backward(dy, self._mask)
+
+
+class LRN(Layer):
+    """Local response normalization across channels (Krizhevsky et al. 2012, sec. 3.3).
+
+    ``y[c] = x[c] / (k + alpha * sum_{|j-c| <= size//2} x[j]**2) ** beta`` at every
+    (n, h, w): the paper's formula, its defaults (size 5, k 2, alpha 1e-4, beta 0.75).
+    PyTorch's ``LocalResponseNorm`` divides alpha by ``size``: ours is its ``alpha / size``.
+    """
+
+    def __init__(self, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0):
+        super().__init__()
+        if size < 1 or size % 2 == 0:
+            raise ConfigError(f"LRN size must be odd and >= 1, got {size}")
+        self.size, self.alpha, self.beta, self.k = size, alpha, beta, k
+
+    def _out_shape(self, in_shape):
+        if len(in_shape) != 3:
+            raise ConfigError(f"LRN needs a (C, H, W) input, got {in_shape}")
+        return in_shape
+
+    def forward(self, x, backend, train):
+        self._x = x  # (N, C, H, W)
+        self._y, self._scale = backend.lrn_forward(x, self.size, self.alpha, self.beta, self.k)
+        return self._y
+
+    def backward(self, dy, backend):
+        dx = backend.lrn_backward(
+            dy, self._x, self._y, self._scale, self.size, self.alpha, self.beta, self.k
+        )
+        self._x = self._y = self._scale = None
+        return dx
+
+
+class Towers(Layer):
+    """K parallel towers (layer sequences) on the same input, outputs concatenated.
+
+    The master layer of a "wider" network (Dean et al. 2012, sec. 3; Krizhevsky et
+    al. 2012 ran two such towers, one per GPU): tower t maps the input (C, H, W) to
+    (C_t, H', W') and the outputs are concatenated along the channel axis, so every
+    tower must end with the same H', W' (or all end flat, (F_t,)). The backward
+    splits dy by channels, runs each tower backward and sums their input gradients.
+
+    Parameters stay in the model's one flat vector: this layer's parameter specs are
+    the towers' specs in order, named ``"{t}.{i}.{name}"`` (tower t, its layer i), so
+    each tower's parameters are one contiguous range (a model-parallel run can give
+    each tower its own rank and slice).
+    """
+
+    def __init__(self, towers: list[list[Layer]]):
+        super().__init__()
+        if not towers or any(not t for t in towers):
+            raise ConfigError("Towers needs at least one tower, each with at least one layer")
+        self.towers = [list(t) for t in towers]
+
+    def _out_shape(self, in_shape):
+        outs = []
+        for t, tower in enumerate(self.towers):
+            shape = in_shape
+            for layer in tower:
+                shape = layer.build(shape)
+            outs.append(shape)
+            if shape[1:] != outs[0][1:]:
+                raise ConfigError(
+                    f"Towers: tower {t} ends with shape {shape}, tower 0 with {outs[0]}; "
+                    "all must agree except in channels"
+                )
+        self.channels = [s[0] for s in outs]
+        return (sum(self.channels), *outs[0][1:])
+
+    def sublayers(self):
+        """(tower, index, layer) for every layer of every tower, in flat-vector order."""
+        return [
+            (t, i, layer) for t, tower in enumerate(self.towers) for i, layer in enumerate(tower)
+        ]
+
+    def param_specs(self):
+        return [
+            (f"{t}.{i}.{name}", shape)
+            for t, i, layer in self.sublayers()
+            for name, shape in layer.param_specs()
+        ]
+
+    def bind(self, params, grads):
+        super().bind(params, grads)
+        for t, i, layer in self.sublayers():
+            prefix = f"{t}.{i}."
+            layer.bind(
+                {k[len(prefix) :]: v for k, v in params.items() if k.startswith(prefix)},
+                {k[len(prefix) :]: v for k, v in grads.items() if k.startswith(prefix)},
+            )
+
+    def init(self, rng):
+        for _, _, layer in self.sublayers():
+            layer.init(rng)
+
+    def forward(self, x, backend, train):
+        outs = []
+        for tower in self.towers:
+            h = x
+            for layer in tower:
+                h = layer.forward(h, backend, train)
+            outs.append(h)
+        return backend.concat_forward(outs)  # (N, sum C_t, H', W')
+
+    def backward(self, dy, backend, need_dx=True):
+        dx = None
+        for tower, d in zip(self.towers, backend.concat_backward(dy, self.channels), strict=True):
+            for layer in reversed(tower[1:]):
+                d = layer.backward(d, backend)
+            if not need_dx:
+                tower[0].backward_params(d, backend)
+                continue
+            d = tower[0].backward(d, backend)
+            dx = d if dx is None else dx + d
+        return dx  # (N, C, H, W)
+
+    def backward_params(self, dy, backend):
+        self.backward(dy, backend, need_dx=False)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from hpcnet.nn.layers import Dense, Dropout, Layer
+from hpcnet.nn.layers import Dense, Dropout, Layer, Towers
 
 
 class Model:
@@ -67,6 +67,10 @@ class Model:
         for i, layer in enumerate(self.layers):
             if isinstance(layer, Dropout):
                 layer.rng = np.random.default_rng([seed, replica, i, 0xD7])
+            elif isinstance(layer, Towers):  # tower t's layer j: its own stream too
+                for t, j, sub in layer.sublayers():
+                    if isinstance(sub, Dropout):
+                        sub.rng = np.random.default_rng([seed, replica, i, t, j, 0xD7])
 
     def forward(self, x: np.ndarray, backend, train: bool = False) -> np.ndarray:
         """x (N, *input_shape) float32 -> logits (N, K) float32."""
@@ -90,8 +94,9 @@ class Model:
         logits = self.forward(x, backend, train=train)
         loss, d = backend.softmax_xent(logits, y)
         correct = int((logits.argmax(axis=1) == y).sum())
-        for layer in reversed(self.layers):
+        for layer in reversed(self.layers[1:]):
             d = layer.backward(d, backend)
+        self.layers[0].backward_params(d, backend)  # no one needs d loss / d input
         return loss, correct
 
     def evaluate(self, x: np.ndarray, y: np.ndarray, backend) -> tuple[float, int]:

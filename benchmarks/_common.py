@@ -1,0 +1,208 @@
+"""Helpers shared by the benchmark drivers in this folder (not part of hpcnet).
+
+* finding ``mpiexec``;
+* a quiet machine: :func:`wait_for_idle` before a run, and :class:`Disturbance`,
+  which measures from ``/proc/stat`` how much CPU other jobs took during the run
+  (this project's machines have 2 vCPUs and are shared);
+* what the run ran on: :func:`cpu_model`, :func:`versions`, :func:`env_info`,
+  :func:`blas_info`;
+* the ``RESULT {json}`` line a worker prints and its driver parses.
+
+The scripts run as ``python benchmarks/NAME.py``, so this folder is on ``sys.path``
+and they ``import _common``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+RESULT_TAG = "RESULT "
+IDLE_ENOUGH = 0.8  # machine idle fraction for a run to start (and count) as undisturbed
+OTHERS_TOO_MUCH = 0.1  # other jobs' share of the machine's CPU above which a run is disturbed
+DEFAULT_PACKAGES = ("hpcnet", "numpy", "numba", "mpi4py", "mpich", "torch", "threadpoolctl")
+
+
+def blas_info() -> list[dict]:
+    """threadpoolctl's view of the loaded BLAS/OpenMP libraries (JSON-safe)."""
+    from threadpoolctl import threadpool_info
+
+    return [
+        {k: v for k, v in d.items() if isinstance(v, (str, int, type(None)))}
+        for d in threadpool_info()
+    ]
+
+
+def env_info() -> dict:
+    keys = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OMP_NUM_THREADS", "NUMBA_NUM_THREADS")
+    return {k: os.environ.get(k) for k in keys}
+
+
+def emit(result: dict) -> None:
+    """Prints a worker's result as one ``RESULT {json}`` line for its driver."""
+    print(RESULT_TAG + json.dumps(result), flush=True)
+
+
+def parse_result(stdout: str) -> dict | None:
+    """The last ``RESULT {json}`` line of a worker's output, or None."""
+    lines = [ln for ln in stdout.splitlines() if ln.startswith(RESULT_TAG)]
+    return json.loads(lines[-1][len(RESULT_TAG) :]) if lines else None
+
+
+def mpiexec_path(prog: str) -> str:
+    """The ``mpiexec`` beside this Python (hpcnet's mpich extra), else the one on PATH;
+    exits with a message naming ``prog`` if there is none."""
+    here = Path(sys.executable).parent / "mpiexec"
+    found = str(here) if here.is_file() else shutil.which("mpiexec")
+    if not found:
+        sys.exit(
+            f"{prog}: no mpiexec beside this Python or on PATH; "
+            "install hpcnet with its mpich extra (pip install -e '.[mpich]')"
+        )
+    return found
+
+
+def cpu_ticks() -> dict[str, int] | None:
+    """The whole machine's CPU time since boot, in clock ticks, from /proc/stat.
+
+    Returns:
+        ``busy`` (user, nice, system, irq, softirq), ``steal`` (the hypervisor ran
+        someone else on our vCPU) and ``total`` (all of them plus idle and iowait);
+        None where /proc/stat cannot be read.
+    """
+    try:
+        v = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    v += [0] * (8 - len(v))
+    user, nice, system, idle, iowait, irq, softirq, steal = v
+    busy = user + nice + system + irq + softirq
+    return {"busy": busy, "steal": steal, "total": busy + steal + idle + iowait}
+
+
+def wait_for_idle(max_wait: float, interval: float = 0.5) -> float | None:
+    """Waits up to ``max_wait`` seconds for the machine to be >= 80 % idle.
+
+    Another job on this shared 2-vCPU machine halves a side's throughput, so each run
+    starts on an idle machine when it can. Returns the idle fraction of the last
+    ``interval`` (None if unknown).
+    """
+    deadline = time.monotonic() + max_wait
+    while True:
+        a = cpu_ticks()
+        time.sleep(interval)
+        b = cpu_ticks()
+        if a is None or b is None:
+            return None
+        idle = 1.0 - (b["busy"] - a["busy"]) / max(b["total"] - a["total"], 1)
+        if idle >= IDLE_ENOUGH or time.monotonic() >= deadline:
+            return idle
+
+
+def children_cpu_s() -> float:
+    """CPU seconds used so far by this process's finished children (and theirs)."""
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+class Disturbance:
+    """How quiet the machine was around one child run.
+
+    ``start()`` waits (up to ``max_wait`` s) for an idle machine and takes the
+    machine's and our children's CPU counters; run the child to completion with
+    ``subprocess.run``; then ``finish()`` returns the wall time and, from
+    ``/proc/stat``, the share of the machine's CPU that other jobs (busy time
+    minus our finished children's) and the hypervisor (steal) took meanwhile.
+    """
+
+    def __init__(self, max_wait: float):
+        self.max_wait = max_wait
+
+    def start(self) -> Disturbance:
+        self.idle = wait_for_idle(self.max_wait)
+        self.ticks0, self.ours0 = cpu_ticks(), children_cpu_s()
+        self.t0 = time.perf_counter()
+        return self
+
+    def finish(self) -> dict:
+        """``wall_s``, ``cpu_idle_before``, ``cpu_others_during``, ``cpu_steal_during``
+        (fractions of the machine, None if unknown) and ``clean`` (the machine was idle
+        before and other jobs took <= 10 % during)."""
+        wall = time.perf_counter() - self.t0
+        ticks1, ours1 = cpu_ticks(), children_cpu_s()
+        others = steal = None
+        if self.ticks0 and ticks1:
+            # Machine-wide busy time minus our own processes' = what other jobs took.
+            hz = os.sysconf("SC_CLK_TCK")
+            capacity = max(ticks1["total"] - self.ticks0["total"], 1) / hz  # CPU-seconds
+            others = (
+                max(0.0, (ticks1["busy"] - self.ticks0["busy"]) / hz - (ours1 - self.ours0))
+                / capacity
+            )
+            steal = (ticks1["steal"] - self.ticks0["steal"]) / hz / capacity
+        idle = self.idle
+        clean = (idle is None or idle >= IDLE_ENOUGH) and (
+            others is None or others <= OTHERS_TOO_MUCH
+        )
+        return {
+            "wall_s": wall,
+            "cpu_idle_before": idle,
+            "cpu_others_during": others,
+            "cpu_steal_during": steal,
+            "clean": clean,
+        }
+
+
+def disturbance(r: dict) -> str:
+    """How quiet the machine was around one run, for the progress line."""
+
+    def pct(v: float | None) -> str:
+        return "?" if v is None else f"{v:.0%}"
+
+    note = "" if r["clean"] else "  <- other jobs on the machine: left out of the median"
+    return (
+        f"run {r['wall_s']:.1f} s; idle before {pct(r['cpu_idle_before'])}, other jobs "
+        f"{pct(r['cpu_others_during'])}, steal {pct(r['cpu_steal_during'])}{note}"
+    )
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def versions(packages: tuple[str, ...] = DEFAULT_PACKAGES) -> dict:
+    """Installed versions of ``packages`` and hpcnet's git commit (short hash)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in packages:
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = None
+    try:
+        out["hpcnet_git"] = (
+            subprocess.run(
+                ["git", "-C", str(Path(__file__).resolve().parent), "rev-parse", "--short", "HEAD"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+            ).stdout.strip()
+            or None
+        )
+    except (OSError, subprocess.SubprocessError):
+        out["hpcnet_git"] = None
+    return out

@@ -1,0 +1,92 @@
+"""The CPU convolution's two paths (im2col + GEMM, and direct) against the reference.
+
+``cpu.DIRECT_MAX_CHANNELS`` picks the path by the input channels per group; the
+tests pin it to force each path on the same shapes, strides, paddings and groups.
+"""
+
+import numpy as np
+import pytest
+
+from hpcnet.kernels import cpu, reference
+
+RNG = np.random.default_rng(77)
+
+SHAPES = [  # n, c, h, w, o, k, stride, pad, groups
+    (2, 3, 7, 7, 4, 3, 1, 1, 1),
+    (3, 6, 8, 6, 4, 5, 1, 2, 1),
+    (2, 8, 9, 9, 6, 3, 2, 0, 2),
+    (1, 4, 6, 6, 2, 2, 2, 1, 1),
+    (2, 12, 7, 7, 6, 3, 1, 1, 3),
+    (2, 5, 10, 10, 4, 5, 2, 2, 1),
+    (2, 2, 6, 7, 3, 4, 1, 1, 1),  # a kernel size with no special case
+    (3, 1, 9, 9, 4, 5, 1, 0, 1),
+]
+
+
+def rand(*shape):
+    return RNG.standard_normal(shape).astype(np.float32)
+
+
+@pytest.mark.parametrize("path", ["im2col", "direct"])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_conv_paths_match_reference(monkeypatch, path, shape):
+    monkeypatch.setattr(cpu, "DIRECT_MAX_CHANNELS", 0 if path == "im2col" else 99)
+    n, c, h, w, o, k, stride, pad, groups = shape
+    x, wt, b = rand(n, c, h, w), rand(o, c // groups, k, k), rand(o)
+    y_ref, cache_ref = reference.conv2d_forward(x, wt, b, stride, pad, groups)
+    y, cache = cpu.conv2d_forward(x, wt, b, stride, pad, groups)
+    assert cache[0] == (path if stride == 1 else "im2col")  # direct: stride 1 only
+    np.testing.assert_allclose(y, y_ref, rtol=1e-4, atol=1e-4)
+    dy = rand(*y.shape)
+    dw_ref, db_ref = np.empty_like(wt), np.empty_like(b)
+    dx_ref = reference.conv2d_backward(
+        dy, x.shape, cache_ref, wt, stride, pad, dw_ref, db_ref, groups
+    )
+    dw, db = np.empty_like(wt), np.empty_like(b)
+    dx = cpu.conv2d_backward(dy, x.shape, cache, wt, stride, pad, dw, db, groups)
+    np.testing.assert_allclose(dx, dx_ref, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(dw, dw_ref, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(db, db_ref, rtol=1e-4, atol=1e-4)
+    # without the input gradient: the same parameter gradients, no dx
+    y, cache = cpu.conv2d_forward(x, wt, b, stride, pad, groups)
+    dw2, db2 = np.empty_like(wt), np.empty_like(b)
+    assert cpu.conv2d_backward(dy, x.shape, cache, wt, stride, pad, dw2, db2, groups, False) is None
+    np.testing.assert_array_equal(dw2, dw)
+    np.testing.assert_array_equal(db2, db)
+
+
+def test_buffers_are_reused_between_steps():
+    from hpcnet.kernels._cpu_conv import POOL
+
+    x, wt, b = rand(4, 9, 6, 6), rand(5, 9, 3, 3), rand(5)
+    POOL.clear()
+    _, cache = cpu.conv2d_forward(x, wt, b, 1, 1)
+    cols = cache[1]
+    free = POOL._free.setdefault(cols.shape, [])
+    assert not free  # cols is in use by the layer
+    cpu.conv2d_backward(rand(4, 5, 6, 6), x.shape, cache, wt, 1, 1,
+                        np.empty_like(wt), np.empty_like(b))  # fmt: skip
+    assert len(free) == 2 and any(f is cols for f in free)  # cols and dcols came back
+    _, cache2 = cpu.conv2d_forward(x, wt, b, 1, 1)
+    assert len(free) == 1 and not any(f is cache2[1] for f in free)  # taken, not new
+    POOL.give(cache2[1])
+    POOL.give(cache2[1])  # a second give of the same buffer is ignored
+    assert len(free) == 2
+
+
+def test_model_gradients_equal_with_and_without_first_layer_input_gradient():
+    from hpcnet.kernels import get_backend
+    from hpcnet.nn.layers import Conv2D, Dense, Flatten, ReLU
+    from hpcnet.nn.model import Model
+
+    be = get_backend("cpu")
+    model = Model([Conv2D(6, 3, padding=1), ReLU(), Flatten(), Dense(3)], (2, 5, 5))
+    model.init(1)
+    x, y = rand(4, 2, 5, 5), RNG.integers(0, 3, 4)
+    model.loss_and_grad(x, y, be)  # first layer: backward_params
+    fast = model.grads.copy()
+    logits = model.forward(x, be, train=True)
+    _, d = be.softmax_xent(logits, y)
+    for layer in reversed(model.layers):  # every layer's full backward
+        d = layer.backward(d, be)
+    np.testing.assert_allclose(model.grads, fast, rtol=1e-6, atol=1e-7)
