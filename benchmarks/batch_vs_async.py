@@ -48,9 +48,15 @@ def run(mpiexec, ranks, flags, out, timeout, wait_idle) -> dict:
     summary = json.loads((out / "summary.json").read_text())
     recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     curve = [(r["elapsed_s"], r["loss"]) for r in recs if "loss" in r and "event" not in r]
-    return {"flags": flags, "test_accuracy": summary["test_accuracy"],
-            "test_loss": summary["test_loss"], "wall_s": summary["wall_s"],
-            "train_s": summary["train_s"], "loss_curve": curve, **d}
+    return {
+        "flags": flags,
+        "test_accuracy": summary["test_accuracy"],
+        "test_loss": summary["test_loss"],
+        "wall_s": summary["wall_s"],
+        "train_s": summary["train_s"],
+        "loss_curve": curve,
+        **d,
+    }
 
 
 def plot(results: dict, png: Path, title: str) -> None:
@@ -66,10 +72,17 @@ def plot(results: dict, png: Path, title: str) -> None:
         a1.plot(t, loss, label=name)
         pts = sorted((r["wall_s"], r["test_accuracy"]) for r in runs)
         a2.plot(*zip(*pts, strict=True), marker="o", label=name)
-    a1.set(xlabel="wall time (s)", ylabel="training loss", yscale="log",
-           title="training loss (metrics.jsonl)")
-    a2.set(xlabel="wall time of the run (s)", ylabel="test accuracy",
-           title="test accuracy, one run per budget")
+    a1.set(
+        xlabel="wall time (s)",
+        ylabel="training loss",
+        yscale="log",
+        title="training loss (metrics.jsonl)",
+    )
+    a2.set(
+        xlabel="wall time of the run (s)",
+        ylabel="test accuracy",
+        title="test accuracy, one run per budget",
+    )
     for a in (a1, a2):
         a.grid(alpha=0.3)
         a.legend()
@@ -99,21 +112,33 @@ def main() -> None:
         for b in budgets.split(","):
             out = tmp / f"{name}-{b}"
             t = time.perf_counter()
-            r = run(mpiexec, args.ranks, [*flags, *common, "--epochs", b], out,
-                    args.timeout, args.wait_idle)
+            r = run(
+                mpiexec,
+                args.ranks,
+                [*flags, *common, "--epochs", b],
+                out,
+                args.timeout,
+                args.wait_idle,
+            )
             r["budget_epochs"] = int(b)
             results.setdefault(name, []).append(r)
-            print(f"{name:<18} epochs {b:>3}: test accuracy {r['test_accuracy']:.4f}  "
-                  f"wall {r['wall_s']:6.1f} s  ({_common.disturbance(r)}; "
-                  f"{time.perf_counter() - t:.0f} s)", flush=True)
+            print(
+                f"{name:<18} epochs {b:>3}: test accuracy {r['test_accuracy']:.4f}  "
+                f"wall {r['wall_s']:6.1f} s  ({_common.disturbance(r)}; "
+                f"{time.perf_counter() - t:.0f} s)",
+                flush=True,
+            )
     shutil.rmtree(tmp, ignore_errors=True)
-    title = (f"{args.data}, {args.model}, {args.ranks} ranks, 2 vCPU "
-             f"({time.strftime('%Y-%m-%d')})")
+    title = f"{args.data}, {args.model}, {args.ranks} ranks, 2 vCPU ({time.strftime('%Y-%m-%d')})"
     plot(results, args.png, title)
     print(f"plot: {args.png}")
     if args.json:
-        args.json.write_text(json.dumps({"results": results, "versions": _common.versions(),
-                                         "env": _common.env_info()}, indent=1))
+        args.json.write_text(
+            json.dumps(
+                {"results": results, "versions": _common.versions(), "env": _common.env_info()},
+                indent=1,
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ Usage::
 
     python benchmarks/downpour_bench.py [--parts ps,throughput,adagrad] [--repeats R]
         [--json OUT.json] [--png PLOT.png]
+    python benchmarks/downpour_bench.py --from-json OUT.json   # tables + plot again, no runs
 
 Needs matplotlib for the ``adagrad`` plot (a benchmark-only dependency).
 """

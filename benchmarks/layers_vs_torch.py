@@ -637,6 +637,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     global CLOCK
     args = parse_args(argv)
+    if args.worker in ("hpcnet", "startup"):
+        from hpcnet.kernels import set_blas_env_defaults
+
+        set_blas_env_defaults()  # as python -m hpcnet does, before NumPy loads
     if args.clock == "cpu":
         if args.threads != 1:
             sys.exit("layers_vs_torch: --clock cpu needs --threads 1 (CPU time adds threads up)")
