@@ -140,6 +140,9 @@ def main(argv: list[str] | None = None) -> None:
     Exit status: 0 success; 2 bad input (flag, config, layout, data), raised on
     every rank alike; anything else aborts the MPI job (status 1).
     """
+    from hpcnet.kernels import set_blas_env_defaults
+
+    set_blas_env_defaults()  # before anything loads NumPy (and its OpenBLAS)
     from hpcnet.comm import exit_on_error, install_abort_hook, same_on_every_rank
 
     install_abort_hook()

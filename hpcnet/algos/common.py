@@ -23,7 +23,7 @@ from threadpoolctl import threadpool_limits
 from hpcnet.comm import allreduce_sum, ranks_on_node, root_then_bcast, same_on_every_rank
 from hpcnet.config import Config, replace, save_config
 from hpcnet.data.format import DatasetInfo, open_dataset
-from hpcnet.data.loader import eval_batches
+from hpcnet.data.loader import BatchLoader, eval_batches
 from hpcnet.data.registry import resolve_data
 from hpcnet.errors import ConfigError
 from hpcnet.kernels import Backend, get_backend
@@ -96,6 +96,24 @@ def prepare(cfg: Config, comm: MPI.Intracomm) -> Prepared:
         save_config(cfg, out / "config.toml")
         prep.log = MetricsLog(out)
     return prep
+
+
+def train_loader(prep: Prepared, replica: int) -> BatchLoader:
+    """The training-split :class:`BatchLoader` of replica ``replica`` (of ``layout.replicas``),
+    with the run's batch size, seed, normalisation and ``[data] augment`` settings."""
+    cfg = prep.cfg
+    return BatchLoader(
+        prep.info.path,
+        replica=replica,
+        n_replicas=prep.layout.replicas,
+        batch_size=cfg.run.batch_size,
+        seed=cfg.run.seed,
+        mean=prep.info.mean,
+        std=prep.info.std,
+        split="train",
+        augment=cfg.data.augment,
+        crop_pad=cfg.data.crop_pad,
+    )
 
 
 def announce(prep: Prepared, details: str, verbose: bool) -> None:

@@ -26,9 +26,15 @@ from typing import Any
 import numpy as np
 from mpi4py import MPI
 
-from hpcnet.algos.common import Prepared, announce, base_summary, evaluate, report
+from hpcnet.algos.common import (
+    Prepared,
+    announce,
+    base_summary,
+    evaluate,
+    report,
+    train_loader,
+)
 from hpcnet.comm import barrier_polling, bcast_, same_on_every_rank
-from hpcnet.data.loader import BatchLoader
 from hpcnet.optim.schedules import lr_at
 from hpcnet.ps import windows as W
 from hpcnet.ps.client import ShardClient
@@ -190,20 +196,11 @@ def _serve(prep, sw, lr_of, comm, total_steps, verbose) -> ShardStats:
 
 
 def _replica(prep, windows, replica, total_steps, spe) -> dict[str, Any]:
-    cfg, model, backend, info = prep.cfg, prep.model, prep.backend, prep.info
+    cfg, model, backend = prep.cfg, prep.model, prep.backend
     ps, faults = cfg.ps, cfg.faults
     client = ShardClient(windows, replica, wait_timeout=max(60.0, 2 * ps.replica_timeout))
     model.seed_dropout(cfg.run.seed, replica)
-    loader = BatchLoader(
-        info.path,
-        replica=replica,
-        n_replicas=prep.layout.replicas,
-        batch_size=cfg.run.batch_size,
-        seed=cfg.run.seed,
-        mean=info.mean,
-        std=info.std,
-        split="train",
-    )
+    loader = train_loader(prep, replica)
     acc = np.zeros(model.n_params, np.float32)  # gradients summed since the last push
     stats = np.zeros(3)  # loss sum, correct, samples since the last push
     step = since_push = 0

@@ -28,11 +28,11 @@ from hpcnet.algos.common import (
     prepare,
     report,
     set_threads,
+    train_loader,
 )
 from hpcnet.algos.sync import SyncSGD
 from hpcnet.comm import allreduce_sum, bcast_, split_role_comms
 from hpcnet.config import Config
-from hpcnet.data.loader import BatchLoader
 from hpcnet.optim.schedules import lr_at, scaled_lr
 from hpcnet.optim.sgd import SGD
 from hpcnet.run.metrics import progress_line
@@ -64,20 +64,11 @@ def train(cfg: Config, comm: MPI.Intracomm, verbose: bool = True) -> dict[str, A
 
 
 def _train_synchronous(prep: Prepared, comm: MPI.Intracomm, verbose: bool) -> dict[str, Any]:
-    cfg, layout, model, backend, info = prep.cfg, prep.layout, prep.model, prep.backend, prep.info
+    cfg, layout, model, backend = prep.cfg, prep.layout, prep.model, prep.backend
     comms = split_role_comms(layout, comm)
     data_comm = comms.data_comm
     replica, n_replicas = comms.role.index, layout.replicas
-    loader = BatchLoader(
-        info.path,
-        replica=replica,
-        n_replicas=n_replicas,
-        batch_size=cfg.run.batch_size,
-        seed=cfg.run.seed,
-        mean=info.mean,
-        std=info.std,
-        split="train",
-    )
+    loader = train_loader(prep, replica)
     spe = loader.steps_per_epoch
     total_steps = spe * cfg.run.epochs
     if cfg.run.max_steps:

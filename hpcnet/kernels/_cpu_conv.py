@@ -106,7 +106,8 @@ def im2col(xp, k, stride, oh, ow, cols):  # pragma: no cover - compiled
 def col2im(dcols, k, stride, oh, ow, pad, dxp, dx):  # pragma: no cover - compiled
     """Sums dcols (G, N*OH*OW, K*K*C/G) back into dx (N, C, H, W), through the padded
     grouped buffer dxp (N, G, Hp, Wp, C/G). One sample per thread: the overlapping
-    windows of a sample never race."""
+    windows of a sample never race. Runs shorter than 64 floats are added by an
+    element loop (lenet's second layer, runs of 30: 0.8 against 1.7 ms as slices)."""
     n, groups, hp, wp, cg = dxp.shape
     h, w = dx.shape[2], dx.shape[3]
     kc = k * cg
@@ -120,7 +121,11 @@ def col2im(dcols, k, stride, oh, ow, pad, dxp, dx):  # pragma: no cover - compil
                     drow = dcols[g, (b * oh + i) * ow + j]
                     for ki in range(k):
                         dst = ((g * hp + i * stride + ki) * wp + j * stride) * cg
-                        dxf[dst : dst + kc] += drow[ki * kc : (ki + 1) * kc]
+                        if kc < 64:  # short runs: a slice's setup costs more than its adds
+                            for t in range(kc):
+                                dxf[dst + t] += drow[ki * kc + t]
+                        else:
+                            dxf[dst : dst + kc] += drow[ki * kc : (ki + 1) * kc]
         for g in range(groups):
             for ci in range(cg):
                 for ii in range(h):

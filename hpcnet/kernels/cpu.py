@@ -120,6 +120,13 @@ def conv2d_backward(dy, x_shape, cache, w, stride, pad, dw, db, groups=1, need_d
     return dx
 
 
+def conv2d_release(cache) -> None:
+    """Gives a forward's buffers back to the pool when no backward will use them (an
+    inference forward); the cache must not be used afterwards."""
+    for buf in cache[1:]:
+        POOL.give(buf)
+
+
 @njit(parallel=True, cache=True)
 def _maxpool_fwd(x, k, stride, oh, ow):  # pragma: no cover - compiled
     n, c, h, w = x.shape
@@ -175,12 +182,15 @@ def maxpool2d_backward(dy, argmax, x_shape):
     return _maxpool_bwd(np.ascontiguousarray(dy), argmax, x_shape[2], x_shape[3])
 
 
+PARALLEL_MIN_SIZE = 1 << 16  # elements below which elementwise ops skip Numba's threads
+
+
 @njit(parallel=True, cache=True)
 def _relu_fwd(x):  # pragma: no cover - compiled
     y = np.empty_like(x)
     for i in prange(x.size):
-        v = x.flat[i]
-        y.flat[i] = v if v > 0 else np.float32(0.0)
+        v = x[i]
+        y[i] = v if v > 0 else np.float32(0.0)
     return y
 
 
@@ -188,17 +198,25 @@ def _relu_fwd(x):  # pragma: no cover - compiled
 def _relu_bwd(dy, y):  # pragma: no cover - compiled
     dx = np.empty_like(dy)
     for i in prange(dy.size):
-        dx.flat[i] = dy.flat[i] if y.flat[i] > 0 else np.float32(0.0)
+        dx[i] = dy[i] if y[i] > 0 else np.float32(0.0)
     return dx
 
 
 def relu_forward(x):
-    """max(x, 0) elementwise; x any shape, float32."""
+    """max(x, 0) elementwise; x any shape, float32.
+
+    Small arrays go to NumPy: a Numba parallel launch costs ~30 us (measured), more
+    than the work (lenet's dense layers: 7,680 elements).
+    """
+    if x.size < PARALLEL_MIN_SIZE:
+        return np.maximum(x, np.float32(0.0))
     return _relu_fwd(np.ascontiguousarray(x).reshape(-1)).reshape(x.shape)
 
 
 def relu_backward(dy, y):
     """dy where the forward output y was positive, else 0."""
+    if dy.size < PARALLEL_MIN_SIZE:  # (np.where is 10x slower than this product)
+        return np.multiply(dy, y > 0, dtype=np.float32)
     flat = _relu_bwd(np.ascontiguousarray(dy).reshape(-1), np.ascontiguousarray(y).reshape(-1))
     return flat.reshape(dy.shape)
 
@@ -318,23 +336,67 @@ def dense_backward(dy, x, w, dw, db, need_dx=True):
 GRAD_FLUSH = 1e-30  # |dlogits| below this is set to 0 (see softmax_xent)
 
 
+@njit(cache=True, fastmath=False)
+def _softmax_xent(z, labels, flush):  # pragma: no cover - compiled
+    n, k = z.shape
+    d = np.empty((n, k), np.float32)
+    loss = 0.0
+    for r in range(n):
+        m = z[r, 0]
+        for j in range(1, k):
+            m = max(m, z[r, j])
+        s = 0.0
+        for j in range(k):
+            e = np.exp(np.float64(z[r, j] - m))
+            d[r, j] = e
+            s += e
+        loss += np.log(s) - (z[r, labels[r]] - m)
+        for j in range(k):
+            g = d[r, j] / s
+            if j == labels[r]:
+                g -= 1.0
+            g /= n
+            d[r, j] = g if abs(g) >= flush else 0.0
+    return loss / n, d
+
+
 def softmax_xent(logits, labels):
     """Mean softmax cross-entropy and its gradient; see the reference for shapes.
 
-    Gradient entries smaller than :data:`GRAD_FLUSH` in magnitude are set to 0. A
-    confident network's far tail probabilities are float32 subnormals, which the
-    backward GEMMs then spread through every layer, and arithmetic on subnormals
-    is slow: measured here, mlp's forward + backward went from 6 to 17 ms once the
-    model had memorised its batches. Entries that small change no weight.
+    One serial Numba loop (a batch of logits is tiny; NumPy's dozen calls cost more
+    than the arithmetic). Gradient entries smaller than :data:`GRAD_FLUSH` in magnitude
+    are set to 0: a confident network's far tail probabilities are float32 subnormals,
+    which the backward GEMMs then spread through every layer, and arithmetic on
+    subnormals is slow (measured here: mlp's forward + backward went from 6 to 17 ms
+    once the model had memorised its batches). Entries that small change no weight.
     """
-    z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    s = e.sum(axis=1, keepdims=True)
-    n = logits.shape[0]
-    idx = np.arange(n)
-    loss = float(np.mean(np.log(s[:, 0]) - z[idx, labels]))
-    d = e / s
-    d[idx, labels] -= 1.0
-    d /= n
-    d[np.abs(d) < GRAD_FLUSH] = 0.0
-    return loss, d.astype(np.float32, copy=False)
+    loss, d = _softmax_xent(
+        np.ascontiguousarray(logits, np.float32), np.ascontiguousarray(labels, np.int64), GRAD_FLUSH
+    )
+    return float(loss), d
+
+
+@njit(parallel=True, cache=True, fastmath=True)
+def _sgd_momentum(params, grads, velocity, lr, momentum, weight_decay):  # pragma: no cover
+    for i in prange(params.size):
+        g = grads[i] + weight_decay * params[i]
+        grads[i] = g
+        v = momentum * velocity[i] + g
+        velocity[i] = v
+        params[i] -= lr * v
+
+
+def sgd_momentum_update(params, grads, velocity, lr, momentum, weight_decay=0.0):
+    """One SGD-with-momentum step on the flat vectors, in one pass, in place.
+
+    The same update as :class:`hpcnet.optim.sgd.SGD` (PyTorch's convention: ``g += wd p;
+    v = m v + g; p -= lr v``; ``grads`` becomes the decayed gradient), for an
+    optimizer to call: NumPy needs four passes and a temporary (measured here, 2conv's
+    3.3 M parameters, one thread: 9.0 ms against 3.8 ms).
+
+    Args:
+        params, grads, velocity: (n_params,) float32, C-contiguous, updated in place.
+        lr, momentum, weight_decay: floats.
+    """
+    f32 = np.float32
+    _sgd_momentum(params, grads, velocity, f32(lr), f32(momentum), f32(weight_decay))

@@ -451,6 +451,10 @@ def conv2d_backward(dy, x_shape, cols, w, stride, pad, dw, db, groups=1, need_dx
     return _ret(dx, host)
 
 
+def conv2d_release(cache) -> None:
+    """Frees a forward's cache that no backward will use (nothing to do here)."""
+
+
 def maxpool2d_forward(x, k, stride):
     """Max pooling (overlapping when stride < k); returns (y, argmax) as the CPU op does."""
     host = _is_host(x)

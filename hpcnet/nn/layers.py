@@ -148,6 +148,8 @@ class Conv2D(Layer):
         self.params["b"][...] = 0.0
 
     def forward(self, x, backend, train):
+        if getattr(self, "_cache", None) is not None:  # the last forward had no backward
+            backend.conv2d_release(self._cache)
         self._x_shape = x.shape  # (N, C, H, W)
         y, self._cache = backend.conv2d_forward(
             x, self.params["w"], self.params["b"], self.stride, self.pad, self.groups

@@ -31,11 +31,12 @@ class SGD:
 
         ``grads`` is modified when weight decay is on (it becomes the decayed gradient).
         """
+        if self.velocity is not None:
+            # one fused pass (Numba) instead of NumPy's four and a temporary
+            from hpcnet.kernels.cpu import sgd_momentum_update
+
+            sgd_momentum_update(params, grads, self.velocity, lr, self.momentum, self.weight_decay)
+            return
         if self.weight_decay:
             grads += np.float32(self.weight_decay) * params
-        if self.velocity is None:
-            params -= np.float32(lr) * grads
-            return
-        self.velocity *= np.float32(self.momentum)
-        self.velocity += grads
-        params -= np.float32(lr) * self.velocity
+        params -= np.float32(lr) * grads

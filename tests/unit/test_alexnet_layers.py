@@ -226,3 +226,25 @@ def test_towers_params_live_in_the_flat_vector_one_range_per_tower():
 def test_towers_shapes_must_agree():
     with pytest.raises(ConfigError, match="tower 1"):
         Model([Towers([[Conv2D(2, 3)], [Conv2D(2, 5)]])], (1, 7, 7))
+
+
+@pytest.mark.parametrize("size", [10, 70_000])  # NumPy below PARALLEL_MIN_SIZE, Numba above
+def test_relu_both_paths_match_reference(size):
+    assert (size < cpu.PARALLEL_MIN_SIZE) == (size == 10)
+    x, dy = rand(size), rand(size)
+    y = cpu.relu_forward(x)
+    assert y.dtype == np.float32
+    np.testing.assert_array_equal(y, reference.relu_forward(x))
+    np.testing.assert_array_equal(cpu.relu_backward(dy, y), reference.relu_backward(dy, y))
+
+
+def test_softmax_gradient_flushes_subnormals():
+    # z - max = -95 gives p ~ 5e-42: a float32 subnormal that slows every GEMM after it
+    logits = np.array([[0.0, -95.0, -20.0], [3.0, 2.0, -200.0]], np.float32)
+    labels = np.array([0, 1])
+    loss, d = cpu.softmax_xent(logits, labels)
+    ref_loss, ref_d = reference.softmax_xent(logits, labels)
+    assert abs(loss - ref_loss) < 1e-6
+    tiny = (d != 0) & (np.abs(d) < np.finfo(np.float32).tiny)
+    assert not tiny.any() and d[0, 1] == 0.0
+    np.testing.assert_allclose(d, ref_d, rtol=1e-5, atol=1e-12)

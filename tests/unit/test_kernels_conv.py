@@ -20,6 +20,8 @@ SHAPES = [  # n, c, h, w, o, k, stride, pad, groups
     (2, 5, 10, 10, 4, 5, 2, 2, 1),
     (2, 2, 6, 7, 3, 4, 1, 1, 1),  # a kernel size with no special case
     (3, 1, 9, 9, 4, 5, 1, 0, 1),
+    (2, 16, 6, 6, 4, 5, 1, 2, 1),  # im2col runs of K*C = 80 floats (slice copies)
+    (2, 32, 7, 7, 4, 3, 2, 1, 2),  # grouped, strided, runs of 48
 ]
 
 
@@ -90,3 +92,42 @@ def test_model_gradients_equal_with_and_without_first_layer_input_gradient():
     for layer in reversed(model.layers):  # every layer's full backward
         d = layer.backward(d, be)
     np.testing.assert_allclose(model.grads, fast, rtol=1e-6, atol=1e-7)
+
+
+def test_inference_forwards_reuse_the_im2col_buffer():
+    from hpcnet.kernels import get_backend
+    from hpcnet.nn.layers import Conv2D
+    from hpcnet.nn.model import Model
+
+    model = Model([Conv2D(4, 3, padding=1)], (8, 5, 5))
+    model.init(0)
+    be, x = get_backend("cpu"), rand(3, 8, 5, 5)
+    y1 = model.forward(x, be).copy()
+    cols1 = model.layers[0]._cache[1]
+    y2 = model.forward(x, be)  # releases the first forward's buffers, then takes them
+    assert model.layers[0]._cache[1] is cols1
+    np.testing.assert_array_equal(y1, y2)
+
+
+def test_sgd_optimizer_matches_the_numpy_formula():
+    """The optimizer (fused Numba pass) against PyTorch's momentum update written in NumPy."""
+    from hpcnet.optim.sgd import SGD
+
+    n = 1000
+    p1, g = rand(n), rand(n)
+    p2, v = p1.astype(np.float64), np.zeros(n)
+    opt = SGD(n, momentum=0.9, weight_decay=1e-3)
+    for _ in range(3):
+        g1, g2 = g.copy(), g.astype(np.float64)
+        opt.step(p1, g1, 0.05)
+        g2 = g2 + 1e-3 * p2
+        v = 0.9 * v + g2
+        p2 = p2 - 0.05 * v
+        np.testing.assert_allclose(g1, g2, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(p1, p2, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(opt.velocity, v, rtol=1e-5, atol=1e-6)
+    plain = SGD(n)  # no momentum: p -= lr g
+    p3, g3 = rand(n), rand(n)
+    want = p3 - np.float32(0.1) * g3
+    plain.step(p3, g3, 0.1)
+    np.testing.assert_allclose(p3, want, rtol=1e-6)
