@@ -81,6 +81,9 @@ class AlgoConfig:
     avg_every: int = 8
     shards: int = 1  # downpour: parameter shard ranks
     replicas: int = 0  # downpour: replica ranks; 0 = all ranks that are not shards
+    partitions: int = 1  # model parallelism: ranks per replica (Dean et al. 2012, sec. 3)
+    partition_scheme: str = "neurons"  # neurons (split every layer) | pipeline (layer groups)
+    micro_batches: int = 0  # pipeline: micro-batches per batch (GPipe); 0 = 2 x partitions
 
 
 @dataclass(frozen=True)
@@ -140,6 +143,13 @@ FLAGS: dict[str, tuple[str, str, str]] = {
     "--avg-every": ("algo", "avg_every", "avg: local steps between parameter averages"),
     "--shards": ("algo", "shards", "downpour: parameter shard ranks"),
     "--replicas": ("algo", "replicas", "downpour: replica ranks (0: all non-shard ranks)"),
+    "--partitions": ("algo", "partitions", "model parallelism: ranks per replica (M)"),
+    "--partition-scheme": (
+        "algo",
+        "partition_scheme",
+        "model parallelism: neurons (split each layer) | pipeline (layer groups)",
+    ),
+    "--micro-batches": ("algo", "micro_batches", "pipeline: micro-batches per batch (0: 2 M)"),
     "--n-fetch": ("ps", "n_fetch", "downpour: steps between parameter fetches"),
     "--n-push": ("ps", "n_push", "downpour: steps between gradient pushes"),
     "--ps-rule": ("ps", "rule", "downpour: update rule at the shards: sgd | adagrad"),
@@ -325,6 +335,20 @@ def validate(cfg: Config) -> None:
     p, f = cfg.ps, cfg.faults
     need(a.shards >= 0, "algo", "shards", "must be >= 0")
     need(a.replicas >= 0, "algo", "replicas", "must be >= 0 (0: all non-shard ranks)")
+    need(a.partitions >= 1, "algo", "partitions", "must be >= 1")
+    need(
+        a.partition_scheme in ("neurons", "pipeline"),
+        "algo",
+        "partition_scheme",
+        "choose neurons or pipeline",
+    )
+    need(a.micro_batches >= 0, "algo", "micro_batches", "must be >= 0 (0: 2 x partitions)")
+    need(
+        a.partitions == 1 or a.name != "sandblaster",
+        "algo",
+        "partitions",
+        "sandblaster does not split replicas yet; use sync, avg or downpour",
+    )
     need(p.n_fetch >= 1, "ps", "n_fetch", "must be >= 1")
     need(p.n_push >= 1, "ps", "n_push", "must be >= 1")
     need(p.rule in ("sgd", "adagrad"), "ps", "rule", "choose sgd or adagrad")

@@ -154,5 +154,9 @@ def layout_for(cfg, world_size: int) -> Layout:
     a = cfg.algo
     uses_shards = a.name in ("downpour", "sandblaster")
     return make_layout(
-        world_size, a.name, shards=a.shards if uses_shards else 0, replicas=a.replicas
+        world_size,
+        a.name,
+        shards=a.shards if uses_shards else 0,
+        replicas=a.replicas,
+        partitions=a.partitions,
     )

@@ -28,6 +28,7 @@ from hpcnet.data.registry import resolve_data
 from hpcnet.errors import ConfigError
 from hpcnet.kernels import Backend, get_backend
 from hpcnet.layout import Layout, layout_for
+from hpcnet.modelpar import check_partitions
 from hpcnet.nn.model import Model
 from hpcnet.nn.zoo import build_model, default_model
 from hpcnet.run.metrics import MetricsLog, make_out_dir, write_summary
@@ -82,6 +83,8 @@ def prepare(cfg: Config, comm: MPI.Intracomm) -> Prepared:
         model_name = default_model(cfg.data.name)
     with same_on_every_rank():  # depends only on the config and the broadcast info
         model = build_model(model_name, info.image_shape, info.num_classes)
+        if layout.partitions > 1:
+            check_partitions(model, cfg.algo.partition_scheme, layout.partitions)
         per_replica = info.n_train // layout.replicas
         if per_replica < cfg.run.batch_size:
             raise ConfigError(
@@ -131,14 +134,19 @@ def announce(prep: Prepared, details: str, verbose: bool) -> None:
     )
 
 
-def evaluate(prep: Prepared, replica: int | None, comm: MPI.Intracomm) -> tuple[float, float]:
+def evaluate(
+    prep: Prepared, replica: int | None, comm: MPI.Intracomm, net=None
+) -> tuple[float, float]:
     """Test loss (mean, nats) and accuracy of ``prep.model`` over the whole test split.
 
     Each of the ``layout.replicas`` replicas evaluates its own slice of rows;
     ranks with ``replica=None`` (shards, coordinator) contribute nothing.
     Collective over ``comm``: every rank of it must call, and together they
-    must cover replica indices ``0 .. replicas-1`` exactly once.
+    must cover replica indices ``0 .. replicas-1`` exactly once (with model
+    parallelism: ``comm`` is one partition index's ``data_comm`` and ``net`` the
+    :class:`~hpcnet.modelpar.PartitionedModel`, collective over its partitions too).
     """
+    net = prep.model if net is None else net
     loss_sum = correct = count = 0.0
     if replica is not None:
         for x, y in eval_batches(
@@ -150,10 +158,38 @@ def evaluate(prep: Prepared, replica: int | None, comm: MPI.Intracomm) -> tuple[
             std=prep.info.std,
             split="test",
         ):
-            ls, c = prep.model.evaluate(x, y, prep.backend)
+            ls, c = net.evaluate(x, y, prep.backend)
             loss_sum, correct, count = loss_sum + ls, correct + c, count + len(y)
     tot = allreduce_sum(np.array([loss_sum, correct, count]), comm)
     return float(tot[0] / tot[2]), float(tot[1] / tot[2])
+
+
+def model_parallel_summary(part, batch: int, layout: Layout, comm: MPI.Intracomm) -> dict[str, Any]:
+    """The partition layout and bytes exchanged per training step, for summary.json.
+
+    Every rank reports (gathered over ``comm``, the world: collective; ranks that
+    are not replicas pass ``part=None``); the figures are replica 0's partitions
+    (every replica does the same work).
+
+    Returns:
+        ``scheme``, ``partitions``, and per partition: owned parameters, plan, bytes
+        sent/received per step as counted and from the scheme's formula.
+    """
+    mine = None
+    if part is not None:
+        mine = part.describe()
+        mine["expected_bytes_sent_per_step"], mine["expected_bytes_recv_per_step"] = (
+            part.expected_bytes(batch)
+        )
+    every = comm.allgather(mine)
+    per = [every[r] for r in layout.replica_ranks(0)]
+    return {
+        "scheme": per[0]["scheme"],
+        "partitions": layout.partitions,
+        "bytes_sent_per_step": sum(d["bytes_sent_per_step"] for d in per),
+        "bytes_expected_per_step": sum(d["expected_bytes_sent_per_step"] for d in per),
+        "per_partition": per,
+    }
 
 
 def base_summary(prep: Prepared, comm: MPI.Intracomm) -> dict[str, Any]:

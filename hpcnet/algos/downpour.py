@@ -31,10 +31,13 @@ from hpcnet.algos.common import (
     announce,
     base_summary,
     evaluate,
+    model_parallel_summary,
     report,
     train_loader,
 )
-from hpcnet.comm import barrier_polling, bcast_, same_on_every_rank
+from hpcnet.comm import barrier_polling, bcast_, same_on_every_rank, split_role_comms
+from hpcnet.comm.exchange import Exchange
+from hpcnet.modelpar import partition_model
 from hpcnet.optim.schedules import lr_at
 from hpcnet.ps import windows as W
 from hpcnet.ps.client import ShardClient
@@ -55,25 +58,43 @@ def train_downpour(prep: Prepared, comm: MPI.Intracomm, verbose: bool = True) ->
     cfg, layout, model, info = prep.cfg, prep.layout, prep.model, prep.info
     rank = comm.Get_rank()
     role = layout.role(rank)
-    S, R = layout.shards, layout.replicas
+    S, R, M = layout.shards, layout.replicas, layout.partitions
     ps = cfg.ps
     with same_on_every_rank():
         ranges = W.shard_ranges(model.n_params, S, _segment_bounds(model))
     shard_ranks = list(range(S))
-    windows = W.create_shard_windows(comm, shard_ranks, ranges, R)
+    # one client (inbox slot) per replica partition: client = replica * M + partition
+    windows = W.create_shard_windows(comm, shard_ranks, ranges, R * M)
+    comms = split_role_comms(layout, comm)
+    part = None
+    if M > 1 and role.kind == "replica":
+        exchange = Exchange(comms.replica_comm, timeout=max(300.0, 2 * ps.replica_timeout))
+        part = partition_model(model, cfg.algo.partition_scheme, exchange, cfg.algo.micro_batches)
+    # which clients push to which shard (a partition pushes only where its parameters are)
+    owned = comm.allgather(part.owned if part else None)
+    replica_ranks = [r for r in range(comm.Get_size()) if layout.role(r).kind == "replica"]
+    touching = [
+        sum(
+            1
+            for r in replica_ranks
+            if owned[r] is None or any(a < hi and b > lo for a, b in owned[r])
+        )
+        for lo, hi in ranges
+    ]
 
     # Step budget per replica: the same rule as sync (epochs over its own rows).
     spe = (info.n_train // R) // cfg.run.batch_size
     total_steps = spe * cfg.run.epochs
     if cfg.run.max_steps:
         total_steps = min(total_steps, cfg.run.max_steps)
-    expected_pushes = max(1, R * total_steps // ps.n_push)
-    warmup_pushes = round(cfg.optim.warmup_epochs * spe * R / ps.n_push)
     o = cfg.optim
     start_lr = 0.1 * o.lr
 
-    def lr_of(version: int) -> float:
-        return lr_at(version, o.lr, warmup_pushes, start_lr, o.lr_schedule, expected_pushes)
+    def lr_schedule(clients: int):
+        """The lr as a function of a shard's version, when ``clients`` clients push to it."""
+        expected = max(1, clients * total_steps // ps.n_push)
+        warmup = round(o.warmup_epochs * spe * clients / ps.n_push)
+        return lambda version: lr_at(version, o.lr, warmup, start_lr, o.lr_schedule, expected)
 
     if rank == 0:
         model.init(cfg.run.seed)
@@ -85,7 +106,8 @@ def train_downpour(prep: Prepared, comm: MPI.Intracomm, verbose: bool = True) ->
         prep,
         f"{spe} steps/epoch x {cfg.run.epochs} epochs = {total_steps} steps per "
         f"replica; shard ranges {ranges}; n_fetch {ps.n_fetch}, n_push {ps.n_push}, "
-        f"rule {ps.rule}, lr {o.lr:g}",
+        f"rule {ps.rule}, lr {o.lr:g}"
+        + (f"; {M} partitions per replica ({part.scheme})" if part else ""),
         verbose,
     )
     comm.Barrier()  # shards hold the initial parameters before any replica fetches
@@ -94,9 +116,10 @@ def train_downpour(prep: Prepared, comm: MPI.Intracomm, verbose: bool = True) ->
     shard_stats: ShardStats | None = None
     client_stats: dict[str, Any] | None = None
     if role.kind == "shard":
+        lr_of = lr_schedule(touching[role.index])
         shard_stats = _serve(prep, windows[role.index], lr_of, comm, total_steps, verbose)
     else:
-        client_stats = _replica(prep, windows, role.index, total_steps, spe)
+        client_stats = _replica(prep, windows, role, total_steps, spe, part)
     train_s = time.perf_counter() - t_train
 
     # End of the run: everyone meets (sleeping while waiting, with a time limit).
@@ -117,12 +140,15 @@ def train_downpour(prep: Prepared, comm: MPI.Intracomm, verbose: bool = True) ->
     model.params[:] = full
     for sw in windows:
         sw.free()
-    test_loss, test_acc = evaluate(prep, role.index if role.kind == "replica" else None, comm)
+    test_loss, test_acc = evaluate(prep, role.index if role.kind == "replica" else None, comm, part)
     gathered = comm.gather((asdict(shard_stats) if shard_stats else None, client_stats), root=0)
     summary = base_summary(prep, comm)
+    if M > 1:
+        summary["model_parallel"] = model_parallel_summary(part, cfg.run.batch_size, layout, comm)
+    comms.free()
     if rank == 0:
         shards = [g[0] for g in gathered if g[0] is not None]
-        replicas = sorted((g[1] for g in gathered if g[1] is not None), key=lambda c: c["replica"])
+        replicas = sorted((g[1] for g in gathered if g[1] is not None), key=lambda c: c["client"])
         summary.update(_summarise(prep, shards, replicas, total_steps, spe, train_s))
         summary.update(
             {
@@ -131,7 +157,7 @@ def train_downpour(prep: Prepared, comm: MPI.Intracomm, verbose: bool = True) ->
                 "wall_s": time.perf_counter() - prep.t_start,
             }
         )
-        lost = shards[0]["lost_replicas"] if shards else []
+        lost = summary["lost_replicas"]
         if lost and verbose:
             print(
                 f"downpour: replica(s) {', '.join(map(str, lost))} lost (no heartbeat for "
@@ -155,7 +181,8 @@ def train_downpour(prep: Prepared, comm: MPI.Intracomm, verbose: bool = True) ->
 def _serve(prep, sw, lr_of, comm, total_steps, verbose) -> ShardStats:
     cfg = prep.cfg
     rule = make_rule(cfg.ps.rule, sw.n)
-    R = sw.n_replicas
+    R = sw.n_replicas  # clients: replicas x partitions
+    n_rep = prep.layout.replicas
     tick = None
     if sw.shard == 0 and prep.log is not None:
         state = {"t": time.perf_counter(), "samples": 0.0, "loss": 0.0, "correct": 0.0}
@@ -175,9 +202,9 @@ def _serve(prep, sw, lr_of, comm, total_steps, verbose) -> ShardStats:
             if n <= 0:
                 return
             rec = {
-                "epoch": 1 + int(tot["steps"] / max(1, R * total_steps / cfg.run.epochs)),
+                "epoch": 1 + int(tot["steps"] / max(1, n_rep * total_steps / cfg.run.epochs)),
                 "step": int(tot["steps"]),
-                "total_steps": R * total_steps,
+                "total_steps": n_rep * total_steps,
                 "loss": (tot["loss"] - state["loss"]) / n,
                 "accuracy": (tot["correct"] - state["correct"]) / n,
                 "lr": lr_of(int(ctrl[W.VERSION])),
@@ -195,11 +222,25 @@ def _serve(prep, sw, lr_of, comm, total_steps, verbose) -> ShardStats:
     return service.serve()
 
 
-def _replica(prep, windows, replica, total_steps, spe) -> dict[str, Any]:
+def _replica(prep, windows, role, total_steps, spe, part) -> dict[str, Any]:
+    """One replica partition's training loop (the whole replica when ``part`` is None).
+    The partitions of a replica step in lockstep: they stop together (``agree_any``)."""
     cfg, model, backend = prep.cfg, prep.model, prep.backend
     ps, faults = cfg.ps, cfg.faults
-    client = ShardClient(windows, replica, wait_timeout=max(60.0, 2 * ps.replica_timeout))
+    replica, m = role.index, prep.layout.partitions
+    client = ShardClient(
+        windows,
+        replica * m + role.partition,
+        wait_timeout=max(60.0, 2 * ps.replica_timeout),
+        owned=part.owned if part else None,
+        report_stats=role.partition == 0,
+    )
+    net = part if part else model
     model.seed_dropout(cfg.run.seed, replica)
+
+    def stop_now() -> bool:  # every partition of the replica gets the same answer
+        return part.ex.agree_any(client.stopped) if part else client.stopped
+
     loader = train_loader(prep, replica)
     acc = np.zeros(model.n_params, np.float32)  # gradients summed since the last push
     stats = np.zeros(3)  # loss sum, correct, samples since the last push
@@ -214,14 +255,16 @@ def _replica(prep, windows, replica, total_steps, spe) -> dict[str, Any]:
         )
     try:
         epoch = 0
-        while step < total_steps and not client.stopped and not failed:
+        stopped = False
+        while step < total_steps and not stopped and not failed:
             for x, y in loader.batches(epoch):
                 if step % ps.n_fetch == 0:
                     client.fetch(model.params, ps.read_own_writes)
-                    if client.stopped:
+                    stopped = stop_now()
+                    if stopped:
                         break
                 tc = time.perf_counter()
-                loss, correct = model.loss_and_grad(x, y, backend)
+                loss, correct = net.loss_and_grad(x, y, backend)
                 acc += model.grads
                 compute_s += time.perf_counter() - tc
                 stats += (loss * len(y), correct, len(y))
@@ -235,10 +278,11 @@ def _replica(prep, windows, replica, total_steps, spe) -> dict[str, Any]:
                 if replica == faults.fail_replica and step >= faults.fail_at_step:
                     failed = True  # leave without saying done: the shards must notice
                     break
-                if step >= total_steps or client.stopped:
+                stopped = stop_now()
+                if step >= total_steps or stopped:
                     break
             epoch += 1
-        if since_push and not failed and not client.stopped:
+        if since_push and not failed and not stopped:
             client.push(acc, since_push, *stats)
         if not failed:
             client.done()
@@ -249,6 +293,9 @@ def _replica(prep, windows, replica, total_steps, spe) -> dict[str, Any]:
     out = asdict(client.stats)
     out.update(
         {
+            "client": client.replica,
+            "replica": replica,
+            "partition": role.partition,
             "steps": step,
             "samples": step * cfg.run.batch_size,
             "failed": failed,
@@ -263,8 +310,8 @@ def _replica(prep, windows, replica, total_steps, spe) -> dict[str, Any]:
 def _summarise(prep, shards, replicas, total_steps, spe, train_s) -> dict[str, Any]:
     hist = np.sum([s["staleness_hist"] for s in shards], axis=0)
     st = ShardStats.staleness_summary(ShardStats(0, 0, 0, staleness_hist=list(hist)))
-    steps = sum(r["steps"] for r in replicas)
-    samples = sum(r["samples"] for r in replicas)
+    steps = sum(r["steps"] for r in replicas if r["partition"] == 0)  # once per replica
+    samples = sum(r["samples"] for r in replicas if r["partition"] == 0)
     pushes_sent = sum(r["pushes"] for r in replicas)
     applied = [sum(s["pushes_applied"]) for s in shards]
     fetches = sum(r["fetches"] for r in replicas)
@@ -280,8 +327,11 @@ def _summarise(prep, shards, replicas, total_steps, spe, train_s) -> dict[str, A
         "pushes_sent": pushes_sent,
         "pushes_applied_per_shard": applied,
         "staleness": {**st, "histogram": hist.tolist()},
-        "lost_replicas": shards[0]["lost_replicas"] if shards else [],
-        "failed_replicas": [r["replica"] for r in replicas if r["failed"]],
+        # the shards count clients (replica * M + partition): report replicas
+        "lost_replicas": sorted(
+            {c // prep.layout.partitions for c in (shards[0]["lost_replicas"] if shards else [])}
+        ),
+        "failed_replicas": sorted({r["replica"] for r in replicas if r["failed"]}),
         "shards": shards,
         "replicas": replicas,
     }

@@ -25,6 +25,7 @@ from hpcnet.algos.common import (
     announce,
     base_summary,
     evaluate,
+    model_parallel_summary,
     prepare,
     report,
     set_threads,
@@ -32,7 +33,9 @@ from hpcnet.algos.common import (
 )
 from hpcnet.algos.sync import SyncSGD
 from hpcnet.comm import allreduce_sum, bcast_, split_role_comms
+from hpcnet.comm.exchange import Exchange
 from hpcnet.config import Config
+from hpcnet.modelpar import partition_model
 from hpcnet.optim.schedules import lr_at, scaled_lr
 from hpcnet.optim.sgd import SGD
 from hpcnet.run.metrics import progress_line
@@ -85,7 +88,13 @@ def _train_synchronous(prep: Prepared, comm: MPI.Intracomm, verbose: bool) -> di
     target_lr = scaled_lr(o.lr, total_batch, o.reference_batch, o.lr_scaling)
     warmup_steps = round(o.warmup_epochs * spe)
     start_lr = o.lr if o.lr_scaling == "linear" else 0.1 * target_lr
-    opt = SGD(model.n_params, momentum=o.momentum, weight_decay=o.weight_decay)
+    net, part = model, None  # part: this rank's partition of a split replica
+    if layout.partitions > 1:
+        exchange = Exchange(comms.replica_comm)
+        part = partition_model(model, cfg.algo.partition_scheme, exchange, cfg.algo.micro_batches)
+        net = part
+    n_train = part.n_owned if part else model.n_params  # the entries this rank updates
+    opt = SGD(n_train, momentum=o.momentum, weight_decay=o.weight_decay)
     if cfg.algo.name == "sync":
         algo = SyncSGD(data_comm)
     else:
@@ -93,7 +102,8 @@ def _train_synchronous(prep: Prepared, comm: MPI.Intracomm, verbose: bool) -> di
     announce(
         prep,
         f"{spe} steps/epoch x {cfg.run.epochs} epochs = {total_steps} steps; "
-        f"total batch {total_batch}, lr {target_lr:g}",
+        f"total batch {total_batch}, lr {target_lr:g}"
+        + (f"; {layout.partitions} partitions per replica ({part.scheme})" if part else ""),
         verbose,
     )
 
@@ -106,11 +116,15 @@ def _train_synchronous(prep: Prepared, comm: MPI.Intracomm, verbose: bool) -> di
     try:
         while step < total_steps:
             for x, y in loader.batches(epoch):
-                loss, correct = model.loss_and_grad(x, y, backend)
-                algo.after_backward(model.grads)
+                loss, correct = net.loss_and_grad(x, y, backend)
+                grads = part.pack(model.grads) if part else model.grads
+                params = part.pack(model.params) if part else model.params
+                algo.after_backward(grads)
                 lr = lr_at(step, target_lr, warmup_steps, start_lr, o.lr_schedule, total_steps)
-                opt.step(model.params, model.grads, lr)
-                algo.after_step(step, model.params)
+                opt.step(params, grads, lr)
+                algo.after_step(step, params)
+                if part:
+                    part.unpack(params, model.params)
                 step += 1
                 acc += (loss * len(y), correct, len(y), len(y))
                 if step % log_every == 0 or step == total_steps:
@@ -137,10 +151,18 @@ def _train_synchronous(prep: Prepared, comm: MPI.Intracomm, verbose: bool) -> di
             epoch += 1
     finally:
         loader.close()
-    algo.finish(model.params)
+    if part:
+        params = part.pack(model.params)
+        algo.finish(params)
+        part.unpack(params, model.params)
+    else:
+        algo.finish(model.params)
     train_s = time.perf_counter() - t_train
-    test_loss, test_acc = evaluate(prep, replica, data_comm)
+    test_loss, test_acc = evaluate(prep, replica, data_comm, net)
     summary = base_summary(prep, comm)
+    if part:
+        part.assemble(model.params)  # every partition ends with the whole vector
+        summary["model_parallel"] = model_parallel_summary(part, cfg.run.batch_size, layout, comm)
     summary.update(
         {
             "epochs": step / spe,

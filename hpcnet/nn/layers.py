@@ -244,10 +244,16 @@ class Dropout(Layer):
         if not train or self.rate == 0.0:
             self._mask = None
             return x
-        keep = np.float32(1.0 - self.rate)
-        mask = self.rng.random(x.shape, dtype=np.float32) < keep
-        self._mask = np.multiply(mask, np.float32(1.0) / keep, dtype=np.float32)  # 0 or 1/keep
+        self._mask = self.draw_mask(x.shape)
         return backend.dropout_forward(x, self._mask)
+
+    def draw_mask(self, shape: tuple[int, ...]) -> np.ndarray:
+        """The next training mask from ``self.rng``: ``shape`` float32, each entry 0 or
+        1/(1-rate). A model partition that holds a slice of the activation draws the
+        whole batch's mask and keeps its slice, so it matches the unpartitioned model."""
+        keep = np.float32(1.0 - self.rate)
+        mask = self.rng.random(shape, dtype=np.float32) < keep
+        return np.multiply(mask, np.float32(1.0) / keep, dtype=np.float32)
 
     def backward(self, dy, backend):
         return dy if self._mask is None else backend.dropout_backward(dy, self._mask)

@@ -9,6 +9,13 @@ protocol and the consistency guarantees.
 Bytes per operation, for S shards and n parameters in total: a fetch moves
 ``4 n`` bytes of parameters plus ``16 S`` of version/stop counters; a push
 moves ``4 n`` bytes of gradients plus ``64 S`` of counters.
+
+With model parallelism each partition of a replica is its own client (its own
+inbox slot, ``client = replica * M + partition``) and owns only some ranges of the
+flat vector: it fetches and pushes only the parts of the shards that hold them
+(``n`` above becomes its owned count), and pushes (and so advances the version of)
+only the shards it touches. Only one partition per replica reports the training
+counters, so progress lines count each sample once.
 """
 
 from __future__ import annotations
@@ -43,13 +50,35 @@ class ShardClient:
 
     Args:
         shards: every shard's windows, from :func:`hpcnet.ps.windows.create_shard_windows`.
-        replica: this replica's index (its inbox slot and counter block).
+        replica: this client's index (its inbox slot and counter block): the replica,
+            or ``replica * M + partition`` with M partitions per replica.
         wait_timeout: seconds a push may wait for its slot before it is an error.
+        owned: ``[start, stop)`` ranges of the flat vector this client fetches and
+            pushes (None: all of it).
+        report_stats: whether pushes carry the training counters (steps, loss,
+            correct, samples); one partition per replica does.
     """
 
-    def __init__(self, shards: list[W.ShardWindows], replica: int, wait_timeout: float):
+    def __init__(
+        self,
+        shards: list[W.ShardWindows],
+        replica: int,
+        wait_timeout: float,
+        owned: list[tuple[int, int]] | None = None,
+        report_stats: bool = True,
+    ):
         self.shards, self.replica = shards, replica
         self.wait_timeout = wait_timeout
+        self.report_stats = report_stats
+        # per shard: the [a, b) pieces (flat-vector indices) this client moves
+        self.pieces = [
+            [(sw.lo, sw.hi)]
+            if owned is None
+            else [(max(a, sw.lo), min(b, sw.hi)) for a, b in owned if a < sw.hi and b > sw.lo]
+            for sw in shards
+        ]
+        self.touched = [sw for sw, pcs in zip(shards, self.pieces, strict=True) if pcs]
+        self.n_moved = sum(b - a for pcs in self.pieces for a, b in pcs)
         self.stats = ClientStats(replica)
         self.stopped = False  # a shard has finished: stop training
         self.versions = np.zeros(len(shards), np.int64)  # per shard, at the last fetch
@@ -126,18 +155,22 @@ class ShardClient:
         place) and records each shard's version in ``self.versions``."""
         t = time.perf_counter()
         for i, sw in enumerate(self.shards):
+            self._add(sw, W.HEARTBEAT, 1.0)
+            if not self.pieces[i]:
+                sw.ctrl_win.Flush(sw.owner)
+                continue
             if read_own_writes:
                 self._wait_applied(sw)
-            self._add(sw, W.HEARTBEAT, 1.0)
             self.versions[i] = int(self._read_head(sw)[W.VERSION])  # version first: a lower bound
-            sw.param_win.Get(params[sw.lo : sw.hi], sw.owner, (0, sw.n, MPI.FLOAT))
-        for sw in self.shards:
+            for a, b in self.pieces[i]:
+                sw.param_win.Get(params[a:b], sw.owner, (a - sw.lo, b - a, MPI.FLOAT))
+        for sw in self.touched:
             sw.param_win.Flush(sw.owner)
         if self.stats.fetches == 0:
             self.stats.first_fetch_version = int(self.versions[0])
         self.stats.fetches += 1
         self.stats.fetch_s += time.perf_counter() - t
-        self.stats.bytes_in += params.nbytes
+        self.stats.bytes_in += 4 * self.n_moved
 
     def push(
         self, grads: np.ndarray, steps: int, loss_sum: float, correct: int, samples: int
@@ -146,36 +179,37 @@ class ShardClient:
         last push) into this replica's inbox slot on every shard, with the training
         counters (steps, loss sum, correct, samples) since the last push."""
         t = time.perf_counter()
-        for sw in self.shards:
+        for sw in self.touched:
             self.stats.push_wait_s += self._wait_applied(sw)
         if self.stopped:
             self.stats.push_s += time.perf_counter() - t
             return
+        f = self._fields
         for i, sw in enumerate(self.shards):
-            sw.inbox_win.Accumulate(
-                grads[sw.lo : sw.hi], sw.owner, (self.replica * sw.n, sw.n, MPI.FLOAT), MPI.SUM
-            )
-            f = self._fields
+            slot = self.replica * sw.n - sw.lo
+            for a, b in self.pieces[i]:
+                sw.inbox_win.Accumulate(grads[a:b], sw.owner, (slot + a, b - a, MPI.FLOAT), MPI.SUM)
             f[:] = 0.0
-            f[W.BASE_VERSION - W.BASE_VERSION] = self.versions[i]
+            f[W.BASE_VERSION - W.BASE_VERSION] = self.versions[i] if self.pieces[i] else 0
             f[W.HEARTBEAT - W.BASE_VERSION] = 1.0
-            f[W.STEPS - W.BASE_VERSION] = steps
-            f[W.LOSS - W.BASE_VERSION] = loss_sum
-            f[W.CORRECT - W.BASE_VERSION] = correct
-            f[W.SAMPLES - W.BASE_VERSION] = samples
+            if self.report_stats:
+                f[W.STEPS - W.BASE_VERSION] = steps
+                f[W.LOSS - W.BASE_VERSION] = loss_sum
+                f[W.CORRECT - W.BASE_VERSION] = correct
+                f[W.SAMPLES - W.BASE_VERSION] = samples
             sw.ctrl_win.Accumulate(
                 f, sw.owner, (W.field(self.replica, W.BASE_VERSION), len(f), MPI.DOUBLE), MPI.SUM
             )
         for sw in self.shards:  # the gradient is complete at every shard ...
             sw.inbox_win.Flush(sw.owner)
             sw.ctrl_win.Flush(sw.owner)
-        for sw in self.shards:  # ... before it is announced
+        for sw in self.touched:  # ... before it is announced
             self._add(sw, W.READY, 1.0)
-        for sw in self.shards:
+        for sw in self.touched:
             sw.ctrl_win.Flush(sw.owner)
         self.stats.pushes += 1
         self.stats.push_s += time.perf_counter() - t
-        self.stats.bytes_out += grads.nbytes
+        self.stats.bytes_out += 4 * self.n_moved
 
     def done(self) -> None:
         """Tells every shard this replica has finished its work."""

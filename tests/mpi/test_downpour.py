@@ -9,15 +9,7 @@ from hpcnet.data.format import open_dataset
 from hpcnet.data.loader import BatchLoader
 from hpcnet.kernels import get_backend
 from hpcnet.nn.zoo import build_model
-
-
-def _sub(comm, n):
-    """The first n ranks of comm (None on the others, which sit the test out)."""
-    sub = comm.Split(0 if comm.rank < n else 1, comm.rank)
-    if comm.rank >= n:
-        sub.Free()
-        return None
-    return sub
+from tests.mpi.ranks import first_ranks
 
 
 def _cfg(out, **kv):
@@ -73,7 +65,7 @@ def _digits():
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("rule,lr", [("sgd", 0.05), ("adagrad", 0.01)])
 def test_one_shard_one_replica_equals_serial(comm, shared_tmp, rule, lr):
-    sub = _sub(comm, 2)
+    sub = first_ranks(comm, 2)
     if sub is None:
         return
     cfg = _cfg(
@@ -92,7 +84,7 @@ def test_one_shard_one_replica_equals_serial(comm, shared_tmp, rule, lr):
 @pytest.mark.mpi(min_size=4)
 @pytest.mark.timeout(300)
 def test_two_shards_two_replicas_learn_digits_and_count_pushes(comm, shared_tmp):
-    sub = _sub(comm, 4)
+    sub = first_ranks(comm, 4)
     if sub is None:
         return
     cfg = _cfg(
@@ -113,7 +105,7 @@ def test_two_shards_two_replicas_learn_digits_and_count_pushes(comm, shared_tmp)
 @pytest.mark.mpi(min_size=3)
 @pytest.mark.timeout(240)
 def test_failed_replica_does_not_hang_the_run(comm, shared_tmp):
-    sub = _sub(comm, 3)
+    sub = first_ranks(comm, 3)
     if sub is None:
         return
     cfg = _cfg(
@@ -136,7 +128,7 @@ def test_failed_replica_does_not_hang_the_run(comm, shared_tmp):
 @pytest.mark.mpi(min_size=3)
 @pytest.mark.timeout(240)
 def test_warm_start_replica_zero_trains_alone_first(comm, shared_tmp):
-    sub = _sub(comm, 3)
+    sub = first_ranks(comm, 3)
     if sub is None:
         return
     cfg = _cfg(shared_tmp / "warm", **{"run.max_steps": 20, "ps.warm_start_steps": 12})

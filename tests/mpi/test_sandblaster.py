@@ -14,16 +14,9 @@ from hpcnet.data.loader import normalize
 from hpcnet.kernels import get_backend
 from hpcnet.nn.zoo import build_model
 from hpcnet.optim.lbfgs import lbfgs_serial
+from tests.mpi.ranks import first_ranks
 
 DIGITS = Path(__file__).resolve().parents[2] / "data" / "digits.h5"
-
-
-def _sub(comm, n):
-    sub = comm.Split(0 if comm.rank < n else 1, comm.rank)
-    if comm.rank >= n:
-        sub.Free()
-        return None
-    return sub
 
 
 def _cfg(out, **kv):
@@ -41,7 +34,7 @@ def _cfg(out, **kv):
 @pytest.mark.mpi(min_size=4)
 @pytest.mark.timeout(240)
 def test_distributed_iterates_match_serial_lbfgs(comm, shared_tmp):
-    sub = _sub(comm, 4)  # 1 coordinator + 2 shards + 1 replica
+    sub = first_ranks(comm, 4)  # 1 coordinator + 2 shards + 1 replica
     if sub is None:
         return
     batch, wd, epochs = 400, 1e-3, 3
@@ -84,7 +77,7 @@ def test_distributed_iterates_match_serial_lbfgs(comm, shared_tmp):
 @pytest.mark.mpi(min_size=4)
 @pytest.mark.timeout(300)
 def test_slow_replica_does_fewer_units_and_a_stopped_one_loses_nothing(comm, shared_tmp):
-    sub = _sub(comm, 4)  # 1 coordinator + 1 shard + 2 replicas
+    sub = first_ranks(comm, 4)  # 1 coordinator + 1 shard + 2 replicas
     if sub is None:
         return
     slow = train(
