@@ -171,7 +171,7 @@ FLAGS: dict[str, tuple[str, str, str]] = {
     "--model": (
         "model",
         "name",
-        "zoo model (mlp, lenet, 2conv, digits_cnn, linear, alexnet, towers) or auto",
+        "zoo model (mlp, wide_mlp, lenet, 2conv, digits_cnn, linear, alexnet, towers) or auto",
     ),
     "--data": ("data", "name", "an hpcnet .h5 file, or digits | fashion-mnist"),
     "--augment": ("data", "augment", "random crop and horizontal flip of training images"),

@@ -2,6 +2,8 @@
 
 Models:
     mlp: 784-512-512-10 style multilayer perceptron (two hidden ReLU layers of 512).
+    wide_mlp: two hidden ReLU layers of 4096 (about 20 M parameters on 28x28 inputs):
+        the wide fully connected model the model-parallel benchmark splits.
     lenet: LeNet-5 style (LeCun et al. 1998): conv 6 5x5 -> pool -> conv 16 5x5 -> pool
         -> 120 -> 84 -> K, ReLU activations.
     2conv: the TensorFlow tutorial CNN listed in Zalando's Fashion-MNIST benchmark (0.916):
@@ -35,6 +37,10 @@ from hpcnet.nn.model import Model
 
 def _mlp(shape, k):
     return [Flatten(), Dense(512), ReLU(), Dense(512), ReLU(), Dense(k)]
+
+
+def _wide_mlp(shape, k):
+    return [Flatten(), Dense(4096), ReLU(), Dense(4096), ReLU(), Dense(k)]
 
 
 def _lenet(shape, k):
@@ -138,6 +144,7 @@ def _towers(shape, k):
 
 MODELS: dict[str, Callable] = {
     "mlp": _mlp,
+    "wide_mlp": _wide_mlp,
     "lenet": _lenet,
     "2conv": _two_conv,
     "digits_cnn": _digits_cnn,
