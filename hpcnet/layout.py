@@ -82,7 +82,14 @@ class Layout:
 
     def table(self) -> list[tuple[int, str]]:
         """(rank, role) for every rank."""
-        return [(r, str(self.role(r))) for r in range(self.world_size)]
+        out = []
+        for r in range(self.world_size):
+            role = self.role(r)
+            text = str(role)
+            if role.kind == "replica" and self.partitions > 1:
+                text = f"replica {role.index} partition {role.partition}"
+            out.append((r, text))
+        return out
 
     def to_dict(self) -> dict:
         return {

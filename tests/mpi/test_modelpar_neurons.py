@@ -171,24 +171,27 @@ def test_two_replicas_of_two_partitions_equal_one_with_the_doubled_batch(comm, d
 
 @pytest.mark.mpi(min_size=2)
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("algo", ["sync", "avg"])
-def test_train_with_partitions_learns_digits(comm, shared_tmp, algo):
+@pytest.mark.parametrize(
+    "algo, scheme", [("sync", "neurons"), ("avg", "neurons"), ("sync", "pipeline")]
+)
+def test_train_with_partitions_learns_digits(comm, shared_tmp, algo, scheme):
     cfg = load_config(
         None,
         {
             "data.name": "digits",
-            "run.out": str(shared_tmp / algo),
-            "run.epochs": 8,
+            "run.out": str(shared_tmp / f"{algo}-{scheme}"),
+            "run.epochs": 5,
             "run.threads": 1,
             "algo.name": algo,
             "algo.partitions": 2,
+            "algo.partition_scheme": scheme,
         },
     )
     s = train(cfg, comm, verbose=False)
     assert s["test_accuracy"] >= 0.9, (algo, s["test_accuracy"])
     assert s["layout"]["partitions"] == 2 and s["layout"]["replicas"] == comm.size // 2
     mp = s["model_parallel"]
-    assert mp["scheme"] == "neurons" and len(mp["per_partition"]) == 2
+    assert mp["scheme"] == scheme and len(mp["per_partition"]) == 2
     assert mp["bytes_sent_per_step"] == mp["bytes_expected_per_step"] > 0
     everyone = comm.allgather(s["_params"][::97].copy())  # every partition, every replica
     assert all(np.array_equal(everyone[0], p) for p in everyone)
