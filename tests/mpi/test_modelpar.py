@@ -1,4 +1,6 @@
-"""The neurons model-parallel scheme against the unpartitioned model computed serially.
+"""Model parallelism against the unpartitioned model computed serially: the neurons
+scheme layer by layer, and both schemes composed with sync, avg and training runs
+(the pipeline scheme's own tests: test_modelpar_pipeline.py).
 
 Every rank also computes the whole model itself (the independent reference); the
 partitions must give the same logits, loss, gradients and parameters after a few
@@ -131,7 +133,8 @@ def _digits(path, n, seed):
 
 @pytest.mark.mpi(min_size=4)
 @pytest.mark.timeout(300)
-def test_two_replicas_of_two_partitions_equal_one_with_the_doubled_batch(comm, digits_path):
+@pytest.mark.parametrize("scheme", ["neurons", "pipeline"])
+def test_two_replicas_of_two_partitions_equal_one_with_the_doubled_batch(comm, digits_path, scheme):
     """sync over data_comm (the same partition of each replica) with batch b per replica
     equals one replica of 2 partitions with batch 2 b, and the serial model."""
     sub = first_ranks(comm, 4)
@@ -143,8 +146,8 @@ def test_two_replicas_of_two_partitions_equal_one_with_the_doubled_batch(comm, d
     shape = (1, 8, 8)
     serial, mine = _pair("digits_cnn", shape=shape)
     _, big = _pair("digits_cnn", shape=shape)
-    part = partition_model(mine, "neurons", Exchange(rc.replica_comm))
-    part_big = partition_model(big, "neurons", Exchange(rc.replica_comm))
+    part = partition_model(mine, scheme, Exchange(rc.replica_comm), 2)
+    part_big = partition_model(big, scheme, Exchange(rc.replica_comm), 3)
     policy = SyncSGD(rc.data_comm)
     opts = [SGD(serial.n_params), SGD(part.n_owned), SGD(part_big.n_owned)]
     b = 8
