@@ -32,6 +32,7 @@ OPS = (
     "dropout_backward",
     "concat_forward",
     "concat_backward",
+    "add",
     "dense_forward",
     "dense_backward",
     "softmax_xent",

@@ -307,6 +307,11 @@ def dropout_backward(dy, mask):
     return np.multiply(dy, mask, dtype=np.float32)
 
 
+def add(a, b):
+    """a + b elementwise, float32, a new array (e.g. the input gradients of parallel towers)."""
+    return np.add(a, b, dtype=np.float32)
+
+
 def concat_forward(xs):
     """Concatenates (N, C_i, ...) float32 arrays along axis 1 (channels or features)."""
     return np.concatenate(xs, axis=1)

@@ -321,6 +321,12 @@ def _mul_k(a, b, out):  # pragma: no cover - device code
 
 
 @cuda.jit
+def _add_k(a, b, out):  # pragma: no cover - device code
+    for i in range(cuda.grid(1), out.size, cuda.gridsize(1)):
+        out[i] = a[i] + b[i]
+
+
+@cuda.jit
 def _lrn_fwd_k(x, size, alpha, beta, k, y, s):  # pragma: no cover - device code
     n, c, p = x.shape
     half = size // 2
@@ -500,6 +506,15 @@ def _mul(a, b):
     d_a, d_b = _dev(a), _dev(b)
     out = cuda.device_array(d_a.shape, np.float32)
     _mul_k[_grid(out.size)](d_a.reshape(out.size), d_b.reshape(out.size), out.reshape(out.size))
+    return _ret(out, host)
+
+
+def add(a, b):
+    """a + b elementwise, float32 (host in, host out; device in, device out)."""
+    host = _is_host(a)
+    d_a, d_b = _dev(a), _dev(b)
+    out = cuda.device_array(d_a.shape, np.float32)
+    _add_k[_grid(out.size)](d_a.reshape(out.size), d_b.reshape(out.size), out.reshape(out.size))
     return _ret(out, host)
 
 

@@ -176,6 +176,11 @@ def dropout_backward(dy, mask):
     return (dy * mask).astype(np.float32)
 
 
+def add(a, b):
+    """a + b elementwise, float32, a new array."""
+    return (a.astype(np.float64) + b).astype(np.float32)
+
+
 def concat_forward(xs):
     """Concatenates (N, C_i, ...) float32 arrays along axis 1 (channels or features)."""
     return np.concatenate(xs, axis=1).astype(np.float32, copy=False)

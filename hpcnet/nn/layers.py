@@ -219,7 +219,7 @@ class Flatten(Layer):
 
     def forward(self, x, backend, train):
         self._shape = x.shape
-        return x.reshape(x.shape[0], -1)
+        return x.reshape(x.shape[0], int(np.prod(x.shape[1:])))  # explicit: device arrays too
 
     def backward(self, dy, backend):
         return dy.reshape(self._shape)
@@ -371,7 +371,7 @@ class Towers(Layer):
                 tower[0].backward_params(d, backend)
                 continue
             d = tower[0].backward(d, backend)
-            dx = d if dx is None else dx + d
+            dx = d if dx is None else backend.add(dx, d)
         return dx  # (N, C, H, W)
 
     def backward_params(self, dy, backend):

@@ -41,19 +41,47 @@ class Model:
         self.params = np.zeros(offset, np.float32)  # (n_params,) float32
         self.grads = np.zeros(offset, np.float32)  # (n_params,) float32
         self.segments: list[tuple[str, int, int]] = []  # (layer.param, start, stop)
-        views: dict[int, tuple[dict, dict]] = {}
+        self._specs = specs
         for layer, pname, pshape, off in specs:
             size = int(np.prod(pshape))
-            p, g = views.setdefault(id(layer), ({}, {}))
-            p[pname] = self.params[off : off + size].reshape(pshape)
-            g[pname] = self.grads[off : off + size].reshape(pshape)
             idx = layers.index(layer)
             self.segments.append((f"{idx}.{type(layer).__name__}.{pname}", off, off + size))
-        for layer in layers:
-            p, g = views.get(id(layer), ({}, {}))
-            layer.bind(p, g)
+        self._bind(self.params, self.grads)
+        self.device = None  # (params, grads) on the GPU while the cuda backend runs it
         if layers and isinstance(layers[-1], Dense):
             layers[-1].init_gain = 1.0  # logits: no ReLU follows
+
+    def _bind(self, params, grads) -> None:
+        """Binds every layer to views of the flat ``params``/``grads`` (host or device)."""
+        views: dict[int, tuple[dict, dict]] = {}
+        for layer, pname, pshape, off in self._specs:
+            size = int(np.prod(pshape))
+            p, g = views.setdefault(id(layer), ({}, {}))
+            p[pname] = params[off : off + size].reshape(pshape)
+            g[pname] = grads[off : off + size].reshape(pshape)
+        for layer in self.layers:
+            p, g = views.get(id(layer), ({}, {}))
+            layer.bind(p, g)
+
+    def _to_backend(self, backend) -> None:
+        """With the ``cuda`` backend, keeps the parameters and gradients on the GPU: the
+        layers are re-bound to views of device copies of the flat vectors, and a step
+        moves only ``params`` to the device (:meth:`_upload`) and ``grads`` back."""
+        if getattr(backend, "name", "") != "cuda" or self.device is not None:
+            return
+        from numba import cuda
+
+        self.device = (cuda.to_device(self.params), cuda.to_device(self.grads))
+        self._bind(*self.device)
+
+    def _upload(self, backend):
+        self._to_backend(backend)
+        if self.device is not None:
+            self.device[0].copy_to_device(self.params)  # the one host -> device vector
+
+    def _download_grads(self) -> None:
+        if self.device is not None:
+            self.device[1].copy_to_host(self.grads)  # the one device -> host vector
 
     def init(self, seed: int) -> None:
         """Fills ``params`` from ``seed``: He-normal weights (LeCun-normal on the
@@ -73,10 +101,24 @@ class Model:
                         sub.rng = np.random.default_rng([seed, replica, i, t, j, 0xD7])
 
     def forward(self, x: np.ndarray, backend, train: bool = False) -> np.ndarray:
-        """x (N, *input_shape) float32 -> logits (N, K) float32."""
+        """x (N, *input_shape) float32 -> logits (N, K) float32 (on the host)."""
+        self._upload(backend)
+        out = self._forward(x, backend, train)
+        return out if isinstance(out, np.ndarray) else out.copy_to_host()
+
+    def _forward(self, x, backend, train):
+        if self.device is not None:  # the batch goes to the GPU once; activations stay there
+            from numba import cuda
+
+            x = cuda.to_device(np.ascontiguousarray(x, np.float32))
         for layer in self.layers:
             x = layer.forward(x, backend, train)
         return x
+
+    @staticmethod
+    def _count_correct(logits, y) -> int:
+        host = logits if isinstance(logits, np.ndarray) else logits.copy_to_host()  # (N, K)
+        return int((host.argmax(axis=1) == y).sum())
 
     def loss_and_grad(
         self, x: np.ndarray, y: np.ndarray, backend, train: bool = True
@@ -91,19 +133,22 @@ class Model:
             (loss, correct): mean cross-entropy over the batch (nats) and the
             number of samples whose argmax logit equals the label.
         """
-        logits = self.forward(x, backend, train=train)
+        self._upload(backend)
+        logits = self._forward(x, backend, train)
         loss, d = backend.softmax_xent(logits, y)
-        correct = int((logits.argmax(axis=1) == y).sum())
+        correct = self._count_correct(logits, y)
         for layer in reversed(self.layers[1:]):
             d = layer.backward(d, backend)
         self.layers[0].backward_params(d, backend)  # no one needs d loss / d input
+        self._download_grads()
         return loss, correct
 
     def evaluate(self, x: np.ndarray, y: np.ndarray, backend) -> tuple[float, int]:
         """Sum of per-sample losses (nats) and number correct on one batch, inference mode."""
-        logits = self.forward(x, backend, train=False)
+        self._upload(backend)
+        logits = self._forward(x, backend, False)
         loss, _ = backend.softmax_xent(logits, y)
-        return loss * len(y), int((logits.argmax(axis=1) == y).sum())
+        return loss * len(y), self._count_correct(logits, y)
 
     def summary(self) -> str:
         """One line per layer: output shape and parameter count."""

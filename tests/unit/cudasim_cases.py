@@ -223,3 +223,34 @@ def test_training_step_matches_cpu():
     (l_c, k_c, g_c), (l_g, k_g, g_g) = results
     assert abs(l_c - l_g) < 1e-5 and k_c == k_g
     np.testing.assert_allclose(g_g, g_c, rtol=1e-4, atol=1e-5)
+
+
+def test_training_step_keeps_parameters_and_activations_on_the_device():
+    """With the cuda backend the layers hold device views of one device copy of the flat
+    vectors, activations between layers are device arrays, and the host sees the same
+    loss and gradients as the CPU backend after a step, twice (the second step uploads
+    the changed parameters)."""
+
+    def model():
+        m = Model(
+            [Conv2D(4, 3, padding=1), ReLU(), MaxPool2D(2), Flatten(), Dense(5), ReLU(), Dense(3)],
+            (2, 6, 6),
+        )
+        m.init(1)
+        return m
+
+    x, y = rand(3, 2, 6, 6), RNG.integers(0, 3, 3)
+    gpu, host = model(), model()
+    be_g, be_c = get_backend("cuda", allow_simulator=True), get_backend("cpu")
+    for _ in range(2):
+        lg, cg = gpu.loss_and_grad(x, y, be_g)
+        lc, cc = host.loss_and_grad(x, y, be_c)
+        assert abs(lg - lc) < 1e-5 and cg == cc
+        np.testing.assert_allclose(gpu.grads, host.grads, rtol=1e-4, atol=1e-5)
+        for m in (gpu, host):
+            m.params -= np.float32(0.1) * m.grads
+    assert gpu.device is not None and host.device is None
+    w = gpu.layers[0].params["w"]
+    assert hasattr(w, "copy_to_host") and not isinstance(w, np.ndarray)
+    assert not isinstance(gpu.layers[1]._y, np.ndarray)  # a ReLU output, left on the device
+    np.testing.assert_allclose(gpu.forward(x, be_g), host.forward(x, be_c), rtol=1e-4, atol=1e-5)
