@@ -206,3 +206,21 @@ def versions(packages: tuple[str, ...] = DEFAULT_PACKAGES) -> dict:
     except (OSError, subprocess.SubprocessError):
         out["hpcnet_git"] = None
     return out
+
+
+def run_meta() -> dict:
+    """When and on what a benchmark ran: ``date`` (UTC, ISO 8601), ``machine`` (CPU
+    model, CPU count, platform, Python) and ``env`` (BLAS/threading variables), for
+    the JSON a driver writes."""
+    import datetime
+
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": {
+            "cpu": cpu_model(),
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+        },
+        "env": env_info(),
+    }

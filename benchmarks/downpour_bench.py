@@ -38,10 +38,7 @@ Needs matplotlib for the ``adagrad`` plot (a benchmark-only dependency).
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -54,12 +51,11 @@ import numpy as np
 from _common import (
     Disturbance,
     blas_info,
-    cpu_model,
     disturbance,
     emit,
-    env_info,
     mpiexec_path,
     parse_result,
+    run_meta,
     versions,
 )
 
@@ -825,14 +821,7 @@ def driver(args: argparse.Namespace) -> None:
     if args.runs_dir:
         Path(args.runs_dir).mkdir(parents=True, exist_ok=True)
     meta = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {
-            "cpu": cpu_model(),
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-        },
-        "env": env_info(),
+        **run_meta(),
         "blas_driver": blas_info(),
         "versions": versions(
             ("hpcnet", "numpy", "numba", "mpi4py", "mpich", "matplotlib", "threadpoolctl")

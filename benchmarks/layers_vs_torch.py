@@ -47,11 +47,8 @@ import time
 T_PROCESS = time.perf_counter()  # before any other import: the start-up figure's origin
 
 import argparse  # noqa: E402
-import datetime  # noqa: E402
 import importlib.util  # noqa: E402
 import json  # noqa: E402
-import os  # noqa: E402
-import platform  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -60,11 +57,11 @@ from pathlib import Path  # noqa: E402
 from _common import (  # noqa: E402
     Disturbance,
     blas_info,
-    cpu_model,
     disturbance,
     emit,
     env_info,
     parse_result,
+    run_meta,
     versions,
 )
 
@@ -518,14 +515,7 @@ def driver(args: argparse.Namespace) -> None:
     if "torch" in sides and importlib.util.find_spec("torch") is None:
         sys.exit(TORCH_MISSING.format(exe=sys.executable))
     meta = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {
-            "cpu": cpu_model(),
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-        },
-        "env": env_info(),
+        **run_meta(),
         "versions": versions(),
         "config": {
             "models": models,

@@ -38,7 +38,6 @@ import datetime
 import importlib.util
 import json
 import os
-import platform
 import socket
 import statistics
 import subprocess
@@ -50,12 +49,12 @@ import numpy as np
 from _common import (
     Disturbance,
     blas_info,
-    cpu_model,
     disturbance,
     emit,
     env_info,
     mpiexec_path,
     parse_result,
+    run_meta,
     versions,
 )
 
@@ -487,14 +486,7 @@ def driver(args: argparse.Namespace) -> None:
     args.data = str(resolve_data(args.data))
     mpiexec = mpiexec_path("sync_vs_torch")
     meta = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {
-            "cpu": cpu_model(),
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-        },
-        "env": env_info(),
+        **run_meta(),
         "blas_driver": blas_info(),
         "versions": versions(),
         "config": {

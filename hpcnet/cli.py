@@ -19,6 +19,7 @@ SUBCOMMANDS = ("train", "data", "info", "bench")
 BENCHMARKS = {
     "layers": "layers_vs_torch",  # kernels per layer and training steps vs PyTorch CPU
     "sync": "sync_vs_torch",  # sync data parallelism vs PyTorch CPU and DDP
+    "modelpar": "modelpar_bench",  # model parallelism: step time and bytes against M
 }
 
 

@@ -95,6 +95,7 @@ def prepare(cfg: Config, comm: MPI.Intracomm) -> Prepared:
     cfg = replace(cfg, run={"out": str(out)}, model={"name": model_name})
     threads = set_threads(cfg.run.threads, comm)
     prep = Prepared(cfg, layout, backend, info, model, out, threads, t_start)
+    prep.extra["node_ranks"] = ranks_on_node(comm)
     if comm.Get_rank() == 0:
         save_config(cfg, out / "config.toml")
         prep.log = MetricsLog(out)

@@ -68,7 +68,11 @@ def train_downpour(prep: Prepared, comm: MPI.Intracomm, verbose: bool = True) ->
     comms = split_role_comms(layout, comm)
     part = None
     if M > 1 and role.kind == "replica":
-        exchange = Exchange(comms.replica_comm, timeout=max(300.0, 2 * ps.replica_timeout))
+        exchange = Exchange(
+            comms.replica_comm,
+            timeout=max(300.0, 2 * ps.replica_timeout),
+            node_ranks=prep.extra["node_ranks"],
+        )
         part = partition_model(model, cfg.algo.partition_scheme, exchange, cfg.algo.micro_batches)
     # which clients push to which shard (a partition pushes only where its parameters are)
     owned = comm.allgather(part.owned if part else None)

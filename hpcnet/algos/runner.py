@@ -90,7 +90,7 @@ def _train_synchronous(prep: Prepared, comm: MPI.Intracomm, verbose: bool) -> di
     start_lr = o.lr if o.lr_scaling == "linear" else 0.1 * target_lr
     net, part = model, None  # part: this rank's partition of a split replica
     if layout.partitions > 1:
-        exchange = Exchange(comms.replica_comm)
+        exchange = Exchange(comms.replica_comm, node_ranks=prep.extra["node_ranks"])
         part = partition_model(model, cfg.algo.partition_scheme, exchange, cfg.algo.micro_batches)
         net = part
     n_train = part.n_owned if part else model.n_params  # the entries this rank updates

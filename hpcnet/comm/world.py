@@ -151,10 +151,15 @@ class Backoff:
 
 
 def wait_polling(
-    request: MPI.Request, timeout: float, what: str, on_poll: Callable[[], None] | None = None
+    request: MPI.Request,
+    timeout: float,
+    what: str,
+    on_poll: Callable[[], None] | None = None,
+    cap: float = 10e-3,
 ) -> None:
     """Completes a nonblocking ``request`` by testing it with sleeps in between
-    (no busy spin), or raises after ``timeout`` seconds.
+    (no busy spin; the sleeps double from 20 us to ``cap`` seconds), or raises after
+    ``timeout`` seconds.
 
     Raises:
         TimeoutError: ``what`` did not complete within ``timeout`` seconds (the
@@ -163,7 +168,7 @@ def wait_polling(
     import time
 
     deadline = time.monotonic() + timeout
-    backoff = Backoff(cap=10e-3)
+    backoff = Backoff(cap=cap)
     while not request.Test():
         if time.monotonic() > deadline:
             raise TimeoutError(f"rank {world_rank()}: {what} did not complete in {timeout:.0f} s")

@@ -226,6 +226,7 @@ class PipelinePartition(PartitionedModel):
         self.owned = merge_ranges(
             [r for layer in self.layers for r in layer_ranges(model.params, layer)]
         )
+        self._acc: np.ndarray | None = None  # gradient sum over micro-batches, reused
 
     # ---- training --------------------------------------------------------------------
     def _loss_and_grad(self, x, y, backend, train):
@@ -269,6 +270,8 @@ class PipelinePartition(PartitionedModel):
                 sends.append((self.ex.send(buf, self.partition + 1, TAG_FORWARD, "fwd"), buf))
 
         lo, hi = self.owned[0] if self.owned else (0, 0)
+        if m > 1 and self._acc is None:
+            self._acc = np.empty(hi - lo, np.float32)  # kept: no fresh pages every step
         acc = None  # (n_owned,) float32, this stage's gradients summed over micro-batches
         for j in reversed(range(m)):  # drain: backward in reverse order
             nj = cuts[j + 1] - cuts[j]
@@ -288,7 +291,11 @@ class PipelinePartition(PartitionedModel):
             stages[j] = None  # free the micro-batch's layer state
             if m > 1:  # each backward overwrote the stage's gradient views: sum them
                 g = self.model.grads[lo:hi]
-                acc = g.copy() if acc is None else np.add(acc, g, out=acc)
+                if acc is None:
+                    acc = self._acc
+                    acc[:] = g
+                else:
+                    np.add(acc, g, out=acc)
         if m > 1:
             self.model.grads[lo:hi] = acc
         self.ex.complete([r for r, _ in sends], "pipeline sends")
