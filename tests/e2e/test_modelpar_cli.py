@@ -76,3 +76,43 @@ def test_bad_partitioning_is_one_clear_line_and_exit_2(tmp_path, args, n, messag
     lines = [ln for ln in stderr.splitlines() if ln.startswith("hpcnet: error:")]
     assert len(lines) == 1 and message in lines[0], stderr
     assert "Traceback" not in stderr
+
+
+@pytest.mark.skipif(MPIEXEC is None, reason="no mpiexec")
+@pytest.mark.timeout(300)
+def test_downpour_loses_a_whole_partitioned_replica_and_finishes(tmp_path):
+    """Replica 1 (both its partitions) stops after 5 steps: the shard declares its
+    two clients lost, the run finishes with replica 0 and reports replica 1."""
+    out = tmp_path / "out"
+    code, stdout, stderr, _ = hpcnet(
+        "train",
+        "--algo",
+        "downpour",
+        "--shards",
+        "1",
+        "--partitions",
+        "2",
+        "--epochs",
+        "3",
+        "--threads",
+        "1",
+        "--fail-replica",
+        "1",
+        "--fail-at-step",
+        "5",
+        "--replica-timeout",
+        "3",
+        "--out",
+        str(out),
+        n=5,
+        cwd=tmp_path,
+        timeout=240,
+    )
+    assert code == 0, stderr
+    assert "replica(s) 1 lost" in stdout
+    s = json.loads((out / "summary.json").read_text())
+    assert s["lost_replicas"] == [1] and s["failed_replicas"] == [1]
+    assert s["pushes_applied_per_shard"] == [s["pushes_sent"]]
+    steps = {c["client"]: c["steps"] for c in s["replicas"]}
+    assert steps[2] == steps[3] == 5  # replica 1's partitions stopped together
+    assert steps[0] == steps[1] > 5
