@@ -35,7 +35,13 @@ from hpcnet.algos.common import (
     report,
     train_loader,
 )
-from hpcnet.comm import barrier_polling, bcast_, same_on_every_rank, split_role_comms
+from hpcnet.comm import (
+    allgather_ranges,
+    barrier_polling,
+    bcast_,
+    same_on_every_rank,
+    split_role_comms,
+)
 from hpcnet.comm.exchange import Exchange
 from hpcnet.modelpar import partition_model
 from hpcnet.optim.schedules import lr_at
@@ -128,20 +134,12 @@ def train_downpour(prep: Prepared, comm: MPI.Intracomm, verbose: bool = True) ->
 
     # End of the run: everyone meets (sleeping while waiting, with a time limit).
     barrier_polling(comm, timeout=max(120.0, 4 * ps.replica_timeout), what="downpour end barrier")
-    full = np.empty(model.n_params, np.float32)
-    counts = [0] * comm.Get_size()
-    for s, (lo, hi) in enumerate(ranges):
-        counts[shard_ranks[s]] = hi - lo
-    displs = [0] * comm.Get_size()
-    for s, (lo, _) in enumerate(ranges):
-        displs[shard_ranks[s]] = lo
-    send = (
+    mine = (
         windows[role.index].local_arrays()[0].copy()
         if role.kind == "shard"
         else np.empty(0, np.float32)
     )
-    comm.Allgatherv(send, [full, counts, displs, MPI.FLOAT])
-    model.params[:] = full
+    allgather_ranges(mine, shard_ranks, ranges, model.params, comm)
     for sw in windows:
         sw.free()
     test_loss, test_acc = evaluate(prep, role.index if role.kind == "replica" else None, comm, part)

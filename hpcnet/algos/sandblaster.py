@@ -38,7 +38,7 @@ from mpi4py import MPI
 
 from hpcnet.algos.common import Prepared, announce, base_summary, evaluate, report
 from hpcnet.algos.workunits import WorkScheduler
-from hpcnet.comm import Backoff, barrier_polling, bcast_, same_on_every_rank
+from hpcnet.comm import Backoff, allgather_ranges, barrier_polling, bcast_, same_on_every_rank
 from hpcnet.data.format import read_rows
 from hpcnet.data.loader import normalize
 from hpcnet.optim.lbfgs import (
@@ -122,13 +122,9 @@ def train_sandblaster(prep: Prepared, comm: MPI.Intracomm, verbose: bool = True)
     )
     if drain is not None:
         drain()
-    full = np.empty(model.n_params, np.float32)
-    counts, displs = [0] * comm.Get_size(), [0] * comm.Get_size()
-    for s, (lo, hi) in enumerate(ranges):
-        counts[1 + s], displs[1 + s] = hi - lo, lo
-    send = result.pop("_x").astype(np.float32) if role.kind == "shard" else np.empty(0, np.float32)
-    comm.Allgatherv(send, [full, counts, displs, MPI.FLOAT])
-    model.params[:] = full
+    mine = result.pop("_x") if role.kind == "shard" else np.empty(0, np.float32)
+    shard_ranks = [1 + s for s in range(len(ranges))]  # after the coordinator
+    allgather_ranges(mine, shard_ranks, ranges, model.params, comm)
     for w in wins:
         w.Free()
     test_loss, test_acc = evaluate(prep, role.index if role.kind == "replica" else None, comm)

@@ -33,10 +33,18 @@ __all__ = [
 
 from hpcnet.comm.collectives import (  # noqa: E402
     RoleComms,
+    allgather_ranges,
     allreduce_mean_,
     allreduce_sum,
     bcast_,
     split_role_comms,
 )
 
-__all__ += ["RoleComms", "allreduce_mean_", "allreduce_sum", "bcast_", "split_role_comms"]
+__all__ += [
+    "RoleComms",
+    "allgather_ranges",
+    "allreduce_mean_",
+    "allreduce_sum",
+    "bcast_",
+    "split_role_comms",
+]

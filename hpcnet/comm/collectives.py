@@ -73,6 +73,27 @@ def allreduce_sum(values: np.ndarray, comm: MPI.Intracomm) -> np.ndarray:
     return out
 
 
+def allgather_ranges(
+    mine: np.ndarray,
+    owners: list[int],
+    ranges: list[tuple[int, int]],
+    out: np.ndarray,
+    comm: MPI.Intracomm,
+) -> np.ndarray:
+    """Assembles ``out`` ((n,) float32) from slices held by some ranks: rank
+    ``owners[i]`` holds ``out[lo:hi]`` for ``ranges[i] = (lo, hi)`` and passes it as
+    ``mine`` (other ranks pass an empty array). Afterwards every rank holds all of
+    ``out`` (e.g. the parameter shards' slices at the end of a run). One
+    ``Allgatherv``; collective over ``comm``.
+    """
+    counts, displs = [0] * comm.Get_size(), [0] * comm.Get_size()
+    for owner, (lo, hi) in zip(owners, ranges, strict=True):
+        counts[owner], displs[owner] = hi - lo, lo
+    send = np.ascontiguousarray(mine, np.float32)
+    comm.Allgatherv(send, [out, counts, displs, MPI.FLOAT])
+    return out
+
+
 def bcast_(buf: np.ndarray, comm: MPI.Intracomm, root: int = 0) -> np.ndarray:
     """Broadcasts ``buf`` in place from ``root`` (buffer API). Collective over ``comm``."""
     if comm.Get_size() > 1:

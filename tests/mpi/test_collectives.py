@@ -3,7 +3,13 @@
 import numpy as np
 import pytest
 
-from hpcnet.comm import allreduce_mean_, allreduce_sum, bcast_, root_then_bcast
+from hpcnet.comm import (
+    allgather_ranges,
+    allreduce_mean_,
+    allreduce_sum,
+    bcast_,
+    root_then_bcast,
+)
 from hpcnet.errors import DataError
 
 
@@ -33,3 +39,21 @@ def test_bcast_and_root_errors_reach_every_rank(comm):
         root_then_bcast(fails, comm)
     assert info.value.collective
     assert root_then_bcast(lambda: 42, comm) == 42
+
+
+@pytest.mark.mpi(min_size=2)
+@pytest.mark.timeout(60)
+def test_allgather_ranges_assembles_the_slices_of_their_owners(comm):
+    """The last ranks own uneven slices (out of order), rank 0 owns nothing."""
+    n = 101
+    want = np.random.default_rng(5).standard_normal(n).astype(np.float32)
+    owners = list(range(comm.size - 1, 0, -1))  # ranks size-1 .. 1
+    cuts = np.linspace(0, n, len(owners) + 1).astype(int)
+    ranges = [(int(cuts[i]), int(cuts[i + 1])) for i in range(len(owners))]
+    mine = np.empty(0, np.float32)
+    if comm.rank in owners:
+        lo, hi = ranges[owners.index(comm.rank)]
+        mine = want[lo:hi].copy()
+    out = np.zeros(n, np.float32)
+    allgather_ranges(mine, owners, ranges, out, comm)
+    np.testing.assert_array_equal(out, want)
