@@ -224,3 +224,14 @@ def run_meta() -> dict:
         },
         "env": env_info(),
     }
+
+
+def add_wait_idle(parser, default: float = 60.0) -> None:
+    """Adds ``--wait-idle SECONDS`` (how long to wait, before each run, for the machine
+    to be :data:`IDLE_ENOUGH` idle) to a driver's argparse parser."""
+    parser.add_argument(
+        "--wait-idle",
+        type=float,
+        default=default,
+        help="seconds to wait, before each run, for the machine to be 80%% idle",
+    )

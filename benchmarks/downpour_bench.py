@@ -50,6 +50,7 @@ from pathlib import Path
 import numpy as np
 from _common import (
     Disturbance,
+    add_wait_idle,
     blas_info,
     disturbance,
     emit,
@@ -906,12 +907,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     # machine
     p.add_argument("--timeout", type=float, default=300, help="seconds per ps/throughput run")
     p.add_argument("--adagrad-timeout", type=float, default=1200, help="seconds per adagrad run")
-    p.add_argument(
-        "--wait-idle",
-        type=float,
-        default=60.0,
-        help="seconds to wait, before each run, for the machine to be 80%% idle",
-    )
+    add_wait_idle(p)
     p.add_argument(
         "--wait-idle-adagrad",
         type=float,

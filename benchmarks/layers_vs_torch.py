@@ -56,6 +56,7 @@ from pathlib import Path  # noqa: E402
 
 from _common import (  # noqa: E402
     Disturbance,
+    add_wait_idle,
     blas_info,
     disturbance,
     emit,
@@ -604,12 +605,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--startup", action=argparse.BooleanOptionalAction, default=True,
                    help="also measure hpcnet's start-up (import to first step)")  # fmt: skip
     p.add_argument("--timeout", type=int, default=600, help="seconds per worker run")
-    p.add_argument(
-        "--wait-idle",
-        type=float,
-        default=60.0,
-        help="seconds to wait, before each run, for the machine to be 80%% idle",
-    )
+    add_wait_idle(p)
     p.add_argument(
         "--clock",
         choices=("wall", "cpu"),

@@ -59,6 +59,7 @@ from pathlib import Path
 import numpy as np
 from _common import (
     Disturbance,
+    add_wait_idle,
     blas_info,
     disturbance,
     emit,
@@ -641,12 +642,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=3, help="runs of every configuration")
     p.add_argument("--data", default="fashion-mnist", help="data set name or .h5 path")
     p.add_argument("--timeout", type=int, default=300, help="seconds per run")
-    p.add_argument(
-        "--wait-idle",
-        type=float,
-        default=60.0,
-        help="seconds to wait, before each run, for the machine to be 80%% idle",
-    )
+    add_wait_idle(p)
     p.add_argument(
         "--wait-first",
         type=float,

@@ -48,6 +48,7 @@ from pathlib import Path
 import numpy as np
 from _common import (
     Disturbance,
+    add_wait_idle,
     blas_info,
     disturbance,
     emit,
@@ -559,12 +560,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rows", type=int, default=8192, help="Fashion-MNIST train rows used")
     p.add_argument("--data", default="fashion-mnist", help="data set name or .h5 path")
     p.add_argument("--timeout", type=int, default=300, help="seconds per side run")
-    p.add_argument(
-        "--wait-idle",
-        type=float,
-        default=60.0,
-        help="seconds to wait, before each run, for the machine to be 80%% idle",
-    )
+    add_wait_idle(p)
     p.add_argument("--json", default=None, help="write every raw timing here")
     p.add_argument("--worker", choices=("hpcnet", "torch"), help=argparse.SUPPRESS)
     p.add_argument("--model", help=argparse.SUPPRESS)
