@@ -492,30 +492,28 @@ def relu_forward(x):
     return _ret(y, host)
 
 
-def relu_backward(dy, y):
-    """dy where the forward output y was positive, else 0."""
-    host = _is_host(dy)
-    d_dy, d_y = _dev(dy), _dev(y)
-    dx = cuda.device_array(d_dy.shape, np.float32)
-    _relu_bwd_k[_grid(dx.size)](d_dy.reshape(dx.size), d_y.reshape(dx.size), dx.reshape(dx.size))
-    return _ret(dx, host)
-
-
-def _mul(a, b):
+def _elementwise(kernel, a, b):
+    """``kernel(a, b, out)`` over the flattened arrays, out a new float32 array of a's
+    shape (host in, host out; device in, device out)."""
     host = _is_host(a)
     d_a, d_b = _dev(a), _dev(b)
     out = cuda.device_array(d_a.shape, np.float32)
-    _mul_k[_grid(out.size)](d_a.reshape(out.size), d_b.reshape(out.size), out.reshape(out.size))
+    kernel[_grid(out.size)](d_a.reshape(out.size), d_b.reshape(out.size), out.reshape(out.size))
     return _ret(out, host)
+
+
+def relu_backward(dy, y):
+    """dy where the forward output y was positive, else 0."""
+    return _elementwise(_relu_bwd_k, dy, y)
+
+
+def _mul(a, b):
+    return _elementwise(_mul_k, a, b)
 
 
 def add(a, b):
     """a + b elementwise, float32 (host in, host out; device in, device out)."""
-    host = _is_host(a)
-    d_a, d_b = _dev(a), _dev(b)
-    out = cuda.device_array(d_a.shape, np.float32)
-    _add_k[_grid(out.size)](d_a.reshape(out.size), d_b.reshape(out.size), out.reshape(out.size))
-    return _ret(out, host)
+    return _elementwise(_add_k, a, b)
 
 
 def dropout_forward(x, mask):

@@ -53,6 +53,7 @@ from hpcnet.nn.layers import (
     MaxPool2D,
     ReLU,
     Towers,
+    backward_through,
 )
 from hpcnet.nn.model import Model
 
@@ -195,12 +196,9 @@ class _Split:
         for (lo, hi, layers), size in zip(self.pieces, self._sizes, strict=True):
             d = dy if len(self.pieces) == 1 else np.ascontiguousarray(dy[:, at : at + size])
             at += size
-            for layer in reversed(layers[1:]):
-                d = layer.backward(d, backend)
+            d = backward_through(layers, d, backend, need_dx)
             if not need_dx:
-                layers[0].backward_params(d, backend)
                 continue
-            d = layers[0].backward(d, backend)
             if self.local:
                 dx = d
                 continue

@@ -48,7 +48,17 @@ import numpy as np
 from hpcnet.comm.exchange import Exchange
 from hpcnet.errors import ConfigError
 from hpcnet.modelpar.base import PartitionedModel, layer_ranges, merge_ranges
-from hpcnet.nn.layers import LRN, Conv2D, Dense, Dropout, Flatten, Layer, MaxPool2D, Towers
+from hpcnet.nn.layers import (
+    LRN,
+    Conv2D,
+    Dense,
+    Dropout,
+    Flatten,
+    Layer,
+    MaxPool2D,
+    Towers,
+    backward_through,
+)
 from hpcnet.nn.model import Model
 
 TAG_FORWARD, TAG_BACKWARD, TAG_INFER = 1, 2, 3  # MPI keeps each (source, tag) in order
@@ -272,7 +282,6 @@ class PipelinePartition(PartitionedModel):
         lo, hi = self.owned[0] if self.owned else (0, 0)
         if m > 1 and self._acc is None:
             self._acc = np.empty(hi - lo, np.float32)  # kept: no fresh pages every step
-        acc = None  # (n_owned,) float32, this stage's gradients summed over micro-batches
         for j in reversed(range(m)):  # drain: backward in reverse order
             nj = cuts[j + 1] - cuts[j]
             if self.last:
@@ -280,24 +289,19 @@ class PipelinePartition(PartitionedModel):
                 dlogits[j] = None
             else:
                 d = self.ex.recv((nj, *self.out_shape), self.partition + 1, TAG_BACKWARD, "bwd")
-            layers = stages[j]
-            for layer in reversed(layers[1:]):
-                d = layer.backward(d, backend)
-            if self.first:
-                layers[0].backward_params(d, backend)
-            else:
-                buf = np.ascontiguousarray(layers[0].backward(d, backend), np.float32)
+            dx = backward_through(stages[j], d, backend, need_dx=not self.first)
+            if not self.first:
+                buf = np.ascontiguousarray(dx, np.float32)
                 sends.append((self.ex.send(buf, self.partition - 1, TAG_BACKWARD, "bwd"), buf))
             stages[j] = None  # free the micro-batch's layer state
             if m > 1:  # each backward overwrote the stage's gradient views: sum them
                 g = self.model.grads[lo:hi]
-                if acc is None:
-                    acc = self._acc
-                    acc[:] = g
+                if j == m - 1:
+                    self._acc[:] = g
                 else:
-                    np.add(acc, g, out=acc)
+                    np.add(self._acc, g, out=self._acc)
         if m > 1:
-            self.model.grads[lo:hi] = acc
+            self.model.grads[lo:hi] = self._acc
         self.ex.complete([r for r, _ in sends], "pipeline sends")
 
         out = np.array([loss_sum / n, correct], np.float64)  # the last stage's

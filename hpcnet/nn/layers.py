@@ -16,6 +16,18 @@ from hpcnet.errors import ConfigError
 from hpcnet.kernels.reference import conv_out_size
 
 
+def backward_through(layers: list, dy, backend, need_dx: bool = True):
+    """Backward through a sequence of layers, last to first; returns d loss / d input
+    of the first layer, or None without ``need_dx`` (then the first layer computes only
+    its parameter gradients, :meth:`Layer.backward_params`)."""
+    for layer in reversed(layers[1:]):
+        dy = layer.backward(dy, backend)
+    if not need_dx:
+        layers[0].backward_params(dy, backend)
+        return None
+    return layers[0].backward(dy, backend)
+
+
 class Layer:
     """Base class. Subclasses set ``param_specs`` in ``build`` and implement the passes."""
 
@@ -365,13 +377,9 @@ class Towers(Layer):
     def backward(self, dy, backend, need_dx=True):
         dx = None
         for tower, d in zip(self.towers, backend.concat_backward(dy, self.channels), strict=True):
-            for layer in reversed(tower[1:]):
-                d = layer.backward(d, backend)
-            if not need_dx:
-                tower[0].backward_params(d, backend)
-                continue
-            d = tower[0].backward(d, backend)
-            dx = d if dx is None else backend.add(dx, d)
+            d = backward_through(tower, d, backend, need_dx)
+            if need_dx:
+                dx = d if dx is None else backend.add(dx, d)
         return dx  # (N, C, H, W)
 
     def backward_params(self, dy, backend):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from hpcnet.nn.layers import Dense, Dropout, Layer, Towers
+from hpcnet.nn.layers import Dense, Dropout, Layer, Towers, backward_through
 
 
 class Model:
@@ -137,9 +137,7 @@ class Model:
         logits = self._forward(x, backend, train)
         loss, d = backend.softmax_xent(logits, y)
         correct = self._count_correct(logits, y)
-        for layer in reversed(self.layers[1:]):
-            d = layer.backward(d, backend)
-        self.layers[0].backward_params(d, backend)  # no one needs d loss / d input
+        backward_through(self.layers, d, backend, need_dx=False)  # no one needs d loss / d x
         self._download_grads()
         return loss, correct
 
