@@ -235,3 +235,26 @@ def add_wait_idle(parser, default: float = 60.0) -> None:
         default=default,
         help="seconds to wait, before each run, for the machine to be 80%% idle",
     )
+
+
+def train_batches(data: str, rows: int, batch: int):
+    """The first ``rows`` training rows of an hpcnet dataset file (at most all of
+    them, rounded down to whole batches), for the benchmark workers.
+
+    Returns:
+        (x, y): (rows // batch, batch, C, H, W) float32 normalised with the file's
+        per-channel mean/std, and (rows // batch, batch) int64 labels.
+    """
+    import numpy as np
+
+    from hpcnet.data.format import open_dataset, read_rows
+    from hpcnet.data.loader import normalize
+
+    info = open_dataset(data)
+    rows = min(rows, info.n_train) // batch * batch
+    images, labels = read_rows(info.path, "train", 0, rows)
+    x = normalize(images, info.mean, info.std)  # (rows, C, H, W) float32
+    return (
+        x.reshape(rows // batch, batch, *x.shape[1:]),
+        labels.reshape(rows // batch, batch).astype(np.int64),
+    )

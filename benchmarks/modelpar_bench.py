@@ -67,6 +67,7 @@ from _common import (
     mpiexec_path,
     parse_result,
     run_meta,
+    train_batches,
     versions,
 )
 
@@ -80,23 +81,6 @@ SIZES = [1 << k for k in range(10, 25, 2)]  # alpha-beta: bytes received per ran
 
 
 # --------------------------------------------------------------------------- workers
-
-
-def load_batches(data: str, batch: int) -> tuple[np.ndarray, np.ndarray]:
-    """The first ``N_BATCHES * batch`` Fashion-MNIST training rows.
-
-    Returns:
-        (x, y): (N_BATCHES, batch, C, H, W) float32 normalised with the file's mean/std,
-        and (N_BATCHES, batch) int64 labels.
-    """
-    from hpcnet.data.format import open_dataset, read_rows
-    from hpcnet.data.loader import normalize
-
-    info = open_dataset(data)
-    rows = N_BATCHES * batch
-    images, labels = read_rows(info.path, "train", 0, rows)
-    x = normalize(images, info.mean, info.std)  # (rows, C, H, W) float32
-    return x.reshape(N_BATCHES, batch, *x.shape[1:]), labels.reshape(N_BATCHES, batch)
 
 
 def timed_exchange_class():
@@ -177,7 +161,7 @@ def worker_step(args: argparse.Namespace) -> None:
     rank, size = comm.Get_rank(), comm.Get_size()
     threads = set_threads(args.threads)
     backend = get_backend("cpu")
-    xs, ys = load_batches(args.data, args.batch)
+    xs, ys = train_batches(args.data, N_BATCHES * args.batch, args.batch)
     model = build_model(args.model, xs.shape[2:], 10)
     if rank == 0:
         model.init(SEED)

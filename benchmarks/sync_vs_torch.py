@@ -45,7 +45,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 from _common import (
     Disturbance,
     add_wait_idle,
@@ -56,8 +55,10 @@ from _common import (
     mpiexec_path,
     parse_result,
     run_meta,
+    train_batches,
     versions,
 )
+from _torch_peer import check_identical, torch_model
 
 BATCH = 64  # samples per process per step
 SEED = 0
@@ -87,26 +88,6 @@ TORCH_MISSING = (
 # --------------------------------------------------------------------------- shared
 
 
-def load_batches(data: str, rows: int) -> tuple[np.ndarray, np.ndarray]:
-    """The first ``rows`` Fashion-MNIST training rows as contiguous batches.
-
-    Returns:
-        (x, y): (rows // BATCH, BATCH, C, H, W) float32 normalised with the file's
-        per-channel mean/std, and (rows // BATCH, BATCH) int64 labels.
-    """
-    from hpcnet.data.format import open_dataset, read_rows
-    from hpcnet.data.loader import normalize
-
-    info = open_dataset(data)
-    rows = min(rows, info.n_train) // BATCH * BATCH
-    images, labels = read_rows(info.path, "train", 0, rows)
-    x = normalize(images, info.mean, info.std)  # (rows, C, H, W) float32
-    return (
-        x.reshape(rows // BATCH, BATCH, *x.shape[1:]),
-        labels.reshape(rows // BATCH, BATCH).astype(np.int64),
-    )
-
-
 def batch_index(step: int, rank: int, world_size: int, n_batches: int) -> int:
     """Which pre-sliced batch process ``rank`` of ``world_size`` trains on at ``step``."""
     return (step * world_size + rank) % n_batches
@@ -133,7 +114,7 @@ def worker_hpcnet(args: argparse.Namespace) -> None:
     rank, size = comm.Get_rank(), comm.Get_size()
     threads = set_threads(args.threads)
     backend = get_backend("cpu")
-    xs, ys = load_batches(args.data, args.rows)
+    xs, ys = train_batches(args.data, args.rows, BATCH)
     model = build_model(args.model, xs.shape[2:], 10)
     if rank == 0:
         model.init(SEED)
@@ -182,91 +163,6 @@ def worker_hpcnet(args: argparse.Namespace) -> None:
         )
 
 
-def torch_model(hp_model):
-    """The hpcnet model's architecture as a ``torch.nn.Sequential``, same parameters.
-
-    Translates layer by layer (Conv2D, MaxPool2D, ReLU, Flatten, Dense, Dropout) and
-    copies the values of hpcnet's flat parameter vector, in its order.
-    """
-    import torch
-    from torch import nn
-
-    from hpcnet.nn import layers as hl
-
-    mods = []
-    for layer in hp_model.layers:
-        if isinstance(layer, hl.Conv2D):
-            mods.append(
-                nn.Conv2d(layer.in_shape[0], layer.filters, layer.kernel, layer.stride, layer.pad)
-            )
-        elif isinstance(layer, hl.MaxPool2D):
-            mods.append(nn.MaxPool2d(layer.kernel, layer.stride))
-        elif isinstance(layer, hl.ReLU):
-            mods.append(nn.ReLU())
-        elif isinstance(layer, hl.Flatten):
-            mods.append(nn.Flatten())
-        elif isinstance(layer, hl.Dense):
-            mods.append(nn.Linear(layer.in_shape[0], layer.units))
-        elif isinstance(layer, hl.Dropout):
-            mods.append(nn.Dropout(layer.rate))
-        else:
-            raise TypeError(f"sync_vs_torch: no torch translation for {type(layer).__name__}")
-    net = nn.Sequential(*mods)
-    tparams = list(net.parameters())
-    hparams = [layer.params[name] for layer in hp_model.layers for name, _ in layer.param_specs()]
-    if [tuple(p.shape) for p in tparams] != [h.shape for h in hparams]:
-        raise RuntimeError("sync_vs_torch: torch and hpcnet parameter shapes differ")
-    with torch.no_grad():
-        for p, h in zip(tparams, hparams, strict=True):
-            p.copy_(torch.from_numpy(np.ascontiguousarray(h)))
-    return net
-
-
-def check_identical(hp_model, net, x: np.ndarray, y: np.ndarray) -> dict:
-    """Logits and gradients of both models on one batch, dropout off; raises if they differ.
-
-    The oracle is hpcnet's NumPy ``reference`` backend. The images get a little noise
-    first: a flat background makes exact ties in max pooling, which the two frameworks'
-    different summation orders break differently (both valid, but the gradients then
-    differ by ~1e-2 in the conv weights).
-    """
-    import torch
-    import torch.nn.functional as F
-
-    from hpcnet.kernels import get_backend
-    from hpcnet.nn.layers import Dropout
-
-    ref = get_backend("reference")
-    x = x + np.random.default_rng(SEED).normal(0.0, 0.05, x.shape).astype(np.float32)
-    rates = [(layer, layer.rate) for layer in hp_model.layers if isinstance(layer, Dropout)]
-    for layer, _ in rates:
-        layer.rate = 0.0
-    try:
-        h_logits = hp_model.forward(x, ref, train=False)
-        h_loss, _ = hp_model.loss_and_grad(x, y, ref)
-        h_grads = hp_model.grads.copy()
-    finally:
-        for layer, rate in rates:
-            layer.rate = rate
-    net.eval()
-    net.zero_grad()
-    out = net(torch.from_numpy(x))
-    loss = F.cross_entropy(out, torch.from_numpy(y))
-    loss.backward()
-    t_grads = np.concatenate([p.grad.numpy().ravel() for p in net.parameters()])
-    net.zero_grad(set_to_none=True)
-    net.train()
-    logit_err = float(np.abs(out.detach().numpy() - h_logits).max() / np.abs(h_logits).max())
-    grad_err = float(np.abs(t_grads - h_grads).max() / np.abs(h_grads).max())
-    loss_err = abs(loss.item() - h_loss)
-    if logit_err > 1e-4 or grad_err > 1e-4 or loss_err > 1e-4:
-        raise RuntimeError(
-            f"sync_vs_torch: the torch model is not hpcnet's {hp_model.name}: relative max "
-            f"error logits {logit_err:.2e}, gradients {grad_err:.2e}, loss {loss_err:.2e}"
-        )
-    return {"logits_rel_err": logit_err, "grads_rel_err": grad_err, "loss_abs_err": loss_err}
-
-
 def worker_torch(args: argparse.Namespace) -> None:
     """One torch run: single process, or DDP (gloo) when launched as 2 processes."""
     if importlib.util.find_spec("torch") is None:
@@ -281,12 +177,12 @@ def worker_torch(args: argparse.Namespace) -> None:
     size = int(os.environ.get("PMI_SIZE", os.environ.get("WORLD_SIZE", "1")))
     torch.set_num_threads(args.threads)
     torch.manual_seed(SEED + rank)  # dropout masks differ per replica, as in hpcnet
-    xs, ys = load_batches(args.data, args.rows)
+    xs, ys = train_batches(args.data, args.rows, BATCH)
     hp_model = build_model(args.model, xs.shape[2:], 10)
     hp_model.init(SEED)
     net = torch_model(hp_model)
     # Every rank checks (same data, same seed), so a mismatch stops them all alike.
-    check = check_identical(hp_model, net, xs[0, :16], ys[0, :16])
+    check = check_identical(hp_model, net, xs[0, :16], ys[0, :16], SEED)
     if size > 1:
         # MASTER_ADDR=127.0.0.1 and MASTER_PORT come from the driver: loopback only.
         # A short timeout: a rank that died must not leave the other waiting 30 minutes.
