@@ -34,17 +34,22 @@ from hpcnet.nn.zoo import build_model, default_model
 from hpcnet.run.metrics import MetricsLog, make_out_dir, write_summary
 
 
-def set_threads(threads: int, comm: MPI.Intracomm | None = None) -> int:
+def set_threads(
+    threads: int, comm: MPI.Intracomm | None = None, node_ranks: int | None = None
+) -> int:
     """Sets the compute threads of this rank (Numba parallel loops and BLAS); returns them.
 
     ``threads == 0`` means this node's cores divided by its ranks of ``comm`` (at
-    least 1; ``comm`` defaults to COMM_WORLD). Then it is collective over ``comm``
-    (it counts the ranks per node), so every rank must call it with the same ``threads``.
+    least 1; ``comm`` defaults to COMM_WORLD). Then, unless ``node_ranks`` gives that
+    count, it is collective over ``comm`` (it counts the ranks per node), so every rank
+    must call it with the same ``threads``.
     """
     import hpcnet.kernels.cpu  # noqa: F401  (picks Numba's threading layer before it starts)
 
     if threads == 0:
-        threads = max(1, (os.cpu_count() or 1) // ranks_on_node(comm or MPI.COMM_WORLD))
+        if node_ranks is None:
+            node_ranks = ranks_on_node(comm or MPI.COMM_WORLD)
+        threads = max(1, (os.cpu_count() or 1) // node_ranks)
     numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
     threadpool_limits(limits=threads)
     return threads
@@ -93,9 +98,10 @@ def prepare(cfg: Config, comm: MPI.Intracomm) -> Prepared:
             )
     out = root_then_bcast(lambda: make_out_dir(cfg.run.out), comm)
     cfg = replace(cfg, run={"out": str(out)}, model={"name": model_name})
-    threads = set_threads(cfg.run.threads, comm)
+    node_ranks = ranks_on_node(comm)  # once: threads and the exchanges' spin use it
+    threads = set_threads(cfg.run.threads, comm, node_ranks)
     prep = Prepared(cfg, layout, backend, info, model, out, threads, t_start)
-    prep.extra["node_ranks"] = ranks_on_node(comm)
+    prep.extra["node_ranks"] = node_ranks
     if comm.Get_rank() == 0:
         save_config(cfg, out / "config.toml")
         prep.log = MetricsLog(out)
