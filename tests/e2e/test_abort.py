@@ -12,11 +12,13 @@ import pytest
 from tests.e2e.test_cli import MPIEXEC
 
 SCRIPT = textwrap.dedent("""
+    import sys
     from mpi4py import MPI
-    from hpcnet.comm import install_abort_hook, library_comm
+    from hpcnet.comm import install_abort_hook, library_comm, set_error_report
     from hpcnet.errors import DataError
     install_abort_hook()
     comm = library_comm()
+    set_error_report(sys.argv[1], f"replica {{comm.rank}}")
     if comm.rank == 1:
         raise {exc}
     comm.Barrier()   # rank 0 waits here for a rank that will never come
@@ -37,7 +39,7 @@ def test_exception_on_one_rank_aborts_every_rank(tmp_path, exc, code, must):
     script.write_text(SCRIPT.format(exc=exc))
     t = time.monotonic()
     p = subprocess.run(
-        [MPIEXEC, "-n", "2", sys.executable, str(script)],
+        [MPIEXEC, "-n", "2", sys.executable, str(script), str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -45,3 +47,9 @@ def test_exception_on_one_rank_aborts_every_rank(tmp_path, exc, code, must):
     assert time.monotonic() - t < 30
     assert p.returncode == code, p.stderr
     assert p.stderr.count(must) == 1, p.stderr
+    # the full report, in the output directory, and stderr says where
+    report = tmp_path / "error-rank-1.txt"
+    assert f"full report: {report}" in p.stderr, p.stderr
+    text = report.read_text()
+    assert must in text and "role: replica 1" in text and "pid: " in text, text
+    assert not (tmp_path / "error-rank-0.txt").exists()

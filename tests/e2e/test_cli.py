@@ -55,10 +55,14 @@ def test_train_digits_writes_results(tmp_path):
         "test_accuracy",
         "test_loss",
         "samples_per_s",
+        "first_step_s",
+        "compile_s",
         "wall_s",
         "config",
     ):
         assert key in summary, key
+    # one header line names the config file; the whole config only with --verbose
+    assert f"config in {out / 'config.toml'}" in stdout and "# resolved config" not in stdout
     assert summary["world_size"] == 2 and summary["algo"] == "sync"
     assert summary["test_accuracy"] > 0.8
     lines = (out / "metrics.jsonl").read_text().splitlines()

@@ -57,3 +57,24 @@ def test_allgather_ranges_assembles_the_slices_of_their_owners(comm):
     out = np.zeros(n, np.float32)
     allgather_ranges(mine, owners, ranges, out, comm)
     np.testing.assert_array_equal(out, want)
+
+
+@pytest.mark.mpi(min_size=2)
+@pytest.mark.timeout(60)
+def test_node_leader_first_runs_one_rank_per_node_before_the_others(comm):
+    import time
+
+    from hpcnet.comm import node_leader_first
+
+    def work():
+        t0 = time.monotonic()
+        time.sleep(0.2)  # long enough that overlapping runs would show
+        return t0, time.monotonic()
+
+    (start, end), leader = node_leader_first(work, comm, timeout=30, what="test")
+    # all ranks of this test share one node (and its monotonic clock)
+    every = comm.allgather((start, end, leader))
+    leaders = [e for e in every if e[2]]
+    assert len(leaders) == 1, every
+    lead_end = leaders[0][1]
+    assert all(s >= lead_end for s, _, is_leader in every if not is_leader), every

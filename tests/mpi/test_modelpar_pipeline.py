@@ -14,10 +14,11 @@ from hpcnet.modelpar import partition_model
 from hpcnet.modelpar.pipeline import PipelinePartition
 from hpcnet.nn.zoo import build_model
 from hpcnet.optim.sgd import SGD
+from tests.close import assert_close, assert_flat_close
 from tests.mpi.ranks import first_ranks
 
 SHAPE, K = (1, 28, 28), 10
-RTOL, ATOL = 1e-4, 1e-5
+RTOL = 1e-4
 DROPOUT = {"2conv", "alexnet"}
 
 
@@ -61,7 +62,7 @@ def test_pipeline_equals_serial_model(comm, name, m_parts):
 
     # forward and evaluate (inference) give the serial logits / loss on every partition
     x, y = _batches(1, 7, seed=1)[0]
-    np.testing.assert_allclose(part.forward(x, be), ref.forward(x, be), rtol=RTOL, atol=ATOL)
+    assert_close(part.forward(x, be), ref.forward(x, be))
     loss_sum, correct = part.evaluate(x, y, be)
     want_sum, want_correct = ref.evaluate(x, y, be)
     assert correct == want_correct
@@ -76,13 +77,13 @@ def test_pipeline_equals_serial_model(comm, name, m_parts):
         np.testing.assert_allclose(loss, want_loss, rtol=RTOL)
         assert part.last_step_bytes == part.expected_bytes(7)
         grads = part.assemble(model.grads.copy())
-        np.testing.assert_allclose(grads, ref.grads, rtol=RTOL, atol=ATOL)
+        assert_flat_close(grads, ref.grads, ref, what="gradient")
         opt_ref.step(ref.params, ref.grads, 0.05)
         params, g = part.pack(model.params), part.pack(model.grads)
         opt.step(params, g, 0.05)
         part.unpack(params, model.params)
     part.assemble(model.params)
-    np.testing.assert_allclose(model.params, ref.params, rtol=RTOL, atol=ATOL)
+    assert_flat_close(model.params, ref.params, ref, what="parameters")
     assert not np.array_equal(ref.params, build_model(name, SHAPE, K).params)
     assert part.steps == 3
     sub.Free()
@@ -103,7 +104,7 @@ def test_any_micro_batch_count(comm, batch, micro):
     got = part.loss_and_grad(x, y, be, train=True)
     assert got[1] == want[1]
     np.testing.assert_allclose(got[0], want[0], rtol=RTOL)
-    np.testing.assert_allclose(part.assemble(part.model.grads), ref.grads, rtol=RTOL, atol=ATOL)
+    assert_flat_close(part.assemble(part.model.grads), ref.grads, ref, what="gradient")
     sent, recv = part.expected_bytes(batch)
     assert part.last_step_bytes == (sent, recv)
     # the formula: one activation forward and its gradient back per boundary

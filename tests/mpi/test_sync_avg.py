@@ -12,6 +12,7 @@ from hpcnet.data.loader import BatchLoader, assign_rows, normalize
 from hpcnet.kernels import get_backend
 from hpcnet.nn.zoo import build_model
 from hpcnet.optim.sgd import SGD
+from tests.close import assert_flat_close
 
 STEPS, B, LR = 5, 16, 0.1
 
@@ -53,7 +54,7 @@ def test_replicas_equal_one_process_with_the_total_batch(comm, digits_path, algo
     assert not np.array_equal(
         serial.params, build_model("digits_cnn", info.image_shape, info.num_classes).params
     ), "training moved nothing"
-    np.testing.assert_allclose(dist.params, serial.params, rtol=1e-4, atol=2e-6)
+    assert_flat_close(dist.params, serial.params, serial)
 
 
 def _cfg(out, **run):

@@ -34,6 +34,7 @@ from hpcnet.nn.layers import (  # noqa: E402
     Towers,
 )
 from hpcnet.nn.model import Model  # noqa: E402
+from tests.close import assert_close
 
 
 def _locked_shared_array():
@@ -71,7 +72,7 @@ _locked_shared_array()
 sys.setswitchinterval(1e-4)
 
 RNG = np.random.default_rng(99)
-TOL = {"rtol": 1e-4, "atol": 1e-5}
+TOL = {"rtol": 1e-4, "scale": 1e-5}  # atol = scale * max|cpu result| (tests/close.py)
 
 
 @pytest.fixture(autouse=True)
@@ -102,11 +103,11 @@ def test_tiled_gemm_all_transposes(m, k, n):
             want = (a.T if ta else a) @ (b.T if tb else b)
             c = cuda.device_array((m, n), np.float32)
             kc.gemm(cuda.to_device(a), cuda.to_device(b), c, ta=ta, tb=tb)
-            np.testing.assert_allclose(c.copy_to_host(), want, **TOL)
+            assert_close(c.copy_to_host(), want, **TOL)
     c0 = rand(m, n)
     c = cuda.to_device(c0)
     kc.gemm(cuda.to_device(a), cuda.to_device(b), c, ta=True, tb=True, accumulate=True)
-    np.testing.assert_allclose(c.copy_to_host(), c0 + a.T @ b.T, **TOL)
+    assert_close(c.copy_to_host(), c0 + a.T @ b.T, **TOL)
 
 
 @pytest.mark.parametrize(
@@ -117,7 +118,7 @@ def test_conv2d(n, c, h, o, k, stride, pad, groups):
     x, w, b = rand(n, c, h, h), rand(o, c // groups, k, k), rand(o)
     y_c, cache_c = cpu.conv2d_forward(x, w, b, stride, pad, groups)
     y_g, cache_g = kc.conv2d_forward(x, w, b, stride, pad, groups)
-    np.testing.assert_allclose(y_g, y_c, **TOL)
+    assert_close(y_g, y_c, **TOL)
     dy = rand(*y_c.shape)
     out = {}
     for name, mod, cache in (("cpu", cpu, cache_c), ("cuda", kc, cache_g)):
@@ -125,7 +126,7 @@ def test_conv2d(n, c, h, o, k, stride, pad, groups):
         dx = mod.conv2d_backward(dy, x.shape, cache, w, stride, pad, dw, db, groups)
         out[name] = (dx, dw, db)
     for a, r in zip(out["cuda"], out["cpu"], strict=True):
-        np.testing.assert_allclose(a, r, **TOL)
+        assert_close(a, r, **TOL)
 
 
 @pytest.mark.parametrize("k,stride", [(3, 2), (2, 2)])
@@ -136,7 +137,7 @@ def test_maxpool2d(k, stride):
     np.testing.assert_array_equal(y_g, y_c)
     np.testing.assert_array_equal(a_g, a_c)
     dy = rand(*y_c.shape)
-    np.testing.assert_allclose(
+    assert_close(
         kc.maxpool2d_backward(dy, a_g, x.shape), cpu.maxpool2d_backward(dy, a_c, x.shape), **TOL
     )
 
@@ -146,9 +147,9 @@ def test_lrn():
     args = (5, 0.3, 0.75, 1.0)
     y_c, s_c = cpu.lrn_forward(x, *args)
     y_g, s_g = kc.lrn_forward(x, *args)
-    np.testing.assert_allclose(y_g, y_c, **TOL)
-    np.testing.assert_allclose(s_g, s_c, **TOL)
-    np.testing.assert_allclose(
+    assert_close(y_g, y_c, **TOL)
+    assert_close(s_g, s_c, **TOL)
+    assert_close(
         kc.lrn_backward(dy, x, y_g, s_g, *args), cpu.lrn_backward(dy, x, y_c, s_c, *args), **TOL
     )
 
@@ -162,19 +163,17 @@ def test_elementwise_dense_softmax_concat():
     np.testing.assert_array_equal(kc.dropout_forward(x, mask), cpu.dropout_forward(x, mask))
     np.testing.assert_array_equal(kc.dropout_backward(dy, mask), cpu.dropout_backward(dy, mask))
     w, b = rand(5, 11), rand(5)
-    np.testing.assert_allclose(kc.dense_forward(x, w, b), cpu.dense_forward(x, w, b), **TOL)
+    assert_close(kc.dense_forward(x, w, b), cpu.dense_forward(x, w, b), **TOL)
     d = rand(3, 5)
     got, want = [np.empty_like(w), np.empty_like(b)], [np.empty_like(w), np.empty_like(b)]
-    np.testing.assert_allclose(
-        kc.dense_backward(d, x, w, *got), cpu.dense_backward(d, x, w, *want), **TOL
-    )
+    assert_close(kc.dense_backward(d, x, w, *got), cpu.dense_backward(d, x, w, *want), **TOL)
     for g, r in zip(got, want, strict=True):
-        np.testing.assert_allclose(g, r, **TOL)
+        assert_close(g, r, **TOL)
     labels = RNG.integers(0, 5, 3)
     l_g, d_g = kc.softmax_xent(d, labels)
     l_c, d_c = cpu.softmax_xent(d, labels)
     assert abs(l_g - l_c) < 1e-5
-    np.testing.assert_allclose(d_g, d_c, **TOL)
+    assert_close(d_g, d_c, **TOL)
     xs = [rand(2, 3, 2, 2), rand(2, 1, 2, 2)]
     cat = kc.concat_forward(xs)
     np.testing.assert_array_equal(cat, cpu.concat_forward(xs))
@@ -222,7 +221,7 @@ def test_training_step_matches_cpu():
         results.append((loss, correct, model.grads.copy()))
     (l_c, k_c, g_c), (l_g, k_g, g_g) = results
     assert abs(l_c - l_g) < 1e-5 and k_c == k_g
-    np.testing.assert_allclose(g_g, g_c, rtol=1e-4, atol=1e-5)
+    assert_close(g_g, g_c, rtol=1e-4, scale=1e-5)
 
 
 def test_training_step_keeps_parameters_and_activations_on_the_device():
@@ -246,11 +245,11 @@ def test_training_step_keeps_parameters_and_activations_on_the_device():
         lg, cg = gpu.loss_and_grad(x, y, be_g)
         lc, cc = host.loss_and_grad(x, y, be_c)
         assert abs(lg - lc) < 1e-5 and cg == cc
-        np.testing.assert_allclose(gpu.grads, host.grads, rtol=1e-4, atol=1e-5)
+        assert_close(gpu.grads, host.grads, rtol=1e-4, scale=1e-5)
         for m in (gpu, host):
             m.params -= np.float32(0.1) * m.grads
     assert gpu.device is not None and host.device is None
     w = gpu.layers[0].params["w"]
     assert hasattr(w, "copy_to_host") and not isinstance(w, np.ndarray)
     assert not isinstance(gpu.layers[1]._y, np.ndarray)  # a ReLU output, left on the device
-    np.testing.assert_allclose(gpu.forward(x, be_g), host.forward(x, be_c), rtol=1e-4, atol=1e-5)
+    assert_close(gpu.forward(x, be_g), host.forward(x, be_c), rtol=1e-4, scale=1e-5)

@@ -12,6 +12,7 @@ from hpcnet.errors import ConfigError
 from hpcnet.kernels import cpu, get_backend, reference
 from hpcnet.nn.layers import LRN, Conv2D, Dense, Dropout, Flatten, MaxPool2D, ReLU, Towers
 from hpcnet.nn.model import Model
+from tests.close import assert_close
 from tests.unit.test_layers_grad import _check
 
 RNG = np.random.default_rng(4321)
@@ -65,7 +66,7 @@ def test_grouped_conv_cpu_matches_reference(n, c, h, o, k, stride, pad, groups):
     x, w, b = rand(n, c, h, h), rand(o, c // groups, k, k), rand(o)
     y_ref, cache_ref = reference.conv2d_forward(x, w, b, stride, pad, groups)
     y, cache = cpu.conv2d_forward(x, w, b, stride, pad, groups)
-    np.testing.assert_allclose(y, y_ref, rtol=1e-4, atol=1e-4)
+    assert_close(y, y_ref, rtol=1e-4, scale=1e-4)
     dy = rand(*y.shape)
     grads = {}
     for name, mod, cch in (("ref", reference, cache_ref), ("cpu", cpu, cache)):
@@ -73,7 +74,7 @@ def test_grouped_conv_cpu_matches_reference(n, c, h, o, k, stride, pad, groups):
         dx = mod.conv2d_backward(dy, x.shape, cch, w, stride, pad, dw, db, groups)
         grads[name] = (dx, dw, db)
     for a, r in zip(grads["cpu"], grads["ref"], strict=True):
-        np.testing.assert_allclose(a, r, rtol=1e-4, atol=1e-4)
+        assert_close(a, r, rtol=1e-4, scale=1e-4)
 
 
 @pytest.mark.parametrize("mod", [reference, cpu], ids=["reference", "cpu"])
@@ -106,10 +107,10 @@ def test_grouped_conv_equals_separate_convs_concatenated(mod):
         ys.append(yg)
         dws.append(dwg)
         dbs.append(dbg)
-    np.testing.assert_allclose(y, np.concatenate(ys, axis=1), rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(dx, np.concatenate(dxs, axis=1), rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(dw, np.concatenate(dws), rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(db, np.concatenate(dbs), rtol=1e-5, atol=1e-5)
+    assert_close(y, np.concatenate(ys, axis=1), rtol=1e-5, scale=1e-5)
+    assert_close(dx, np.concatenate(dxs, axis=1), rtol=1e-5, scale=1e-5)
+    assert_close(dw, np.concatenate(dws), rtol=1e-5, scale=1e-5)
+    assert_close(db, np.concatenate(dbs), rtol=1e-5, scale=1e-5)
 
 
 def test_conv_groups_must_divide_channels():
@@ -144,7 +145,7 @@ def test_lrn_equals_naive_formula(size, alpha, beta, k):
     want = _lrn_naive(x, size, alpha, beta, k)
     for mod in (reference, cpu):
         y, scale = mod.lrn_forward(x, size, alpha, beta, k)
-        np.testing.assert_allclose(y, want, rtol=2e-5, atol=1e-6)
+        assert_close(y, want, rtol=2e-5, scale=1e-6)
         assert scale.shape == x.shape and (scale >= k).all()
 
 
@@ -154,11 +155,11 @@ def test_lrn_cpu_backward_matches_reference():
     y_r, s_r = reference.lrn_forward(x, *args)
     y_c, s_c = cpu.lrn_forward(x, *args)
     np.testing.assert_allclose(s_c, s_r, rtol=1e-5)
-    np.testing.assert_allclose(
+    assert_close(
         cpu.lrn_backward(dy, x, y_c, s_c, *args),
         reference.lrn_backward(dy, x, y_r, s_r, *args),
         rtol=1e-4,
-        atol=1e-5,
+        scale=1e-5,
     )
 
 
@@ -190,13 +191,13 @@ def test_towers_of_convs_equal_one_wide_conv(backend):
     wide.layers[0].params["w"][...] = np.concatenate([t0.params["w"], t1.params["w"]])
     wide.layers[0].params["b"][...] = np.concatenate([t0.params["b"], t1.params["b"]])
     x = rand(3, 2, 5, 5)
-    np.testing.assert_allclose(towers.forward(x, be), wide.forward(x, be), rtol=1e-5, atol=1e-5)
+    assert_close(towers.forward(x, be), wide.forward(x, be), rtol=1e-5, scale=1e-5)
     dy = rand(3, 5, 5, 5)
     dx_t = towers.layers[0].backward(dy, be)
     dx_w = wide.layers[0].backward(dy, be)
-    np.testing.assert_allclose(dx_t, dx_w, rtol=1e-5, atol=1e-5)
+    assert_close(dx_t, dx_w, rtol=1e-5, scale=1e-5)
     dw_t = np.concatenate([t0.grads["w"], t1.grads["w"]])
-    np.testing.assert_allclose(dw_t, wide.layers[0].grads["w"], rtol=1e-5, atol=1e-5)
+    assert_close(dw_t, wide.layers[0].grads["w"], rtol=1e-5, scale=1e-5)
 
 
 def test_towers_params_live_in_the_flat_vector_one_range_per_tower():
@@ -247,4 +248,4 @@ def test_softmax_gradient_flushes_subnormals():
     assert abs(loss - ref_loss) < 1e-6
     tiny = (d != 0) & (np.abs(d) < np.finfo(np.float32).tiny)
     assert not tiny.any() and d[0, 1] == 0.0
-    np.testing.assert_allclose(d, ref_d, rtol=1e-5, atol=1e-12)
+    assert_close(d, ref_d, rtol=1e-5, scale=1e-12)

@@ -5,6 +5,7 @@ import pytest
 
 from hpcnet.errors import BackendError
 from hpcnet.kernels import cpu, get_backend, reference
+from tests.close import assert_close
 
 RNG = np.random.default_rng(1234)
 
@@ -26,15 +27,15 @@ def test_conv2d_matches_reference(n, c, h, w, o, k, stride, pad):
     x, wt, b = rand(n, c, h, w), rand(o, c, k, k), rand(o)
     y_ref, cache_ref = reference.conv2d_forward(x, wt, b, stride, pad)
     y, cols = cpu.conv2d_forward(x, wt, b, stride, pad)
-    np.testing.assert_allclose(y, y_ref, rtol=1e-4, atol=1e-4)
+    assert_close(y, y_ref, rtol=1e-4, scale=1e-4)
     dy = rand(*y.shape)
     dw_ref, db_ref = np.empty_like(wt), np.empty_like(b)
     dx_ref = reference.conv2d_backward(dy, x.shape, cache_ref, wt, stride, pad, dw_ref, db_ref)
     dw, db = np.empty_like(wt), np.empty_like(b)
     dx = cpu.conv2d_backward(dy, x.shape, cols, wt, stride, pad, dw, db)
-    np.testing.assert_allclose(dx, dx_ref, rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(dw, dw_ref, rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(db, db_ref, rtol=1e-4, atol=1e-4)
+    assert_close(dx, dx_ref, rtol=1e-4, scale=1e-4)
+    assert_close(dw, dw_ref, rtol=1e-4, scale=1e-4)
+    assert_close(db, db_ref, rtol=1e-4, scale=1e-4)
 
 
 @pytest.mark.parametrize("k,stride", [(2, 2), (3, 2), (3, 1)])
@@ -45,10 +46,10 @@ def test_maxpool_matches_reference(k, stride):
     np.testing.assert_array_equal(y, y_ref)
     np.testing.assert_array_equal(a, a_ref)
     dy = rand(*y.shape)
-    np.testing.assert_allclose(
+    assert_close(
         cpu.maxpool2d_backward(dy, a, x.shape),
         reference.maxpool2d_backward(dy, a_ref, x.shape),
-        atol=1e-6,
+        scale=1e-6,
     )
 
 
@@ -69,20 +70,20 @@ def test_relu_dense_softmax_match_reference():
     y = cpu.relu_forward(x)
     np.testing.assert_array_equal(cpu.relu_backward(dy, y), reference.relu_backward(dy, y))
     w, b = rand(4, 7), rand(4)
-    np.testing.assert_allclose(
-        cpu.dense_forward(x, w, b), reference.dense_forward(x, w, b), rtol=1e-5, atol=1e-5
+    assert_close(
+        cpu.dense_forward(x, w, b), reference.dense_forward(x, w, b), rtol=1e-5, scale=1e-5
     )
     d = rand(5, 4)
     dw1, db1, dw2, db2 = (np.empty_like(w), np.empty_like(b), np.empty_like(w), np.empty_like(b))
     dx1 = cpu.dense_backward(d, x, w, dw1, db1)
     dx2 = reference.dense_backward(d, x, w, dw2, db2)
     for a1, a2 in ((dx1, dx2), (dw1, dw2), (db1, db2)):
-        np.testing.assert_allclose(a1, a2, rtol=1e-5, atol=1e-5)
+        assert_close(a1, a2, rtol=1e-5, scale=1e-5)
     logits, labels = rand(6, 10), RNG.integers(0, 10, 6)
     l1, g1 = cpu.softmax_xent(logits, labels)
     l2, g2 = reference.softmax_xent(logits, labels)
     assert abs(l1 - l2) < 1e-5
-    np.testing.assert_allclose(g1, g2, rtol=1e-5, atol=1e-6)
+    assert_close(g1, g2, rtol=1e-5, scale=1e-6)
 
 
 def test_softmax_xent_against_formula():

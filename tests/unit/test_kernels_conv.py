@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from hpcnet.kernels import cpu, reference
+from tests.close import assert_close
 
 RNG = np.random.default_rng(77)
 
@@ -38,7 +39,7 @@ def test_conv_paths_match_reference(monkeypatch, path, shape):
     y_ref, cache_ref = reference.conv2d_forward(x, wt, b, stride, pad, groups)
     y, cache = cpu.conv2d_forward(x, wt, b, stride, pad, groups)
     assert cache[0] == (path if stride == 1 else "im2col")  # direct: stride 1 only
-    np.testing.assert_allclose(y, y_ref, rtol=1e-4, atol=1e-4)
+    assert_close(y, y_ref, rtol=1e-4, scale=1e-4)
     dy = rand(*y.shape)
     dw_ref, db_ref = np.empty_like(wt), np.empty_like(b)
     dx_ref = reference.conv2d_backward(
@@ -46,9 +47,9 @@ def test_conv_paths_match_reference(monkeypatch, path, shape):
     )
     dw, db = np.empty_like(wt), np.empty_like(b)
     dx = cpu.conv2d_backward(dy, x.shape, cache, wt, stride, pad, dw, db, groups)
-    np.testing.assert_allclose(dx, dx_ref, rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(dw, dw_ref, rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(db, db_ref, rtol=1e-4, atol=1e-4)
+    assert_close(dx, dx_ref, rtol=1e-4, scale=1e-4)
+    assert_close(dw, dw_ref, rtol=1e-4, scale=1e-4)
+    assert_close(db, db_ref, rtol=1e-4, scale=1e-4)
     # without the input gradient: the same parameter gradients, no dx
     y, cache = cpu.conv2d_forward(x, wt, b, stride, pad, groups)
     dw2, db2 = np.empty_like(wt), np.empty_like(b)
@@ -91,7 +92,7 @@ def test_model_gradients_equal_with_and_without_first_layer_input_gradient():
     _, d = be.softmax_xent(logits, y)
     for layer in reversed(model.layers):  # every layer's full backward
         d = layer.backward(d, be)
-    np.testing.assert_allclose(model.grads, fast, rtol=1e-6, atol=1e-7)
+    assert_close(model.grads, fast, rtol=1e-6, scale=1e-7)
 
 
 def test_inference_forwards_reuse_the_im2col_buffer():
@@ -123,9 +124,9 @@ def test_sgd_optimizer_matches_the_numpy_formula():
         g2 = g2 + 1e-3 * p2
         v = 0.9 * v + g2
         p2 = p2 - 0.05 * v
-        np.testing.assert_allclose(g1, g2, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(p1, p2, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(opt.velocity, v, rtol=1e-5, atol=1e-6)
+        assert_close(g1, g2, rtol=1e-5, scale=1e-6)
+    assert_close(p1, p2, rtol=1e-5, scale=1e-6)
+    assert_close(opt.velocity, v, rtol=1e-5, scale=1e-6)
     plain = SGD(n)  # no momentum: p -= lr g
     p3, g3 = rand(n), rand(n)
     want = p3 - np.float32(0.1) * g3
