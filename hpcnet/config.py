@@ -41,6 +41,7 @@ class RunConfig:
     backend: str = "auto"
     threads: int = 0  # compute threads per rank; 0 = cores / ranks on this node
     log_every: int = 0  # steps between progress lines; 0 = ~20 lines per run, >= 1 per epoch
+    verbose: bool = False  # print the whole resolved config at start (it is always in OUT)
 
 
 @dataclass(frozen=True)
@@ -188,6 +189,7 @@ FLAGS: dict[str, tuple[str, str, str]] = {
         "log_every",
         "steps between progress lines (0: ~20 per run, at least 1 per epoch)",
     ),
+    "--verbose": ("run", "verbose", "print the whole resolved config at start"),
     "--lr": ("optim", "lr", "base learning rate"),
     "--momentum": ("optim", "momentum", "SGD momentum in [0, 1)"),
     "--weight-decay": ("optim", "weight_decay", "L2 weight decay"),

@@ -20,7 +20,14 @@ import numpy as np
 from mpi4py import MPI
 from threadpoolctl import threadpool_limits
 
-from hpcnet.comm import allreduce_sum, ranks_on_node, root_then_bcast, same_on_every_rank
+from hpcnet.algos.warmup import compile_kernels
+from hpcnet.comm import (
+    allreduce_sum,
+    ranks_on_node,
+    root_then_bcast,
+    same_on_every_rank,
+    set_error_report,
+)
 from hpcnet.config import Config, replace, save_config
 from hpcnet.data.format import DatasetInfo, open_dataset
 from hpcnet.data.loader import BatchLoader, eval_batches
@@ -67,6 +74,7 @@ class Prepared:
     out: Path
     threads: int
     t_start: float
+    compile_s: float = 0.0  # kernel compilation (or cache loading) before training, seconds
     log: MetricsLog | None = None  # rank 0 only
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -97,6 +105,7 @@ def prepare(cfg: Config, comm: MPI.Intracomm) -> Prepared:
                 f"rows each of the {layout.replicas} replicas gets from {info.path.name}"
             )
     out = root_then_bcast(lambda: make_out_dir(cfg.run.out), comm)
+    set_error_report(out, str(layout.role(comm.Get_rank())))  # OUT/error-rank-K.txt
     cfg = replace(cfg, run={"out": str(out)}, model={"name": model_name})
     node_ranks = ranks_on_node(comm)  # once: threads and the exchanges' spin use it
     threads = set_threads(cfg.run.threads, comm, node_ranks)
@@ -105,6 +114,8 @@ def prepare(cfg: Config, comm: MPI.Intracomm) -> Prepared:
     if comm.Get_rank() == 0:
         save_config(cfg, out / "config.toml")
         prep.log = MetricsLog(out)
+    # compile once per node, before any timing starts (throughput excludes compilation)
+    prep.compile_s, _ = compile_kernels(model, backend, comm, say=comm.Get_rank() == 0)
     return prep
 
 
@@ -127,16 +138,18 @@ def train_loader(prep: Prepared, replica: int) -> BatchLoader:
 
 
 def announce(prep: Prepared, details: str, verbose: bool) -> None:
-    """Rank 0: prints the resolved config and one line describing the run."""
+    """Rank 0: prints one line describing the run and where its config is (the whole
+    resolved config too with ``--verbose``)."""
     if prep.log is None or not verbose:
         return
     info, model = prep.info, prep.model
-    print("# resolved config\n" + prep.cfg.to_toml(), flush=True)
+    if prep.cfg.run.verbose:
+        print("# resolved config\n" + prep.cfg.to_toml(), flush=True)
     print(
         f"hpcnet: {prep.layout.describe()}; data {info.path.name} "
         f"({info.n_train:,} train / {info.n_test:,} test, {info.image_shape}); "
         f"{model.name} {model.n_params:,} params; backend {prep.backend.name}, "
-        f"{prep.threads} thread(s)/rank; {details}",
+        f"{prep.threads} thread(s)/rank; {details}; config in {prep.out / 'config.toml'}",
         flush=True,
     )
 
@@ -213,6 +226,7 @@ def base_summary(prep: Prepared, comm: MPI.Intracomm) -> dict[str, Any]:
         "n_params": prep.model.n_params,
         "backend": prep.backend.name,
         "threads_per_rank": prep.threads,
+        "compile_s": prep.compile_s,
     }
 
 

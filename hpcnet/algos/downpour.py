@@ -248,7 +248,7 @@ def _replica(prep, windows, role, total_steps, spe, part) -> dict[str, Any]:
     stats = np.zeros(3)  # loss sum, correct, samples since the last push
     step = since_push = 0
     failed = False
-    compute_s = 0.0
+    compute_s = first_step_s = 0.0
     t0 = time.perf_counter()
     if replica != 0 and ps.warm_start_steps:
         # Warm start (sec. 4.1): replica 0 trains alone first; the others join later.
@@ -272,6 +272,8 @@ def _replica(prep, windows, role, total_steps, spe, part) -> dict[str, Any]:
                 stats += (loss * len(y), correct, len(y))
                 step += 1
                 since_push += 1
+                if step == 1:  # its forward + backward, reported apart
+                    first_step_s = compute_s
                 if since_push == ps.n_push:
                     client.push(acc, since_push, *stats)
                     acc[:] = 0
@@ -302,6 +304,7 @@ def _replica(prep, windows, role, total_steps, spe, part) -> dict[str, Any]:
             "samples": step * cfg.run.batch_size,
             "failed": failed,
             "compute_s": compute_s,
+            "first_step_s": first_step_s,
             "wall_s": wall,
             "samples_per_s": step * cfg.run.batch_size / wall if wall else 0.0,
         }
@@ -325,6 +328,7 @@ def _summarise(prep, shards, replicas, total_steps, spe, train_s) -> dict[str, A
         "steps_per_epoch": spe,
         "steps_per_replica": total_steps,
         "samples_per_s": samples / train_s if train_s else 0.0,
+        "first_step_s": max((r["first_step_s"] for r in replicas), default=0.0),
         "train_s": train_s,
         "pushes_sent": pushes_sent,
         "pushes_applied_per_shard": applied,

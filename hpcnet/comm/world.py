@@ -11,12 +11,21 @@ Error policy (shared/DESIGN.md, "Faults and bad input"):
   exits with status 2, no MPI_Abort;
 * a user error found on one rank only, or any other exception -> that rank
   prints it and calls ``Abort`` on COMM_WORLD, so no rank is left waiting.
+
+A fatal message must reach the user: the rank writes it to stderr, and also to
+``OUT/error-rank-K.txt`` (host, pid, rank, role, time, traceback) once the run
+has an output directory (:func:`set_error_report`), then waits
+:data:`ABORT_GRACE_S` seconds before ``Abort``, so that the launcher (hydra's
+proxy, Open MPI's prted) has forwarded what the rank wrote before it tears the
+job down.
 """
 
 from __future__ import annotations
 
 import os
+import socket
 import sys
+import time
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -28,6 +37,12 @@ from hpcnet.errors import HpcnetError
 
 T = TypeVar("T")
 _LIBRARY_COMM = None
+
+# Seconds between writing a fatal message and MPI_Abort: the launcher forwards a rank's
+# stderr through a pipe it polls; Abort makes it kill every rank, and an unread pipe is
+# lost. 1 s covers a launcher that waits for a core on a busy node.
+ABORT_GRACE_S = 1.0
+_REPORT: dict[str, Any] = {"dir": None, "role": ""}
 
 
 def library_comm() -> MPI.Intracomm:
@@ -55,11 +70,49 @@ def ranks_on_node(comm: MPI.Intracomm) -> int:
     return n
 
 
+def set_error_report(out_dir: str | os.PathLike | None, role: str = "") -> None:
+    """Where this rank writes the full report of a fatal error (``out_dir/error-rank-K.txt``)
+    and the role it names there (e.g. ``replica 2``). Call it once the run's output
+    directory exists; ``None`` turns the file off."""
+    _REPORT["dir"] = None if out_dir is None else os.fspath(out_dir)
+    _REPORT["role"] = role
+
+
+def _write_report(message: str) -> str | None:
+    """Writes ``message`` with host, pid, rank and role to the report file; returns its path
+    (None when no output directory is set or it cannot be written)."""
+    if _REPORT["dir"] is None:
+        return None
+    path = os.path.join(_REPORT["dir"], f"error-rank-{world_rank()}.txt")
+    try:
+        with open(path, "w") as f:
+            f.write(
+                f"host: {socket.gethostname()}\npid: {os.getpid()}\nrank: {world_rank()} of "
+                f"{world_size()}\nrole: {_REPORT['role'] or '-'}\n"
+                f"time: {time.strftime('%Y-%m-%dT%H:%M:%S%z')}\n\n{message.rstrip()}\n"
+            )
+        return path
+    except OSError:
+        return None
+
+
 def abort(message: str, code: int = 1) -> None:
-    """Prints ``message`` from this rank and aborts every rank of the job."""
-    sys.stderr.write(message.rstrip("\n") + "\n")
+    """Reports ``message`` from this rank (stderr, and the report file when the run has an
+    output directory) and aborts every rank of the job with exit status ``code``.
+
+    The message survives the abort: this rank waits :data:`ABORT_GRACE_S` seconds after
+    writing it, so the launcher forwards it before it kills the job. Never returns.
+    """
+    message = message.rstrip("\n") + "\n"
+    path = _write_report(message)
+    if path is not None:
+        message += f"hpcnet: rank {world_rank()}'s full report: {path}\n"
+    sys.stderr.write(message)
     sys.stderr.flush()
-    MPI.COMM_WORLD.Abort(code)
+    if world_size() > 1:
+        time.sleep(ABORT_GRACE_S)
+        MPI.COMM_WORLD.Abort(code)
+    os._exit(code)
 
 
 def root_then_bcast(fn: Callable[[], T], comm: MPI.Intracomm, root: int = 0) -> T:
@@ -119,11 +172,7 @@ def _excepthook(kind, value, tb) -> None:
             traceback.format_exception(kind, value, tb)
         )
         code = 1
-    sys.stderr.write(msg)
-    sys.stderr.flush()
-    if world_size() > 1:
-        MPI.COMM_WORLD.Abort(code)
-    os._exit(code)
+    abort(msg, code)
 
 
 def install_abort_hook() -> None:
@@ -175,6 +224,35 @@ def wait_polling(
         if on_poll is not None:
             on_poll()
         backoff.sleep()
+
+
+def node_leader_first(
+    fn: Callable[[], T], comm: MPI.Intracomm, timeout: float, what: str
+) -> tuple[T, bool]:
+    """Runs ``fn()`` on one rank per node first, then on that node's other ranks.
+
+    The other ranks of a node wait (sleeping, :func:`wait_polling`) until the node's
+    first rank of ``comm`` has finished ``fn``: e.g. it compiles Numba kernels into
+    the on-disk cache that the others then load instead of compiling the same code
+    at the same time on the same cores. Collective over ``comm``: every rank must call.
+
+    Returns:
+        (``fn()``'s result on this rank, True on the rank that went first).
+    Raises:
+        TimeoutError: the node's first rank took longer than ``timeout`` seconds.
+    """
+    node = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    try:
+        leader = node.Get_rank() == 0
+        if leader:
+            result = fn()
+            node.Ibarrier().Wait()  # the others are already waiting in theirs
+        else:
+            wait_polling(node.Ibarrier(), timeout, what, cap=50e-3)
+            result = fn()
+    finally:
+        node.Free()
+    return result, leader
 
 
 def barrier_polling(

@@ -57,9 +57,14 @@ def write_summary(out_dir: Path, summary: dict[str, Any]) -> Path:
 
 
 def progress_line(rec: dict[str, Any]) -> str:
-    """The line rank 0 prints per logged interval."""
+    """The line rank 0 prints per logged interval (``samples_per_s`` None: an interval
+    holding only the first step, whose time is reported as ``first_step_s``)."""
+    rate = rec.get("samples_per_s")
+    speed = (
+        f"{rate:,.0f} samples/s" if rate is not None else f"first step {rec['first_step_s']:.2f} s"
+    )
     return (
         f"epoch {rec['epoch']:>3}  step {rec['step']:>6}/{rec['total_steps']}  "
         f"loss {rec['loss']:.4f}  acc {rec['accuracy']:.3f}  "
-        f"lr {rec['lr']:.4g}  {rec['samples_per_s']:,.0f} samples/s"
+        f"lr {rec['lr']:.4g}  {speed}"
     )
