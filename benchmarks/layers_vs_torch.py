@@ -4,7 +4,7 @@ For every zoo model of ``--models`` (default mlp, lenet, 2conv, alexnet) and eve
 batch of ``--batches`` (default 64 and 256), two sides run, each in a fresh process
 with the same thread count (``--threads``, default 2):
 
-* ``hpcnet``: the ``cpu`` backend (Numba + OpenBLAS), :func:`hpcnet.algos.common.set_threads`;
+* ``hpcnet``: the ``cpu`` backend (Numba + OpenBLAS), :func:`hpcnet.kernels.set_threads`;
 * ``torch``: PyTorch CPU, ``torch.set_num_threads``; the model is translated layer by
   layer from hpcnet's (same parameters) and checked against hpcnet's NumPy reference
   backend before it is timed (logits, loss and gradients, dropout off).
@@ -139,8 +139,7 @@ def worker_hpcnet(args: argparse.Namespace) -> None:
     import numba
     import numpy as np
 
-    from hpcnet.algos.common import set_threads
-    from hpcnet.kernels import get_backend
+    from hpcnet.kernels import get_backend, set_threads
     from hpcnet.nn.zoo import build_model
     from hpcnet.optim.sgd import SGD
 
@@ -255,8 +254,7 @@ def worker_startup(args: argparse.Namespace) -> None:
     t_import = time.perf_counter()
     import numpy as np
 
-    from hpcnet.algos.common import set_threads
-    from hpcnet.kernels import get_backend
+    from hpcnet.kernels import get_backend, set_threads
     from hpcnet.nn.zoo import build_model
     from hpcnet.optim.sgd import SGD
 

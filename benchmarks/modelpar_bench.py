@@ -149,10 +149,9 @@ def worker_step(args: argparse.Namespace) -> None:
     with the same arguments; rank 0 prints the result)."""
     import numba
 
-    from hpcnet.algos.common import set_threads
     from hpcnet.comm import bcast_
     from hpcnet.comm.world import install_abort_hook, library_comm
-    from hpcnet.kernels import get_backend
+    from hpcnet.kernels import get_backend, set_threads
     from hpcnet.modelpar import partition_model
     from hpcnet.nn.zoo import build_model
 
@@ -228,9 +227,9 @@ def worker_alphabeta(args: argparse.Namespace) -> None:
     raw blocking ``MPI.Allgather``, hpcnet's ``Exchange.allgather`` (polling wait) and
     the same with a blocking ``MPI_Wait``. Every rank runs it; rank 0 prints the medians
     (of the slowest rank of each repetition), in seconds."""
-    from hpcnet.algos.common import set_threads
     from hpcnet.comm.exchange import Exchange
     from hpcnet.comm.world import install_abort_hook, library_comm
+    from hpcnet.kernels import set_threads
 
     install_abort_hook()
     comm = library_comm()

@@ -101,11 +101,10 @@ def worker_hpcnet(args: argparse.Namespace) -> None:
     import numba
     from mpi4py import MPI
 
-    from hpcnet.algos.common import set_threads
     from hpcnet.algos.sync import SyncSGD
     from hpcnet.comm import bcast_
     from hpcnet.comm.world import install_abort_hook, library_comm
-    from hpcnet.kernels import get_backend
+    from hpcnet.kernels import get_backend, set_threads
     from hpcnet.nn.zoo import build_model
     from hpcnet.optim.sgd import SGD
 

@@ -67,6 +67,39 @@ class Layout:
         first = self.coordinators + self.shards + replica * self.partitions
         return list(range(first, first + self.partitions))
 
+    @property
+    def coordinator_rank(self) -> int | None:
+        """World rank of the coordinator (None when the algorithm has none)."""
+        return 0 if self.coordinators else None
+
+    @property
+    def shard_ranks(self) -> list[int]:
+        """World ranks of the parameter shards, shard 0 first."""
+        return list(range(self.coordinators, self.coordinators + self.shards))
+
+    @property
+    def first_replica_rank(self) -> int:
+        """World rank of replica 0's partition 0 (the replicas' ranks follow in order)."""
+        return self.coordinators + self.shards
+
+    @property
+    def n_clients(self) -> int:
+        """Parameter-server clients: one per replica partition (``replicas x partitions``)."""
+        return self.replicas * self.partitions
+
+    def client(self, replica: int, partition: int = 0) -> int:
+        """The client index of one replica partition: ``replica * partitions + partition``
+        (its inbox slot and counter block at every shard)."""
+        return replica * self.partitions + partition
+
+    def client_of_rank(self, rank: int) -> int:
+        """The client index of world rank ``rank`` (a replica rank)."""
+        return rank - self.first_replica_rank
+
+    def rank_of_client(self, client: int) -> int:
+        """The world rank of client ``client``."""
+        return self.first_replica_rank + client
+
     def describe(self) -> str:
         """One line, e.g. ``4 ranks: 4 replicas (sync)``."""
         parts = []

@@ -9,16 +9,13 @@ prints and writes the results files on rank 0.
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numba
 import numpy as np
 from mpi4py import MPI
-from threadpoolctl import threadpool_limits
 
 from hpcnet.algos.warmup import compile_kernels
 from hpcnet.comm import (
@@ -34,32 +31,12 @@ from hpcnet.data.loader import BatchLoader, eval_batches
 from hpcnet.data.registry import resolve_data
 from hpcnet.errors import ConfigError
 from hpcnet.kernels import Backend, get_backend
+from hpcnet.kernels.threads import set_threads
 from hpcnet.layout import Layout, layout_for
 from hpcnet.modelpar import check_partitions
 from hpcnet.nn.model import Model
 from hpcnet.nn.zoo import build_model, default_model
 from hpcnet.run.metrics import MetricsLog, make_out_dir, write_summary
-
-
-def set_threads(
-    threads: int, comm: MPI.Intracomm | None = None, node_ranks: int | None = None
-) -> int:
-    """Sets the compute threads of this rank (Numba parallel loops and BLAS); returns them.
-
-    ``threads == 0`` means this node's cores divided by its ranks of ``comm`` (at
-    least 1; ``comm`` defaults to COMM_WORLD). Then, unless ``node_ranks`` gives that
-    count, it is collective over ``comm`` (it counts the ranks per node), so every rank
-    must call it with the same ``threads``.
-    """
-    import hpcnet.kernels.cpu  # noqa: F401  (picks Numba's threading layer before it starts)
-
-    if threads == 0:
-        if node_ranks is None:
-            node_ranks = ranks_on_node(comm or MPI.COMM_WORLD)
-        threads = max(1, (os.cpu_count() or 1) // node_ranks)
-    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
-    threadpool_limits(limits=threads)
-    return threads
 
 
 @dataclass
@@ -108,7 +85,7 @@ def prepare(cfg: Config, comm: MPI.Intracomm) -> Prepared:
     set_error_report(out, str(layout.role(comm.Get_rank())))  # OUT/error-rank-K.txt
     cfg = replace(cfg, run={"out": str(out)}, model={"name": model_name})
     node_ranks = ranks_on_node(comm)  # once: threads and the exchanges' spin use it
-    threads = set_threads(cfg.run.threads, comm, node_ranks)
+    threads = set_threads(cfg.run.threads, node_ranks)
     prep = Prepared(cfg, layout, backend, info, model, out, threads, t_start)
     prep.extra["node_ranks"] = node_ranks
     if comm.Get_rank() == 0:

@@ -28,7 +28,6 @@ from hpcnet.algos.common import (
     model_parallel_summary,
     prepare,
     report,
-    set_threads,
     train_loader,
 )
 from hpcnet.algos.sync import SyncSGD
@@ -40,7 +39,7 @@ from hpcnet.optim.schedules import lr_at, scaled_lr
 from hpcnet.optim.sgd import SGD
 from hpcnet.run.metrics import progress_line
 
-__all__ = ["train", "set_threads"]
+__all__ = ["train"]
 
 
 def train(cfg: Config, comm: MPI.Intracomm, verbose: bool = True) -> dict[str, Any]:

@@ -1,25 +1,35 @@
 """The only code that touches raw MPI: the library communicator, sub-communicators
 for roles, collectives on flat buffers, and abort-on-exception."""
 
-from hpcnet.comm.world import (
+from hpcnet.comm.waits import (
     Backoff,
-    abort,
+    Deadlines,
     barrier_polling,
+    node_leader_first,
+    poll_until,
+    probe_polling,
+    recv_polling,
+    wait_polling,
+)
+from hpcnet.comm.world import (
+    abort,
     exit_on_error,
     install_abort_hook,
     library_comm,
-    node_leader_first,
     ranks_on_node,
     root_then_bcast,
     same_on_every_rank,
     set_error_report,
-    wait_polling,
     world_rank,
     world_size,
 )
 
 __all__ = [
     "Backoff",
+    "Deadlines",
+    "poll_until",
+    "probe_polling",
+    "recv_polling",
     "barrier_polling",
     "wait_polling",
     "abort",

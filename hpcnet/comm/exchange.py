@@ -33,7 +33,8 @@ from dataclasses import dataclass
 import numpy as np
 from mpi4py import MPI
 
-from hpcnet.comm.world import ranks_on_node, wait_polling
+from hpcnet.comm.waits import wait_polling
+from hpcnet.comm.world import ranks_on_node
 
 SPIN_S = 5e-3  # seconds of back-to-back tests before sleeping, a core per rank
 SPIN_OVERSUBSCRIBED_S = 50e-6  # ... and when ranks outnumber cores

@@ -131,3 +131,10 @@ def get_backend(name: str = "auto", *, allow_simulator: bool = False) -> Backend
         if why:
             raise BackendError(f"--backend cuda: {why}; use --backend cpu")
     return Backend(name, importlib.import_module(f"hpcnet.kernels.{name}"))
+
+
+def set_threads(threads: int, node_ranks: int = 1) -> int:
+    """Sets this rank's compute threads; see :func:`hpcnet.kernels.threads.set_threads`."""
+    from hpcnet.kernels.threads import set_threads as _set
+
+    return _set(threads, node_ranks)
