@@ -7,10 +7,11 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from hpcnet.errors import BackendError, ConfigError
-from hpcnet.kernels import OPS, cpu, get_backend, reference
+from hpcnet.kernels import OPS, cpu, cuda_available, cuda_simulator, get_backend, reference
 
 
 def test_every_op_exists_in_every_host_backend():
@@ -18,10 +19,37 @@ def test_every_op_exists_in_every_host_backend():
         assert callable(getattr(cpu, op)) and callable(getattr(reference, op)), op
 
 
+def test_every_op_exists_in_the_cuda_module():
+    if importlib.util.find_spec("numba_cuda") is None:
+        pytest.skip("numba-cuda is not installed (pip install 'hpcnet[cuda]')")
+    kc = importlib.import_module("hpcnet.kernels.cuda")  # imports without a GPU too
+    for op in OPS:
+        assert callable(getattr(kc, op)), op
+    assert kc.LAUNCH.threads > 0 and callable(kc.gemm)
+
+
 def test_cuda_needs_a_gpu_and_never_falls_back():
-    with pytest.raises(BackendError, match="--backend cuda: .*use --backend cpu"):
-        get_backend("cuda")  # no GPU on the CI machines
-    assert get_backend("auto").name in ("cpu", "cuda")
+    """``cuda`` runs only where numba-cuda finds a GPU, and ``auto`` picks it exactly there;
+    elsewhere asking for ``cuda`` is an error that says what is missing."""
+    numba_cuda = importlib.util.find_spec("numba_cuda") is not None
+    if numba_cuda and cuda_available():
+        from hpcnet.kernels import cuda as kc
+
+        backend = get_backend("cuda")
+        assert backend.name == "cuda" and backend.relu_forward is kc.relu_forward
+        x = np.linspace(-1, 1, 12, dtype=np.float32).reshape(3, 4)
+        np.testing.assert_array_equal(backend.relu_forward(x), cpu.relu_forward(x))
+        assert get_backend("auto").name == "cuda"
+        return
+    if not numba_cuda:
+        missing = "the numba-cuda package is not installed"
+    elif cuda_simulator():
+        missing = "NUMBA_ENABLE_CUDASIM=1 selects Numba's CUDA simulator"
+    else:
+        missing = "no CUDA GPU found"
+    with pytest.raises(BackendError, match=f"--backend cuda: {missing}.*; use --backend cpu"):
+        get_backend("cuda")
+    assert get_backend("auto").name == "cpu"
 
 
 def test_cuda_simulator_only_on_request():
