@@ -4,9 +4,15 @@
 * a quiet machine: :func:`wait_for_idle` before a run, and :class:`Disturbance`,
   which measures from ``/proc/stat`` how much CPU other jobs took during the run
   (this project's machines have 2 vCPUs and are shared);
+* running one worker job on a quiet machine: :func:`run_job`, :func:`run_for_result`;
 * what the run ran on: :func:`cpu_model`, :func:`versions`, :func:`env_info`,
-  :func:`blas_info`;
-* the ``RESULT {json}`` line a worker prints and its driver parses.
+  :func:`blas_info`, :func:`uncommitted`;
+* the ``RESULT {json}`` line a worker prints and its driver parses;
+* a worker's start: :func:`mpi_worker` (abort hook, communicator, threads) and
+  :func:`model_worker` (the same, plus data batches and a zoo model broadcast from
+  rank 0);
+* summaries: :func:`clean_runs`, :func:`med`, :func:`table_head`;
+* a script's ``main``: :func:`dispatch` (worker or driver).
 
 The scripts run as ``python benchmarks/NAME.py``, so this folder is on ``sys.path``
 and they ``import _common``.
@@ -19,10 +25,13 @@ import os
 import platform
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 RESULT_TAG = "RESULT "
 IDLE_ENOUGH = 0.8  # machine idle fraction for a run to start (and count) as undisturbed
@@ -173,6 +182,80 @@ def disturbance(r: dict) -> str:
     )
 
 
+def run_job(
+    cmd: list[str],
+    what: str,
+    prog: str,
+    *,
+    timeout: float,
+    wait_idle: float,
+    env: dict[str, str] | None = None,
+) -> tuple[subprocess.CompletedProcess, dict]:
+    """Runs one child job (``mpiexec ...`` or ``python ...``) to completion on a quiet
+    machine, its output captured.
+
+    Args:
+        cmd: the command line.
+        what: names the job in progress and error messages (e.g. ``ps hpcnet n=100000``).
+        prog: the benchmark's name, the first word of an error message.
+        timeout: seconds the job may run.
+        wait_idle: seconds to wait first for an idle machine (:class:`Disturbance`).
+        env: the job's environment (default: this process's).
+
+    Returns:
+        (the completed process, :meth:`Disturbance.finish`'s figures).
+
+    Exits (``sys.exit``) with the command and the tails of its output if the job times
+    out or fails.
+    """
+    measure = Disturbance(wait_idle).start()
+    try:
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        sys.exit(f"{prog}: {what} did not finish in {timeout:.0f} s: " + " ".join(cmd))
+    m = measure.finish()
+    if proc.returncode != 0:
+        sys.exit(
+            f"{prog}: {what} failed (exit {proc.returncode}): {' '.join(cmd)}\n"
+            f"--- stdout\n{proc.stdout[-3000:]}\n--- stderr\n{proc.stderr[-3000:]}"
+        )
+    return proc, m
+
+
+def run_for_result(cmd: list[str], what: str, prog: str, **kw) -> dict:
+    """:func:`run_job` for a worker that prints a ``RESULT {json}`` line: returns that
+    result with the disturbance figures added; exits if there is none. Keyword
+    arguments as :func:`run_job`'s."""
+    proc, m = run_job(cmd, what, prog, **kw)
+    result = parse_result(proc.stdout)
+    if result is None:
+        sys.exit(
+            f"{prog}: {what} printed no result: {' '.join(cmd)}\n"
+            f"--- stdout\n{proc.stdout[-3000:]}\n--- stderr\n{proc.stderr[-3000:]}"
+        )
+    result.update(m)
+    return result
+
+
+def clean_runs(every: list[dict]) -> list[dict]:
+    """The undisturbed runs (``clean``) of ``every``, or all of them if none was."""
+    return [r for r in every if r["clean"]] or every
+
+
+def med(values) -> float:
+    """The median of ``values`` (any iterable of numbers), as a float."""
+    return float(statistics.median(values))
+
+
+def table_head(head: str, title: str | None = None) -> None:
+    """Prints a text table's ``title`` (a blank line, then ``## title``) if given, its
+    header line and a rule of dashes as long as the header."""
+    if title is not None:
+        print(f"\n## {title}")
+    print(head)
+    print("-" * len(head))
+
+
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -206,6 +289,30 @@ def versions(packages: tuple[str, ...] = DEFAULT_PACKAGES) -> dict:
     except (OSError, subprocess.SubprocessError):
         out["hpcnet_git"] = None
     return out
+
+
+def uncommitted(folder: str = "hpcnet") -> list[str] | None:
+    """Files under ``folder`` of the checkout that differ from the commit in
+    :func:`versions` (``git status``): the figures were measured on this working tree.
+    None where git cannot tell."""
+    try:
+        out = subprocess.run(
+            [
+                "git",
+                "-C",
+                str(Path(__file__).resolve().parents[1]),
+                "status",
+                "--porcelain",
+                "--",
+                folder,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return [line[3:] for line in out.splitlines()]
 
 
 def run_meta() -> dict:
@@ -258,3 +365,103 @@ def train_batches(data: str, rows: int, batch: int):
         x.reshape(rows // batch, batch, *x.shape[1:]),
         labels.reshape(rows // batch, batch).astype(np.int64),
     )
+
+
+def add_json_flags(parser, replay_help: str) -> None:
+    """Adds ``--json PATH`` (write every raw figure there) and ``--from-json PATH``
+    (measure nothing, report from an earlier ``--json`` file; ``replay_help`` says
+    what the script does then) to a driver's argparse parser."""
+    parser.add_argument("--json", default=None, help="write every raw figure here")
+    parser.add_argument("--from-json", default=None, help=replay_help)
+
+
+def dispatch(args, driver, **workers) -> None:
+    """A script's ``main``: runs ``workers[args.worker]`` in a worker process (the
+    hidden ``--worker KIND`` flag with which a driver launches its own jobs), else
+    ``driver``; each is called with ``args``."""
+    (workers[args.worker] if getattr(args, "worker", None) else driver)(args)
+
+
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def mpi_worker(threads: int | None = None) -> tuple[Any, int | None]:
+    """The start of an SPMD benchmark worker: installs hpcnet's abort hook (an
+    exception on one rank aborts the job instead of leaving the others waiting) and
+    takes hpcnet's library communicator; with ``threads``, also sets this rank's
+    compute threads (:func:`hpcnet.kernels.set_threads`; 0: the node's cores shared
+    among the ranks on it).
+
+    Every rank of the job must call it, with the same ``threads``: setting threads
+    counts the ranks on this node, a collective over the communicator.
+
+    Returns:
+        (comm, threads): the communicator, and the threads set (None if not asked).
+    """
+    from hpcnet.comm import install_abort_hook, library_comm, ranks_on_node
+    from hpcnet.kernels import set_threads
+
+    install_abort_hook()
+    comm = library_comm()
+    if threads is None:
+        return comm, None
+    return comm, set_threads(threads, ranks_on_node(comm))
+
+
+@dataclass
+class ModelWorker:
+    """What :func:`model_worker` set up on this rank."""
+
+    comm: Any  # hpcnet's library communicator (mpi4py Intracomm)
+    rank: int
+    world_size: int
+    threads: int  # compute threads of this rank
+    backend: Any  # hpcnet's ``cpu`` kernel backend
+    xs: Any  # (n_batches, batch, C, H, W) float32
+    ys: Any  # (n_batches, batch) int64
+    model: Any  # the zoo model, parameters equal on every rank
+
+
+def model_worker(
+    model: str,
+    data: str,
+    rows: int,
+    batch: int,
+    threads: int,
+    seed: int,
+    same_dropout: bool,
+) -> ModelWorker:
+    """The start of a worker that trains or times a zoo model on real data, SPMD:
+    :func:`mpi_worker` (abort hook, communicator, ``threads``), the ``cpu`` backend,
+    the first ``rows`` training rows of ``data`` in batches of ``batch``
+    (:func:`train_batches`), then ``model`` built for them, initialised from ``seed``
+    on rank 0 and broadcast to every rank.
+
+    Every rank of the job must call it with the same arguments (collective: the thread
+    setting and the broadcast).
+
+    Args:
+        same_dropout: every rank draws the same dropout masks (the partitions of one
+            replica) rather than its own (data-parallel replicas).
+    """
+    from hpcnet.comm import bcast_
+    from hpcnet.kernels import get_backend
+    from hpcnet.nn.zoo import build_model
+
+    comm, threads = mpi_worker(threads)
+    rank = comm.Get_rank()
+    backend = get_backend("cpu")
+    xs, ys = train_batches(data, rows, batch)
+    net = build_model(model, xs.shape[2:], 10)
+    if rank == 0:
+        net.init(seed)
+    bcast_(net.params, comm)
+    net.seed_dropout(seed, 0 if same_dropout else rank)
+    return ModelWorker(comm, rank, comm.Get_size(), threads, backend, xs, ys, net)

@@ -6,6 +6,38 @@ Imports torch only inside the functions (the drivers run without it).
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+
+TORCH_MISSING = (
+    "{prog}: PyTorch is not installed in this Python ({exe}); it is a benchmark-only "
+    "dependency, not an hpcnet one. Install the CPU build with:\n"
+    "    pip install torch==2.13.0"
+)
+
+
+def require_torch(prog: str) -> None:
+    """Exits, saying how to install it, if PyTorch is not installed (checked without
+    importing it)."""
+    if importlib.util.find_spec("torch") is None:
+        sys.exit(TORCH_MISSING.format(prog=prog, exe=sys.executable))
+
+
+def peer(name: str, in_shape: tuple, seed: int, x, y) -> tuple:
+    """hpcnet's zoo model ``name`` (10 classes) initialised from ``seed``, and its
+    PyTorch translation, checked against hpcnet's reference backend on the batch
+    ``x`` (N, C, H, W) float32, ``y`` (N,) int64 (:func:`check_identical`).
+
+    Returns:
+        (hpcnet model, ``torch.nn.Sequential``, the check's relative errors).
+    """
+    from hpcnet.nn.zoo import build_model
+
+    hp_model = build_model(name, in_shape, 10)
+    hp_model.init(seed)
+    net = torch_model(hp_model)
+    return hp_model, net, check_identical(hp_model, net, x, y, seed)
+
 
 def torch_model(hp_model):
     """hpcnet's model as a ``torch.nn.Sequential`` with the same parameter values.

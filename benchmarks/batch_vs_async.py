@@ -8,7 +8,10 @@ loss curve comes from the longest run's metrics.jsonl, each run adds one
 (wall time, test accuracy) point from its summary.json. Runs wait for an idle
 machine and record how much CPU other jobs took (``_common.Disturbance``).
 
-    python benchmarks/batch_vs_async.py [--ranks 5] [--model mlp] [--png OUT.png]
+    python -m hpcnet bench batch [--ranks 5] [--model mlp] [--png OUT.png]
+    python benchmarks/batch_vs_async.py ...   # the same
+
+Needs matplotlib for the plot (a benchmark-only dependency).
 """
 
 from __future__ import annotations
@@ -16,13 +19,12 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import _common
+import _driver
 
 PROG = "batch_vs_async"
 HERE = Path(__file__).resolve().parent
@@ -38,16 +40,13 @@ def algos(ranks: int) -> dict[str, list[str]]:
 
 
 def run(mpiexec, ranks, flags, out, timeout, wait_idle) -> dict:
-    cmd = [mpiexec, "-n", str(ranks), sys.executable, "-m", "hpcnet", "train",
-           "--out", str(out), *flags]  # fmt: skip
-    m = _common.Disturbance(wait_idle).start()
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    d = m.finish()
-    if p.returncode:
-        sys.exit(f"{PROG}: failed: {' '.join(cmd)}\n{p.stdout[-2000:]}\n{p.stderr[-2000:]}")
-    summary = json.loads((out / "summary.json").read_text())
-    recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    curve = [(r["elapsed_s"], r["loss"]) for r in recs if "loss" in r and "event" not in r]
+    """One ``python -m hpcnet train`` job writing to ``out``: its test figures, its
+    training loss curve [(elapsed s, loss)] and how quiet the machine was (whose
+    ``wall_s``, the job's wall time, replaces summary.json's)."""
+    cmd = _driver.train_cmd(mpiexec, ranks, out, flags)
+    _, d = _common.run_job(cmd, out.name, PROG, timeout=timeout, wait_idle=wait_idle)
+    summary, recs = _driver.read_run(out)
+    curve = [(r["elapsed_s"], r["loss"]) for r in recs]
     return {
         "flags": flags,
         "test_accuracy": summary["test_accuracy"],
@@ -60,11 +59,7 @@ def run(mpiexec, ranks, flags, out, timeout, wait_idle) -> dict:
 
 
 def plot(results: dict, png: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _common.pyplot()
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.2))
     for name, runs in results.items():
         longest = max(runs, key=lambda r: r["wall_s"])
@@ -99,7 +94,7 @@ def main() -> None:
     ap.add_argument("--epochs", default="1,2,4", help="budgets for sync and downpour")
     ap.add_argument("--passes", default="4,8,16", help="budgets for sandblaster")
     ap.add_argument("--timeout", type=float, default=900)
-    ap.add_argument("--wait-idle", type=float, default=60)
+    _common.add_wait_idle(ap)
     ap.add_argument("--png", type=Path, default=HERE / "batch_vs_async.png")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()

@@ -47,37 +47,33 @@ import time
 T_PROCESS = time.perf_counter()  # before any other import: the start-up figure's origin
 
 import argparse  # noqa: E402
-import importlib.util  # noqa: E402
 import json  # noqa: E402
 import statistics  # noqa: E402
-import subprocess  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from _common import (  # noqa: E402
-    Disturbance,
     add_wait_idle,
     blas_info,
+    clean_runs,
+    dispatch,
     disturbance,
     emit,
     env_info,
-    parse_result,
+    run_for_result,
     run_meta,
+    table_head,
     versions,
 )
-from _torch_peer import check_identical, torch_model  # noqa: E402
+from _torch_peer import peer, require_torch  # noqa: E402
 
+PROG = "layers_vs_torch"
 SEED = 0
 LR = 0.01
 MOMENTUM = 0.9
 CLASSES = 10
 SHAPE = (1, 28, 28)
 N_BATCHES = 4  # distinct pre-made batches the steps cycle through
-TORCH_MISSING = (
-    "layers_vs_torch: PyTorch is not installed in this Python ({exe}); it is a "
-    "benchmark-only dependency, not an hpcnet one. Install the CPU build with:\n"
-    "    pip install torch==2.13.0"
-)
 
 
 # --------------------------------------------------------------------------- shared
@@ -187,21 +183,15 @@ def worker_hpcnet(args: argparse.Namespace) -> None:
 
 
 def worker_torch(args: argparse.Namespace) -> None:
-    if importlib.util.find_spec("torch") is None:
-        sys.exit(TORCH_MISSING.format(exe=sys.executable))
+    require_torch(PROG)
     import numpy as np
     import torch
     import torch.nn.functional as F
 
-    from hpcnet.nn.zoo import build_model
-
     torch.set_num_threads(args.threads)
     torch.manual_seed(SEED)
     xs, ys = make_batches(args.batch)
-    hp_model = build_model(args.model, SHAPE, CLASSES)
-    hp_model.init(SEED)
-    net = torch_model(hp_model)
-    check = check_identical(hp_model, net, xs[0, :8], ys[0, :8], SEED)
+    hp_model, net, check = peer(args.model, SHAPE, SEED, xs[0, :8], ys[0, :8])
     opt = torch.optim.SGD(net.parameters(), lr=LR, momentum=MOMENTUM)
     tx, ty = torch.from_numpy(xs), torch.from_numpy(ys)
 
@@ -292,25 +282,11 @@ def worker_startup(args: argparse.Namespace) -> None:
 def run_worker(kind: str, extra: list[str], args: argparse.Namespace) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", kind,
            "--threads", str(args.threads), "--clock", args.clock, *extra]  # fmt: skip
-    measure = Disturbance(args.wait_idle).start()
-    t0 = time.perf_counter()
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
-    except subprocess.TimeoutExpired:
-        sys.exit(f"layers_vs_torch: did not finish in {args.timeout} s: {' '.join(cmd)}")
-    wall = time.perf_counter() - t0
-    result = parse_result(proc.stdout)
-    if proc.returncode != 0 or result is None:
-        sys.exit(
-            f"layers_vs_torch: failed (exit {proc.returncode}): {' '.join(cmd)}\n"
-            f"--- stdout\n{proc.stdout[-3000:]}\n--- stderr\n{proc.stderr[-3000:]}"
-        )
-    result.update(process_wall_s=wall, **measure.finish())
+    result = run_for_result(
+        cmd, f"{kind} worker", PROG, timeout=args.timeout, wait_idle=args.wait_idle
+    )
+    result["process_wall_s"] = result["wall_s"]  # the worker process's wall time
     return result
-
-
-def _used(runs: list[dict]) -> list[dict]:
-    return [r for r in runs if r["clean"]] or runs
 
 
 def summarize(runs: list[dict], models: list[str], batches: list[int]) -> tuple[list, list]:
@@ -327,7 +303,7 @@ def summarize(runs: list[dict], models: list[str], batches: list[int]) -> tuple[
                     if r["model"] == model and r["batch"] == batch and r["framework"] == fw
                 ]
                 if every:
-                    sides[fw] = (_used(every), every)
+                    sides[fw] = (clean_runs(every), every)
             if not sides:
                 continue
             row = {"model": model, "batch": batch}
@@ -365,9 +341,7 @@ def print_tables(steps: list, layers: list, threads: int) -> None:
         f"\n# training step (forward + backward + SGD), {threads} thread(s), samples/s "
         f"(median step)"
     )
-    head = f"{'model':<8} {'batch':>5} {'hpcnet':>9} {'torch':>9} {'hpcnet/torch':>12}  runs"
-    print(head)
-    print("-" * len(head))
+    table_head(f"{'model':<8} {'batch':>5} {'hpcnet':>9} {'torch':>9} {'hpcnet/torch':>12}  runs")
     for r in steps:
         ratio = f"{r['ratio']:.2f}" if "ratio" in r else "-"
         print(
@@ -377,9 +351,9 @@ def print_tables(steps: list, layers: list, threads: int) -> None:
         )
     if layers:
         print("\n# per layer, forward + backward, median ms ('speed-up' = torch ms / hpcnet ms)")
-        head = f"{'model':<8} {'batch':>5} {'layer':<34} {'hpcnet':>8} {'torch':>8} {'speed-up':>8}"
-        print(head)
-        print("-" * len(head))
+        table_head(
+            f"{'model':<8} {'batch':>5} {'layer':<34} {'hpcnet':>8} {'torch':>8} {'speed-up':>8}"
+        )
         for r in layers:
             ratio = f"{r['ratio']:.2f}" if "ratio" in r else "-"
             print(
@@ -395,18 +369,18 @@ def driver(args: argparse.Namespace) -> None:
     models = [m for m in args.models.split(",") if m]
     unknown = [m for m in models if m not in MODELS]
     if unknown or not models:
-        sys.exit(f"layers_vs_torch: --models {args.models!r}: choose from {', '.join(MODELS)}")
+        sys.exit(f"{PROG}: --models {args.models!r}: choose from {', '.join(MODELS)}")
     try:
         batches = [int(b) for b in args.batches.split(",") if b]
     except ValueError:
         batches = []
     if not batches or min(batches) < 1 or args.repeats < 1 or args.threads < 1:
-        sys.exit("layers_vs_torch: need --batches of positive ints, --repeats >= 1, --threads >= 1")
+        sys.exit(f"{PROG}: need --batches of positive ints, --repeats >= 1, --threads >= 1")
     sides = [s for s in args.sides.split(",") if s]
     if not set(sides) <= {"hpcnet", "torch"} or not sides:
-        sys.exit("layers_vs_torch: --sides is a comma-separated subset of hpcnet,torch")
-    if "torch" in sides and importlib.util.find_spec("torch") is None:
-        sys.exit(TORCH_MISSING.format(exe=sys.executable))
+        sys.exit(f"{PROG}: --sides is a comma-separated subset of hpcnet,torch")
+    if "torch" in sides:
+        require_torch(PROG)
     meta = {
         **run_meta(),
         "versions": versions(),
@@ -521,16 +495,9 @@ def main(argv: list[str] | None = None) -> None:
         set_blas_env_defaults()  # as python -m hpcnet does, before NumPy loads
     if args.clock == "cpu":
         if args.threads != 1:
-            sys.exit("layers_vs_torch: --clock cpu needs --threads 1 (CPU time adds threads up)")
+            sys.exit(f"{PROG}: --clock cpu needs --threads 1 (CPU time adds threads up)")
         CLOCK = time.process_time
-    if args.worker == "hpcnet":
-        worker_hpcnet(args)
-    elif args.worker == "torch":
-        worker_torch(args)
-    elif args.worker == "startup":
-        worker_startup(args)
-    else:
-        driver(args)
+    dispatch(args, driver, hpcnet=worker_hpcnet, torch=worker_torch, startup=worker_startup)
 
 
 if __name__ == "__main__":

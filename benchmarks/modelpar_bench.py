@@ -50,27 +50,30 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 from _common import (
-    Disturbance,
+    add_json_flags,
     add_wait_idle,
     blas_info,
+    clean_runs,
+    dispatch,
     disturbance,
     emit,
     env_info,
+    med,
+    model_worker,
+    mpi_worker,
     mpiexec_path,
-    parse_result,
+    run_for_result,
     run_meta,
-    train_batches,
     versions,
 )
 
+PROG = "modelpar_bench"
 SEED = 0
 CORES = 2  # ranks x threads of every run (this project's machines have 2 vCPUs)
 N_BATCHES = 8  # distinct input batches, cycled
@@ -149,23 +152,14 @@ def worker_step(args: argparse.Namespace) -> None:
     with the same arguments; rank 0 prints the result)."""
     import numba
 
-    from hpcnet.comm import bcast_
-    from hpcnet.comm.world import install_abort_hook, library_comm
-    from hpcnet.kernels import get_backend, set_threads
     from hpcnet.modelpar import partition_model
-    from hpcnet.nn.zoo import build_model
 
-    install_abort_hook()  # an exception on one rank aborts the job instead of hanging it
-    comm = library_comm()
-    rank, size = comm.Get_rank(), comm.Get_size()
-    threads = set_threads(args.threads)
-    backend = get_backend("cpu")
-    xs, ys = train_batches(args.data, N_BATCHES * args.batch, args.batch)
-    model = build_model(args.model, xs.shape[2:], 10)
-    if rank == 0:
-        model.init(SEED)
-    bcast_(model.params, comm)
-    model.seed_dropout(SEED, 0)
+    # one replica: every partition draws the same dropout masks
+    w = model_worker(
+        args.model, args.data, N_BATCHES * args.batch, args.batch, args.threads, SEED, True
+    )
+    comm, rank, size = w.comm, w.rank, w.world_size
+    backend, xs, ys, model = w.backend, w.xs, w.ys, w.model
     ex, net = None, model
     if size > 1:
         ex = timed_exchange_class()(comm, blocking=args.wait == "blocking")
@@ -200,7 +194,7 @@ def worker_step(args: argparse.Namespace) -> None:
     emit(
         {
             "world_size": size,
-            "threads": threads,
+            "threads": w.threads,
             "n_params": model.n_params,
             "micro_batches": micro,
             "step_ms": float(np.median(step_s) * 1e3),
@@ -228,13 +222,9 @@ def worker_alphabeta(args: argparse.Namespace) -> None:
     the same with a blocking ``MPI_Wait``. Every rank runs it; rank 0 prints the medians
     (of the slowest rank of each repetition), in seconds."""
     from hpcnet.comm.exchange import Exchange
-    from hpcnet.comm.world import install_abort_hook, library_comm
-    from hpcnet.kernels import set_threads
 
-    install_abort_hook()
-    comm = library_comm()
+    comm, _ = mpi_worker(threads=1)
     rank, size = comm.Get_rank(), comm.Get_size()
-    set_threads(1)
     exs = {"exchange": Exchange(comm), "exchange-blocking": timed_exchange_class()(comm, 300, True)}
     out: dict[str, list[float]] = {"raw": [], "exchange": [], "exchange-blocking": []}
     for nbytes in SIZES:
@@ -264,21 +254,9 @@ def worker_alphabeta(args: argparse.Namespace) -> None:
 
 
 def run_job(cmd: list[str], what: str, args: argparse.Namespace) -> dict:
-    """Runs one worker job under ``Disturbance``; returns its result plus the
+    """Runs one worker job on a quiet machine; returns its result plus the
     disturbance figures; exits with the job's output if it fails."""
-    measure = Disturbance(args.wait_idle).start()
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
-    except subprocess.TimeoutExpired:
-        sys.exit(f"modelpar_bench: {what} did not finish in {args.timeout} s: " + " ".join(cmd))
-    result = parse_result(proc.stdout)
-    if proc.returncode != 0 or result is None:
-        sys.exit(
-            f"modelpar_bench: {what} failed (exit {proc.returncode}): {' '.join(cmd)}\n"
-            f"--- stdout\n{proc.stdout[-3000:]}\n--- stderr\n{proc.stderr[-3000:]}"
-        )
-    result.update(measure.finish())
-    return result
+    return run_for_result(cmd, what, PROG, timeout=args.timeout, wait_idle=args.wait_idle)
 
 
 def configs(args: argparse.Namespace) -> tuple[list[tuple[str, str, int, str]], list[str]]:
@@ -326,16 +304,12 @@ def fit_alpha_beta(sizes: list[int], times: list[float]) -> tuple[float, float]:
     return float(alpha), float(1.0 / slope)
 
 
-def med(values: list[float]) -> float:
-    return float(statistics.median(values))
-
-
 def summarize(runs: list[dict]) -> dict[tuple[str, str, int], dict]:
     """Per (model, scheme, M): medians over the undisturbed runs (all if none was)."""
     rows: dict[tuple[str, str, int], dict] = {}
     for key in dict.fromkeys((r["model"], r["scheme"], r["M"], r["wait"]) for r in runs):
         every = [r for r in runs if (r["model"], r["scheme"], r["M"], r["wait"]) == key]
-        used = [r for r in every if r["clean"]] or every
+        used = clean_runs(every)
         first = used[0]
         cpu = [med([r["compute_cpu_ms"][p] for r in used]) for p in range(key[2])]
         coll, nrecv = first["n_coll"], first["n_recv"]
@@ -492,20 +466,20 @@ def driver(args: argparse.Namespace) -> None:
     args.schemes = [s for s in args.schemes.split(",") if s]
     args.waits = [w for w in args.waits.split(",") if w]
     if not args.waits or any(w not in ("polling", "blocking") for w in args.waits):
-        sys.exit("modelpar_bench: --waits: polling and/or blocking")
+        sys.exit(f"{PROG}: --waits: polling and/or blocking")
     try:
         args.partitions = sorted({int(m) for m in args.partitions.split(",") if m})
     except ValueError:
-        sys.exit(f"modelpar_bench: --partitions {args.partitions!r}: comma-separated integers")
+        sys.exit(f"{PROG}: --partitions {args.partitions!r}: comma-separated integers")
     bad = [m for m in args.models if m not in MODELS]
     if bad or not args.models:
-        sys.exit(f"modelpar_bench: --models: unknown {bad}; choose from {', '.join(MODELS)}")
+        sys.exit(f"{PROG}: --models: unknown {bad}; choose from {', '.join(MODELS)}")
     if any(s not in ("neurons", "pipeline") for s in args.schemes):
-        sys.exit("modelpar_bench: --schemes: choose from neurons, pipeline")
+        sys.exit(f"{PROG}: --schemes: choose from neurons, pipeline")
     if min(args.partitions, default=0) < 1 or args.repeats < 1 or args.steps < 1:
-        sys.exit("modelpar_bench: need --partitions >= 1, --repeats >= 1, --steps >= 1")
+        sys.exit(f"{PROG}: need --partitions >= 1, --repeats >= 1, --steps >= 1")
     args.data = str(resolve_data(args.data))  # convert Fashion-MNIST once, here
-    mpiexec = mpiexec_path("modelpar_bench")
+    mpiexec = mpiexec_path(PROG)
     plan, notes = configs(args)
     meta = {
         **run_meta(),
@@ -560,7 +534,7 @@ def report(raw: dict, json_path: str | None) -> None:
     ``json_path`` if given."""
     ab_runs, runs = raw["alpha_beta_runs"], raw["runs"]
     # alpha-beta: medians per size over the undisturbed repeats
-    ab_used = [r for r in ab_runs if r["clean"]] or ab_runs
+    ab_used = clean_runs(ab_runs)
     fits = {}
     print("\n| bytes received per rank | " + " | ".join(ab_runs[0]["times_s"]) + " (us) |")
     print("|---|" + "---|" * len(ab_runs[0]["times_s"]))
@@ -632,12 +606,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=0.0,
         help="seconds to wait once, before everything, for an idle machine",
     )
-    p.add_argument("--json", default=None, help="write every raw figure here")
-    p.add_argument(
-        "--from-json",
-        default=None,
-        help="measure nothing: print the tables again from a JSON this script wrote",
-    )
+    add_json_flags(p, "measure nothing: print the tables again from a JSON this script wrote")
     p.add_argument("--worker", choices=("step", "alphabeta"), help=argparse.SUPPRESS)
     p.add_argument("--model", help=argparse.SUPPRESS)
     p.add_argument("--scheme", help=argparse.SUPPRESS)
@@ -646,18 +615,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def replay(args: argparse.Namespace) -> None:
+    """``--from-json``: the tables again from an earlier ``--json`` file; runs nothing."""
+    raw = json.loads(Path(args.from_json).read_text())
+    print(f"# {raw['date']}  {raw['machine']['cpu']} ({raw['machine']['cpus']} CPUs)")
+    report(raw, args.json)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    if args.worker == "step":
-        worker_step(args)
-    elif args.worker == "alphabeta":
-        worker_alphabeta(args)
-    elif args.from_json:
-        raw = json.loads(Path(args.from_json).read_text())
-        print(f"# {raw['date']}  {raw['machine']['cpu']} ({raw['machine']['cpus']} CPUs)")
-        report(raw, args.json)
-    else:
-        driver(args)
+    dispatch(
+        args, replay if args.from_json else driver, step=worker_step, alphabeta=worker_alphabeta
+    )
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ Sides (each a fresh process group, launched with ``mpiexec``; batch 64 per proce
   ``OMP_WAIT_POLICY=passive`` in that one command.
 
 One step is forward + backward + gradient averaging (2-process sides) + SGD step
-(momentum 0.9, lr 0.01), as in :func:`hpcnet.algos.runner.train`. Both frameworks
+(momentum 0.9, lr 0.01), as in :func:`hpcnet.algos.train`. Both frameworks
 train the same zoo architecture (the torch model is translated from hpcnet's layer
 list, initialised from hpcnet's flat parameters and checked against hpcnet's
 reference backend: logits and gradients) on the same pre-sliced batches of the first
@@ -35,30 +35,33 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import importlib.util
 import json
 import os
 import socket
-import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 from _common import (
-    Disturbance,
     add_wait_idle,
     blas_info,
+    clean_runs,
+    dispatch,
     disturbance,
     emit,
     env_info,
+    med,
+    model_worker,
     mpiexec_path,
-    parse_result,
+    run_for_result,
     run_meta,
+    table_head,
     train_batches,
     versions,
 )
-from _torch_peer import check_identical, torch_model
+from _torch_peer import peer, require_torch
+
+PROG = "sync_vs_torch"
 
 BATCH = 64  # samples per process per step
 SEED = 0
@@ -78,11 +81,6 @@ SIDES = {
     "hpcnet-1x2-passive": ("hpcnet", 1, 2, {"OMP_WAIT_POLICY": "passive"}),
 }
 DEFAULT_SIDES = ("hpcnet-2x1", "torch-ddp-2x1", "hpcnet-1x2", "torch-1x2")
-TORCH_MISSING = (
-    "sync_vs_torch: PyTorch is not installed in this Python ({exe}); it is a benchmark-only "
-    "dependency, not an hpcnet one. Install the CPU build with:\n"
-    "    pip install torch==2.13.0"
-)
 
 
 # --------------------------------------------------------------------------- shared
@@ -91,6 +89,23 @@ TORCH_MISSING = (
 def batch_index(step: int, rank: int, world_size: int, n_batches: int) -> int:
     """Which pre-sliced batch process ``rank`` of ``world_size`` trains on at ``step``."""
     return (step * world_size + rank) % n_batches
+
+
+def timed_steps(step, warmup: int, steps: int, barrier) -> tuple[list, float]:
+    """Runs ``step(s)`` for ``warmup`` untimed steps, calls ``barrier()`` (every process
+    starts the timed steps together), then ``steps`` timed steps.
+
+    Returns:
+        (what each timed step returned, the timed steps' wall seconds on this process).
+    """
+    for s in range(warmup):
+        step(s)
+    barrier()
+    phases = []
+    t0 = time.perf_counter()
+    for s in range(warmup, warmup + steps):
+        phases.append(step(s))
+    return phases, time.perf_counter() - t0
 
 
 # --------------------------------------------------------------------------- workers
@@ -102,30 +117,19 @@ def worker_hpcnet(args: argparse.Namespace) -> None:
     from mpi4py import MPI
 
     from hpcnet.algos.sync import SyncSGD
-    from hpcnet.comm import bcast_
-    from hpcnet.comm.world import install_abort_hook, library_comm
-    from hpcnet.kernels import get_backend, set_threads
-    from hpcnet.nn.zoo import build_model
     from hpcnet.optim.sgd import SGD
 
-    install_abort_hook()  # an exception on one rank aborts the job instead of hanging it
-    comm = library_comm()
-    rank, size = comm.Get_rank(), comm.Get_size()
-    threads = set_threads(args.threads)
-    backend = get_backend("cpu")
-    xs, ys = train_batches(args.data, args.rows, BATCH)
-    model = build_model(args.model, xs.shape[2:], 10)
-    if rank == 0:
-        model.init(SEED)
-    bcast_(model.params, comm)
-    model.seed_dropout(SEED, rank)
+    # each replica its own dropout masks
+    w = model_worker(args.model, args.data, args.rows, BATCH, args.threads, SEED, False)
+    comm, rank, size = w.comm, w.rank, w.world_size
+    xs, ys, model = w.xs, w.ys, w.model
     algo = SyncSGD(comm)
     opt = SGD(model.n_params, momentum=MOMENTUM)
 
     def step(s: int) -> tuple[float, float, float]:
         b = batch_index(s, rank, size, len(xs))
         t0 = time.perf_counter()
-        model.loss_and_grad(xs[b], ys[b], backend)
+        model.loss_and_grad(xs[b], ys[b], w.backend)
         t1 = time.perf_counter()
         algo.after_backward(model.grads)  # one Allreduce of the flat gradient
         t2 = time.perf_counter()
@@ -134,14 +138,7 @@ def worker_hpcnet(args: argparse.Namespace) -> None:
         t3 = time.perf_counter()
         return t1 - t0, t2 - t1, t3 - t2
 
-    for s in range(args.warmup):
-        step(s)
-    comm.Barrier()
-    phases = []
-    t0 = time.perf_counter()
-    for s in range(args.warmup, args.warmup + args.steps):
-        phases.append(step(s))
-    elapsed = time.perf_counter() - t0
+    phases, elapsed = timed_steps(step, args.warmup, args.steps, comm.Barrier)
     slowest = comm.allreduce(elapsed, op=MPI.MAX)
     if rank == 0:
         fb, ar, sgd = (list(p) for p in zip(*phases, strict=True))
@@ -149,7 +146,7 @@ def worker_hpcnet(args: argparse.Namespace) -> None:
             {
                 "framework": "hpcnet",
                 "world_size": size,
-                "threads": threads,
+                "threads": w.threads,
                 "n_params": model.n_params,
                 "elapsed_s": slowest,
                 "samples_per_s": size * BATCH * args.steps / slowest,
@@ -164,24 +161,18 @@ def worker_hpcnet(args: argparse.Namespace) -> None:
 
 def worker_torch(args: argparse.Namespace) -> None:
     """One torch run: single process, or DDP (gloo) when launched as 2 processes."""
-    if importlib.util.find_spec("torch") is None:
-        sys.exit(TORCH_MISSING.format(exe=sys.executable))
+    require_torch(PROG)
     import torch
     import torch.distributed as dist
     import torch.nn.functional as F
-
-    from hpcnet.nn.zoo import build_model
 
     rank = int(os.environ.get("PMI_RANK", os.environ.get("RANK", "0")))
     size = int(os.environ.get("PMI_SIZE", os.environ.get("WORLD_SIZE", "1")))
     torch.set_num_threads(args.threads)
     torch.manual_seed(SEED + rank)  # dropout masks differ per replica, as in hpcnet
     xs, ys = train_batches(args.data, args.rows, BATCH)
-    hp_model = build_model(args.model, xs.shape[2:], 10)
-    hp_model.init(SEED)
-    net = torch_model(hp_model)
     # Every rank checks (same data, same seed), so a mismatch stops them all alike.
-    check = check_identical(hp_model, net, xs[0, :16], ys[0, :16], SEED)
+    _, net, check = peer(args.model, xs.shape[2:], SEED, xs[0, :16], ys[0, :16])
     if size > 1:
         # MASTER_ADDR=127.0.0.1 and MASTER_PORT come from the driver: loopback only.
         # A short timeout: a rank that died must not leave the other waiting 30 minutes.
@@ -207,15 +198,8 @@ def worker_torch(args: argparse.Namespace) -> None:
         t2 = time.perf_counter()
         return t1 - t0, t2 - t1
 
-    for s in range(args.warmup):
-        step(s)
-    if size > 1:
-        dist.barrier()
-    phases = []
-    t0 = time.perf_counter()
-    for s in range(args.warmup, args.warmup + args.steps):
-        phases.append(step(s))
-    elapsed = time.perf_counter() - t0
+    barrier = dist.barrier if size > 1 else lambda: None
+    phases, elapsed = timed_steps(step, args.warmup, args.steps, barrier)
     if size > 1:
         t = torch.tensor([elapsed], dtype=torch.float64)
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
@@ -264,27 +248,11 @@ def run_side(side: str, model: str, steps: int, warmup: int, args, mpiexec: str)
     env = {**os.environ, **extra_env}
     if framework == "torch" and procs > 1:
         env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
-    measure = Disturbance(args.wait_idle).start()
-    try:
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout)
-    except subprocess.TimeoutExpired:
-        sys.exit(
-            f"sync_vs_torch: {side} {model} did not finish in {args.timeout} s: " + " ".join(cmd)
-        )
-    result = parse_result(proc.stdout)
-    if proc.returncode != 0 or result is None:
-        sys.exit(
-            f"sync_vs_torch: {side} {model} failed (exit {proc.returncode}): {' '.join(cmd)}\n"
-            f"--- stdout\n{proc.stdout[-3000:]}\n--- stderr\n{proc.stderr[-3000:]}"
-        )
+    result = run_for_result(
+        cmd, f"{side} {model}", PROG, timeout=args.timeout, wait_idle=args.wait_idle, env=env
+    )
     result.update(
-        side=side,
-        extra_env=extra_env,
-        model=model,
-        steps=steps,
-        warmup=warmup,
-        procs=procs,
-        **measure.finish(),
+        side=side, extra_env=extra_env, model=model, steps=steps, warmup=warmup, procs=procs
     )
     return result
 
@@ -294,23 +262,22 @@ def summarize(runs: list[dict], models: list[str], sides: list[str]) -> list[dic
     was undisturbed), the spread, median per-step phases and the ratios to torch."""
     rows = []
     for model in models:
-        med = {}
+        medians = {}
         for side in sides:
             every = [r for r in runs if r["model"] == model and r["side"] == side]
             if not every:
                 continue
-            used = [r for r in every if r["clean"]] or every
+            used = clean_runs(every)
             sps = [r["samples_per_s"] for r in used]
             phases = {
-                k: statistics.median(statistics.median(r["phases_s"][k]) for r in used) * 1e3
-                for k in used[0]["phases_s"]
+                k: med(med(r["phases_s"][k]) for r in used) * 1e3 for k in used[0]["phases_s"]
             }
-            med[side] = statistics.median(sps)
+            medians[side] = med(sps)
             rows.append(
                 {
                     "model": model,
                     "side": side,
-                    "samples_per_s": med[side],
+                    "samples_per_s": medians[side],
                     "min": min(sps),
                     "max": max(sps),
                     "runs_used": len(used),
@@ -319,7 +286,7 @@ def summarize(runs: list[dict], models: list[str], sides: list[str]) -> list[dic
                     "median_step_phases_ms": phases,
                 }
             )
-        t1, ddp = med.get("torch-1x2"), med.get("torch-ddp-2x1")
+        t1, ddp = medians.get("torch-1x2"), medians.get("torch-ddp-2x1")
         for row in rows:
             if row["model"] != model:
                 continue
@@ -335,8 +302,7 @@ def print_table(rows: list[dict]) -> None:
         f"{'model':<6} {'side':<18} {'samples/s':>10} {'min-max':>15} {'runs':>5} "
         f"{'/torch-1x2':>10} {'/torch-ddp':>10}  median step phases (ms)"
     )
-    print(head)
-    print("-" * len(head))
+    table_head(head)
     for r in rows:
         ratio = f"{r['vs_torch_1x2']:.2f}" if r["vs_torch_1x2"] else "-"
         ddp = f"{r['vs_torch_ddp_2x1']:.2f}" if r["vs_torch_ddp_2x1"] else "-"
@@ -354,8 +320,7 @@ def print_table(rows: list[dict]) -> None:
 
 
 def driver(args: argparse.Namespace) -> None:
-    if importlib.util.find_spec("torch") is None:
-        sys.exit(TORCH_MISSING.format(exe=sys.executable))
+    require_torch(PROG)
     from hpcnet.data.registry import resolve_data
 
     models = [m for m in args.models.split(",") if m]
@@ -380,7 +345,7 @@ def driver(args: argparse.Namespace) -> None:
         )
     # Convert Fashion-MNIST once, here, before any worker reads it.
     args.data = str(resolve_data(args.data))
-    mpiexec = mpiexec_path("sync_vs_torch")
+    mpiexec = mpiexec_path(PROG)
     meta = {
         **run_meta(),
         "blas_driver": blas_info(),
@@ -464,13 +429,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    if args.worker == "hpcnet":
-        worker_hpcnet(args)
-    elif args.worker == "torch":
-        worker_torch(args)
-    else:
-        driver(args)
+    dispatch(parse_args(argv), driver, hpcnet=worker_hpcnet, torch=worker_torch)
 
 
 if __name__ == "__main__":

@@ -15,11 +15,16 @@ from hpcnet import __version__
 from hpcnet.errors import HpcnetError
 
 SUBCOMMANDS = ("train", "data", "info", "bench")
-# ``python -m hpcnet bench NAME [ARGS]`` runs benchmarks/SCRIPT.py ARGS (a source checkout).
+# ``python -m hpcnet bench NAME [ARGS]`` runs benchmarks/SCRIPT.py ARGS (a source checkout);
+# NAME is the first word of SCRIPT. Every script in benchmarks/ (not _private) is here.
 BENCHMARKS = {
     "layers": "layers_vs_torch",  # kernels per layer and training steps vs PyTorch CPU
     "sync": "sync_vs_torch",  # sync data parallelism vs PyTorch CPU and DDP
     "modelpar": "modelpar_bench",  # model parallelism: step time and bytes against M
+    "ps": "ps_vs_rma",  # parameter server fetch/push vs raw mpi4py RMA
+    "downpour": "downpour_vs_sync",  # Downpour throughput vs sync on the same cores
+    "adagrad": "adagrad_vs_sgd",  # Downpour: Adagrad vs fixed-rate SGD at the shard (plot)
+    "batch": "batch_vs_async",  # Sandblaster L-BFGS vs Downpour and sync (plot)
 }
 
 
@@ -52,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_parser(sub)
     b = sub.add_parser(
         "bench",
-        help="side-by-side benchmarks against peers (needs a source checkout and PyTorch)",
+        help="side-by-side benchmarks: against PyTorch, raw MPI and each other "
+        "(needs a source checkout; some need PyTorch or matplotlib)",
         description="Runs benchmarks/SCRIPT.py with the remaining arguments: "
         + ", ".join(f"{k} ({v}.py)" for k, v in BENCHMARKS.items())
         + ". Pass -h after the name for its options.",
@@ -72,7 +78,7 @@ def _config_from(args):
 
 
 def _cmd_train(args) -> int:
-    from hpcnet.algos.runner import train
+    from hpcnet.algos import train
     from hpcnet.comm import library_comm
 
     cfg = _config_from(args)
@@ -97,7 +103,13 @@ def _cmd_info(args) -> int:
 
         from threadpoolctl import threadpool_info
 
+        from hpcnet.algos import get_algorithm
+
+        algo = get_algorithm(cfg.algo.name)
         print(f"hpcnet {__version__}")
+        print(f"algorithm: {algo.name}: {algo.doc}")
+        if algo.flags:
+            print(f"  its flags: {' '.join(algo.flags)}")
         print(f"layout: {layout.describe()}")
         for rank, role in layout.table():
             print(f"  rank {rank:>3}: {role}")
