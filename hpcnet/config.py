@@ -26,8 +26,6 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-ALGOS = ("sync", "avg", "downpour", "sandblaster")
-
 
 @dataclass(frozen=True)
 class RunConfig:
@@ -140,7 +138,12 @@ class Config:
 
 # flag -> (section, field, help). Types come from the dataclass fields.
 FLAGS: dict[str, tuple[str, str, str]] = {
-    "--algo": ("algo", "name", "training algorithm: sync | avg"),
+    "--algo": (
+        "algo",
+        "name",
+        "training algorithm: sync | avg | downpour | sandblaster (python -m hpcnet info "
+        "--algo NAME shows its layout)",
+    ),
     "--avg-every": ("algo", "avg_every", "avg: local steps between parameter averages"),
     "--shards": ("algo", "shards", "downpour: parameter shard ranks"),
     "--replicas": ("algo", "replicas", "downpour: replica ranks (0: all non-shard ranks)"),
@@ -313,8 +316,11 @@ def validate(cfg: Config) -> None:
             value = getattr(getattr(cfg, section), name)
             raise ConfigError(f"{_flag_for(section, name)} {value!r}: {what}")
 
+    from hpcnet.algos import algorithm_names, get_algorithm  # the registry (sits above)
+
     r, o, a = cfg.run, cfg.optim, cfg.algo
-    need(a.name in ALGOS, "algo", "name", f"unknown algorithm; choose one of {', '.join(ALGOS)}")
+    names = algorithm_names()
+    need(a.name in names, "algo", "name", f"unknown algorithm; choose one of {', '.join(names)}")
     need(a.avg_every >= 1, "algo", "avg_every", "must be >= 1")
     need(r.epochs >= 1, "run", "epochs", "must be >= 1")
     need(r.max_steps >= 0, "run", "max_steps", "must be >= 0 (0: no limit)")
@@ -346,10 +352,11 @@ def validate(cfg: Config) -> None:
     )
     need(a.micro_batches >= 0, "algo", "micro_batches", "must be >= 0 (0: 2 x partitions)")
     need(
-        a.partitions == 1 or a.name != "sandblaster",
+        a.partitions == 1 or get_algorithm(a.name).supports_partitions,
         "algo",
         "partitions",
-        "sandblaster does not split replicas yet; use sync, avg or downpour",
+        f"{a.name} does not split replicas yet; use "
+        + ", ".join(n for n in names if get_algorithm(n).supports_partitions),
     )
     need(p.n_fetch >= 1, "ps", "n_fetch", "must be >= 1")
     need(p.n_push >= 1, "ps", "n_push", "must be >= 1")

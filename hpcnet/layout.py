@@ -135,68 +135,89 @@ class Layout:
         }
 
 
+@dataclass(frozen=True)
+class LayoutRule:
+    """Which roles an algorithm's ranks take; each algorithm declares one (see
+    :mod:`hpcnet.algos`). Ranks go to coordinators first, then shards, then replicas.
+
+    Attributes:
+        coordinators: coordinator ranks (0 or 1).
+        shards: whether the algorithm has parameter-shard ranks (``--shards S``, S >= 1).
+            With neither, every group of ``--partitions`` ranks is a replica and
+            ``--replicas`` is not used.
+    """
+
+    coordinators: int = 0
+    shards: bool = False
+
+    def roles_text(self, algo: str, shards: int, replicas: int, partitions: int) -> str:
+        """e.g. ``sandblaster with 1 coordinator, 2 shard(s) and 3 replica(s)``."""
+        if self.coordinators:
+            head = f"{self.coordinators} coordinator, {shards} shard(s)"
+            return f"{algo} with {head} and {replicas} replica(s)"
+        return (
+            f"{algo} with {shards} shard(s) and {replicas} replica(s) of {partitions} partition(s)"
+        )
+
+
 def make_layout(
-    world_size: int, algo: str, *, shards: int = 0, replicas: int = 0, partitions: int = 1
+    world_size: int,
+    algo: str,
+    *,
+    shards: int = 0,
+    replicas: int = 0,
+    partitions: int = 1,
+    rule: LayoutRule | None = None,
 ) -> Layout:
     """The layout of ``world_size`` ranks for ``algo``.
 
-    ``sync`` and ``avg`` make every rank (group of ``partitions`` ranks) a
-    replica. ``downpour`` puts ``shards`` parameter shards on the first ranks
-    and ``replicas`` replicas (0: as many as the other ranks hold) after them.
+    The algorithm's :class:`LayoutRule` (from the registry in :mod:`hpcnet.algos`
+    unless ``rule`` is given) says which roles it has. Without shards or a
+    coordinator (``sync``, ``avg``) every rank group of ``partitions`` ranks is a
+    replica. Otherwise the coordinator(s) come first, then ``shards`` parameter
+    shards, then ``replicas`` replicas (0: as many as the other ranks hold).
 
     Raises:
-        LayoutError: the world size does not fit, with how many ranks each role needs.
+        LayoutError: unknown algorithm, or the world size does not fit, with how many
+            ranks each role needs.
     """
     if world_size < 1:
         raise LayoutError(f"world size {world_size}: need at least 1 rank")
     if partitions < 1:
         raise LayoutError(f"--partitions {partitions}: must be >= 1")
-    if algo in ("sync", "avg"):
+    if rule is None:
+        from hpcnet.algos import get_algorithm  # the registry (imported late: it sits above)
+
+        try:
+            rule = get_algorithm(algo).layout
+        except Exception as e:
+            raise LayoutError(f"--algo {algo!r}: no layout for this algorithm ({e})") from None
+    if not rule.coordinators and not rule.shards:
         if world_size % partitions:
             raise LayoutError(
                 f"{world_size} ranks cannot hold replicas of {partitions} partitions each: "
                 f"{algo} needs a multiple of {partitions} ranks"
             )
         return Layout(world_size, algo, 0, 0, world_size // partitions, partitions)
-    if algo == "downpour":
-        if shards < 1:
-            raise LayoutError(f"--shards {shards}: downpour needs at least 1 parameter shard")
-        free = world_size - shards
-        if replicas == 0:
-            replicas = free // partitions
-        need = shards + max(replicas, 1) * partitions
-        if replicas < 1 or need != world_size:
-            raise LayoutError(
-                f"downpour with {shards} shard(s) and {max(replicas, 1)} replica(s) of "
-                f"{partitions} partition(s) needs {need} ranks, got {world_size}: "
-                f"run mpiexec -n {need}, or change --shards/--replicas"
-            )
-        return Layout(world_size, algo, 0, shards, replicas, partitions)
-    if algo == "sandblaster":
-        if shards < 1:
-            raise LayoutError(f"--shards {shards}: sandblaster needs at least 1 parameter shard")
-        free = world_size - 1 - shards
-        if replicas == 0:
-            replicas = free // partitions
-        need = 1 + shards + max(replicas, 1) * partitions
-        if replicas < 1 or need != world_size:
-            raise LayoutError(
-                f"sandblaster with 1 coordinator, {shards} shard(s) and {max(replicas, 1)} "
-                f"replica(s) needs {need} ranks, got {world_size}: run mpiexec -n {need}, "
-                "or change --shards/--replicas"
-            )
-        return Layout(world_size, algo, 1, shards, replicas, partitions)
-    raise LayoutError(f"--algo {algo!r}: no layout for this algorithm")
+    if not rule.shards:
+        shards = 0
+    elif shards < 1:
+        raise LayoutError(f"--shards {shards}: {algo} needs at least 1 parameter shard")
+    free = world_size - rule.coordinators - shards
+    if replicas == 0:
+        replicas = free // partitions
+    need = rule.coordinators + shards + max(replicas, 1) * partitions
+    if replicas < 1 or need != world_size:
+        raise LayoutError(
+            f"{rule.roles_text(algo, shards, max(replicas, 1), partitions)} needs {need} "
+            f"ranks, got {world_size}: run mpiexec -n {need}, or change --shards/--replicas"
+        )
+    return Layout(world_size, algo, rule.coordinators, shards, replicas, partitions)
 
 
 def layout_for(cfg, world_size: int) -> Layout:
     """The layout a run config asks for on ``world_size`` ranks (see :func:`make_layout`)."""
     a = cfg.algo
-    uses_shards = a.name in ("downpour", "sandblaster")
     return make_layout(
-        world_size,
-        a.name,
-        shards=a.shards if uses_shards else 0,
-        replicas=a.replicas,
-        partitions=a.partitions,
+        world_size, a.name, shards=a.shards, replicas=a.replicas, partitions=a.partitions
     )

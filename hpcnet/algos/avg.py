@@ -14,11 +14,13 @@ from __future__ import annotations
 import numpy as np
 from mpi4py import MPI
 
+from hpcnet.algos.registry import register
+from hpcnet.algos.synchronous import synchronous_algorithm
 from hpcnet.comm import allreduce_mean_
 
 
 class ParameterAveraging:
-    """Averaging policy for :func:`hpcnet.algos.runner.train`.
+    """Averaging policy (:mod:`hpcnet.algos.synchronous`).
 
     Args:
         data_comm: the replicas' communicator; every replica calls the hooks at
@@ -53,3 +55,13 @@ class ParameterAveraging:
         allreduce_mean_(params, self.comm)
         self.allreduces += 1
         self._since = 0
+
+
+register(
+    synchronous_algorithm(
+        "avg",
+        "parameter averaging every --avg-every local steps (Zinkevich et al. 2010)",
+        lambda run: ParameterAveraging(run.comms.data_comm, run.cfg.algo.avg_every),
+        flags=("--avg-every",),
+    )
+)

@@ -5,12 +5,13 @@ Ranks: ``S`` parameter shards first, then ``R`` replicas. Each replica, on its o
 rows of the data, loops: every ``n_fetch`` steps it ``Get``s the parameters from
 every shard; it computes a gradient; every ``n_push`` steps it ``Accumulate``s
 the gradients summed since the last push into the shards' inboxes. The shards
-apply pushes as they arrive (SGD or Adagrad, :mod:`hpcnet.ps.rules`) and count
+apply pushes as they arrive (SGD or Adagrad, :mod:`hpcnet.optim.rules`) and count
 versions. The training loop uses one-sided operations only: no messages, no
 collectives. Termination is by counters: a shard finishes when every replica
-has said done or fallen silent for ``replica_timeout`` seconds (lost). Then every
-rank meets in a (polling, time-limited) barrier, the shards' slices are gathered,
-the replicas evaluate the test split, and rank 0 (shard 0) writes the results.
+has said done or fallen silent for ``replica_timeout`` seconds (lost). Then the
+lifecycle (:mod:`hpcnet.algos.lifecycle`) has every rank meet in a (polling,
+time-limited) barrier, :func:`_finish` gathers the shards' slices, the replicas
+evaluate the test split, and rank 0 (shard 0) writes the results.
 
 Learning rate at the shards: ``lr_at(version)`` with the run's warmup and
 schedule, counting one version per push; the expected number of pushes is
@@ -20,68 +21,42 @@ schedule, counting one version per push; the expected number of pushes is
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-from mpi4py import MPI
 
-from hpcnet.algos.common import (
-    Prepared,
-    announce,
-    base_summary,
-    evaluate,
-    model_parallel_summary,
-    report,
-    train_loader,
-)
-from hpcnet.comm import (
-    allgather_ranges,
-    barrier_polling,
-    bcast_,
-    same_on_every_rank,
-    split_role_comms,
-)
-from hpcnet.comm.exchange import Exchange
-from hpcnet.modelpar import partition_model
-from hpcnet.optim.schedules import lr_at
+from hpcnet.algos.lifecycle import Run
+from hpcnet.algos.registry import SHARDED_FLAGS, Algorithm, register
+from hpcnet.comm import allgather_objects, allgather_ranges, barrier_polling, same_on_every_rank
+from hpcnet.layout import LayoutRule
+from hpcnet.optim.rules import make_rule
 from hpcnet.ps import windows as W
 from hpcnet.ps.client import ShardClient
-from hpcnet.ps.rules import make_rule
 from hpcnet.ps.shard import ShardService, ShardStats
-from hpcnet.run.metrics import progress_line
+
+__all__ = ["DOWNPOUR"]
 
 
-def _segment_bounds(model) -> list[int]:
-    return [start for _, start, _ in model.segments]
+@dataclass
+class _Shared:
+    """What the ranks of a Downpour run share, built collectively by :func:`_setup`."""
+
+    ranges: list[tuple[int, int]]  # each shard's [lo, hi) of the flat vector
+    windows: list[W.ShardWindows]  # every shard's RMA windows
+    touching: list[int]  # per shard: how many clients push to it
 
 
-def train_downpour(prep: Prepared, comm: MPI.Intracomm, verbose: bool = True) -> dict[str, Any]:
-    """Runs Downpour SGD. Collective over ``comm`` at its start and end only.
-
-    Returns the summary (every rank); ``"_params"`` holds the final parameters.
-    """
-    cfg, layout, model, info = prep.cfg, prep.layout, prep.model, prep.info
-    rank = comm.Get_rank()
-    role = layout.role(rank)
-    S, R, M = layout.shards, layout.replicas, layout.partitions
-    ps = cfg.ps
+def _setup(run: Run) -> _Shared:
+    """Collective: the shards' windows (one inbox slot per client = replica x partition),
+    which clients touch which shard, the initial parameters in the shards' windows, and
+    a barrier: the shards hold them before any replica fetches."""
+    model, layout, comm = run.model, run.layout, run.comm
     with same_on_every_rank():
-        ranges = W.shard_ranges(model.n_params, S, _segment_bounds(model))
-    shard_ranks = list(range(S))
-    # one client (inbox slot) per replica partition: client = replica * M + partition
-    windows = W.create_shard_windows(comm, shard_ranks, ranges, R * M)
-    comms = split_role_comms(layout, comm)
-    part = None
-    if M > 1 and role.kind == "replica":
-        exchange = Exchange(
-            comms.replica_comm,
-            timeout=max(300.0, 2 * ps.replica_timeout),
-            node_ranks=prep.extra["node_ranks"],
-        )
-        part = partition_model(model, cfg.algo.partition_scheme, exchange, cfg.algo.micro_batches)
+        ranges = W.shard_ranges(model.n_params, layout.shards, [a for _, a, _ in model.segments])
+    windows = W.create_shard_windows(comm, layout.shard_ranks, ranges, layout.n_clients)
     # which clients push to which shard (a partition pushes only where its parameters are)
-    owned = comm.allgather(part.owned if part else None)
+    owned = allgather_objects(run.part.owned if run.part else None, comm)
     replica_ranks = [r for r in range(comm.Get_size()) if layout.role(r).kind == "replica"]
     touching = [
         sum(
@@ -91,108 +66,85 @@ def train_downpour(prep: Prepared, comm: MPI.Intracomm, verbose: bool = True) ->
         )
         for lo, hi in ranges
     ]
-
-    # Step budget per replica: the same rule as sync (epochs over its own rows).
-    spe = (info.n_train // R) // cfg.run.batch_size
-    total_steps = spe * cfg.run.epochs
-    if cfg.run.max_steps:
-        total_steps = min(total_steps, cfg.run.max_steps)
-    o = cfg.optim
-    start_lr = 0.1 * o.lr
-
-    def lr_schedule(clients: int):
-        """The lr as a function of a shard's version, when ``clients`` clients push to it."""
-        expected = max(1, clients * total_steps // ps.n_push)
-        warmup = round(o.warmup_epochs * spe * clients / ps.n_push)
-        return lambda version: lr_at(version, o.lr, warmup, start_lr, o.lr_schedule, expected)
-
-    if rank == 0:
-        model.init(cfg.run.seed)
-    bcast_(model.params, comm)
-    if role.kind == "shard":
-        mine = windows[role.index]
+    if run.role.kind == "shard":
+        mine = windows[run.role.index]
         mine.local_arrays()[0][:] = model.params[mine.lo : mine.hi]
-    announce(
-        prep,
-        f"{spe} steps/epoch x {cfg.run.epochs} epochs = {total_steps} steps per "
-        f"replica; shard ranges {ranges}; n_fetch {ps.n_fetch}, n_push {ps.n_push}, "
-        f"rule {ps.rule}, lr {o.lr:g}"
-        + (f"; {M} partitions per replica ({part.scheme})" if part else ""),
-        verbose,
+    barrier_polling(comm, run.deadlines.end_barrier, "downpour start")
+    return _Shared(ranges, windows, touching)
+
+
+def _describe(run: Run) -> str:
+    ps = run.cfg.ps
+    return (
+        f"{run.budget.describe(run.cfg.run.epochs)} per replica; shard ranges "
+        f"{run.shared.ranges}; n_fetch {ps.n_fetch}, n_push {ps.n_push}, rule {ps.rule}, "
+        f"lr {run.cfg.optim.lr:g}"
+        + (
+            f"; {run.layout.partitions} partitions per replica ({run.part.scheme})"
+            if run.part
+            else ""
+        )
     )
-    comm.Barrier()  # shards hold the initial parameters before any replica fetches
 
-    t_train = time.perf_counter()
-    shard_stats: ShardStats | None = None
-    client_stats: dict[str, Any] | None = None
-    if role.kind == "shard":
-        lr_of = lr_schedule(touching[role.index])
-        shard_stats = _serve(prep, windows[role.index], lr_of, comm, total_steps, verbose)
-    else:
-        client_stats = _replica(prep, windows, role, total_steps, spe, part)
-    train_s = time.perf_counter() - t_train
 
-    # End of the run: everyone meets (sleeping while waiting, with a time limit).
-    barrier_polling(comm, timeout=max(120.0, 4 * ps.replica_timeout), what="downpour end barrier")
+def _finish(run: Run) -> None:
+    """Collective: every rank gets the shards' final slices; the windows are freed."""
+    sh = run.shared
     mine = (
-        windows[role.index].local_arrays()[0].copy()
-        if role.kind == "shard"
+        sh.windows[run.role.index].local_arrays()[0].copy()
+        if run.role.kind == "shard"
         else np.empty(0, np.float32)
     )
-    allgather_ranges(mine, shard_ranks, ranges, model.params, comm)
-    for sw in windows:
+    allgather_ranges(mine, run.layout.shard_ranks, sh.ranges, run.model.params, run.comm)
+    for sw in sh.windows:
         sw.free()
-    test_loss, test_acc = evaluate(prep, role.index if role.kind == "replica" else None, comm, part)
-    gathered = comm.gather((asdict(shard_stats) if shard_stats else None, client_stats), root=0)
-    summary = base_summary(prep, comm)
-    if M > 1:
-        summary["model_parallel"] = model_parallel_summary(part, cfg.run.batch_size, layout, comm)
-    comms.free()
-    if rank == 0:
-        shards = [g[0] for g in gathered if g[0] is not None]
-        replicas = sorted((g[1] for g in gathered if g[1] is not None), key=lambda c: c["client"])
-        summary.update(_summarise(prep, shards, replicas, total_steps, spe, train_s))
-        summary.update(
-            {
-                "test_accuracy": test_acc,
-                "test_loss": test_loss,
-                "wall_s": time.perf_counter() - prep.t_start,
-            }
+
+
+def _shard(run: Run) -> dict[str, Any]:
+    """Learning rate at a shard: ``lr(version)`` with the run's warmup and schedule,
+    one version per push; the expected number of pushes is ``clients * steps / n_push``."""
+    lr_of = run.lr_schedule(
+        clients=run.shared.touching[run.role.index], n_push=run.cfg.ps.n_push, scale_batch=False
+    )
+    return asdict(_serve(run, run.shared.windows[run.role.index], lr_of))
+
+
+def _summarise(run: Run, gathered: list[tuple[str, dict]], train_s: float) -> dict[str, Any]:
+    shards = [r for kind, r in gathered if kind == "shard"]
+    replicas = sorted((r for kind, r in gathered if kind == "replica"), key=lambda c: c["client"])
+    summary = _summary(run, shards, replicas, train_s)
+    lost = summary["lost_replicas"]
+    if lost:
+        run.say(
+            f"downpour: replica(s) {', '.join(map(str, lost))} lost (no heartbeat for "
+            f"{run.cfg.ps.replica_timeout:g} s); training finished with the others"
         )
-        lost = summary["lost_replicas"]
-        if lost and verbose:
-            print(
-                f"downpour: replica(s) {', '.join(map(str, lost))} lost (no heartbeat for "
-                f"{ps.replica_timeout:g} s); training finished with the others",
-                flush=True,
-            )
-        prep.log.write(
-            {
-                "event": "downpour",
-                "shards": summary["shards"],
-                "replicas": summary["replicas"],
-                "staleness": summary["staleness"],
-            }
-        )
-        report(prep, summary, verbose)
-    summary = comm.bcast(summary if rank == 0 else None, root=0)
-    summary["_params"] = model.params
+    run.write_record(
+        {
+            "event": "downpour",
+            "shards": summary["shards"],
+            "replicas": summary["replicas"],
+            "staleness": summary["staleness"],
+        }
+    )
     return summary
 
 
-def _serve(prep, sw, lr_of, comm, total_steps, verbose) -> ShardStats:
-    cfg = prep.cfg
+def _serve(run: Run, sw: W.ShardWindows, lr_of) -> ShardStats:
+    """A shard's program: serves pushes until every client is done or lost. Shard 0,
+    on rank 0, also writes the run's progress records from the clients' counters."""
+    cfg = run.cfg
     rule = make_rule(cfg.ps.rule, sw.n)
-    R = sw.n_replicas  # clients: replicas x partitions
-    n_rep = prep.layout.replicas
+    C = sw.n_clients  # replicas x partitions
+    n_rep, total_steps = run.layout.replicas, run.budget.total_steps
     tick = None
-    if sw.shard == 0 and prep.log is not None:
+    if sw.shard == 0 and run.prep.log is not None:
         state = {"t": time.perf_counter(), "samples": 0.0, "loss": 0.0, "correct": 0.0}
 
         def tick(ctrl, st):
             now = time.perf_counter()
             tot = {
-                k: sum(ctrl[W.field(r, f)] for r in range(R))
+                k: sum(ctrl[W.field(c, f)] for c in range(C))
                 for k, f in (
                     ("samples", W.SAMPLES),
                     ("loss", W.LOSS),
@@ -203,37 +155,36 @@ def _serve(prep, sw, lr_of, comm, total_steps, verbose) -> ShardStats:
             n = tot["samples"] - state["samples"]
             if n <= 0:
                 return
-            rec = {
-                "epoch": 1 + int(tot["steps"] / max(1, n_rep * total_steps / cfg.run.epochs)),
-                "step": int(tot["steps"]),
-                "total_steps": n_rep * total_steps,
-                "loss": (tot["loss"] - state["loss"]) / n,
-                "accuracy": (tot["correct"] - state["correct"]) / n,
-                "lr": lr_of(int(ctrl[W.VERSION])),
-                "samples_per_s": n / (now - state["t"]),
-                "elapsed_s": now - prep.t_start,
-                "version": int(ctrl[W.VERSION]),
-                "staleness_mean": ShardStats.staleness_summary(st)["mean"],
-            }
+            version = int(ctrl[W.VERSION])
+            run.progress(
+                epoch=1 + int(tot["steps"] / max(1, n_rep * total_steps / cfg.run.epochs)),
+                step=int(tot["steps"]),
+                total_steps=n_rep * total_steps,
+                loss=(tot["loss"] - state["loss"]) / n,
+                accuracy=(tot["correct"] - state["correct"]) / n,
+                lr=lr_of(version),
+                samples_per_s=n / (now - state["t"]),
+                suffix=f"  version {version}",
+                version=version,
+                staleness_mean=ShardStats.staleness_summary(st)["mean"],
+            )
             state.update(t=now, samples=tot["samples"], loss=tot["loss"], correct=tot["correct"])
-            prep.log.write(rec)
-            if verbose:
-                print(progress_line(rec) + f"  version {rec['version']}", flush=True)
 
-    service = ShardService(sw, rule, lr_of, cfg.ps.replica_timeout, comm, on_tick=tick)
+    service = ShardService(sw, rule, lr_of, run.deadlines.replica_silence, run.comm, on_tick=tick)
     return service.serve()
 
 
-def _replica(prep, windows, role, total_steps, spe, part) -> dict[str, Any]:
-    """One replica partition's training loop (the whole replica when ``part`` is None).
+def _replica(run: Run) -> dict[str, Any]:
+    """One replica partition's training loop (the whole replica when unpartitioned).
     The partitions of a replica step in lockstep: they stop together (``agree_any``)."""
-    cfg, model, backend = prep.cfg, prep.model, prep.backend
+    cfg, model, backend, part, role = run.cfg, run.model, run.backend, run.part, run.role
+    windows, total_steps = run.shared.windows, run.budget.total_steps
     ps, faults = cfg.ps, cfg.faults
-    replica, m = role.index, prep.layout.partitions
+    replica = role.index
     client = ShardClient(
         windows,
-        replica * m + role.partition,
-        wait_timeout=max(60.0, 2 * ps.replica_timeout),
+        run.layout.client(replica, role.partition),
+        wait_timeout=run.deadlines.push_slot,
         owned=part.owned if part else None,
         report_stats=role.partition == 0,
     )
@@ -243,7 +194,7 @@ def _replica(prep, windows, role, total_steps, spe, part) -> dict[str, Any]:
     def stop_now() -> bool:  # every partition of the replica gets the same answer
         return part.ex.agree_any(client.stopped) if part else client.stopped
 
-    loader = train_loader(prep, replica)
+    loader = run.loader()
     acc = np.zeros(model.n_params, np.float32)  # gradients summed since the last push
     stats = np.zeros(3)  # loss sum, correct, samples since the last push
     step = since_push = 0
@@ -253,7 +204,7 @@ def _replica(prep, windows, role, total_steps, spe, part) -> dict[str, Any]:
     if replica != 0 and ps.warm_start_steps:
         # Warm start (sec. 4.1): replica 0 trains alone first; the others join later.
         client.wait_for_version(
-            max(1, ps.warm_start_steps // ps.n_push), timeout=max(600.0, 4 * ps.replica_timeout)
+            max(1, ps.warm_start_steps // ps.n_push), timeout=run.deadlines.warm_start
         )
     try:
         epoch = 0
@@ -297,7 +248,7 @@ def _replica(prep, windows, role, total_steps, spe, part) -> dict[str, Any]:
     out = asdict(client.stats)
     out.update(
         {
-            "client": client.replica,
+            "client": client.client,
             "replica": replica,
             "partition": role.partition,
             "steps": step,
@@ -312,7 +263,8 @@ def _replica(prep, windows, role, total_steps, spe, part) -> dict[str, Any]:
     return out
 
 
-def _summarise(prep, shards, replicas, total_steps, spe, train_s) -> dict[str, Any]:
+def _summary(run: Run, shards, replicas, train_s) -> dict[str, Any]:
+    prep, spe, total_steps = run.prep, run.budget.steps_per_epoch, run.budget.total_steps
     hist = np.sum([s["staleness_hist"] for s in shards], axis=0)
     st = ShardStats.staleness_summary(ShardStats(0, 0, 0, staleness_hist=list(hist)))
     steps = sum(r["steps"] for r in replicas if r["partition"] == 0)  # once per replica
@@ -335,9 +287,26 @@ def _summarise(prep, shards, replicas, total_steps, spe, train_s) -> dict[str, A
         "staleness": {**st, "histogram": hist.tolist()},
         # the shards count clients (replica * M + partition): report replicas
         "lost_replicas": sorted(
-            {c // prep.layout.partitions for c in (shards[0]["lost_replicas"] if shards else [])}
+            {c // prep.layout.partitions for c in (shards[0]["lost_clients"] if shards else [])}
         ),
         "failed_replicas": sorted({r["replica"] for r in replicas if r["failed"]}),
         "shards": shards,
         "replicas": replicas,
     }
+
+
+DOWNPOUR = register(
+    Algorithm(
+        name="downpour",
+        doc="asynchronous SGD: replicas fetch parameters from and push gradients to "
+        "parameter shards over MPI-3 RMA (Dean et al. 2012, sec. 4.1)",
+        layout=LayoutRule(shards=True),
+        programs={"shard": _shard, "replica": _replica},
+        flags=("--n-fetch", "--n-push", "--ps-rule", "--warm-start-steps", "--read-own-writes")
+        + SHARDED_FLAGS,
+        setup=_setup,
+        finish=_finish,
+        summarise=_summarise,
+        describe=_describe,
+    )
+)

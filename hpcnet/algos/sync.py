@@ -10,11 +10,13 @@ from __future__ import annotations
 import numpy as np
 from mpi4py import MPI
 
+from hpcnet.algos.registry import register
+from hpcnet.algos.synchronous import synchronous_algorithm
 from hpcnet.comm import allreduce_mean_
 
 
 class SyncSGD:
-    """Gradient averaging policy for :func:`hpcnet.algos.runner.train`.
+    """Gradient averaging policy (:mod:`hpcnet.algos.synchronous`).
 
     Args:
         data_comm: the replicas' communicator; every replica calls the hooks at
@@ -37,3 +39,12 @@ class SyncSGD:
 
     def finish(self, params: np.ndarray) -> None:
         """Nothing to reconcile."""
+
+
+register(
+    synchronous_algorithm(
+        "sync",
+        "synchronous SGD: gradients averaged over replicas every step (one Allreduce)",
+        lambda run: SyncSGD(run.comms.data_comm),
+    )
+)

@@ -19,13 +19,10 @@ import time
 import numpy as np
 from mpi4py import MPI
 
-from hpcnet.comm import node_leader_first
+from hpcnet.comm import Deadlines, node_leader_first
 
-# Seconds the other ranks of a node wait for its first rank to compile every kernel
-# (a cold cache on a slow, busy node takes minutes, never this long).
-COMPILE_TIMEOUT_S = 900.0
 # The modules whose Numba kernels a training step may call (the CPU backend).
-KERNEL_MODULES = ("hpcnet.kernels.cpu", "hpcnet.kernels._cpu_conv", "hpcnet.ps.rules")
+KERNEL_MODULES = ("hpcnet.kernels.cpu", "hpcnet.kernels._cpu_conv")
 
 
 def cold_kernels() -> list[str]:
@@ -48,8 +45,8 @@ def cold_kernels() -> list[str]:
 def _one_step(model, backend) -> None:
     """One forward/backward pass (training and inference mode) of ``model`` on 2 blank
     samples, and one call of each update kernel; the model's parameters are kept."""
+    from hpcnet.optim.adagrad import Adagrad
     from hpcnet.optim.sgd import SGD
-    from hpcnet.ps.rules import AdagradRule
 
     saved = model.params.copy()
     x = np.zeros((2, *model.input_shape), np.float32)  # (N, C, H, W), as the loader gives
@@ -58,12 +55,14 @@ def _one_step(model, backend) -> None:
     model.evaluate(x, y, backend)
     p, g = np.zeros(4, np.float32), np.zeros(4, np.float32)
     SGD(4, momentum=0.9).step(p, g, 0.1)
-    AdagradRule(4).apply(p, g, 0.1)
+    Adagrad(4).step(p, g, 0.1)
     model.params[:] = saved
     model.grads[:] = 0
 
 
-def compile_kernels(model, backend, comm: MPI.Intracomm, say: bool) -> tuple[float, bool]:
+def compile_kernels(
+    model, backend, comm: MPI.Intracomm, say: bool, timeout: float = Deadlines.compile
+) -> tuple[float, bool]:
     """Compiles (or loads from Numba's cache) every kernel one training step of ``model``
     calls, one rank per node first. Collective over ``comm``.
 
@@ -72,6 +71,8 @@ def compile_kernels(model, backend, comm: MPI.Intracomm, say: bool) -> tuple[flo
         backend: the run's compute backend.
         comm: the run's communicator.
         say: print one line before a first-run compile (rank 0 only should).
+        timeout: seconds the node's other ranks wait for its first rank
+            (:attr:`hpcnet.comm.Deadlines.compile`).
     Returns:
         (seconds this rank spent, in its own step and waiting; whether a cold cache
         was seen on this rank).
@@ -80,7 +81,5 @@ def compile_kernels(model, backend, comm: MPI.Intracomm, say: bool) -> tuple[flo
     cold = bool(cold_kernels()) if backend.name == "cpu" else False
     if say and cold:
         print("hpcnet: compiling kernels (first run only) ...", flush=True)
-    node_leader_first(
-        lambda: _one_step(model, backend), comm, COMPILE_TIMEOUT_S, "kernel compilation"
-    )
+    node_leader_first(lambda: _one_step(model, backend), comm, timeout, "kernel compilation")
     return time.perf_counter() - t0, cold

@@ -47,18 +47,24 @@ __all__ = [
 
 from hpcnet.comm.collectives import (  # noqa: E402
     RoleComms,
+    allgather_objects,
     allgather_ranges,
     allreduce_mean_,
     allreduce_sum,
     bcast_,
+    bcast_object,
+    gather_objects,
     split_role_comms,
 )
 
 __all__ += [
     "RoleComms",
+    "allgather_objects",
     "allgather_ranges",
     "allreduce_mean_",
     "allreduce_sum",
     "bcast_",
+    "bcast_object",
+    "gather_objects",
     "split_role_comms",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from mpi4py import MPI
@@ -99,3 +100,20 @@ def bcast_(buf: np.ndarray, comm: MPI.Intracomm, root: int = 0) -> np.ndarray:
     if comm.Get_size() > 1:
         comm.Bcast(buf, root=root)
     return buf
+
+
+def gather_objects(obj: Any, comm: MPI.Intracomm, root: int = 0) -> list[Any] | None:
+    """Small picklable ``obj`` of every rank, in rank order, on ``root`` (None
+    elsewhere): results and statistics, never arrays of parameters. Collective over
+    ``comm``."""
+    return comm.gather(obj, root=root)
+
+
+def allgather_objects(obj: Any, comm: MPI.Intracomm) -> list[Any]:
+    """Small picklable ``obj`` of every rank, in rank order, on every rank. Collective."""
+    return comm.allgather(obj)
+
+
+def bcast_object(obj: Any, comm: MPI.Intracomm, root: int = 0) -> Any:
+    """``root``'s small picklable ``obj`` on every rank. Collective over ``comm``."""
+    return comm.bcast(obj, root=root)

@@ -405,3 +405,28 @@ def sgd_momentum_update(params, grads, velocity, lr, momentum, weight_decay=0.0)
     """
     f32 = np.float32
     _sgd_momentum(params, grads, velocity, f32(lr), f32(momentum), f32(weight_decay))
+
+
+@njit(cache=True, fastmath=False)
+def _adagrad(params, grads, accum, lr, eps):  # pragma: no cover - compiled
+    for i in range(params.size):
+        g = grads[i]
+        a = accum[i] + g * g
+        accum[i] = a
+        params[i] -= lr * g / (np.sqrt(a) + eps)
+
+
+def adagrad_update(params, grads, accum, lr, eps):
+    """One Adagrad step on the flat vectors, in one pass, in place.
+
+    The update of :class:`hpcnet.optim.adagrad.Adagrad` (Duchi, Hazan & Singer 2011):
+    ``a += g * g; p -= lr * g / (sqrt(a) + eps)``, element by element in float32.
+    Serial and without fastmath: IEEE float32 arithmetic in the formula's order.
+
+    Args:
+        params, grads, accum: (n_params,) float32, C-contiguous; ``params`` and
+            ``accum`` are updated in place, ``grads`` is only read.
+        lr, eps: floats.
+    """
+    f32 = np.float32
+    _adagrad(params, grads, accum, f32(lr), f32(eps))

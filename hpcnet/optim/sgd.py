@@ -15,6 +15,10 @@ class SGD:
         v <- momentum * v + g
         p <- p - lr * v
 
+    The synchronous algorithms step it on the averaged gradient; Downpour's parameter
+    shards apply it without momentum or weight decay, ``p <- p - lr * g``, to each
+    push (Dean et al. 2012, sec. 4.1; :func:`hpcnet.optim.rules.make_rule`).
+
     Args:
         n_params: length of the flat vectors.
         momentum: in [0, 1); 0 gives plain SGD.

@@ -1,4 +1,4 @@
-"""The replica's side of the parameter server: fetch parameters, push gradients.
+"""The client's side of the parameter server: fetch parameters, push gradients.
 
 Only one-sided operations (``Get``, ``Accumulate``, ``Flush``) inside one
 ``Lock_all`` epoch per window that lasts the whole run (shared/DESIGN.md:
@@ -10,8 +10,9 @@ Bytes per operation, for S shards and n parameters in total: a fetch moves
 ``4 n`` bytes of parameters plus ``16 S`` of version/stop counters; a push
 moves ``4 n`` bytes of gradients plus ``64 S`` of counters.
 
-With model parallelism each partition of a replica is its own client (its own
-inbox slot, ``client = replica * M + partition``) and owns only some ranges of the
+A client is a replica, or with model parallelism one partition of it: its own
+inbox slot and counter block, ``client = replica * M + partition`` (see
+:mod:`hpcnet.ps.windows`). A partition owns only some ranges of the
 flat vector: it fetches and pushes only the parts of the shards that hold them
 (``n`` above becomes its owned count), and pushes (and so advances the version of)
 only the shards it touches. Only one partition per replica reports the training
@@ -26,15 +27,15 @@ from dataclasses import dataclass
 import numpy as np
 from mpi4py import MPI
 
-from hpcnet.comm import Backoff
+from hpcnet.comm import Backoff, poll_until
 from hpcnet.ps import windows as W
 
 
 @dataclass
 class ClientStats:
-    """What one replica did with the parameter server (seconds, bytes, counts)."""
+    """What one client did with the parameter server (seconds, bytes, counts)."""
 
-    replica: int
+    client: int
     fetches: int = 0
     pushes: int = 0
     fetch_s: float = 0.0
@@ -42,15 +43,15 @@ class ClientStats:
     push_wait_s: float = 0.0
     bytes_in: int = 0
     bytes_out: int = 0
-    first_fetch_version: int = -1  # shard 0's version at this replica's first fetch
+    first_fetch_version: int = -1  # shard 0's version at this client's first fetch
 
 
 class ShardClient:
-    """A replica's handle on every parameter shard.
+    """A client's handle on every parameter shard.
 
     Args:
         shards: every shard's windows, from :func:`hpcnet.ps.windows.create_shard_windows`.
-        replica: this client's index (its inbox slot and counter block): the replica,
+        client: this client's index (its inbox slot and counter block): the replica,
             or ``replica * M + partition`` with M partitions per replica.
         wait_timeout: seconds a push may wait for its slot before it is an error.
         owned: ``[start, stop)`` ranges of the flat vector this client fetches and
@@ -62,12 +63,12 @@ class ShardClient:
     def __init__(
         self,
         shards: list[W.ShardWindows],
-        replica: int,
+        client: int,
         wait_timeout: float,
         owned: list[tuple[int, int]] | None = None,
         report_stats: bool = True,
     ):
-        self.shards, self.replica = shards, replica
+        self.shards, self.client = shards, client
         self.wait_timeout = wait_timeout
         self.report_stats = report_stats
         # per shard: the [a, b) pieces (flat-vector indices) this client moves
@@ -79,7 +80,7 @@ class ShardClient:
         ]
         self.touched = [sw for sw, pcs in zip(shards, self.pieces, strict=True) if pcs]
         self.n_moved = sum(b - a for pcs in self.pieces for a, b in pcs)
-        self.stats = ClientStats(replica)
+        self.stats = ClientStats(client)
         self.stopped = False  # a shard has finished: stop training
         self.versions = np.zeros(len(shards), np.int64)  # per shard, at the last fetch
         self._head = np.zeros(W.HEAD, np.float64)
@@ -102,53 +103,60 @@ class ShardClient:
 
     def _read_field(self, sw: W.ShardWindows, name: int) -> float:
         buf = np.zeros(1, np.float64)
-        sw.ctrl_win.Get(buf, sw.owner, (W.field(self.replica, name), 1, MPI.DOUBLE))
+        sw.ctrl_win.Get(buf, sw.owner, (W.field(self.client, name), 1, MPI.DOUBLE))
         sw.ctrl_win.Flush(sw.owner)
         return float(buf[0])
 
     def _add(self, sw: W.ShardWindows, name: int, value: float) -> None:
         self._one[0] = value
         sw.ctrl_win.Accumulate(
-            self._one, sw.owner, (W.field(self.replica, name), 1, MPI.DOUBLE), MPI.SUM
+            self._one, sw.owner, (W.field(self.client, name), 1, MPI.DOUBLE), MPI.SUM
         )
 
     def heartbeat(self) -> None:
-        """Tells every shard this replica is alive (also done by fetch and push)."""
+        """Tells every shard this client is alive (also done by fetch and push)."""
         for sw in self.shards:
             self._add(sw, W.HEARTBEAT, 1.0)
             sw.ctrl_win.Flush(sw.owner)
 
     def _wait_applied(self, sw: W.ShardWindows) -> float:
-        """Waits until shard ``sw`` has consumed all of this replica's pushes;
-        returns the seconds waited. Sets ``stopped`` if the shard finished."""
+        """Waits, with heartbeats, until shard ``sw`` has consumed all of this client's
+        pushes; returns the seconds waited. Sets ``stopped`` if the shard finished.
+
+        Raises:
+            TimeoutError: the shard did not take the push within ``wait_timeout`` seconds.
+        """
+
+        def taken() -> bool:
+            if self._read_field(sw, W.ACK) >= self.stats.pushes:
+                return True
+            return self._read_head(sw)[W.STOP] > 0  # a finished shard takes no more
+
         t = time.perf_counter()
-        deadline = time.monotonic() + self.wait_timeout
-        backoff = Backoff(first=10e-6, cap=1e-3)
-        while self._read_field(sw, W.ACK) < self.stats.pushes:
-            if self._read_head(sw)[W.STOP] > 0:
-                break
-            if time.monotonic() > deadline:
-                raise TimeoutError(
-                    f"replica {self.replica}: shard {sw.shard} (rank {sw.owner}) "
-                    f"did not take a push in {self.wait_timeout:.0f} s"
-                )
-            self._add(sw, W.HEARTBEAT, 1.0)
-            backoff.sleep()
+        poll_until(
+            taken,
+            self.wait_timeout,
+            f"client {self.client}'s push to shard {sw.shard} (rank {sw.owner})",
+            backoff=Backoff(first=10e-6, cap=1e-3),
+            on_poll=lambda: self._add(sw, W.HEARTBEAT, 1.0),
+        )
         return time.perf_counter() - t
 
     def wait_for_version(self, version: int, timeout: float) -> None:
-        """Waits, with heartbeats, until shard 0's version reaches ``version`` (warm start)."""
+        """Waits, with heartbeats, until shard 0's version reaches ``version`` (warm
+        start) or the shard has finished.
+
+        Raises:
+            TimeoutError: the version was not reached within ``timeout`` seconds.
+        """
         sw = self.shards[0]
-        deadline = time.monotonic() + timeout
-        backoff = Backoff(first=1e-3, cap=50e-3)
-        while self._read_head(sw)[W.VERSION] < version and not self.stopped:
-            if time.monotonic() > deadline:
-                raise TimeoutError(
-                    f"replica {self.replica}: warm start did not reach "
-                    f"version {version} in {timeout:.0f} s"
-                )
-            self.heartbeat()
-            backoff.sleep()
+        poll_until(
+            lambda: self._read_head(sw)[W.VERSION] >= version or self.stopped,
+            timeout,
+            f"client {self.client}'s warm start (shard 0 reaching version {version})",
+            backoff=Backoff(first=1e-3, cap=50e-3),
+            on_poll=self.heartbeat,
+        )
 
     def fetch(self, params: np.ndarray, read_own_writes: bool = False) -> None:
         """Copies every shard's parameters into ``params`` ((n_params,) float32, in
@@ -176,7 +184,7 @@ class ShardClient:
         self, grads: np.ndarray, steps: int, loss_sum: float, correct: int, samples: int
     ) -> None:
         """Accumulates ``grads`` ((n_params,) float32: the gradients summed since the
-        last push) into this replica's inbox slot on every shard, with the training
+        last push) into this client's inbox slot on every shard, with the training
         counters (steps, loss sum, correct, samples) since the last push."""
         t = time.perf_counter()
         for sw in self.touched:
@@ -186,7 +194,7 @@ class ShardClient:
             return
         f = self._fields
         for i, sw in enumerate(self.shards):
-            slot = self.replica * sw.n - sw.lo
+            slot = self.client * sw.n - sw.lo
             for a, b in self.pieces[i]:
                 sw.inbox_win.Accumulate(grads[a:b], sw.owner, (slot + a, b - a, MPI.FLOAT), MPI.SUM)
             f[:] = 0.0
@@ -198,7 +206,7 @@ class ShardClient:
                 f[W.CORRECT - W.BASE_VERSION] = correct
                 f[W.SAMPLES - W.BASE_VERSION] = samples
             sw.ctrl_win.Accumulate(
-                f, sw.owner, (W.field(self.replica, W.BASE_VERSION), len(f), MPI.DOUBLE), MPI.SUM
+                f, sw.owner, (W.field(self.client, W.BASE_VERSION), len(f), MPI.DOUBLE), MPI.SUM
             )
         for sw in self.shards:  # the gradient is complete at every shard ...
             sw.inbox_win.Flush(sw.owner)
@@ -212,7 +220,7 @@ class ShardClient:
         self.stats.bytes_out += 4 * self.n_moved
 
     def done(self) -> None:
-        """Tells every shard this replica has finished its work."""
+        """Tells every shard this client has finished its work."""
         for sw in self.shards:
             self._add(sw, W.DONE, 1.0)
             sw.ctrl_win.Flush(sw.owner)

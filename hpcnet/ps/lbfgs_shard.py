@@ -10,27 +10,43 @@ float64 except the served copy):
 * ``g_trial``, the gradient being summed from replicas' pushes;
 * the last ``m`` pairs ``s = x_new - x`` and ``y = g_new - g``.
 
-Commands (float64 messages from the coordinator, tag :data:`TAG_CMD`) and the
-bytes that cross the network per L-BFGS iteration, for k stored pairs and R
-replicas: ``begin`` (24 B) / ``finalize`` (16 + 8 R B, reply 24 B) once per
+Commands (:class:`Command`; float64 messages ``[command, args...]`` from the
+coordinator, tag :data:`TAG_CMD`, served by :mod:`hpcnet.ps.lbfgs_service`) and
+the bytes that cross the network per L-BFGS iteration, for k stored pairs and R
+replicas: ``begin`` (24 B) / ``finalize`` (24 + 8 R B, reply 24 B) once per
 evaluation pass; ``gram`` (8 B, reply 8 (2k+1)^2 B), ``direction`` (8 (2k+2) B),
-``accept`` (16 B, reply 16 B), ``commit`` (16 B) once per iteration. Only
+``accept`` (8 B, reply 16 B), ``commit`` (16 B) once per iteration. Only
 scalars reach the coordinator; the shard's vectors never leave it except as
 the float32 parameters replicas fetch and the final gather.
 """
 
 from __future__ import annotations
 
+import enum
+
 import numpy as np
 
-# commands
-BEGIN, FINALIZE, GRAM, DIRECTION, ACCEPT, COMMIT, RESET, STOP = range(1, 9)
+
+class Command(enum.IntEnum):
+    """What the coordinator asks a shard to do (the first element of a command)."""
+
+    BEGIN = 1  # [BEGIN, pass, t]: serve x + t d for pass ``pass``; reply [1]
+    FINALIZE = 2  # [FINALIZE, pass, n_samples, pushes of replica 0..R-1]: reply 3 sums
+    GRAM = 3  # [GRAM]: reply the partial Gram matrix, (2k+1)^2 values
+    DIRECTION = 4  # [DIRECTION, delta_0..delta_2k]: d = sum delta_l b_l; reply [1]
+    ACCEPT = 5  # [ACCEPT]: move to the trial point; reply [s.y, y.y]
+    COMMIT = 6  # [COMMIT, store]: keep the last pair if store; reply [1]
+    RESET = 7  # [RESET]: forget the history; reply [1]
+    STOP = 8  # [STOP]: leave the service loop; no reply
+
+
 TAG_CMD, TAG_REPLY = 11, 12
 TAG_PUSH0 = 1000  # gradient pushes of pass p use tag TAG_PUSH0 + p % PUSH_TAGS
 PUSH_TAGS = 8192
 
 
 def push_tag(pass_id: int) -> int:
+    """The tag of the gradient pushes of evaluation pass ``pass_id``."""
     return TAG_PUSH0 + pass_id % PUSH_TAGS
 
 

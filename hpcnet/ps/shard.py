@@ -1,25 +1,27 @@
 """The parameter shard's service loop (Downpour, Dean et al. 2012 sec. 4.1).
 
-How a push is consumed exactly once: replica r owns inbox slot r and the two
-counters READY[r] (written only by the replica, += 1 per completed push) and
-ACK[r] (written only by the shard). The replica pushes only when
-``ACK[r] == pushes it has sent`` (the slot is empty): it ``Accumulate``s its
+The shard's unit is the *client*: one replica partition, ``client = replica * M +
+partition`` (one client per replica without model parallelism; see
+:mod:`hpcnet.ps.windows`). How a push is consumed exactly once: client c owns
+inbox slot c and the two counters READY[c] (written only by the client, += 1 per
+completed push) and ACK[c] (written only by the shard). The client pushes only
+when ``ACK[c] == pushes it has sent`` (the slot is empty): it ``Accumulate``s its
 gradient into the zeroed slot, ``Flush``es (the data is complete at the
-shard), then adds 1 to READY[r] and flushes again. The shard applies slot r
-when ``READY[r] > ACK[r]``, zeroes the slot, and only then sets
-``ACK[r] = READY[r]``. So a slot is never written while the shard reads it,
+shard), then adds 1 to READY[c] and flushes again. The shard applies slot c
+when ``READY[c] > ACK[c]``, zeroes the slot, and only then sets
+``ACK[c] = READY[c]``. So a slot is never written while the shard reads it,
 never read twice, and never skipped: pushes applied == pushes sent, per
-replica (tested).
+client (tested).
 
 Consistency hpcnet guarantees (and what it does not):
 
 * each element of an ``Accumulate`` is atomic (MPI-3 sec. 11.7.1), and each push
-  is applied whole, in one update, in the order replicas' pushes are found;
-* a replica's ``Get`` of the parameters may race with an update and see some
+  is applied whole, in one update, in the order clients' pushes are found;
+* a client's ``Get`` of the parameters may race with an update and see some
   elements before and some after it (DistBelief accepts this; so do we);
-* the version a replica reads is never newer than the parameters it then reads
+* the version a client reads is never newer than the parameters it then reads
   (the version is read first), so measured staleness is an upper bound;
-* with ``read_own_writes`` a replica fetches only after all its own pushes were
+* with ``read_own_writes`` a client fetches only after all its own pushes were
   applied (with one replica this is exactly serial SGD / Adagrad).
 
 Progress: MPICH may complete passive-target operations only when the target
@@ -51,11 +53,11 @@ class ShardStats:
     lo: int
     hi: int
     version: int = 0
-    pushes_applied: list[int] = field(default_factory=list)  # per replica
+    pushes_applied: list[int] = field(default_factory=list)  # per client
     bytes_in: int = 0  # gradient bytes consumed from the inbox
     staleness_hist: list[int] = field(default_factory=list)  # count per staleness 0..63+
-    lost_replicas: list[int] = field(default_factory=list)
-    done_replicas: list[int] = field(default_factory=list)
+    lost_clients: list[int] = field(default_factory=list)  # silent too long, in order lost
+    done_clients: list[int] = field(default_factory=list)  # said done by the end
     serve_s: float = 0.0  # wall seconds in the service loop
     cpu_s: float = 0.0  # CPU seconds (user + system) the loop used
     idle_cpu_fraction: float = 0.0  # CPU seconds / wall seconds while nothing arrived
@@ -77,14 +79,15 @@ class ShardStats:
 
 
 class ShardService:
-    """Serves one parameter shard until every replica is done or lost.
+    """Serves one parameter shard until every client is done or lost.
 
     Args:
         sw: this shard's windows (this rank must be their owner).
-        rule: update rule object with ``apply(params, grads, lr)``.
+        rule: update rule (:func:`hpcnet.optim.rules.make_rule`) whose
+            ``step(params, grads, lr)`` updates the shard's slice in place.
         lr_at: learning rate as a function of this shard's version.
-        replica_timeout: seconds without a heartbeat after which a replica
-            that has not said done is declared lost.
+        replica_timeout: seconds without a heartbeat after which a client
+            that has not said done is declared lost (``--replica-timeout``).
         comm: the library communicator (for ``Iprobe`` progress).
         on_tick: called about every ``tick_s`` seconds with (ctrl, stats) - the
             progress lines of shard 0.
@@ -108,24 +111,24 @@ class ShardService:
             sw.shard,
             sw.lo,
             sw.hi,
-            pushes_applied=[0] * sw.n_replicas,
+            pushes_applied=[0] * sw.n_clients,
             staleness_hist=[0] * STALENESS_BINS,
         )
 
-    def _apply(self, r: int, params, inbox, ctrl) -> None:
+    def _apply(self, c: int, params, inbox, ctrl) -> None:
         n = self.sw.n
-        slot = inbox[r * n : (r + 1) * n]
+        slot = inbox[c * n : (c + 1) * n]
         version = int(ctrl[W.VERSION])
-        stale = version - int(ctrl[W.field(r, W.BASE_VERSION)])
+        stale = version - int(ctrl[W.field(c, W.BASE_VERSION)])
         t = time.perf_counter()
-        self.rule.apply(params, slot, self.lr_at(version))
+        self.rule.step(params, slot, self.lr_at(version))
         slot[:] = 0.0
         self.stats.apply_s += time.perf_counter() - t
-        ctrl[W.field(r, W.BASE_VERSION)] = 0.0
+        ctrl[W.field(c, W.BASE_VERSION)] = 0.0
         ctrl[W.VERSION] = version + 1
         ctrl[W.APPLIED] += 1
-        ctrl[W.field(r, W.ACK)] += 1.0  # last: the slot is empty again
-        self.stats.pushes_applied[r] += 1
+        ctrl[W.field(c, W.ACK)] += 1.0  # last: the slot is empty again
+        self.stats.pushes_applied[c] += 1
         self.stats.bytes_in += slot.nbytes
         self.stats.staleness_hist[min(max(stale, 0), STALENESS_BINS - 1)] += 1
 
@@ -133,13 +136,13 @@ class ShardService:
         """Runs the service loop; returns the shard's statistics when it finishes."""
         sw, st = self.sw, self.stats
         params, inbox, ctrl = sw.local_arrays()
-        R = sw.n_replicas
+        C = sw.n_clients
         sw.lock_all()
         backoff = Backoff(first=20e-6, cap=1e-3)
         t0 = time.perf_counter()
         ru0 = resource.getrusage(resource.RUSAGE_SELF)
-        last_hb = np.full(R, -1.0)
-        last_seen = np.full(R, time.monotonic())
+        last_hb = np.full(C, -1.0)
+        last_seen = np.full(C, time.monotonic())
         lost: set[int] = set()
         idle_wall = idle_cpu = 0.0
         next_tick = time.monotonic() + self.tick_s
@@ -148,29 +151,29 @@ class ShardService:
             sw.ctrl_win.Sync()
             sw.inbox_win.Sync()
             applied = 0
-            for r in range(R):
-                if ctrl[W.field(r, W.READY)] > ctrl[W.field(r, W.ACK)]:
-                    self._apply(r, params, inbox, ctrl)
+            for c in range(C):
+                if ctrl[W.field(c, W.READY)] > ctrl[W.field(c, W.ACK)]:
+                    self._apply(c, params, inbox, ctrl)
                     applied += 1
             if applied:
                 sw.param_win.Sync()
                 sw.ctrl_win.Sync()
             now = time.monotonic()
             done = []
-            for r in range(R):
-                hb = ctrl[W.field(r, W.HEARTBEAT)]
-                if hb != last_hb[r]:
-                    last_hb[r], last_seen[r] = hb, now
-                    lost.discard(r)
-                if ctrl[W.field(r, W.DONE)] > 0:
-                    done.append(r)
-                elif now - last_seen[r] > self.timeout and r not in lost:
-                    lost.add(r)
-                    if r not in st.lost_replicas:
-                        st.lost_replicas.append(r)
-            pending = any(ctrl[W.field(r, W.READY)] > ctrl[W.field(r, W.ACK)] for r in range(R))
-            if len(done) + len(lost) >= R and not pending:
-                st.done_replicas = done
+            for c in range(C):
+                hb = ctrl[W.field(c, W.HEARTBEAT)]
+                if hb != last_hb[c]:
+                    last_hb[c], last_seen[c] = hb, now
+                    lost.discard(c)
+                if ctrl[W.field(c, W.DONE)] > 0:
+                    done.append(c)
+                elif now - last_seen[c] > self.timeout and c not in lost:
+                    lost.add(c)
+                    if c not in st.lost_clients:
+                        st.lost_clients.append(c)
+            pending = any(ctrl[W.field(c, W.READY)] > ctrl[W.field(c, W.ACK)] for c in range(C))
+            if len(done) + len(lost) >= C and not pending:
+                st.done_clients = done
                 break
             if self.on_tick is not None and now >= next_tick:
                 self.on_tick(ctrl, st)

@@ -6,14 +6,19 @@ per shard and purpose: MPI serialises accumulates per window, so shards do not
 contend; shared/DESIGN.md, "Known MPI pitfalls"):
 
 * ``param``  (n_s,) float32: the shard's slice ``[lo, hi)`` of the flat parameter
-  vector. Replicas ``Get`` it; the shard updates it in place.
-* ``inbox``  (R * n_s,) float32: one slot per replica. Replica r
-  ``Accumulate(SUM)``s its accumulated gradient into slot r (which the shard
+  vector. Clients ``Get`` it; the shard updates it in place.
+* ``inbox``  (C * n_s,) float32: one slot per client. Client c
+  ``Accumulate(SUM)``s its accumulated gradient into slot c (which the shard
   has zeroed), the shard consumes it.
 * ``ctrl``   float64 counters (exact integers up to 2**53): a head
-  (:data:`VERSION`, :data:`STOP`, ...) and a block per replica
-  (:data:`READY`, :data:`ACK`, ...). Replicas only ``Accumulate(SUM)`` into it
+  (:data:`VERSION`, :data:`STOP`, ...) and a block per client
+  (:data:`READY`, :data:`ACK`, ...). Clients only ``Accumulate(SUM)`` into it
   and ``Get`` from it; the shard writes it with local stores + ``Win.Sync``.
+
+A *client* is the parameter server's unit: one replica partition, with its own
+inbox slot and counter block, ``client = replica * M + partition`` for M
+partitions per replica (C = R * M clients; without model parallelism, one client
+per replica).
 
 All windows are created with the info hints ``accumulate_ordering=none`` (no
 ordering between accumulates is needed: completion is enforced with
@@ -34,30 +39,30 @@ from hpcnet.errors import LayoutError
 
 # ctrl head
 VERSION = 0  # updates applied by this shard (its parameter version)
-STOP = 1  # 1.0 once this shard has finished: replicas stop
-APPLIED = 2  # pushes applied, summed over replicas (== VERSION)
+STOP = 1  # 1.0 once this shard has finished: clients stop
+APPLIED = 2  # pushes applied, summed over clients (== VERSION)
 HEAD = 4
-# per-replica block, at HEAD + r * PER_REPLICA
-READY = 0  # pushes replica r has completed into its inbox slot (replica: += 1)
-ACK = 1  # pushes of replica r the shard has consumed (shard writes)
-BASE_VERSION = 2  # VERSION of this shard the pending push was computed on (replica: += v)
-DONE = 3  # 1.0 when replica r has finished its work (replica: += 1)
-HEARTBEAT = 4  # replica r's liveness counter (replica: += 1 at each fetch and push)
-STEPS = 5  # training steps replica r has completed (replica: += steps at each push)
-LOSS = 6  # sum of replica r's per-sample training losses, for progress lines
-CORRECT = 7  # correctly classified training samples of replica r
-SAMPLES = 8  # training samples replica r has processed
-PER_REPLICA = 9
+# per-client block, at HEAD + c * PER_CLIENT
+READY = 0  # pushes client c has completed into its inbox slot (client: += 1)
+ACK = 1  # pushes of client c the shard has consumed (shard writes)
+BASE_VERSION = 2  # VERSION of this shard the pending push was computed on (client: += v)
+DONE = 3  # 1.0 when client c has finished its work (client: += 1)
+HEARTBEAT = 4  # client c's liveness counter (client: += 1 at each fetch and push)
+STEPS = 5  # training steps client c has completed (client: += steps at each push)
+LOSS = 6  # sum of client c's per-sample training losses, for progress lines
+CORRECT = 7  # correctly classified training samples of client c
+SAMPLES = 8  # training samples client c has processed
+PER_CLIENT = 9
 
 
-def ctrl_size(n_replicas: int) -> int:
+def ctrl_size(n_clients: int) -> int:
     """Number of float64 counters in a shard's control window."""
-    return HEAD + n_replicas * PER_REPLICA
+    return HEAD + n_clients * PER_CLIENT
 
 
-def field(replica: int, name: int) -> int:
-    """Index of per-replica counter ``name`` of ``replica`` in the control window."""
-    return HEAD + replica * PER_REPLICA + name
+def field(client: int, name: int) -> int:
+    """Index of per-client counter ``name`` of ``client`` in the control window."""
+    return HEAD + client * PER_CLIENT + name
 
 
 def shard_ranges(
@@ -110,7 +115,7 @@ class ShardWindows:
     owner: int  # world rank of the shard
     lo: int
     hi: int
-    n_replicas: int
+    n_clients: int  # inbox slots and counter blocks: replicas x partitions
     param_win: MPI.Win
     inbox_win: MPI.Win
     ctrl_win: MPI.Win
@@ -124,7 +129,7 @@ class ShardWindows:
         return (self.param_win, self.inbox_win, self.ctrl_win)
 
     def local_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(params (n,) float32, inbox (R*n,) float32, ctrl float64) views of this
+        """(params (n,) float32, inbox (C*n,) float32, ctrl float64) views of this
         rank's window memory (meaningful on the owner only)."""
         return (
             np.frombuffer(self.param_win.tomemory(), np.float32),
@@ -148,9 +153,10 @@ class ShardWindows:
 
 
 def create_shard_windows(
-    comm: MPI.Intracomm, shard_ranks: list[int], ranges: list[tuple[int, int]], n_replicas: int
+    comm: MPI.Intracomm, shard_ranks: list[int], ranges: list[tuple[int, int]], n_clients: int
 ) -> list[ShardWindows]:
-    """Creates every shard's windows (3 per shard, in shard order).
+    """Creates every shard's windows (3 per shard, in shard order), each with an inbox
+    slot and a counter block for each of ``n_clients`` clients.
 
     Collective over ``comm``: every rank must call it with the same arguments.
     Memory is allocated (and zeroed) only on each window's shard rank.
@@ -162,12 +168,12 @@ def create_shard_windows(
         mine = rank == owner
         n = hi - lo
         wins = []
-        for count, itemsize in ((n, 4), (n_replicas * n, 4), (ctrl_size(n_replicas), 8)):
+        for count, itemsize in ((n, 4), (n_clients * n, 4), (ctrl_size(n_clients), 8)):
             w = MPI.Win.Allocate(count * itemsize if mine else 0, itemsize, info, comm)
             if mine:
                 np.frombuffer(w.tomemory(), np.uint8)[:] = 0
             wins.append(w)
-        out.append(ShardWindows(s, owner, lo, hi, n_replicas, *wins))
+        out.append(ShardWindows(s, owner, lo, hi, n_clients, *wins))
     info.Free()
     comm.Barrier()  # every window zeroed before anyone reaches into it
     return out

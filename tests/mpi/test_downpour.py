@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from hpcnet.algos.runner import train
+from hpcnet.algos import train
 from hpcnet.config import load_config
 from hpcnet.data.format import open_dataset
 from hpcnet.data.loader import BatchLoader

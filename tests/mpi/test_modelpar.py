@@ -11,7 +11,7 @@ says.
 import numpy as np
 import pytest
 
-from hpcnet.algos.runner import train
+from hpcnet.algos import train
 from hpcnet.algos.sync import SyncSGD
 from hpcnet.comm import split_role_comms
 from hpcnet.comm.exchange import Exchange

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hpcnet.algos.runner import train
+from hpcnet.algos import train
 from hpcnet.config import load_config
 from hpcnet.data.format import open_dataset, read_rows
 from hpcnet.data.loader import normalize

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
+from hpcnet.algos import train
 from hpcnet.algos.avg import ParameterAveraging
-from hpcnet.algos.runner import train
 from hpcnet.algos.sync import SyncSGD
 from hpcnet.config import load_config
 from hpcnet.data.format import open_dataset, read_rows

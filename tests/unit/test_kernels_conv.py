@@ -108,27 +108,3 @@ def test_inference_forwards_reuse_the_im2col_buffer():
     y2 = model.forward(x, be)  # releases the first forward's buffers, then takes them
     assert model.layers[0]._cache[1] is cols1
     np.testing.assert_array_equal(y1, y2)
-
-
-def test_sgd_optimizer_matches_the_numpy_formula():
-    """The optimizer (fused Numba pass) against PyTorch's momentum update written in NumPy."""
-    from hpcnet.optim.sgd import SGD
-
-    n = 1000
-    p1, g = rand(n), rand(n)
-    p2, v = p1.astype(np.float64), np.zeros(n)
-    opt = SGD(n, momentum=0.9, weight_decay=1e-3)
-    for _ in range(3):
-        g1, g2 = g.copy(), g.astype(np.float64)
-        opt.step(p1, g1, 0.05)
-        g2 = g2 + 1e-3 * p2
-        v = 0.9 * v + g2
-        p2 = p2 - 0.05 * v
-        assert_close(g1, g2, rtol=1e-5, scale=1e-6)
-    assert_close(p1, p2, rtol=1e-5, scale=1e-6)
-    assert_close(opt.velocity, v, rtol=1e-5, scale=1e-6)
-    plain = SGD(n)  # no momentum: p -= lr g
-    p3, g3 = rand(n), rand(n)
-    want = p3 - np.float32(0.1) * g3
-    plain.step(p3, g3, 0.1)
-    np.testing.assert_allclose(p3, want, rtol=1e-6)

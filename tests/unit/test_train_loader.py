@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from hpcnet.algos.common import train_loader
+from hpcnet.algos.prepare import train_loader
 from hpcnet.config import Config, replace
 from hpcnet.data.format import open_dataset
 from hpcnet.data.registry import resolve_data

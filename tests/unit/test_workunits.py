@@ -1,6 +1,6 @@
 """The Sandblaster work-unit scheduler: load balancing, backups, exactly-once delivery."""
 
-from hpcnet.algos.workunits import DELIVERED, WorkScheduler
+from hpcnet.algos.sandblaster.workunits import DELIVERED, WorkScheduler
 
 
 class FakeClock:

@@ -1,0 +1,397 @@
+"""The run lifecycle every training algorithm shares.
+
+:func:`train` is SPMD: every rank of the communicator calls it with the same
+config, and it runs the same stages for every algorithm of the registry
+(:mod:`hpcnet.algos.registry`):
+
+1. :func:`hpcnet.algos.prepare.prepare`: layout and backend checked with no
+   communication, data found and validated by rank 0, model built, output
+   directory made, compute threads set, kernels compiled once per node;
+2. :class:`Run`: the role sub-communicators, the step budget, the deadlines;
+   rank 0 initialises the flat parameter vector from the seed and broadcasts
+   it; replicas of ``--partitions M > 1`` are split into partitions;
+3. the algorithm's ``setup`` (collective: windows, ...);
+4. each rank runs the program of its role; progress records go through
+   :meth:`Run.progress`, one shape for every algorithm;
+5. every rank meets (a polling barrier with a deadline), the algorithm's
+   ``finish`` leaves the final parameters on every rank, the replicas evaluate
+   the test split in slices, and rank 0 writes OUT/metrics.jsonl's test record
+   and OUT/summary.json.
+
+Checkpoints and the watchdog hook in here, once, for every algorithm.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from mpi4py import MPI
+
+from hpcnet.algos.prepare import Prepared, prepare, train_loader
+from hpcnet.algos.registry import Algorithm, get_algorithm
+from hpcnet.comm import (
+    Deadlines,
+    allgather_objects,
+    allreduce_sum,
+    barrier_polling,
+    bcast_,
+    bcast_object,
+    gather_objects,
+    split_role_comms,
+)
+from hpcnet.comm.exchange import Exchange
+from hpcnet.config import Config
+from hpcnet.data.loader import BatchLoader, eval_batches
+from hpcnet.modelpar import partition_model
+from hpcnet.optim.schedules import lr_at, scaled_lr
+from hpcnet.run.metrics import progress_line, write_summary
+
+__all__ = ["Run", "StepBudget", "train"]
+
+
+@dataclass(frozen=True)
+class StepBudget:
+    """How long each replica trains: ``epochs`` passes over its own rows.
+
+    Attributes:
+        steps_per_epoch: ``(n_train // replicas) // batch_size`` (every replica the same).
+        total_steps: steps per replica: ``steps_per_epoch * epochs``, capped by
+            ``--max-steps``.
+        log_every: steps between progress records (``--log-every``; 0: ~20 per run,
+            at least one per epoch).
+    """
+
+    steps_per_epoch: int
+    total_steps: int
+    log_every: int
+
+    @classmethod
+    def of(cls, cfg: Config, n_train: int, replicas: int) -> StepBudget:
+        spe = (n_train // replicas) // cfg.run.batch_size
+        total = spe * cfg.run.epochs
+        if cfg.run.max_steps:
+            total = min(total, cfg.run.max_steps)
+        return cls(spe, total, cfg.run.log_every or max(1, min(spe, total // 20)))
+
+    def describe(self, epochs: int) -> str:
+        return f"{self.steps_per_epoch} steps/epoch x {epochs} epochs = {self.total_steps} steps"
+
+
+class Run:
+    """One training run as this rank sees it: what every role program starts from.
+
+    Built collectively by :func:`train` (every rank of ``comm``).
+
+    Attributes:
+        prep: the prepared run (config, layout, data, model, backend, output).
+        comm: the run's communicator (every rank).
+        algo: the algorithm.
+        role: this rank's role; ``comms`` its sub-communicators (``data_comm``,
+            ``replica_comm``: None on non-replica ranks).
+        deadlines: how long each kind of wait may last (:class:`hpcnet.comm.Deadlines`).
+        budget: the step budget of every replica.
+        part: this rank's partition of its replica (model parallelism), else None.
+        shared: what the algorithm's ``setup`` returned.
+        on_end_poll: called while this rank waits for the others at the end (e.g.
+            the Sandblaster coordinator drains late requests), and once after.
+    """
+
+    def __init__(self, prep: Prepared, comm: MPI.Intracomm, algo: Algorithm, verbose: bool):
+        self.prep, self.comm, self.algo, self.verbose = prep, comm, algo, verbose
+        self.rank = comm.Get_rank()
+        self.role = prep.layout.role(self.rank)
+        self.deadlines = Deadlines.from_replica_timeout(prep.cfg.ps.replica_timeout)
+        self.budget = StepBudget.of(prep.cfg, prep.info.n_train, prep.layout.replicas)
+        self.comms = split_role_comms(prep.layout, comm)  # collective
+        self.part = None
+        self.shared: Any = None
+        self.on_end_poll = None
+        self.t_train = time.perf_counter()
+
+    # --- what every program reads ------------------------------------------------
+    cfg = property(lambda self: self.prep.cfg)
+    layout = property(lambda self: self.prep.layout)
+    model = property(lambda self: self.prep.model)
+    backend = property(lambda self: self.prep.backend)
+    info = property(lambda self: self.prep.info)
+
+    @property
+    def replica(self) -> int | None:
+        """This rank's replica index (None on shards and the coordinator)."""
+        return self.role.index if self.role.kind == "replica" else None
+
+    @property
+    def net(self):
+        """What a replica rank computes with: its partition, or the whole model."""
+        return self.part if self.part is not None else self.prep.model
+
+    @property
+    def total_batch(self) -> int:
+        """Samples per step over all replicas."""
+        return self.cfg.run.batch_size * self.layout.replicas
+
+    # --- collective set-up ---------------------------------------------------------
+    def init_params(self) -> None:
+        """Rank 0 initialises the flat parameters from ``--seed``; every rank receives
+        them (one ``Bcast``). Collective over ``comm``."""
+        if self.rank == 0:
+            self.model.init(self.cfg.run.seed)
+        bcast_(self.model.params, self.comm)
+
+    def partition(self) -> None:
+        """With ``--partitions M > 1``, splits this replica rank's model into its
+        partition (:func:`hpcnet.modelpar.partition_model`). Collective over each
+        ``replica_comm``; shards and the coordinator do nothing."""
+        if self.layout.partitions > 1 and self.role.kind == "replica":
+            exchange = Exchange(
+                self.comms.replica_comm,
+                timeout=self.deadlines.exchange,
+                node_ranks=self.prep.node_ranks,
+            )
+            a = self.cfg.algo
+            self.part = partition_model(self.model, a.partition_scheme, exchange, a.micro_batches)
+
+    # --- services for role programs ------------------------------------------------
+    def loader(self) -> BatchLoader:
+        """This replica's training-split loader (its own rows, shuffled per epoch)."""
+        return train_loader(self.prep, self.role.index)
+
+    def lr_schedule(self, clients: int = 1, n_push: int = 1, scale_batch: bool = True):
+        """The learning rate as a function of the update count: warmup, then
+        ``--lr-schedule`` (Goyal et al. 2017 for the linear scaling and warmup).
+
+        Args:
+            clients: how many clients' updates advance the count (Downpour: the
+                clients pushing to one shard); 1 for synchronous steps.
+            n_push: steps per update of one client.
+            scale_batch: apply ``--lr-scaling`` by the total batch (synchronous SGD).
+        Returns:
+            ``lr(update) -> float``, reaching its end at ``clients * total_steps //
+            n_push`` updates.
+        """
+        o, spe = self.cfg.optim, self.budget.steps_per_epoch
+        target = (
+            scaled_lr(o.lr, self.total_batch, o.reference_batch, o.lr_scaling)
+            if scale_batch
+            else o.lr
+        )
+        start = o.lr if scale_batch and o.lr_scaling == "linear" else 0.1 * target
+        warmup = round(o.warmup_epochs * spe * clients / n_push)
+        total = max(1, clients * self.budget.total_steps // n_push)
+        return lambda update: lr_at(update, target, warmup, start, o.lr_schedule, total)
+
+    def progress(
+        self,
+        *,
+        epoch: int,
+        step: int,
+        total_steps: int,
+        loss: float,
+        accuracy: float,
+        lr: float,
+        samples_per_s: float | None,
+        suffix: str = "",
+        **extra: Any,
+    ) -> dict[str, Any]:
+        """One progress record, the same shape for every algorithm; rank 0 (the rank
+        holding the metrics log) writes it to OUT/metrics.jsonl and prints it.
+
+        ``samples_per_s`` None: an interval holding only the first step (its time is
+        in ``extra["first_step_s"]``). ``extra`` holds the algorithm's own fields.
+        """
+        rec = {
+            "epoch": epoch,
+            "step": step,
+            "total_steps": total_steps,
+            "loss": loss,
+            "accuracy": accuracy,
+            "lr": lr,
+            "samples_per_s": samples_per_s,
+            "elapsed_s": time.perf_counter() - self.prep.t_start,
+            **extra,
+        }
+        if self.prep.log is not None:
+            self.prep.log.write(rec)
+            if self.verbose:
+                print(progress_line(rec) + suffix, flush=True)
+        return rec
+
+    def write_record(self, rec: dict[str, Any]) -> None:
+        """Rank 0: appends an event record (``{"event": ...}``) to OUT/metrics.jsonl."""
+        if self.prep.log is not None:
+            self.prep.log.write(rec)
+
+    def say(self, line: str) -> None:
+        """Rank 0 prints ``line`` (when the run is verbose)."""
+        if self.prep.log is not None and self.verbose:
+            print(line, flush=True)
+
+    # --- the end of a run ----------------------------------------------------------
+    def evaluate(self) -> tuple[float, float]:
+        """Test loss (mean, nats) and accuracy of the final parameters over the whole
+        test split: each replica (each of its partitions) evaluates its own slice of
+        rows, ranks of other roles contribute nothing. Collective over ``comm``."""
+        loss_sum = correct = count = 0.0
+        if self.role.kind == "replica":
+            info = self.info
+            for x, y in eval_batches(
+                info.path,
+                replica=self.role.index,
+                n_replicas=self.layout.replicas,
+                batch_size=max(self.cfg.run.batch_size, 256),
+                mean=info.mean,
+                std=info.std,
+                split="test",
+            ):
+                ls, c = self.net.evaluate(x, y, self.backend)
+                loss_sum, correct, count = loss_sum + ls, correct + c, count + len(y)
+        tot = allreduce_sum(np.array([loss_sum, correct, count]), self.comm)
+        return float(tot[0] / tot[2]), float(tot[1] / tot[2])
+
+    def model_parallel_summary(self) -> dict[str, Any]:
+        """The partition layout and bytes exchanged per training step (replica 0's
+        partitions; every replica does the same work). Collective over ``comm``."""
+        mine = None
+        if self.part is not None:
+            mine = self.part.describe()
+            mine["expected_bytes_sent_per_step"], mine["expected_bytes_recv_per_step"] = (
+                self.part.expected_bytes(self.cfg.run.batch_size)
+            )
+        every = allgather_objects(mine, self.comm)
+        per = [every[r] for r in self.layout.replica_ranks(0)]
+        return {
+            "scheme": per[0]["scheme"],
+            "partitions": self.layout.partitions,
+            "bytes_sent_per_step": sum(d["bytes_sent_per_step"] for d in per),
+            "bytes_expected_per_step": sum(d["expected_bytes_sent_per_step"] for d in per),
+            "per_partition": per,
+        }
+
+    def base_summary(self) -> dict[str, Any]:
+        """The summary fields every algorithm reports."""
+        prep = self.prep
+        return {
+            "algo": prep.cfg.algo.name,
+            "model": prep.model.name,
+            "dataset": prep.cfg.data.name,
+            "data_file": str(prep.info.path),
+            "world_size": self.comm.Get_size(),
+            "layout": prep.layout.to_dict(),
+            "layout_text": prep.layout.describe(),
+            "batch_size": prep.cfg.run.batch_size,
+            "n_params": prep.model.n_params,
+            "backend": prep.backend.name,
+            "threads_per_rank": prep.threads,
+            "compile_s": prep.compile_s,
+        }
+
+    def announce(self, details: str) -> None:
+        """Rank 0: one line describing the run and where its config is (the whole
+        resolved config too with ``--verbose``)."""
+        prep = self.prep
+        if prep.log is None or not self.verbose:
+            return
+        info, model = prep.info, prep.model
+        if prep.cfg.run.verbose:
+            print("# resolved config\n" + prep.cfg.to_toml(), flush=True)
+        print(
+            f"hpcnet: {prep.layout.describe()}; data {info.path.name} "
+            f"({info.n_train:,} train / {info.n_test:,} test, {info.image_shape}); "
+            f"{model.name} {model.n_params:,} params; backend {prep.backend.name}, "
+            f"{prep.threads} thread(s)/rank; {details}; config in {prep.out / 'config.toml'}",
+            flush=True,
+        )
+
+    def report(self, summary: dict[str, Any]) -> None:
+        """Rank 0: prints the final line, then writes the test record and summary.json
+        (the line first, so the result survives a vanished output directory)."""
+        prep = self.prep
+        if prep.log is None:
+            return
+        summary.setdefault("config", prep.cfg.to_dict())
+        summary.setdefault("out", str(prep.out))
+        self.say(
+            f"test accuracy {summary['test_accuracy']:.4f}  test loss {summary['test_loss']:.4f}"
+            f"  ({summary['steps']} steps, {summary['samples_per_s']:,.0f} samples/s, "
+            f"{summary['wall_s']:.1f} s; results in {prep.out})"
+        )
+        prep.log.write(
+            {
+                "event": "test",
+                "step": summary["steps"],
+                "test_loss": summary["test_loss"],
+                "test_accuracy": summary["test_accuracy"],
+                "elapsed_s": summary["wall_s"],
+            }
+        )
+        prep.log.close()
+        write_summary(prep.out, summary)
+
+
+def _partitions_text(run: Run) -> str:
+    """``; M partitions per replica (scheme)`` for the start-up line, or ``""``."""
+    if run.layout.partitions == 1:
+        return ""
+    return f"; {run.layout.partitions} partitions per replica ({run.cfg.algo.partition_scheme})"
+
+
+def _default_summary(run: Run, results: list[tuple[str, dict]], train_s: float) -> dict:
+    """Replica 0's own figures (steps, epochs, samples/s, ...), for algorithms whose
+    replicas all take the same steps."""
+    return dict(results[run.layout.replica_ranks(0)[0]][1], train_s=train_s)
+
+
+def train(cfg: Config, comm: MPI.Intracomm, verbose: bool = True) -> dict[str, Any]:
+    """Trains with the algorithm ``cfg.algo.name`` on every rank of ``comm``.
+
+    Collective over ``comm``: every rank must call it with the same config.
+
+    Returns:
+        The summary dict (every rank gets rank 0's; only rank 0 writes files); the
+        final flat parameters ((n_params,) float32) are under ``"_params"``.
+    Raises:
+        HpcnetError (every rank, same message): bad layout, backend, data or output dir.
+    """
+    algo = get_algorithm(cfg.algo.name)
+    prep = prepare(cfg, comm)
+    run = Run(prep, comm, algo, verbose)
+    run.init_params()
+    run.partition()
+    if algo.setup is not None:
+        run.shared = algo.setup(run)
+    run.announce(algo.describe(run) if algo.describe else run.budget.describe(cfg.run.epochs))
+    run.t_train = time.perf_counter()
+    result = algo.programs[run.role.kind](run)
+    train_s = time.perf_counter() - run.t_train
+
+    # the end: every rank meets (sleeping while it waits, with a deadline)
+    barrier_polling(
+        comm, run.deadlines.end_barrier, f"{algo.name} end of run", on_poll=run.on_end_poll
+    )
+    if run.on_end_poll is not None:
+        run.on_end_poll()
+    if algo.finish is not None:
+        algo.finish(run)
+    test_loss, test_acc = run.evaluate()
+    gathered = gather_objects((run.role.kind, result), comm)
+    mp = run.model_parallel_summary() if run.layout.partitions > 1 else None
+    summary = None
+    if run.rank == 0:
+        summary = run.base_summary()
+        if mp is not None:
+            summary["model_parallel"] = mp
+        summarise = algo.summarise or _default_summary
+        summary.update(summarise(run, gathered, train_s))
+        summary.update(
+            test_accuracy=test_acc,
+            test_loss=test_loss,
+            wall_s=time.perf_counter() - prep.t_start,
+        )
+        run.report(summary)
+    summary = bcast_object(summary, comm)
+    run.comms.free()
+    summary["_params"] = prep.model.params
+    return summary

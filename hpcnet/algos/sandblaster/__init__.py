@@ -1,0 +1,170 @@
+"""Sandblaster L-BFGS (Dean et al. 2012, sec. 4.2): a coordinator, shard-side vector
+algebra, and load-balanced work units with backup tasks.
+
+Ranks (:class:`hpcnet.layout.Layout`): the coordinator (``coordinator_rank``),
+``S`` parameter shards (``shard_ranks``), ``R`` replicas (from
+``first_replica_rank``). No process ever holds or moves the whole parameter vector
+during the optimisation:
+
+* the shards keep their slices of x, d, g and the L-BFGS history
+  (:mod:`hpcnet.ps.lbfgs_shard`) and serve the coordinator's commands and the
+  replicas' pushes (:mod:`hpcnet.ps.lbfgs_service`);
+* the coordinator (:mod:`.coordinator`) runs L-BFGS on scalars (the vector-free
+  two-loop recursion, :mod:`hpcnet.optim.lbfgs`) and the backtracking Armijo line
+  search, and schedules the work units (:mod:`.workunits`);
+* the replicas (:mod:`.replica`) compute the gradients of work units, talking to
+  the coordinator by the work-unit protocol (:mod:`.protocol`).
+
+One *evaluation pass* (function and gradient at ``x + t d`` over the L-BFGS
+batch):
+
+1. coordinator -> shards ``begin(t)``: each shard writes ``x + t d`` (float32)
+   into its parameter window;
+2. replicas ask the coordinator for work and ``Get`` the parameters from the
+   shards' windows when a new pass starts; units go to whoever asks (faster
+   replicas do more), backup copies to idle replicas near the end;
+3. a replica sums the gradients of its kept units and, every
+   ``units_per_push`` units (or when told to flush), asks the coordinator; if
+   accepted it sends each shard its slice;
+4. when every unit is delivered, coordinator -> shards ``finalize``: each shard
+   waits for exactly the accepted pushes and returns three partial sums.
+
+Messages are small float64 arrays (buffer API, :mod:`hpcnet.comm.messages`); every
+wait polls with sleeps and has a named deadline (:class:`hpcnet.comm.Deadlines`).
+Communication per iteration: :mod:`hpcnet.ps.lbfgs_shard` (commands),
+:mod:`.protocol` (work units), :mod:`hpcnet.ps.lbfgs_service` (parameters and
+gradients).
+
+Who calls what: the lifecycle (:mod:`hpcnet.algos.lifecycle`) runs the collective
+start (the initial parameters' broadcast, :func:`_setup`: the windows and a barrier)
+and end (a barrier, :func:`_finish`: the gather of the shards' slices, then the
+evaluation and the summary) on every rank; in between no collective runs, so a lost
+replica does not stop the others. Every rank computes the units, ranges and pass
+budget from the same config (:func:`_plan`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from hpcnet.algos.lifecycle import Run
+from hpcnet.algos.registry import SHARDED_FLAGS, Algorithm, register
+from hpcnet.algos.sandblaster.coordinator import Coordinator
+from hpcnet.algos.sandblaster.replica import run_replica
+from hpcnet.comm import allgather_ranges, barrier_polling, same_on_every_rank
+from hpcnet.layout import LayoutRule
+from hpcnet.ps.lbfgs_service import LBFGSShardService, ParameterWindows
+from hpcnet.ps.lbfgs_shard import LBFGSShardState
+from hpcnet.ps.windows import shard_ranges
+
+__all__ = ["SANDBLASTER"]
+
+
+@dataclass
+class _Plan:
+    """What every rank computes alike from the config, and the shared windows."""
+
+    ranges: list[tuple[int, int]]  # each shard's [lo, hi) of the flat vector
+    n_batch: int  # rows per evaluation pass
+    unit: int  # rows per work unit
+    units: list[tuple[int, int]]
+    max_passes: int
+    windows: ParameterWindows | None = None
+    x: np.ndarray = field(default_factory=lambda: np.empty(0, np.float32))  # a shard's slice
+
+
+def _plan(run: Run) -> _Plan:
+    cfg, info, layout = run.cfg, run.info, run.layout
+    with same_on_every_rank():
+        ranges = shard_ranges(
+            run.model.n_params, layout.shards, [a for _, a, _ in run.model.segments]
+        )
+    n_batch = min(cfg.lbfgs.batch or info.n_train, info.n_train)
+    unit = cfg.lbfgs.unit_size or max(1, n_batch // (10 * layout.replicas))
+    units = [(lo, min(lo + unit, n_batch)) for lo in range(0, n_batch, unit)]
+    max_passes = max(2, math.ceil(cfg.run.epochs * info.n_train / n_batch))
+    return _Plan(ranges, n_batch, unit, units, max_passes)
+
+
+def _setup(run: Run) -> _Plan:
+    """Collective: the parameter windows (memory on the shards only), then a barrier,
+    so the shards hold their windows before any replica reads them."""
+    plan = _plan(run)
+    plan.windows = ParameterWindows(run.comm, run.layout.shard_ranks, plan.ranges)
+    barrier_polling(run.comm, run.deadlines.end_barrier, "sandblaster start")
+    return plan
+
+
+def _describe(run: Run) -> str:
+    p = run.shared
+    return (
+        f"{len(p.units)} work units of {p.unit} rows per pass over {p.n_batch} rows; "
+        f"up to {p.max_passes} passes; L-BFGS m={run.cfg.lbfgs.m}; shard ranges {p.ranges}"
+    )
+
+
+def _coordinator(run: Run) -> dict:
+    p = run.shared
+    coordinator = Coordinator(run, p.units, p.n_batch, p.max_passes)
+    run.on_end_poll = coordinator.drain  # replicas' late requests, while all meet
+    return coordinator.run()
+
+
+def _shard(run: Run) -> dict:
+    p, cfg = run.shared, run.cfg
+    lo, hi = p.ranges[run.role.index]
+    state = LBFGSShardState(run.model.params[lo:hi], cfg.lbfgs.m, cfg.optim.weight_decay)
+    service = LBFGSShardService(run.comm, p.windows, state, run.layout, run.deadlines.shard_reply)
+    result = service.run()
+    p.x = result.pop("_x")
+    return result
+
+
+def _replica(run: Run) -> dict:
+    p = run.shared
+    return run_replica(run.prep, run.comm, p.windows, run.role.index, p.units, run.deadlines)
+
+
+def _finish(run: Run) -> None:
+    """Collective: every rank gets the shards' final slices; the windows are freed."""
+    p = run.shared
+    allgather_ranges(p.x, run.layout.shard_ranks, p.ranges, run.model.params, run.comm)
+    p.windows.free()
+
+
+def _summarise(run: Run, gathered: list[tuple[str, dict]], train_s: float) -> dict:
+    p, info = run.shared, run.info
+    coord = next(r for kind, r in gathered if kind == "coordinator")
+    reps = sorted((r for kind, r in gathered if kind == "replica"), key=lambda r: r["replica"])
+    return {
+        **coord,
+        "replicas": reps,
+        "steps": coord["iterations"],
+        "epochs": coord["passes"] * p.n_batch / info.n_train,
+        "samples_per_s": coord["passes"] * p.n_batch / train_s if train_s else 0.0,
+        "train_s": train_s,
+        "units_per_pass": len(p.units),
+        "unit_size": p.unit,
+    }
+
+
+SANDBLASTER = register(
+    Algorithm(
+        name="sandblaster",
+        doc="batch L-BFGS with a coordinator, shard-side vector algebra and work units "
+        "with backup tasks (Dean et al. 2012, sec. 4.2)",
+        layout=LayoutRule(coordinators=1, shards=True),
+        programs={"coordinator": _coordinator, "shard": _shard, "replica": _replica},
+        flags=("--lbfgs-m", "--unit-size", "--units-per-push", "--lbfgs-batch")
+        + ("--slow-replica", "--slow-factor")
+        + SHARDED_FLAGS,
+        setup=_setup,
+        finish=_finish,
+        summarise=_summarise,
+        describe=_describe,
+        supports_partitions=False,
+    )
+)

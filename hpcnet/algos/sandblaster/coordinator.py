@@ -1,0 +1,208 @@
+"""Sandblaster's coordinator: L-BFGS on scalars, the backtracking line search, and
+the evaluation passes that hand out work units (Dean et al. 2012, sec. 4.2).
+
+The coordinator never holds a parameter vector. Per L-BFGS iteration it asks the
+shards (:class:`hpcnet.ps.lbfgs_service.ShardGroup`) for the Gram matrix of the
+basis ``[s.., y.., g]``, runs the two-loop recursion on it
+(:func:`hpcnet.optim.lbfgs.two_loop_coefficients`), sends back the direction's
+coefficients, then tries steps ``t = 1, 1/2, ...`` (the first iteration
+``1 / ||g||``) until the Armijo condition holds; each try is one evaluation pass.
+A failed line search forgets the history (or ends the run without one).
+
+One evaluation pass (:meth:`Coordinator.evaluate`): ``begin(t)`` on every shard;
+then the coordinator answers the replicas' requests
+(:mod:`hpcnet.algos.sandblaster.protocol`) with the decisions of a
+:class:`~hpcnet.algos.sandblaster.workunits.WorkScheduler` until every unit's
+gradient has been delivered to the shards, declaring replicas silent for
+``replica_silence`` seconds lost; then ``finalize``: the shards wait for exactly
+the accepted pushes and return three partial sums, which give f, g.d and g.g.
+
+Who calls what: rank ``layout.coordinator_rank`` alone runs :meth:`Coordinator.run`,
+while every shard serves and every replica works; it ends by stopping the
+replicas, then the shards. Its :meth:`~Coordinator.drain` must run while it waits
+in the end barrier (replicas' late requests).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from hpcnet.algos.sandblaster.protocol import Action, Ask, ReplicaLinks, Reply, Request
+from hpcnet.algos.sandblaster.workunits import WorkScheduler
+from hpcnet.comm import Backoff
+from hpcnet.optim.lbfgs import (
+    ARMIJO_C1,
+    CURVATURE_EPS,
+    MAX_TRIALS,
+    SHRINK,
+    first_step,
+    two_loop_coefficients,
+)
+from hpcnet.ps.lbfgs_service import ShardGroup
+
+if TYPE_CHECKING:  # pragma: no cover
+    from hpcnet.algos.lifecycle import Run
+
+_ACTIONS = {"work": Action.WORK, "flush": Action.FLUSH, "wait": Action.WAIT}
+
+
+class Coordinator:
+    """The coordinator's program.
+
+    Args:
+        run: the run (config, layout, deadlines, progress records).
+        units: ``(lo, hi)`` rows of each work unit of a pass.
+        n_batch: rows per evaluation pass (the L-BFGS batch).
+        max_passes: evaluation passes allowed (the run's budget).
+    """
+
+    def __init__(
+        self,
+        run: Run,
+        units: list[tuple[int, int]],
+        n_batch: int,
+        max_passes: int,
+    ):
+        self.run_, self.prep, self.units = run, run.prep, units
+        self.n_batch, self.max_passes = n_batch, max_passes
+        self.deadlines = deadlines = run.deadlines
+        self.R = run.layout.replicas
+        self.shards = ShardGroup(run.comm, run.layout.shard_ranks, deadlines.shard_reply)
+        self.replicas = ReplicaLinks(run.comm, run.layout)
+        self.passes = 0
+        self.completed = np.zeros(self.R, np.int64)
+        self.backups = self.discarded = 0
+        self.lost_events: list[tuple[int, int]] = []  # (pass, replica)
+        self.history: list[dict] = []
+
+    # one evaluation pass --------------------------------------------------
+    def evaluate(self, t: float) -> tuple[float, float, float, float]:
+        """f, g.d, g.g and training accuracy at x + t d (one pass over the batch)."""
+        self.passes += 1
+        p = self.passes
+        self.shards.begin(p, t)
+        ws = WorkScheduler(len(self.units), self.R, self.deadlines.replica_silence)
+        backoff = Backoff(first=20e-6, cap=2e-3)
+        while not ws.finished:
+            for r in ws.check_timeouts():
+                self.lost_events.append((p, r))
+            got = self.replicas.poll()
+            if got is None:
+                backoff.sleep()
+                continue
+            backoff.reset()
+            self._answer(ws, *got, p)
+        self.completed += ws.completed
+        self.backups += ws.backups
+        self.discarded += ws.discarded
+        sums = self.shards.finalize(p, self.n_batch, ws.accepted_pushes)
+        loss, correct = ws.totals()
+        wd = self.prep.cfg.optim.weight_decay
+        f = loss / self.n_batch + 0.5 * wd * sums[0]
+        return f, float(sums[1]), float(sums[2]), correct / self.n_batch
+
+    def _answer(self, ws: WorkScheduler, r: int, req: Request, p: int) -> None:
+        """Judges replica r's request (results of an old pass count for nothing) and answers."""
+        ws.seen(r)
+        verdict, unit = False, -1
+        if req.ask == Ask.DONE and req.pass_id == p:
+            verdict = ws.on_done(r, req.unit, req.loss, req.correct)
+        if req.ask == Ask.PUSH:  # a push request does not ask for work: no assignment
+            if req.pass_id == p:
+                verdict = ws.on_push_request(r, list(req.units))
+            action = Action.NONE
+        else:
+            what, unit = ws.next_for(r)
+            action = _ACTIONS[what]
+        lo, hi = self.units[unit] if unit >= 0 else (0, 0)
+        self.replicas.answer(r, Reply(verdict, action, p, unit, lo, hi))
+
+    def drain(self) -> None:
+        """Receives and drops replica requests sent before they saw STOP."""
+        self.replicas.drain()
+
+    # L-BFGS ---------------------------------------------------------------
+    def run(self) -> dict:
+        """Runs L-BFGS until the pass budget is spent (or the line search fails
+        without history); stops the replicas and the shards; returns the figures."""
+        m = self.prep.cfg.lbfgs.m
+        t0 = time.perf_counter()
+        f, _, gg, acc = self.evaluate(0.0)
+        self.shards.accept()
+        self.shards.commit(False)
+        self._record(0, f, acc, 0.0, gg, t0)
+        k = 0  # pairs stored
+        while self.passes < self.max_passes:
+            if k:
+                gram = self.shards.gram(k)
+                delta = two_loop_coefficients(gram, k)
+                gd = float(delta @ gram[:, 2 * k])
+            else:
+                delta, gd = np.array([-1.0]), -gg
+            if gd >= 0:  # not a descent direction: forget the history
+                self.shards.reset()
+                k, delta, gd = 0, np.array([-1.0]), -gg
+            self.shards.direction(delta)
+            t = 1.0 if k else first_step(math.sqrt(gg))
+            accepted = False
+            for _ in range(MAX_TRIALS):
+                if self.passes >= self.max_passes:
+                    break
+                f_t, _, gg_t, acc_t = self.evaluate(t)
+                if f_t <= f + ARMIJO_C1 * t * gd:
+                    accepted = True
+                    break
+                t *= SHRINK
+            if not accepted:
+                if not k:
+                    break
+                self.shards.reset()
+                k = 0
+                continue
+            sy, yy = self.shards.accept()
+            store = sy > CURVATURE_EPS * yy
+            self.shards.commit(store)
+            if store:
+                k = min(k + 1, m)
+            f, gg, acc = f_t, gg_t, acc_t
+            self._record(len(self.history), f, acc, t, gg, t0)
+        self.replicas.stop(self.passes, self.deadlines.end_barrier)
+        self.shards.stop()
+        return {
+            "iterations": len(self.history) - 1,
+            "passes": self.passes,
+            "loss_history": [h["loss"] for h in self.history],
+            "units_completed": self.completed.tolist(),
+            "backup_units": self.backups,
+            "discarded_results": self.discarded,
+            "lost_replicas": sorted({r for _, r in self.lost_events}),
+            "lost_events": self.lost_events,
+            "final_train_loss": f,
+            "final_train_accuracy": acc,
+        }
+
+    def _record(self, it, f, acc, t, gg, t0):
+        """One progress record per iteration (the run's one shape): ``step`` counts
+        iterations, ``total_steps`` is the pass budget (an upper bound), ``lr`` the
+        accepted line-search step."""
+        n_train = self.prep.info.n_train
+        rec = self.run_.progress(
+            epoch=round(self.passes * self.n_batch / n_train, 3),
+            step=it,
+            total_steps=self.max_passes,
+            loss=f,
+            accuracy=acc,
+            lr=t,
+            samples_per_s=self.passes * self.n_batch / max(time.perf_counter() - t0, 1e-9),
+            suffix=f"  passes {self.passes}/{self.max_passes}  |g| {math.sqrt(gg):.3g}  "
+            f"units/replica {self.completed.tolist()}",
+            iteration=it,
+            passes=self.passes,
+            grad_norm=math.sqrt(gg),
+            units_completed=self.completed.tolist(),
+        )
+        self.history.append(rec)

@@ -1,0 +1,163 @@
+"""The data-parallel replica loop shared by ``sync`` and ``avg``.
+
+Every replica trains on its own rows for the same number of steps (the step
+budget of :class:`hpcnet.algos.lifecycle.StepBudget`), with SGD + momentum on
+the flat parameter vector (or the entries its partition owns). A *policy*
+object says what communication happens: after backward (``sync``: allreduce
+the gradients), after the optimizer step (``avg``: average the parameters every
+k steps) and at the end. Its hooks are collective over the replicas'
+``data_comm`` when they communicate, so every replica must call them at every
+step (same step count everywhere, or an allreduce hangs).
+
+Adding an algorithm of this family is one policy class and one call of
+:func:`synchronous_algorithm` (see ``tests/e2e/toy_algorithm.py``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import numpy as np
+
+from hpcnet.algos.lifecycle import Run
+from hpcnet.algos.registry import Algorithm
+from hpcnet.comm import allreduce_sum
+from hpcnet.layout import LayoutRule
+from hpcnet.optim.schedules import scaled_lr
+from hpcnet.optim.sgd import SGD
+
+
+class Policy(Protocol):
+    """What a synchronous algorithm communicates; ``allreduces`` counts its collectives."""
+
+    allreduces: int
+
+    def after_backward(self, grads: np.ndarray) -> None: ...
+
+    def after_step(self, step: int, params: np.ndarray) -> None: ...
+
+    def finish(self, params: np.ndarray) -> None: ...
+
+
+def replica_program(make_policy: Callable[[Run], Policy]) -> Callable[[Run], dict[str, Any]]:
+    """The replica program of a synchronous algorithm whose policy ``make_policy(run)``
+    builds (once per rank, collectively if it creates communicators)."""
+
+    def program(run: Run) -> dict[str, Any]:
+        return _train_replica(run, make_policy(run))
+
+    return program
+
+
+def _train_replica(run: Run, algo: Policy) -> dict[str, Any]:
+    cfg, model, backend, part = run.cfg, run.model, run.backend, run.part
+    data_comm, budget = run.comms.data_comm, run.budget
+    spe, total_steps, log_every = budget.steps_per_epoch, budget.total_steps, budget.log_every
+    loader = run.loader()
+    model.seed_dropout(cfg.run.seed, run.role.index)
+    lr_of = run.lr_schedule()
+    o = cfg.optim
+    opt = SGD(
+        part.n_owned if part else model.n_params, momentum=o.momentum, weight_decay=o.weight_decay
+    )
+    net = run.net
+
+    step = 0
+    first_step_s = 0.0
+    acc = np.zeros(4)  # loss sum, correct, samples, samples since the last line
+    t_train = time.perf_counter()
+    t_log = t_train
+    last = {"loss": float("nan"), "accuracy": float("nan")}
+    epoch = 0
+    try:
+        while step < total_steps:
+            for x, y in loader.batches(epoch):
+                loss, correct = net.loss_and_grad(x, y, backend)
+                grads = part.pack(model.grads) if part else model.grads
+                params = part.pack(model.params) if part else model.params
+                algo.after_backward(grads)
+                lr = lr_of(step)
+                opt.step(params, grads, lr)
+                algo.after_step(step, params)
+                if part:
+                    part.unpack(params, model.params)
+                step += 1
+                acc += (loss * len(y), correct, len(y), len(y))
+                if step == 1:  # kept out of throughput: first-call costs (buffers, caches)
+                    first_step_s = time.perf_counter() - t_train
+                    t_log = time.perf_counter()
+                    acc[3] = 0
+                if step % log_every == 0 or step == total_steps:
+                    tot = allreduce_sum(acc, data_comm)
+                    now = time.perf_counter()
+                    last = run.progress(
+                        epoch=epoch + 1,
+                        step=step,
+                        total_steps=total_steps,
+                        loss=tot[0] / tot[2],
+                        accuracy=tot[1] / tot[2],
+                        lr=lr,
+                        samples_per_s=tot[3] / max(now - t_log, 1e-9) if tot[3] else None,
+                        first_step_s=first_step_s,
+                    )
+                    acc[:] = 0
+                    t_log = now
+                if step >= total_steps:
+                    break
+            epoch += 1
+    finally:
+        loader.close()
+    if part:
+        params = part.pack(model.params)
+        algo.finish(params)
+        part.unpack(params, model.params)
+        part.assemble(model.params)  # every partition ends with the whole vector
+    else:
+        algo.finish(model.params)
+    train_s = time.perf_counter() - t_train
+    return {
+        "epochs": step / spe,
+        "steps": step,
+        "steps_per_epoch": spe,
+        "total_batch": run.total_batch,
+        "allreduces": algo.allreduces,
+        "final_train_loss": last["loss"],
+        "final_train_accuracy": last["accuracy"],
+        # throughput after the first step (its time is reported on its own)
+        "samples_per_s": (
+            (step - 1) * run.total_batch / (train_s - first_step_s)
+            if step > 1
+            else step * run.total_batch / train_s
+        ),
+        "first_step_s": first_step_s,
+    }
+
+
+def describe(run: Run) -> str:
+    """The start-up line's part: steps, total batch, the learning rate after warmup."""
+    o = run.cfg.optim
+    lr = scaled_lr(o.lr, run.total_batch, o.reference_batch, o.lr_scaling)
+    text = f"{run.budget.describe(run.cfg.run.epochs)}; total batch {run.total_batch}, lr {lr:g}"
+    if run.layout.partitions > 1:
+        text += (
+            f"; {run.layout.partitions} partitions per replica ({run.cfg.algo.partition_scheme})"
+        )
+    return text
+
+
+def synchronous_algorithm(
+    name: str, doc: str, make_policy: Callable[[Run], Policy], flags: tuple[str, ...] = ()
+) -> Algorithm:
+    """An algorithm whose every rank group is a replica running :func:`replica_program`
+    with the policy ``make_policy(run)``; register it with
+    :func:`hpcnet.algos.register`."""
+    return Algorithm(
+        name=name,
+        doc=doc,
+        layout=LayoutRule(),
+        programs={"replica": replica_program(make_policy)},
+        flags=flags,
+        describe=describe,
+    )

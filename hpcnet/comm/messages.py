@@ -1,0 +1,104 @@
+"""Point-to-point messages: small vectors over one communicator and one tag.
+
+A :class:`Channel` is a communicator, a tag and a dtype (float64 by default):
+every message on it is one 1-D array of that dtype, sent with the buffer API
+(no pickling), received into an array of exactly the length that arrived. The
+typed messages of a protocol (e.g. :mod:`hpcnet.algos.sandblaster.protocol`)
+``pack()`` themselves into such an array and ``unpack()`` one.
+
+Who calls what: a message sent on a channel must be received on the same
+channel (the same tag) by its destination, with :meth:`Channel.poll` or
+:meth:`Channel.recv`; a message nobody receives is never delivered, and a
+receive nobody sends to times out (every wait here has a deadline, through
+:mod:`hpcnet.comm.waits`). MPI keeps the order of the messages from one
+sender on one channel (non-overtaking), and no order between senders.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from mpi4py import MPI
+from mpi4py.util.dtlib import from_numpy_dtype
+
+from hpcnet.comm.waits import Backoff, poll_until, probe_polling
+
+ANY_SOURCE = MPI.ANY_SOURCE
+
+
+class Channel:
+    """Vector messages of one dtype over ``comm`` with one ``tag``.
+
+    Args:
+        comm: the communicator (ranks are its ranks).
+        tag: the message tag; one channel per kind of traffic, so a receive for one
+            never takes a message of another.
+        dtype: the element type of every message (float64: exact integers up to 2**53).
+    """
+
+    def __init__(self, comm: MPI.Comm, tag: int, dtype=np.float64):
+        self.comm, self.tag = comm, tag
+        self.dtype = np.dtype(dtype)
+        self._mpi_type = from_numpy_dtype(self.dtype)
+
+    def _receive(self, status: MPI.Status, out: np.ndarray | None) -> tuple[int, np.ndarray]:
+        n = status.Get_count(self._mpi_type)
+        buf = np.empty(n, self.dtype) if out is None else out[:n]
+        source = status.Get_source()
+        self.comm.Recv(buf, source=source, tag=self.tag)
+        return source, buf
+
+    def send(self, data, dest: int) -> None:
+        """Sends ``data`` (1-D, converted to the channel's dtype) to rank ``dest``.
+
+        A standard-mode ``Send``: small messages go out eagerly and it returns at
+        once; a large one may wait until ``dest`` receives it.
+        """
+        self.comm.Send(np.ascontiguousarray(data, self.dtype), dest=dest, tag=self.tag)
+
+    def send_all(self, data, dests: Sequence[int], timeout: float, what: str) -> None:
+        """Sends the same ``data`` to every rank of ``dests`` (one ``Isend`` each) and
+        waits, sleeping, until every send has completed.
+
+        Raises:
+            TimeoutError: a send had not completed after ``timeout`` seconds.
+        """
+        buf = np.ascontiguousarray(data, self.dtype)
+        reqs = [self.comm.Isend(buf, dest=d, tag=self.tag) for d in dests]
+        poll_until(lambda: MPI.Request.Testall(reqs), timeout, what)
+
+    def poll(
+        self, source: int = ANY_SOURCE, out: np.ndarray | None = None
+    ) -> tuple[int, np.ndarray] | None:
+        """Receives one message from ``source`` (any rank by default) if one has
+        arrived; never waits.
+
+        Args:
+            out: where to receive (a prefix of it is used); None: a new array.
+        Returns:
+            (the sender's rank, the message) or None when nothing is there.
+        """
+        status = MPI.Status()
+        if not self.comm.Iprobe(source, self.tag, status):
+            return None
+        return self._receive(status, out)
+
+    def recv(
+        self, source: int, timeout: float, what: str, backoff: Backoff | None = None
+    ) -> np.ndarray:
+        """Waits (sleeping, ``backoff``) for one message from ``source`` and returns it.
+
+        Raises:
+            TimeoutError: nothing arrived within ``timeout`` seconds; names ``what``.
+        """
+        status = MPI.Status()
+        probe_polling(self.comm, source, self.tag, status, timeout, what, backoff)
+        return self._receive(status, None)[1]
+
+    def drain(self) -> int:
+        """Receives and drops every message that has arrived; returns how many."""
+        n = 0
+        while self.poll() is not None:
+            n += 1
+        return n

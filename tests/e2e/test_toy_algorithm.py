@@ -1,0 +1,51 @@
+"""One module is enough for a new algorithm: tests/e2e/toy_algorithm.py registers
+local SGD and trains it end to end under mpiexec."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.test_cli import MPIEXEC
+
+TOY = Path(__file__).with_name("toy_algorithm.py")
+
+
+@pytest.mark.skipif(MPIEXEC is None, reason="no mpiexec")
+@pytest.mark.timeout(300)
+def test_a_toy_algorithm_registered_in_one_file_trains_end_to_end(tmp_path):
+    out = tmp_path / "out"
+    cmd = [MPIEXEC, "-n", "2", sys.executable, str(TOY)]
+    p = subprocess.run(
+        [
+            *cmd,
+            "train",
+            "--algo",
+            "local_sgd",
+            "--epochs",
+            "3",
+            "--threads",
+            "1",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert p.returncode == 0, p.stderr
+    s = json.loads((out / "summary.json").read_text())
+    assert s["algo"] == "local_sgd" and s["layout"]["replicas"] == 2
+    assert s["allreduces"] == 0  # its replicas never communicated
+    assert s["steps"] == 3 * s["steps_per_epoch"] and s["test_accuracy"] > 0.85
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["event"] == "test" and records[-2]["step"] == s["steps"]
+    # the registry knows it: info describes it, a bad name lists it
+    p = subprocess.run([*cmd, "info", "--algo", "local_sgd"], capture_output=True, text=True)
+    assert p.returncode == 0 and "algorithm: local_sgd: local SGD" in p.stdout, p.stderr
+    p = subprocess.run([*cmd, "info", "--algo", "nope"], capture_output=True, text=True)
+    assert p.returncode == 2 and "local_sgd" in p.stderr, p.stderr
