@@ -22,7 +22,7 @@ from mpi4py import MPI
 from hpcnet.comm import Deadlines, node_leader_first
 
 # The modules whose Numba kernels a training step may call (the CPU backend).
-KERNEL_MODULES = ("hpcnet.kernels.cpu", "hpcnet.kernels._cpu_conv")
+KERNEL_MODULES = ("hpcnet.kernels.cpu", "hpcnet.kernels._cpu_conv", "hpcnet.kernels._cpu_optim")
 
 
 def cold_kernels() -> list[str]:

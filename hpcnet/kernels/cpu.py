@@ -381,52 +381,5 @@ def softmax_xent(logits, labels):
     return float(loss), d
 
 
-@njit(parallel=True, cache=True, fastmath=True)
-def _sgd_momentum(params, grads, velocity, lr, momentum, weight_decay):  # pragma: no cover
-    for i in prange(params.size):
-        g = grads[i] + weight_decay * params[i]
-        grads[i] = g
-        v = momentum * velocity[i] + g
-        velocity[i] = v
-        params[i] -= lr * v
-
-
-def sgd_momentum_update(params, grads, velocity, lr, momentum, weight_decay=0.0):
-    """One SGD-with-momentum step on the flat vectors, in one pass, in place.
-
-    The same update as :class:`hpcnet.optim.sgd.SGD` (PyTorch's convention: ``g += wd p;
-    v = m v + g; p -= lr v``; ``grads`` becomes the decayed gradient), for an
-    optimizer to call: NumPy needs four passes and a temporary (measured here, 2conv's
-    3.3 M parameters, one thread: 9.0 ms against 3.8 ms).
-
-    Args:
-        params, grads, velocity: (n_params,) float32, C-contiguous, updated in place.
-        lr, momentum, weight_decay: floats.
-    """
-    f32 = np.float32
-    _sgd_momentum(params, grads, velocity, f32(lr), f32(momentum), f32(weight_decay))
-
-
-@njit(cache=True, fastmath=False)
-def _adagrad(params, grads, accum, lr, eps):  # pragma: no cover - compiled
-    for i in range(params.size):
-        g = grads[i]
-        a = accum[i] + g * g
-        accum[i] = a
-        params[i] -= lr * g / (np.sqrt(a) + eps)
-
-
-def adagrad_update(params, grads, accum, lr, eps):
-    """One Adagrad step on the flat vectors, in one pass, in place.
-
-    The update of :class:`hpcnet.optim.adagrad.Adagrad` (Duchi, Hazan & Singer 2011):
-    ``a += g * g; p -= lr * g / (sqrt(a) + eps)``, element by element in float32.
-    Serial and without fastmath: IEEE float32 arithmetic in the formula's order.
-
-    Args:
-        params, grads, accum: (n_params,) float32, C-contiguous; ``params`` and
-            ``accum`` are updated in place, ``grads`` is only read.
-        lr, eps: floats.
-    """
-    f32 = np.float32
-    _adagrad(params, grads, accum, f32(lr), f32(eps))
+# the optimizers' fused update passes live beside the layer kernels (one import path)
+from hpcnet.kernels._cpu_optim import adagrad_update, sgd_momentum_update  # noqa: E402, F401
