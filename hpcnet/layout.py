@@ -92,14 +92,6 @@ class Layout:
         (its inbox slot and counter block at every shard)."""
         return replica * self.partitions + partition
 
-    def client_of_rank(self, rank: int) -> int:
-        """The client index of world rank ``rank`` (a replica rank)."""
-        return rank - self.first_replica_rank
-
-    def rank_of_client(self, client: int) -> int:
-        """The world rank of client ``client``."""
-        return self.first_replica_rank + client
-
     def describe(self) -> str:
         """One line, e.g. ``4 ranks: 4 replicas (sync)``."""
         parts = []

@@ -78,12 +78,7 @@ def _describe(run: Run) -> str:
     return (
         f"{run.budget.describe(run.cfg.run.epochs)} per replica; shard ranges "
         f"{run.shared.ranges}; n_fetch {ps.n_fetch}, n_push {ps.n_push}, rule {ps.rule}, "
-        f"lr {run.cfg.optim.lr:g}"
-        + (
-            f"; {run.layout.partitions} partitions per replica ({run.part.scheme})"
-            if run.part
-            else ""
-        )
+        f"lr {run.cfg.optim.lr:g}" + run.partitions_text()
     )
 
 

@@ -40,6 +40,7 @@ from hpcnet.comm import (
     bcast_,
     bcast_object,
     gather_objects,
+    set_error_report,
     split_role_comms,
 )
 from hpcnet.comm.exchange import Exchange
@@ -219,6 +220,13 @@ class Run:
                 print(progress_line(rec) + suffix, flush=True)
         return rec
 
+    def partitions_text(self) -> str:
+        """``; M partitions per replica (scheme)`` for the start-up line, or ``""``."""
+        if self.layout.partitions == 1:
+            return ""
+        scheme = self.cfg.algo.partition_scheme
+        return f"; {self.layout.partitions} partitions per replica ({scheme})"
+
     def write_record(self, rec: dict[str, Any]) -> None:
         """Rank 0: appends an event record (``{"event": ...}``) to OUT/metrics.jsonl."""
         if self.prep.log is not None:
@@ -331,13 +339,6 @@ class Run:
         write_summary(prep.out, summary)
 
 
-def _partitions_text(run: Run) -> str:
-    """``; M partitions per replica (scheme)`` for the start-up line, or ``""``."""
-    if run.layout.partitions == 1:
-        return ""
-    return f"; {run.layout.partitions} partitions per replica ({run.cfg.algo.partition_scheme})"
-
-
 def _default_summary(run: Run, results: list[tuple[str, dict]], train_s: float) -> dict:
     """Replica 0's own figures (steps, epochs, samples/s, ...), for algorithms whose
     replicas all take the same steps."""
@@ -356,7 +357,7 @@ def train(cfg: Config, comm: MPI.Intracomm, verbose: bool = True) -> dict[str, A
         HpcnetError (every rank, same message): bad layout, backend, data or output dir.
     """
     algo = get_algorithm(cfg.algo.name)
-    prep = prepare(cfg, comm)
+    prep = prepare(cfg, comm, verbose)
     run = Run(prep, comm, algo, verbose)
     run.init_params()
     run.partition()
@@ -393,5 +394,6 @@ def train(cfg: Config, comm: MPI.Intracomm, verbose: bool = True) -> dict[str, A
         run.report(summary)
     summary = bcast_object(summary, comm)
     run.comms.free()
+    set_error_report(None)  # this run's OUT is no place for a later error's report
     summary["_params"] = prep.model.params
     return summary

@@ -52,9 +52,11 @@ class Prepared:
     node_ranks: int = 1  # ranks of the run on this node (threads, exchange spin)
 
 
-def prepare(cfg: Config, comm: MPI.Intracomm) -> Prepared:
+def prepare(cfg: Config, comm: MPI.Intracomm, verbose: bool = True) -> Prepared:
     """Validates and sets up a run. Collective over ``comm``, same config on every rank.
 
+    Args:
+        verbose: rank 0 may print (the first-run compile notice).
     Raises:
         HpcnetError (every rank, same message): bad layout, backend, data, model or
         output directory.
@@ -88,7 +90,11 @@ def prepare(cfg: Config, comm: MPI.Intracomm) -> Prepared:
         save_config(cfg, out / "config.toml")
         prep.log = MetricsLog(out)
     # compile once per node, before any timing starts (throughput excludes compilation)
-    prep.compile_s, _ = compile_kernels(model, backend, comm, say=comm.Get_rank() == 0)
+    # on a model of its own: a first step on the run's model would bind it to the GPU
+    # (cuda backend) before rank 0 initialises the host copy that is broadcast
+    scratch = build_model(model_name, info.image_shape, info.num_classes)
+    say = verbose and comm.Get_rank() == 0
+    prep.compile_s, _ = compile_kernels(scratch, backend, comm, say=say)
     return prep
 
 

@@ -139,12 +139,8 @@ def describe(run: Run) -> str:
     """The start-up line's part: steps, total batch, the learning rate after warmup."""
     o = run.cfg.optim
     lr = scaled_lr(o.lr, run.total_batch, o.reference_batch, o.lr_scaling)
-    text = f"{run.budget.describe(run.cfg.run.epochs)}; total batch {run.total_batch}, lr {lr:g}"
-    if run.layout.partitions > 1:
-        text += (
-            f"; {run.layout.partitions} partitions per replica ({run.cfg.algo.partition_scheme})"
-        )
-    return text
+    budget = run.budget.describe(run.cfg.run.epochs)
+    return f"{budget}; total batch {run.total_batch}, lr {lr:g}" + run.partitions_text()
 
 
 def synchronous_algorithm(

@@ -67,7 +67,8 @@ def compile_kernels(
     calls, one rank per node first. Collective over ``comm``.
 
     Args:
-        model: the run's :class:`~hpcnet.nn.model.Model` (parameters unchanged).
+        model: a :class:`~hpcnet.nn.model.Model` like the run's (not the run's own: with
+            the cuda backend a step binds a model to the GPU); its parameters are kept.
         backend: the run's compute backend.
         comm: the run's communicator.
         say: print one line before a first-run compile (rank 0 only should).

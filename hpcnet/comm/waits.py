@@ -1,12 +1,17 @@
 """Every blocking wait in hpcnet: one poll loop and one set of named deadlines.
 
-A hang is the worst bug an MPI program can have, so no rank ever waits without a
-deadline: each wait polls (MPI ``Test``/``Iprobe``, or a one-sided read) with a
-sleep in between that doubles from ``first`` to ``cap`` seconds (:class:`Backoff`),
-so a waiting rank leaves the core to the ranks that compute on an oversubscribed
-node, and raises ``TimeoutError`` naming the rank and what it waited for when its
-deadline passes (the except hook then aborts the job). How long each kind of wait
-may last is one field of :class:`Deadlines`, derived from ``--replica-timeout``.
+A hang is the worst bug an MPI program can have, so a wait for another rank polls
+(MPI ``Test``/``Iprobe``, or a one-sided read) with a sleep in between that doubles
+from ``first`` to ``cap`` seconds (:class:`Backoff`), so a waiting rank leaves the
+core to the ranks that compute on an oversubscribed node, and raises
+``TimeoutError`` naming the rank and what it waited for when its deadline passes
+(the except hook then aborts the job). How long each kind of wait may last is one
+field of :class:`Deadlines` (derived from ``--replica-timeout``, except ``compile``).
+
+Not yet bounded (known, for the watchdog to cover): the blocking collectives of a
+run's start (communicator splits, the parameter broadcast, window allocation), the
+synchronous algorithms' per-step ``Allreduce``, and the Sandblaster shards' and
+coordinator's service loops, which wait for the next command or request.
 """
 
 from __future__ import annotations
