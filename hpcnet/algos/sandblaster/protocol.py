@@ -4,8 +4,10 @@ A replica talks to the coordinator only by asking (a :class:`Request`, tag
 :data:`TAG_REQUEST`); every request gets exactly one :class:`Reply` (tag
 :data:`TAG_REPLY`), except that the coordinator, when the run is over, sends every
 replica one :data:`Action.STOP` reply unasked: a replica receives it as the answer
-to its next request (or its pending one), and the requests it sent after the
-coordinator stopped listening are drained at the end of the run.
+to its next request (or its pending one, a push request included), and the requests
+it sent after the coordinator stopped listening are drained at the end of the run.
+After ``STOP`` a replica asks nothing more: the last pass is complete, so whatever it
+still keeps is stale, and no push request would be answered.
 
 Requests (:class:`Ask`):
 

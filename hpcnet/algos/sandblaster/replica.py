@@ -79,12 +79,19 @@ def run_replica(
         if request.ask == Ask.DONE and reply.verdict:
             acc += model.grads  # the unit's summed gradient, kept
             kept.append(request.unit)
-        if kept and (len(kept) >= per_push or reply.action in (Action.FLUSH, Action.STOP)):
-            if link.ask(Request(Ask.PUSH, p, units=tuple(kept))).verdict:
+        # STOP comes only after the last pass is complete: anything still kept then is
+        # stale (taken from us while we were lost), and nobody would answer a push request
+        if kept and reply.action != Action.STOP and (
+            len(kept) >= per_push or reply.action == Action.FLUSH
+        ):
+            answer = link.ask(Request(Ask.PUSH, p, units=tuple(kept)))
+            if answer.verdict:
                 push_gradient(comm, acc, windows.shard_ranks, windows.ranges, p)
                 pushes += 1
             acc[:] = 0
             kept = []
+            if answer.action == Action.STOP:  # the stop arrived as the push's answer
+                break
         if reply.action == Action.STOP:
             break
         if reply.action != Action.WORK:
