@@ -94,7 +94,7 @@ def prepare(cfg: Config, comm: MPI.Intracomm, verbose: bool = True) -> Prepared:
     # (cuda backend) before rank 0 initialises the host copy that is broadcast
     scratch = build_model(model_name, info.image_shape, info.num_classes)
     say = verbose and comm.Get_rank() == 0
-    prep.compile_s, _ = compile_kernels(scratch, backend, comm, say=say)
+    prep.compile_s = compile_kernels(scratch, backend, comm, say=say)
     return prep
 
 

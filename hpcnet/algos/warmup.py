@@ -12,8 +12,7 @@ throughput then measures training, not compilation.
 
 from __future__ import annotations
 
-import importlib
-import os
+import threading
 import time
 
 import numpy as np
@@ -21,25 +20,8 @@ from mpi4py import MPI
 
 from hpcnet.comm import Deadlines, node_leader_first
 
-# The modules whose Numba kernels a training step may call (the CPU backend).
-KERNEL_MODULES = ("hpcnet.kernels.cpu", "hpcnet.kernels._cpu_conv", "hpcnet.kernels._cpu_optim")
-
-
-def cold_kernels() -> list[str]:
-    """Names of the cached Numba kernels with no on-disk cache index yet (a first run).
-
-    An index on disk does not prove that this CPU's machine code is in it, so this is
-    the hint for the "compiling" message, not a guarantee.
-    """
-    cold = []
-    for name in KERNEL_MODULES:
-        module = importlib.import_module(name)
-        for attr, obj in vars(module).items():
-            cache = getattr(obj, "_cache", None)
-            index = getattr(getattr(cache, "_cache_file", None), "_index_path", None)
-            if index is not None and not os.path.exists(index):
-                cold.append(f"{name}.{attr}")
-    return cold
+# Seconds into the warm-up after which rank 0 says that kernels are being compiled.
+NOTICE_AFTER_S = 1.0
 
 
 def _one_step(model, backend) -> None:
@@ -62,7 +44,7 @@ def _one_step(model, backend) -> None:
 
 def compile_kernels(
     model, backend, comm: MPI.Intracomm, say: bool, timeout: float = Deadlines.compile
-) -> tuple[float, bool]:
+) -> float:
     """Compiles (or loads from Numba's cache) every kernel one training step of ``model``
     calls, one rank per node first. Collective over ``comm``.
 
@@ -71,16 +53,22 @@ def compile_kernels(
             the cuda backend a step binds a model to the GPU); its parameters are kept.
         backend: the run's compute backend.
         comm: the run's communicator.
-        say: print one line before a first-run compile (rank 0 only should).
+        say: print one line when the compile takes longer than :data:`NOTICE_AFTER_S`
+            (a first run; rank 0 only should).
         timeout: seconds the node's other ranks wait for its first rank
             (:attr:`hpcnet.comm.Deadlines.compile`).
     Returns:
-        (seconds this rank spent, in its own step and waiting; whether a cold cache
-        was seen on this rank).
+        Seconds this rank spent, in its own step and waiting for its node's first rank.
     """
     t0 = time.perf_counter()
-    cold = bool(cold_kernels()) if backend.name == "cpu" else False
-    if say and cold:
-        print("hpcnet: compiling kernels (first run only) ...", flush=True)
-    node_leader_first(lambda: _one_step(model, backend), comm, timeout, "kernel compilation")
-    return time.perf_counter() - t0, cold
+    # the notice only when it is true: a warm cache loads every kernel in well under this
+    notice = threading.Timer(
+        NOTICE_AFTER_S, print, ("hpcnet: compiling kernels (first run only) ...",), {"flush": True}
+    )
+    if say:
+        notice.start()
+    try:
+        node_leader_first(lambda: _one_step(model, backend), comm, timeout, "kernel compilation")
+    finally:
+        notice.cancel()
+    return time.perf_counter() - t0

@@ -81,8 +81,10 @@ def run_replica(
             kept.append(request.unit)
         # STOP comes only after the last pass is complete: anything still kept then is
         # stale (taken from us while we were lost), and nobody would answer a push request
-        if kept and reply.action != Action.STOP and (
-            len(kept) >= per_push or reply.action == Action.FLUSH
+        if (
+            kept
+            and reply.action != Action.STOP
+            and (len(kept) >= per_push or reply.action == Action.FLUSH)
         ):
             answer = link.ask(Request(Ask.PUSH, p, units=tuple(kept)))
             if answer.verdict:
