@@ -57,6 +57,30 @@ def test_lost_replica_work_is_reassigned_and_its_late_push_refused():
     assert all(u.status == DELIVERED for u in ws.units)
 
 
+def test_a_refused_push_frees_the_units_it_held():
+    # replica 0 keeps unit 0, is declared lost (unit 0 and its running unit 1 go back
+    # to pending), comes back with unit 1 done (kept: the first result), then asks to
+    # push [0, 1]: refused (unit 0 was taken from it). It drops the whole sum, so unit
+    # 1 must become pending again, or the pass never ends (it would be told to flush).
+    clock = FakeClock()
+    ws = WorkScheduler(2, 2, timeout=5, clock=clock)
+    assert ws.next_for(0) == ("work", 0)
+    assert ws.on_done(0, 0, 1.0, 1)
+    assert ws.next_for(0) == ("work", 1)
+    clock.t = 6.0
+    ws.seen(1)
+    assert ws.check_timeouts() == [0]
+    assert ws.next_for(1) == ("work", 0)  # the unit taken from replica 0
+    ws.seen(0)
+    assert ws.on_done(0, 1, 2.0, 0)  # unit 1 was pending, untaken: kept by replica 0
+    assert not ws.on_push_request(0, [0, 1])  # unit 0 is no longer its own
+    assert ws.units[1].status != DELIVERED and ws.units[1].owner == -1
+    assert ws.next_for(0) == ("work", 1)  # not ("flush", -1) for ever
+    assert ws.on_done(0, 1, 2.0, 0) and ws.on_push_request(0, [1])
+    assert ws.on_done(1, 0, 1.0, 1) and ws.on_push_request(1, [0])
+    assert ws.finished and ws.completed == [1, 1] and ws.totals() == (3.0, 1)
+
+
 def test_lost_replica_that_comes_back_gets_work_again():
     clock = FakeClock()
     ws = WorkScheduler(3, 1, timeout=5, clock=clock)

@@ -78,15 +78,27 @@ class WorkScheduler:
         return True
 
     def on_push_request(self, r: int, units: list[int]) -> bool:
-        """Replica r asks to push the summed gradient of ``units``; True = send it."""
+        """Replica r asks to push the summed gradient of ``units``; True = send it.
+
+        A refused push is dropped whole by the replica, so the units of it that r
+        still keeps go back to pending: kept by nobody who can deliver them, they would
+        otherwise hold the pass open for ever (r would be told to flush what it no
+        longer has)."""
         ok = r not in self.lost and all(
             self.units[u].status == KEPT and self.units[u].owner == r for u in units
         )
         if ok:
             for u in units:
                 self.units[u].status = DELIVERED
-            self.unpushed[r] = [u for u in self.unpushed[r] if u not in set(units)]
             self.accepted_pushes[r] += 1
+        else:
+            for u in units:
+                st = self.units[u]
+                if st.status == KEPT and st.owner == r:
+                    st.status, st.owner, st.loss, st.correct = PENDING, -1, 0.0, 0
+                    self.pending.append(u)
+                    self.completed[r] -= 1
+        self.unpushed[r] = [u for u in self.unpushed[r] if u not in set(units)]
         return ok
 
     def next_for(self, r: int) -> tuple[str, int]:
