@@ -3,41 +3,72 @@
 Numba compiles a kernel at its first call and, with ``cache=True``, stores the
 machine code on disk. When every rank of a node makes that first call at once,
 each compiles the same kernels on the same cores (4 ranks on 2 cores: ~85 s of
-silence before the first step). Instead, one rank per node runs one tiny
-training step of the run's model (forward, backward, the optimizer's and the
-shards' update kernels) while the node's other ranks sleep; then they run the
-same step, which loads every kernel from the cache in milliseconds. Training
-throughput then measures training, not compilation.
+silence before the first step). Instead, a node's first ranks, one per core,
+compile while the node's other ranks sleep: the model's layers are dealt out to
+them, and each runs the forward and backward of its layers alone on blank inputs
+(Numba compiles one kernel on one core, so the layers compile in parallel); one
+of them also takes the loss and the update kernels. Then every rank runs one
+whole tiny training step, which loads every kernel from the cache in
+milliseconds (and compiles whatever the parts missed). Training throughput then
+measures training, not compilation.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
+from collections.abc import Callable
 
 import numpy as np
 from mpi4py import MPI
 
-from hpcnet.comm import Deadlines, node_leader_first
+from hpcnet.comm import Deadlines, node_workers_first
+from hpcnet.nn.layers import backward_through
 
 # Seconds into the warm-up after which rank 0 says that kernels are being compiled.
 NOTICE_AFTER_S = 1.0
+N = 2  # samples of the blank batches
 
 
-def _one_step(model, backend) -> None:
-    """One forward/backward pass (training and inference mode) of ``model`` on 2 blank
-    samples, and one call of each update kernel; the model's parameters are kept."""
+def _updates(k: int, backend) -> None:
+    """The loss on blank (N, k) logits and one call of each update kernel."""
     from hpcnet.optim.adagrad import Adagrad
     from hpcnet.optim.sgd import SGD
 
-    saved = model.params.copy()
-    x = np.zeros((2, *model.input_shape), np.float32)  # (N, C, H, W), as the loader gives
-    y = np.zeros(2, np.int64)
-    model.loss_and_grad(x, y, backend, train=True)
-    model.evaluate(x, y, backend)
+    backend.softmax_xent(np.zeros((N, k), np.float32), np.zeros(N, np.int64))
     p, g = np.zeros(4, np.float32), np.zeros(4, np.float32)
     SGD(4, momentum=0.9).step(p, g, 0.1)
     Adagrad(4).step(p, g, 0.1)
+
+
+def _layer(model, i: int, backend) -> None:
+    """Layer i of ``model`` alone: forward (training mode) and backward on a blank batch
+    of its input shape, as the model runs it (the first layer computes no input
+    gradient)."""
+    layer = model.layers[i]
+    y = layer.forward(np.zeros((N, *layer.in_shape), np.float32), backend, True)
+    backward_through([layer], np.zeros_like(y), backend, need_dx=i > 0)
+
+
+def parts(model, backend) -> list[Callable[[], None]]:
+    """The pieces of one training step that compile independently: one per layer, in the
+    model's order (dealt out round robin, neighbours land on different cores), and the
+    loss with the update kernels."""
+    out = [lambda i=i: _layer(model, i, backend) for i in range(len(model.layers))]
+    out.append(lambda: _updates(model.layers[-1].out_shape[0], backend))
+    return out
+
+
+def _one_step(model, backend) -> None:
+    """One forward/backward pass (training and inference mode) of ``model`` on N blank
+    samples, and one call of each update kernel; the model's parameters are kept."""
+    saved = model.params.copy()
+    x = np.zeros((N, *model.input_shape), np.float32)  # (N, C, H, W), as the loader gives
+    y = np.zeros(N, np.int64)
+    model.loss_and_grad(x, y, backend, train=True)
+    model.evaluate(x, y, backend)
+    _updates(model.layers[-1].out_shape[0], backend)
     model.params[:] = saved
     model.grads[:] = 0
 
@@ -46,29 +77,43 @@ def compile_kernels(
     model, backend, comm: MPI.Intracomm, say: bool, timeout: float = Deadlines.compile
 ) -> float:
     """Compiles (or loads from Numba's cache) every kernel one training step of ``model``
-    calls, one rank per node first. Collective over ``comm``.
+    calls: first the node's workers (one per core) compile the step's parts, then every
+    rank runs the whole step. Collective over ``comm``.
 
     Args:
         model: a :class:`~hpcnet.nn.model.Model` like the run's (not the run's own: with
             the cuda backend a step binds a model to the GPU); its parameters are kept.
-        backend: the run's compute backend.
+        backend: the run's compute backend (``cuda``: one worker runs the whole step;
+            its kernels are not cached on disk, so the others compile them again).
         comm: the run's communicator.
         say: print one line when the compile takes longer than :data:`NOTICE_AFTER_S`
             (a first run; rank 0 only should).
-        timeout: seconds the node's other ranks wait for its first rank
+        timeout: seconds the node's ranks wait for its workers
             (:attr:`hpcnet.comm.Deadlines.compile`).
     Returns:
-        Seconds this rank spent, in its own step and waiting for its node's first rank.
+        Seconds this rank spent, compiling and waiting.
     """
     t0 = time.perf_counter()
-    # the notice only when it is true: a warm cache loads every kernel in well under this
     notice = threading.Timer(
         NOTICE_AFTER_S, print, ("hpcnet: compiling kernels (first run only) ...",), {"flush": True}
     )
     if say:
         notice.start()
     try:
-        node_leader_first(lambda: _one_step(model, backend), comm, timeout, "kernel compilation")
+        if backend.name == "cpu":
+            pieces = parts(model, backend)
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+
+            def work(j: int, n: int) -> None:
+                for piece in pieces[j::n]:
+                    piece()
+
+            node_workers_first(work, comm, cores, timeout, "kernel compilation")
+        else:
+            node_workers_first(
+                lambda j, n: _one_step(model, backend), comm, 1, timeout, "kernel compilation"
+            )
+        _one_step(model, backend)
     finally:
         notice.cancel()
     return time.perf_counter() - t0

@@ -167,33 +167,38 @@ def wait_polling(
     poll_until(request.Test, timeout, what, backoff=Backoff(cap=cap), on_poll=on_poll)
 
 
-def node_leader_first(
-    fn: Callable[[], T], comm: MPI.Intracomm, timeout: float, what: str
-) -> tuple[T, bool]:
-    """Runs ``fn()`` on one rank per node first, then on that node's other ranks.
+def node_workers_first(
+    work: Callable[[int, int], None],
+    comm: MPI.Intracomm,
+    workers: int,
+    timeout: float,
+    what: str,
+) -> bool:
+    """Runs ``work(j, n)`` on the first ``n = min(workers, ranks on the node)`` ranks of
+    every node (``j`` = 0 .. n-1) while the node's other ranks wait, and returns on every
+    rank once the node's workers are all done.
 
-    The other ranks of a node wait (sleeping, :func:`wait_polling`) until the node's
-    first rank of ``comm`` has finished ``fn``: e.g. it compiles Numba kernels into
-    the on-disk cache that the others then load instead of compiling the same code
-    at the same time on the same cores. Collective over ``comm``: every rank must call.
+    E.g. the workers compile different Numba kernels into the on-disk cache at once,
+    one per core, which the node's other ranks then load instead of compiling the
+    same code at the same time on the same cores. Every rank waits sleeping
+    (:func:`wait_polling`). Collective over ``comm``: every rank must call, with the
+    same ``workers``.
 
     Returns:
-        (``fn()``'s result on this rank, True on the rank that went first).
+        True on a rank that was a worker.
     Raises:
-        TimeoutError: the node's first rank took longer than ``timeout`` seconds.
+        TimeoutError: the node's workers took longer than ``timeout`` seconds.
     """
     node = comm.Split_type(MPI.COMM_TYPE_SHARED)
     try:
-        leader = node.Get_rank() == 0
-        if leader:
-            result = fn()
-            node.Ibarrier().Wait()  # the others are already waiting in theirs
-        else:
-            wait_polling(node.Ibarrier(), timeout, what, cap=50e-3)
-            result = fn()
+        n = max(1, min(workers, node.Get_size()))
+        j = node.Get_rank()
+        if j < n:
+            work(j, n)
+        wait_polling(node.Ibarrier(), timeout, what, cap=50e-3)
     finally:
         node.Free()
-    return result, leader
+    return j < n
 
 
 def barrier_polling(

@@ -61,20 +61,25 @@ def test_allgather_ranges_assembles_the_slices_of_their_owners(comm):
 
 @pytest.mark.mpi(min_size=2)
 @pytest.mark.timeout(60)
-def test_node_leader_first_runs_one_rank_per_node_before_the_others(comm):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_node_workers_first_work_while_the_others_wait(comm, workers):
     import time
 
-    from hpcnet.comm import node_leader_first
+    from hpcnet.comm import node_workers_first
 
-    def work():
+    done = []
+
+    def work(j, n):
         t0 = time.monotonic()
-        time.sleep(0.2)  # long enough that overlapping runs would show
-        return t0, time.monotonic()
+        time.sleep(0.2)  # long enough that a rank returning early would show
+        done.append((j, n, t0, time.monotonic()))
 
-    (start, end), leader = node_leader_first(work, comm, timeout=30, what="test")
+    was_worker = node_workers_first(work, comm, workers, timeout=30, what="test")
+    back = time.monotonic()
     # all ranks of this test share one node (and its monotonic clock)
-    every = comm.allgather((start, end, leader))
-    leaders = [e for e in every if e[2]]
-    assert len(leaders) == 1, every
-    lead_end = leaders[0][1]
-    assert all(s >= lead_end for s, _, is_leader in every if not is_leader), every
+    every = comm.allgather((was_worker, done, back))
+    ran = [d for _, ds, _ in every for d in ds]
+    n = min(workers, comm.size)
+    assert sorted(d[0] for d in ran) == list(range(n)) and {d[1] for d in ran} == {n}
+    assert [w for w, _, _ in every].count(True) == n
+    assert all(b >= max(d[3] for d in ran) for _, _, b in every)  # none back before all done
