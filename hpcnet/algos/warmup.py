@@ -42,12 +42,22 @@ def _updates(k: int, backend) -> None:
     Adagrad(4).step(p, g, 0.1)
 
 
+def _batch_for(layer) -> int:
+    """Samples enough that the layer's arrays take the compiled path of elementwise ops
+    (small arrays go to NumPy: ``hpcnet.kernels.cpu.PARALLEL_MIN_SIZE``), as a training
+    or evaluation batch (up to 256 samples) may."""
+    from hpcnet.kernels.cpu import PARALLEL_MIN_SIZE
+
+    smallest = min(int(np.prod(layer.in_shape)), int(np.prod(layer.out_shape)))
+    return int(min(256, max(N, -(-PARALLEL_MIN_SIZE // max(1, smallest)))))
+
+
 def _layer(model, i: int, backend) -> None:
     """Layer i of ``model`` alone: forward (training mode) and backward on a blank batch
-    of its input shape, as the model runs it (the first layer computes no input
-    gradient)."""
+    of its input shape (:func:`_batch_for` samples), as the model runs it (the first
+    layer computes no input gradient)."""
     layer = model.layers[i]
-    y = layer.forward(np.zeros((N, *layer.in_shape), np.float32), backend, True)
+    y = layer.forward(np.zeros((_batch_for(layer), *layer.in_shape), np.float32), backend, True)
     backward_through([layer], np.zeros_like(y), backend, need_dx=i > 0)
 
 
