@@ -40,6 +40,12 @@ class RunConfig:
     threads: int = 0  # compute threads per rank; 0 = cores / ranks on this node
     log_every: int = 0  # steps between progress lines; 0 = ~20 lines per run, >= 1 per epoch
     verbose: bool = False  # print the whole resolved config at start (it is always in OUT)
+    checkpoint_every: int = (
+        0  # steps between checkpoints (OUT/checkpoint.h5); 0 = the final one only
+    )
+    keep_checkpoints: int = 2  # checkpoints kept in OUT (the newest is OUT/checkpoint.h5)
+    resume: str = ""  # continue the run in this OUT from its newest checkpoint
+    resume_fallback: bool = False  # with resume: fall back to an older intact checkpoint
 
 
 @dataclass(frozen=True)
@@ -193,6 +199,18 @@ FLAGS: dict[str, tuple[str, str, str]] = {
         "steps between progress lines (0: ~20 per run, at least 1 per epoch)",
     ),
     "--verbose": ("run", "verbose", "print the whole resolved config at start"),
+    "--checkpoint-every": (
+        "run",
+        "checkpoint_every",
+        "steps between checkpoints in OUT/checkpoint.h5 (0: only the final one)",
+    ),
+    "--keep-checkpoints": ("run", "keep_checkpoints", "checkpoints kept in OUT (>= 1)"),
+    "--resume": ("run", "resume", "continue the run in this OUT from its newest checkpoint"),
+    "--resume-fallback": (
+        "run",
+        "resume_fallback",
+        "with --resume: use the newest intact checkpoint if the newest is damaged",
+    ),
     "--lr": ("optim", "lr", "base learning rate"),
     "--momentum": ("optim", "momentum", "SGD momentum in [0, 1)"),
     "--weight-decay": ("optim", "weight_decay", "L2 weight decay"),
@@ -329,6 +347,15 @@ def validate(cfg: Config) -> None:
     need(r.threads >= 0, "run", "threads", "must be >= 0 (0: automatic)")
     need(r.log_every >= 0, "run", "log_every", "must be >= 0 (0: automatic)")
     need(r.backend in ("auto", "cpu", "cuda"), "run", "backend", "choose auto, cpu or cuda")
+    need(r.checkpoint_every >= 0, "run", "checkpoint_every", "must be >= 0 steps (0: final only)")
+    need(r.keep_checkpoints >= 1, "run", "keep_checkpoints", "must be >= 1")
+    need(
+        not (r.resume or r.checkpoint_every) or get_algorithm(a.name).resumable,
+        "run",
+        "resume" if r.resume else "checkpoint_every",
+        f"{a.name} cannot checkpoint its state or resume yet (only its final parameters are "
+        "saved); use sync or avg",
+    )
     need(o.lr > 0, "optim", "lr", "must be > 0")
     need(0 <= o.momentum < 1, "optim", "momentum", "must be in [0, 1)")
     need(o.weight_decay >= 0, "optim", "weight_decay", "must be >= 0")

@@ -28,3 +28,7 @@ class DataError(HpcnetError):
 
 class BackendError(HpcnetError):
     """The requested compute backend cannot run here (e.g. ``cuda`` without a GPU)."""
+
+
+class CheckpointError(HpcnetError):
+    """A missing, corrupt, truncated or incompatible checkpoint file."""

@@ -51,6 +51,10 @@ class ParameterAveraging:
         if self._since:
             self._average(params)
 
+    def resume(self, step: int) -> None:
+        """Counters as after ``step`` steps (a resumed run)."""
+        self.allreduces, self._since = divmod(step, self.every)
+
     def _average(self, params: np.ndarray) -> None:
         allreduce_mean_(params, self.comm)
         self.allreduces += 1

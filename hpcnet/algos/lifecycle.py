@@ -48,6 +48,7 @@ from hpcnet.config import Config
 from hpcnet.data.loader import BatchLoader, eval_batches
 from hpcnet.modelpar import partition_model
 from hpcnet.optim.schedules import lr_at, scaled_lr
+from hpcnet.run.checkpoint import read_rank_state, write_checkpoint
 from hpcnet.run.metrics import progress_line, write_summary
 
 __all__ = ["Run", "StepBudget", "train"]
@@ -227,6 +228,47 @@ class Run:
         scheme = self.cfg.algo.partition_scheme
         return f"; {self.layout.partitions} partitions per replica ({scheme})"
 
+    # --- checkpoints -------------------------------------------------------------------
+    def resume_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
+        """This rank's arrays and state from the checkpoint the run resumes from (None:
+        a fresh run). Reads the file itself (a file system every rank sees)."""
+        if self.prep.resume is None:
+            return None
+        return read_rank_state(self.prep.resume["path"], self.rank)
+
+    def checkpoint_due(self, step: int) -> bool:
+        """Whether step ``step`` ends with a checkpoint (``--checkpoint-every``); the same
+        answer on every rank."""
+        every = self.cfg.run.checkpoint_every
+        return every > 0 and step % every == 0
+
+    def save_checkpoint(
+        self, step: int, epoch: int, arrays: dict[str, np.ndarray], state: dict[str, Any]
+    ) -> None:
+        """Writes OUT/checkpoint.h5 with every rank's ``arrays`` (rank 0's must hold
+        ``params``) and JSON-able ``state``. Collective over ``comm``: every rank calls
+        it at the same step, or the gather hangs."""
+        gathered = gather_objects((arrays, state), self.comm)
+        if self.rank == 0:
+            write_checkpoint(
+                self.prep.out,
+                arrays["params"],
+                gathered,
+                self._checkpoint_attrs(step, epoch, final=False),
+                self.cfg.run.keep_checkpoints,
+            )
+
+    def _checkpoint_attrs(self, step: int, epoch: float, final: bool) -> dict[str, Any]:
+        return {
+            "step": int(step),
+            "epoch": float(epoch),
+            "final": bool(final),
+            "algo": self.algo.name,
+            "world_size": self.comm.Get_size(),
+            "layout": self.layout.to_dict(),
+            "config": self.cfg.to_toml(),
+        }
+
     def write_record(self, rec: dict[str, Any]) -> None:
         """Rank 0: appends an event record (``{"event": ...}``) to OUT/metrics.jsonl."""
         if self.prep.log is not None:
@@ -390,6 +432,14 @@ def train(cfg: Config, comm: MPI.Intracomm, verbose: bool = True) -> dict[str, A
             test_accuracy=test_acc,
             test_loss=test_loss,
             wall_s=time.perf_counter() - prep.t_start,
+        )
+        # the final checkpoint: OUT/checkpoint.h5 always ends holding the final parameters
+        write_checkpoint(
+            prep.out,
+            prep.model.params,
+            None,
+            run._checkpoint_attrs(summary["steps"], summary["epochs"], final=True),
+            cfg.run.keep_checkpoints,
         )
         run.report(summary)
     summary = bcast_object(summary, comm)

@@ -11,9 +11,11 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from mpi4py import MPI
 
+from hpcnet.algos.resume import check_resumable, find_resume_checkpoint
 from hpcnet.algos.warmup import compile_kernels
 from hpcnet.comm import (
     ranks_on_node,
@@ -50,6 +52,7 @@ class Prepared:
     compile_s: float = 0.0  # kernel compilation (or cache loading) before training, seconds
     log: MetricsLog | None = None  # rank 0 only
     node_ranks: int = 1  # ranks of the run on this node (threads, exchange spin)
+    resume: dict[str, Any] | None = None  # the checkpoint a resumed run starts from
 
 
 def prepare(cfg: Config, comm: MPI.Intracomm, verbose: bool = True) -> Prepared:
@@ -79,16 +82,30 @@ def prepare(cfg: Config, comm: MPI.Intracomm, verbose: bool = True) -> Prepared:
                 f"--batch-size {cfg.run.batch_size}: larger than the {per_replica} training "
                 f"rows each of the {layout.replicas} replicas gets from {info.path.name}"
             )
+    if cfg.run.resume:  # the run goes on in its own OUT
+        with same_on_every_rank():
+            if cfg.run.out and Path(cfg.run.out).resolve() != Path(cfg.run.resume).resolve():
+                raise ConfigError(
+                    f"--out {cfg.run.out}: a resumed run writes into its own OUT "
+                    f"({cfg.run.resume}); drop --out"
+                )
+        cfg = replace(cfg, run={"out": cfg.run.resume})
     out = root_then_bcast(lambda: make_out_dir(cfg.run.out), comm)
     set_error_report(out, str(layout.role(comm.Get_rank())))  # OUT/error-rank-K.txt
     cfg = replace(cfg, run={"out": str(out)}, model={"name": model_name})
+    resume = None
+    if cfg.run.resume:
+        resume = root_then_bcast(lambda: find_resume_checkpoint(cfg, verbose), comm)
+        with same_on_every_rank():
+            check_resumable(resume, cfg, layout)
     node_ranks = ranks_on_node(comm)  # once: threads and the exchanges' spin use it
     threads = set_threads(cfg.run.threads, node_ranks)
     prep = Prepared(cfg, layout, backend, info, model, out, threads, t_start)
     prep.node_ranks = node_ranks
+    prep.resume = resume
     if comm.Get_rank() == 0:
         save_config(cfg, out / "config.toml")
-        prep.log = MetricsLog(out)
+        prep.log = MetricsLog(out, append=resume is not None)
     # compile once per node, before any timing starts (throughput excludes compilation)
     # on a model of its own: a first step on the run's model would bind it to the GPU
     # (cuda backend) before rank 0 initialises the host copy that is broadcast

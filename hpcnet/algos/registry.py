@@ -56,6 +56,8 @@ class Algorithm:
         describe: the part of the start-up line that is the algorithm's (steps,
             shard ranges, ...); None: the step budget.
         supports_partitions: whether its replicas may be split (``--partitions``).
+        resumable: whether its programs save their state at checkpoints and restore it
+            on ``--resume`` (:meth:`hpcnet.algos.lifecycle.Run.save_checkpoint`).
     """
 
     name: str
@@ -68,6 +70,7 @@ class Algorithm:
     summarise: Callable[[Run, list[tuple[str, dict]], float], dict[str, Any]] | None = None
     describe: Callable[[Run], str] | None = None
     supports_partitions: bool = True
+    resumable: bool = False
 
     def __post_init__(self):
         need = {"replica"}

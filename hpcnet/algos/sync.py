@@ -40,6 +40,10 @@ class SyncSGD:
     def finish(self, params: np.ndarray) -> None:
         """Nothing to reconcile."""
 
+    def resume(self, step: int) -> None:
+        """Counters as after ``step`` steps (a resumed run)."""
+        self.allreduces = step
+
 
 register(
     synchronous_algorithm(

@@ -40,6 +40,8 @@ class Policy(Protocol):
 
     def finish(self, params: np.ndarray) -> None: ...
 
+    # optional: ``resume(step)`` sets its counters as they were after ``step`` steps
+
 
 def replica_program(make_policy: Callable[[Run], Policy]) -> Callable[[Run], dict[str, Any]]:
     """The replica program of a synchronous algorithm whose policy ``make_policy(run)``
@@ -64,16 +66,27 @@ def _train_replica(run: Run, algo: Policy) -> dict[str, Any]:
     )
     net = run.net
 
-    step = 0
+    step = epoch = start = 0
+    resumed = run.resume_state()
+    if resumed is not None:  # where the checkpoint left off, bit for bit
+        arrays, state = resumed
+        model.params[:] = arrays["params"]
+        if opt.velocity is not None:
+            opt.velocity[:] = arrays["velocity"]
+        model.set_rng_states(state["rng"])
+        step = int(state["step"])
+        epoch, start = divmod(step, spe)
+        if hasattr(algo, "resume"):
+            algo.resume(step)
+    first_step = step + 1
     first_step_s = 0.0
     acc = np.zeros(4)  # loss sum, correct, samples, samples since the last line
     t_train = time.perf_counter()
     t_log = t_train
     last = {"loss": float("nan"), "accuracy": float("nan")}
-    epoch = 0
     try:
         while step < total_steps:
-            for x, y in loader.batches(epoch):
+            for x, y in loader.batches(epoch, start):
                 loss, correct = net.loss_and_grad(x, y, backend)
                 grads = part.pack(model.grads) if part else model.grads
                 params = part.pack(model.params) if part else model.params
@@ -85,7 +98,7 @@ def _train_replica(run: Run, algo: Policy) -> dict[str, Any]:
                     part.unpack(params, model.params)
                 step += 1
                 acc += (loss * len(y), correct, len(y), len(y))
-                if step == 1:  # kept out of throughput: first-call costs (buffers, caches)
+                if step == first_step:  # kept out of throughput: first-call costs
                     first_step_s = time.perf_counter() - t_train
                     t_log = time.perf_counter()
                     acc[3] = 0
@@ -104,9 +117,12 @@ def _train_replica(run: Run, algo: Policy) -> dict[str, Any]:
                     )
                     acc[:] = 0
                     t_log = now
+                if run.checkpoint_due(step) and step < total_steps:  # the last: lifecycle
+                    _checkpoint(run, step, epoch, opt)
                 if step >= total_steps:
                     break
             epoch += 1
+            start = 0
     finally:
         loader.close()
     if part:
@@ -117,6 +133,7 @@ def _train_replica(run: Run, algo: Policy) -> dict[str, Any]:
     else:
         algo.finish(model.params)
     train_s = time.perf_counter() - t_train
+    steps_here = step - first_step + 1  # this process's steps (a resumed run: since resuming)
     return {
         "epochs": step / spe,
         "steps": step,
@@ -127,12 +144,26 @@ def _train_replica(run: Run, algo: Policy) -> dict[str, Any]:
         "final_train_accuracy": last["accuracy"],
         # throughput after the first step (its time is reported on its own)
         "samples_per_s": (
-            (step - 1) * run.total_batch / (train_s - first_step_s)
-            if step > 1
-            else step * run.total_batch / train_s
+            (steps_here - 1) * run.total_batch / (train_s - first_step_s)
+            if steps_here > 1
+            else steps_here * run.total_batch / max(train_s, 1e-9)
         ),
         "first_step_s": first_step_s,
     }
+
+
+def _checkpoint(run: Run, step: int, epoch: int, opt: SGD) -> None:
+    """Saves what resuming at ``step`` needs on every rank: its parameters (with
+    partitions: rank 0 also assembles the whole vector), momentum and Dropout streams.
+    Collective over the run's communicator (every rank is a replica here)."""
+    model, part = run.model, run.part
+    params = model.params.copy()
+    if part is not None:
+        part.assemble(params)  # collective over the replica's partitions
+    arrays = {"params": params}
+    if opt.velocity is not None:
+        arrays["velocity"] = opt.velocity.copy()
+    run.save_checkpoint(step, epoch, arrays, {"step": step, "rng": model.rng_states()})
 
 
 def describe(run: Run) -> str:
@@ -156,4 +187,5 @@ def synchronous_algorithm(
         programs={"replica": replica_program(make_policy)},
         flags=flags,
         describe=describe,
+        resumable=True,
     )

@@ -203,11 +203,13 @@ class BatchLoader:
             max_workers=1, thread_name_prefix=f"hpcnet-prefetch-{replica}"
         )
 
-    def batches(self, epoch: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Yield this epoch's ``steps_per_epoch`` batches.
+    def batches(self, epoch: int, start: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Yield this epoch's ``steps_per_epoch`` batches (from batch ``start`` on: a
+        resumed run; every batch depends only on the seed, epoch, replica and its index).
 
         Args:
             epoch: epoch number (>= 0); seeds the permutation.
+            start: the first batch to yield (0 .. steps_per_epoch).
 
         Yields:
             (x, y): x (batch_size, C, H, W) float32 C-contiguous, normalised;
@@ -225,9 +227,9 @@ class BatchLoader:
             rng = np.random.default_rng([self.seed, epoch, self.replica, step, 0xA9])
             return self._pool.submit(self._make, idx, rng)
 
-        pending: Future | None = submit(0)
+        pending: Future | None = submit(start) if start < self.steps_per_epoch else None
         try:
-            for step in range(self.steps_per_epoch):
+            for step in range(start, self.steps_per_epoch):
                 batch = pending.result()
                 pending = submit(step + 1) if step + 1 < self.steps_per_epoch else None
                 yield batch

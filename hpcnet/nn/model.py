@@ -100,6 +100,27 @@ class Model:
                     if isinstance(sub, Dropout):
                         sub.rng = np.random.default_rng([seed, replica, i, t, j, 0xD7])
 
+    def _dropouts(self) -> list[Dropout]:
+        out = []
+        for layer in self.layers:
+            if isinstance(layer, Dropout):
+                out.append(layer)
+            elif isinstance(layer, Towers):
+                out.extend(sub for _, _, sub in layer.sublayers() if isinstance(sub, Dropout))
+        return out
+
+    def rng_states(self) -> list[dict]:
+        """The Dropout streams' states (JSON-able dicts), for a checkpoint."""
+        return [d.rng.bit_generator.state for d in self._dropouts()]
+
+    def set_rng_states(self, states: list[dict]) -> None:
+        """Puts the Dropout streams back where :meth:`rng_states` found them."""
+        drops = self._dropouts()
+        if len(states) != len(drops):
+            raise ValueError(f"{len(states)} RNG states for {len(drops)} Dropout layers")
+        for d, st in zip(drops, states, strict=True):
+            d.rng.bit_generator.state = st
+
     def forward(self, x: np.ndarray, backend, train: bool = False) -> np.ndarray:
         """x (N, *input_shape) float32 -> logits (N, K) float32 (on the host)."""
         self._upload(backend)

@@ -35,9 +35,9 @@ def make_out_dir(out: str) -> Path:
 class MetricsLog:
     """Appends one JSON object per line to ``OUT/metrics.jsonl`` (flushed per record)."""
 
-    def __init__(self, out_dir: Path):
+    def __init__(self, out_dir: Path, append: bool = False):
         self.path = Path(out_dir) / "metrics.jsonl"
-        self._f: TextIO = open(self.path, "w")
+        self._f: TextIO = open(self.path, "a" if append else "w")  # append: a resumed run
 
     def write(self, record: dict[str, Any]) -> None:
         self._f.write(json.dumps(record) + "\n")

@@ -1,0 +1,94 @@
+"""Checkpoints and ``--resume`` as a user meets them: a run killed with SIGKILL and
+resumed ends with the same final parameters, bit for bit, as the run never killed."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import pytest
+
+from tests.e2e.test_cli import MPIEXEC, hpcnet
+
+pytestmark = pytest.mark.skipif(MPIEXEC is None, reason="no mpiexec")
+
+# ~900 short steps on the digits: long enough to be killed in the middle
+RUN = ["--batch-size", "8", "--epochs", "10", "--threads", "1", "--checkpoint-every", "50"]
+
+
+def _final_params_sha(out: Path) -> str:
+    with h5py.File(out / "checkpoint.h5", "r") as f:
+        assert bool(f.attrs["final"]), "the run did not finish"
+        return hashlib.sha256(f["params"][()].tobytes()).hexdigest()
+
+
+def _killed_midway(args: list[str], out: Path, after: str) -> None:
+    """Starts the run and SIGKILLs the whole job once ``out/after`` exists."""
+    p = subprocess.Popen(
+        [MPIEXEC, "-n", "2", sys.executable, "-m", "hpcnet", *args, "--out", str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 120
+    while not (out / after).exists():
+        assert p.poll() is None, "the run ended before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    os.killpg(p.pid, signal.SIGKILL)
+    p.wait(timeout=30)
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("algo, model", [("sync", "2conv"), ("avg", "digits_cnn")])
+def test_killed_and_resumed_equals_uninterrupted_bit_for_bit(tmp_path, algo, model):
+    # 2conv has Dropout: its streams must continue where they were, too
+    args = ["train", "--algo", algo, "--model", model, *RUN]
+    code, _, stderr, _ = hpcnet(*args, "--out", str(tmp_path / "whole"), cwd=tmp_path)
+    assert code == 0, stderr
+    killed = tmp_path / "killed"
+    _killed_midway(args, killed, "checkpoint-000000100.h5")  # 2 checkpoints written
+    with h5py.File(killed / "checkpoint.h5", "r") as f:
+        assert not f.attrs["final"]
+        at = int(f.attrs["step"])
+    code, stdout, stderr, _ = hpcnet(*args, "--resume", str(killed), cwd=tmp_path)
+    assert code == 0, stderr
+    assert _final_params_sha(killed) == _final_params_sha(tmp_path / "whole")
+    assert 100 <= at < 890 and "test accuracy" in stdout
+    # the resumed run appended to the metrics, from where the checkpoint left off
+    steps = [line for line in (killed / "metrics.jsonl").read_text().splitlines()]
+    assert steps and '"event": "test"' in steps[-1]
+
+
+@pytest.mark.timeout(300)
+def test_resume_refuses_damage_and_other_settings_in_one_line(tmp_path):
+    out = tmp_path / "run"
+    args = ["train", *RUN]
+    _killed_midway(args, out, "checkpoint-000000050.h5")
+    # other settings: refused, naming the setting
+    code, _, stderr, _ = hpcnet(*args, "--lr", "0.01", "--resume", str(out), cwd=tmp_path)
+    assert code == 2 and stderr.count("\n") == 1, stderr
+    assert "[optim] lr = 0.05, this run has 0.01" in stderr
+    # a damaged newest checkpoint: refused, unless told to fall back
+    (out / "checkpoint.h5").write_bytes((out / "checkpoint.h5").read_bytes()[:2000])
+    code, _, stderr, _ = hpcnet(*args, "--resume", str(out), cwd=tmp_path)
+    assert code == 2 and "checkpoint.h5" in stderr and "--resume-fallback" in stderr, stderr
+    code, _, stderr, _ = hpcnet(*args, "--resume", str(out), "--resume-fallback", cwd=tmp_path)
+    assert code == 0 and "falling back to checkpoint-000000050.h5" in stderr, stderr
+    # a finished run: nothing to resume
+    code, _, stderr, _ = hpcnet(*args, "--resume", str(out), cwd=tmp_path)
+    assert code == 2 and "nothing to resume" in stderr, stderr
+
+
+@pytest.mark.timeout(120)
+def test_algorithms_that_cannot_resume_say_so(tmp_path):
+    code, _, stderr, _ = hpcnet(
+        "train", "--algo", "downpour", "--checkpoint-every", "10", n=3, cwd=tmp_path
+    )
+    assert code == 2 and "downpour cannot checkpoint its state" in stderr, stderr
