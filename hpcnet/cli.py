@@ -13,6 +13,7 @@ import sys
 
 from hpcnet import __version__
 from hpcnet.errors import HpcnetError
+from hpcnet.run.preempt import Preempted
 
 SUBCOMMANDS = ("train", "data", "info", "bench")
 # ``python -m hpcnet bench NAME [ARGS]`` runs benchmarks/SCRIPT.py ARGS (a source checkout);
@@ -168,6 +169,12 @@ def main(argv: list[str] | None = None) -> None:
         code = args.func(args)
     except HpcnetError as e:
         code = exit_on_error(e)
+    except Preempted as e:  # every rank stopped at the same step, checkpointed
+        from hpcnet.comm import world_rank
+
+        if world_rank() == 0:
+            sys.stderr.write(f"hpcnet: {e}\n")
+        code = e.exit_code
     except KeyboardInterrupt:
         code = 130
     sys.stdout.flush()

@@ -35,6 +35,7 @@ from hpcnet.algos.registry import Algorithm, get_algorithm
 from hpcnet.comm import (
     Deadlines,
     allgather_objects,
+    allreduce_max_int,
     allreduce_sum,
     barrier_polling,
     bcast_,
@@ -50,6 +51,7 @@ from hpcnet.modelpar import partition_model
 from hpcnet.optim.schedules import lr_at, scaled_lr
 from hpcnet.run.checkpoint import read_rank_state, write_checkpoint
 from hpcnet.run.metrics import progress_line, write_summary
+from hpcnet.run.preempt import PreemptionWatch
 
 __all__ = ["Run", "StepBudget", "train"]
 
@@ -111,6 +113,7 @@ class Run:
         self.part = None
         self.shared: Any = None
         self.on_end_poll = None
+        self.preempt: PreemptionWatch | None = None  # set by train()
         self.t_train = time.perf_counter()
 
     # --- what every program reads ------------------------------------------------
@@ -227,6 +230,12 @@ class Run:
             return ""
         scheme = self.cfg.algo.partition_scheme
         return f"; {self.layout.partitions} partitions per replica ({scheme})"
+
+    def stop_signal(self) -> int:
+        """The signal (SIGTERM, SIGUSR1) any rank got, else 0: every rank learns it at the
+        same step. Collective over ``comm`` (one small allreduce): every rank calls it
+        once per step, or it hangs."""
+        return allreduce_max_int(self.preempt.signum if self.preempt else 0, self.comm)
 
     # --- checkpoints -------------------------------------------------------------------
     def resume_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
@@ -398,9 +407,18 @@ def train(cfg: Config, comm: MPI.Intracomm, verbose: bool = True) -> dict[str, A
     Raises:
         HpcnetError (every rank, same message): bad layout, backend, data or output dir.
     """
+    watch = PreemptionWatch()  # SIGTERM/SIGUSR1: stop at a step boundary, checkpointed
+    try:
+        return _train(cfg, comm, verbose, watch)
+    finally:
+        watch.close()
+
+
+def _train(cfg: Config, comm: MPI.Intracomm, verbose: bool, watch) -> dict[str, Any]:
     algo = get_algorithm(cfg.algo.name)
     prep = prepare(cfg, comm, verbose)
     run = Run(prep, comm, algo, verbose)
+    run.preempt = watch
     run.init_params()
     run.partition()
     if algo.setup is not None:

@@ -7,7 +7,12 @@ object says what communication happens: after backward (``sync``: allreduce
 the gradients), after the optimizer step (``avg``: average the parameters every
 k steps) and at the end. Its hooks are collective over the replicas'
 ``data_comm`` when they communicate, so every replica must call them at every
-step (same step count everywhere, or an allreduce hangs).
+step (same step count everywhere, or an allreduce hangs). After every step the
+replicas also agree whether any of them got SIGTERM/SIGUSR1 (one 8-byte
+allreduce, :meth:`~hpcnet.algos.lifecycle.Run.stop_signal`): then all write a
+checkpoint at that step and stop (:class:`hpcnet.run.preempt.Preempted`).
+``--checkpoint-every`` and ``--resume`` restore every rank's parameters, momentum
+and Dropout streams, so a resumed run continues bit for bit.
 
 Adding an algorithm of this family is one policy class and one call of
 :func:`synchronous_algorithm` (see ``tests/e2e/toy_algorithm.py``).
@@ -27,6 +32,7 @@ from hpcnet.comm import allreduce_sum
 from hpcnet.layout import LayoutRule
 from hpcnet.optim.schedules import scaled_lr
 from hpcnet.optim.sgd import SGD
+from hpcnet.run.preempt import Preempted
 
 
 class Policy(Protocol):
@@ -117,8 +123,14 @@ def _train_replica(run: Run, algo: Policy) -> dict[str, Any]:
                     )
                     acc[:] = 0
                     t_log = now
-                if run.checkpoint_due(step) and step < total_steps:  # the last: lifecycle
+                saved = run.checkpoint_due(step) and step < total_steps  # the last: lifecycle
+                if saved:
                     _checkpoint(run, step, epoch, opt)
+                signum = run.stop_signal()  # preemption: every rank stops at this step
+                if signum and step < total_steps:
+                    if not saved:
+                        _checkpoint(run, step, epoch, opt)
+                    raise Preempted(signum, step, str(run.prep.out / "checkpoint.h5"))
                 if step >= total_steps:
                     break
             epoch += 1

@@ -117,3 +117,11 @@ def allgather_objects(obj: Any, comm: MPI.Intracomm) -> list[Any]:
 def bcast_object(obj: Any, comm: MPI.Intracomm, root: int = 0) -> Any:
     """``root``'s small picklable ``obj`` on every rank. Collective over ``comm``."""
     return comm.bcast(obj, root=root)
+
+
+def allreduce_max_int(value: int, comm: MPI.Intracomm) -> int:
+    """The largest ``value`` over ``comm`` (e.g. any rank's stop request). Collective."""
+    buf = np.array([value], np.int64)
+    if comm.Get_size() > 1:
+        comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.MAX)
+    return int(buf[0])

@@ -28,19 +28,39 @@ def _final_params_sha(out: Path) -> str:
         return hashlib.sha256(f["params"][()].tobytes()).hexdigest()
 
 
-def _killed_midway(args: list[str], out: Path, after: str) -> None:
-    """Starts the run and SIGKILLs the whole job once ``out/after`` exists."""
+def _rank_pids(out: Path) -> list[int]:
+    """The pids of the python ranks (not mpiexec or its proxy) of the run writing ``out``."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            continue
+        if argv[0] == sys.executable.encode() and str(out).encode() in argv:
+            pids.append(int(proc.name))
+    return pids
+
+
+def _start_and_wait_for(args: list[str], out: Path, after: str) -> subprocess.Popen:
+    """Starts the run (2 ranks) and returns once ``out/after`` exists."""
     p = subprocess.Popen(
         [MPIEXEC, "-n", "2", sys.executable, "-m", "hpcnet", *args, "--out", str(out)],
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
         start_new_session=True,
     )
     deadline = time.monotonic() + 120
     while not (out / after).exists():
-        assert p.poll() is None, "the run ended before it could be killed"
+        assert p.poll() is None, "the run ended before it was stopped"
         assert time.monotonic() < deadline
         time.sleep(0.01)
+    return p
+
+
+def _killed_midway(args: list[str], out: Path, after: str) -> None:
+    """Starts the run and SIGKILLs the whole job once ``out/after`` exists."""
+    p = _start_and_wait_for(args, out, after)
     os.killpg(p.pid, signal.SIGKILL)
     p.wait(timeout=30)
 
@@ -64,6 +84,30 @@ def test_killed_and_resumed_equals_uninterrupted_bit_for_bit(tmp_path, algo, mod
     # the resumed run appended to the metrics, from where the checkpoint left off
     steps = [line for line in (killed / "metrics.jsonl").read_text().splitlines()]
     assert steps and '"event": "test"' in steps[-1]
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1])
+def test_a_signal_to_one_rank_stops_every_rank_checkpointed(tmp_path, signum):
+    # what Slurm sends on preemption or before the time limit (--signal=USR1@120)
+    args = ["train", "--model", "2conv", *RUN]
+    code, _, stderr, _ = hpcnet(*args, "--out", str(tmp_path / "whole"), cwd=tmp_path)
+    assert code == 0, stderr
+    out = tmp_path / "stopped"
+    p = _start_and_wait_for(args, out, "checkpoint-000000100.h5")
+    ranks = _rank_pids(out)
+    assert len(ranks) == 2, ranks
+    os.kill(ranks[1], signum)  # one rank only: the other must learn it and stop too
+    _, stderr = p.communicate(timeout=120)
+    assert p.returncode == 128 + signum, stderr
+    with h5py.File(out / "checkpoint.h5", "r") as f:
+        at = int(f.attrs["step"])
+        assert not f.attrs["final"] and at > 100
+    name = signal.Signals(signum).name
+    assert f"stopped by {name} after step {at}" in stderr and "--resume" in stderr, stderr
+    code, _, stderr, _ = hpcnet(*args, "--resume", str(out), cwd=tmp_path)
+    assert code == 0, stderr
+    assert _final_params_sha(out) == _final_params_sha(tmp_path / "whole")
 
 
 @pytest.mark.timeout(300)

@@ -1,0 +1,57 @@
+"""Preemption: SIGTERM or SIGUSR1 (what Slurm sends at the time limit with
+``--signal=USR1@120``, or on preemption) asks the run to stop cleanly.
+
+The handler only notes the signal; the training loop asks, once per step, whether
+any rank got one (one small allreduce: :meth:`hpcnet.algos.lifecycle.Run.stop_signal`),
+so every rank stops at the same step boundary, writes a checkpoint, and the job
+exits with status ``128 + signal`` (143 for SIGTERM, 138 for SIGUSR1): "checkpointed,
+resume me with ``--resume OUT``".
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+
+SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+class Preempted(Exception):
+    """Raised on every rank when the run stopped for a signal, after its checkpoint.
+
+    Attributes:
+        signum: the signal; ``exit_code`` is ``128 + signum``.
+        step: the step the run stopped after.
+        checkpoint: where the checkpoint is.
+    """
+
+    def __init__(self, signum: int, step: int, checkpoint: str):
+        self.signum, self.step, self.checkpoint = signum, step, checkpoint
+        self.exit_code = 128 + signum
+        name = signal.Signals(signum).name
+        super().__init__(
+            f"stopped by {name} after step {step}; checkpoint in {checkpoint}; "
+            f"continue with --resume {checkpoint.rsplit('/', 1)[0]} (exit status {self.exit_code})"
+        )
+
+
+class PreemptionWatch:
+    """Notes SIGTERM/SIGUSR1 while installed (main thread only; elsewhere it watches
+    nothing). ``signum`` is the first signal seen, 0 for none."""
+
+    def __init__(self):
+        self.signum = 0
+        self._old: dict[int, object] = {}
+        if threading.current_thread() is threading.main_thread():
+            for s in SIGNALS:
+                self._old[s] = signal.signal(s, self._note)
+
+    def _note(self, signum, frame) -> None:
+        if not self.signum:
+            self.signum = signum
+
+    def close(self) -> None:
+        """Puts the previous handlers back."""
+        for s, old in self._old.items():
+            signal.signal(s, old)
+        self._old.clear()
