@@ -136,3 +136,18 @@ def test_algorithms_that_cannot_resume_say_so(tmp_path):
         "train", "--algo", "downpour", "--checkpoint-every", "10", n=3, cwd=tmp_path
     )
     assert code == 2 and "downpour cannot checkpoint its state" in stderr, stderr
+
+
+@pytest.mark.timeout(600)
+def test_kill_test_script_few_trials(tmp_path):
+    # scripts/kill_test.py --trials 100 is the full test (its count is in the notes);
+    # here two random kills, each checked to verify, resume and end bit for bit alike
+    script = Path(__file__).resolve().parents[2] / "scripts" / "kill_test.py"
+    p = subprocess.run(
+        [sys.executable, str(script), "--trials", "2", "--seed", "7", "--keep", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=540,
+    )
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "kill test: 2 passed, 0 failed" in p.stdout, p.stdout
