@@ -51,6 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", parser_class=_Parser)
     t = sub.add_parser("train", help="train a model (the default subcommand)")
     add_train_flags(t)
+    t.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check the config, data and layout for this world size, print the plan, train nothing",
+    )
     t.set_defaults(func=_cmd_train)
     i = sub.add_parser("info", help="the role layout, compute backend and MPI library")
     add_train_flags(i)
@@ -83,6 +88,11 @@ def _cmd_train(args) -> int:
     from hpcnet.comm import library_comm
 
     cfg = _config_from(args)
+    if args.dry_run:
+        from hpcnet.algos.lifecycle import dry_run
+
+        dry_run(cfg, library_comm())
+        return 0
     train(cfg, library_comm())
     return 0
 

@@ -23,6 +23,7 @@ Checkpoints and the watchdog hook in here, once, for every algorithm.
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -53,7 +54,7 @@ from hpcnet.run.checkpoint import read_rank_state, write_checkpoint
 from hpcnet.run.metrics import progress_line, write_summary
 from hpcnet.run.preempt import PreemptionWatch
 
-__all__ = ["Run", "StepBudget", "train"]
+__all__ = ["Run", "StepBudget", "dry_run", "train"]
 
 
 @dataclass(frozen=True)
@@ -394,6 +395,52 @@ def _default_summary(run: Run, results: list[tuple[str, dict]], train_s: float) 
     """Replica 0's own figures (steps, epochs, samples/s, ...), for algorithms whose
     replicas all take the same steps."""
     return dict(results[run.layout.replica_ranks(0)[0]][1], train_s=train_s)
+
+
+def dry_run(cfg: Config, comm: MPI.Intracomm) -> dict[str, Any]:
+    """Checks everything a run would check first (config, data, layout for this world
+    size, model, partitions, a checkpoint to resume from) and has rank 0 print the plan,
+    without training or writing anything. Collective over ``comm``.
+
+    Returns:
+        The plan (every rank).
+    Raises:
+        HpcnetError (every rank, same message): what does not fit.
+    """
+    from hpcnet.algos.prepare import check_run
+    from hpcnet.algos.resume import check_resumable, find_resume_checkpoint
+    from hpcnet.comm import root_then_bcast, same_on_every_rank
+
+    algo = get_algorithm(cfg.algo.name)
+    layout, backend, info, model = check_run(cfg, comm)
+    budget = StepBudget.of(cfg, info.n_train, layout.replicas)
+    resume = None
+    if cfg.run.resume:
+        resume = root_then_bcast(lambda: find_resume_checkpoint(cfg, False), comm)
+        with same_on_every_rank():
+            check_resumable(resume, cfg, layout)
+    plan = {
+        "algo": algo.name,
+        "layout": layout.describe(),
+        "data": f"{info.path} ({info.n_train:,} train / {info.n_test:,} test, "
+        f"{info.image_shape}, {info.num_classes} classes)",
+        "model": f"{model.name}, {model.n_params:,} parameters",
+        "backend": backend.name,
+        "steps": budget.describe(cfg.run.epochs) + " per replica",
+        "checkpoints": f"every {cfg.run.checkpoint_every} steps"
+        if cfg.run.checkpoint_every
+        else "the final one only",
+        "resume": f"from step {int(resume['step'])} of {resume['path']}" if resume else "no",
+        "out": cfg.run.resume or cfg.run.out or "runs/<timestamp>",
+    }
+    if comm.Get_rank() == 0:
+        print("hpcnet: dry run: nothing trained, nothing written")
+        for key, value in plan.items():
+            print(f"  {key:<12} {value}")
+        for rank, role in layout.table():
+            print(f"  rank {rank:>4}: {role}")
+        sys.stdout.flush()
+    return plan
 
 
 def train(cfg: Config, comm: MPI.Intracomm, verbose: bool = True) -> dict[str, Any]:

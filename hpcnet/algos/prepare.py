@@ -55,16 +55,16 @@ class Prepared:
     resume: dict[str, Any] | None = None  # the checkpoint a resumed run starts from
 
 
-def prepare(cfg: Config, comm: MPI.Intracomm, verbose: bool = True) -> Prepared:
-    """Validates and sets up a run. Collective over ``comm``, same config on every rank.
+def check_run(cfg: Config, comm: MPI.Intracomm) -> tuple[Layout, Backend, DatasetInfo, Model]:
+    """Checks that ``cfg`` can run on ``comm``: layout and backend (no communication),
+    the data (found, converted if need be and validated by rank 0), the model and its
+    partitioning, the batch against each replica's rows. Collective over ``comm``.
 
-    Args:
-        verbose: rank 0 may print (the first-run compile notice).
+    Returns:
+        (layout, backend, dataset info, the model built).
     Raises:
-        HpcnetError (every rank, same message): bad layout, backend, data, model or
-        output directory.
+        HpcnetError (every rank, same message): what does not fit.
     """
-    t_start = time.perf_counter()
     with same_on_every_rank():  # config-only checks, before any communication
         layout = layout_for(cfg, comm.Get_size())
         backend = get_backend(cfg.run.backend)
@@ -82,6 +82,21 @@ def prepare(cfg: Config, comm: MPI.Intracomm, verbose: bool = True) -> Prepared:
                 f"--batch-size {cfg.run.batch_size}: larger than the {per_replica} training "
                 f"rows each of the {layout.replicas} replicas gets from {info.path.name}"
             )
+    return layout, backend, info, model
+
+
+def prepare(cfg: Config, comm: MPI.Intracomm, verbose: bool = True) -> Prepared:
+    """Validates and sets up a run. Collective over ``comm``, same config on every rank.
+
+    Args:
+        verbose: rank 0 may print (the first-run compile notice).
+    Raises:
+        HpcnetError (every rank, same message): bad layout, backend, data, model or
+        output directory.
+    """
+    t_start = time.perf_counter()
+    layout, backend, info, model = check_run(cfg, comm)
+    model_name = model.name
     if cfg.run.resume:  # the run goes on in its own OUT
         with same_on_every_rank():
             if cfg.run.out and Path(cfg.run.out).resolve() != Path(cfg.run.resume).resolve():
