@@ -78,11 +78,6 @@ class Layout:
         return list(range(self.coordinators, self.coordinators + self.shards))
 
     @property
-    def first_replica_rank(self) -> int:
-        """World rank of replica 0's partition 0 (the replicas' ranks follow in order)."""
-        return self.coordinators + self.shards
-
-    @property
     def n_clients(self) -> int:
         """Parameter-server clients: one per replica partition (``replicas x partitions``)."""
         return self.replicas * self.partitions

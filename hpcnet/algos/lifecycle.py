@@ -125,11 +125,6 @@ class Run:
     info = property(lambda self: self.prep.info)
 
     @property
-    def replica(self) -> int | None:
-        """This rank's replica index (None on shards and the coordinator)."""
-        return self.role.index if self.role.kind == "replica" else None
-
-    @property
     def net(self):
         """What a replica rank computes with: its partition, or the whole model."""
         return self.part if self.part is not None else self.prep.model

@@ -8,7 +8,6 @@ from hpcnet.comm.waits import (
     node_workers_first,
     poll_until,
     probe_polling,
-    recv_polling,
     wait_polling,
 )
 from hpcnet.comm.world import (
@@ -29,7 +28,6 @@ __all__ = [
     "Deadlines",
     "poll_until",
     "probe_polling",
-    "recv_polling",
     "barrier_polling",
     "wait_polling",
     "abort",

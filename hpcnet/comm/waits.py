@@ -114,23 +114,6 @@ def poll_until(
         backoff.sleep()
 
 
-def recv_polling(
-    comm: MPI.Comm, buf, source: int, tag: int, timeout: float, what: str, backoff=None
-) -> None:
-    """Receives into ``buf`` (buffer API) from ``source`` with ``tag``: ``Irecv``, then
-    :func:`poll_until` its ``Test``; the request is cancelled on a timeout.
-
-    Raises:
-        TimeoutError: nothing arrived within ``timeout`` seconds.
-    """
-    req = comm.Irecv(buf, source=source, tag=tag)
-    try:
-        poll_until(req.Test, timeout, what, backoff=backoff)
-    except TimeoutError:
-        req.Cancel()
-        raise
-
-
 def probe_polling(
     comm: MPI.Comm,
     source: int,

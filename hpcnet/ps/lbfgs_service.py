@@ -45,7 +45,7 @@ from hpcnet.comm import Backoff, poll_until
 from hpcnet.comm.messages import Channel
 from hpcnet.layout import Layout
 from hpcnet.ps.lbfgs_shard import TAG_CMD, TAG_REPLY, Command, LBFGSShardState, push_tag
-from hpcnet.ps.windows import _info as window_info
+from hpcnet.ps.windows import window_info
 
 
 class ParameterWindows:

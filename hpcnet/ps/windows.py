@@ -96,7 +96,9 @@ def shard_ranges(
     return [(cuts[i], cuts[i + 1]) for i in range(n_shards)]
 
 
-def _info() -> MPI.Info:
+def window_info() -> MPI.Info:
+    """The hints of every parameter-server window: accumulates need no ordering and use
+    one op (SUM), which lets MPI skip their ordering cost (DESIGN.md, MPI pitfalls)."""
     info = MPI.Info.Create()
     info.Set("accumulate_ordering", "none")
     info.Set("accumulate_ops", "same_op")
@@ -163,7 +165,7 @@ def create_shard_windows(
     """
     rank = comm.Get_rank()
     out = []
-    info = _info()
+    info = window_info()
     for s, (owner, (lo, hi)) in enumerate(zip(shard_ranks, ranges, strict=True)):
         mine = rank == owner
         n = hi - lo

@@ -3,7 +3,7 @@ algebra, and load-balanced work units with backup tasks.
 
 Ranks (:class:`hpcnet.layout.Layout`): the coordinator (``coordinator_rank``),
 ``S`` parameter shards (``shard_ranks``), ``R`` replicas (from
-``first_replica_rank``). No process ever holds or moves the whole parameter vector
+``replica_ranks``). No process ever holds or moves the whole parameter vector
 during the optimisation:
 
 * the shards keep their slices of x, d, g and the L-BFGS history
