@@ -46,6 +46,7 @@ class RunConfig:
     keep_checkpoints: int = 2  # checkpoints kept in OUT (the newest is OUT/checkpoint.h5)
     resume: str = ""  # continue the run in this OUT from its newest checkpoint
     resume_fallback: bool = False  # with resume: fall back to an older intact checkpoint
+    timeout: float = 300.0  # seconds any rank may wait for another (the watchdog), > 0
 
 
 @dataclass(frozen=True)
@@ -211,6 +212,12 @@ FLAGS: dict[str, tuple[str, str, str]] = {
         "resume_fallback",
         "with --resume: use the newest intact checkpoint if the newest is damaged",
     ),
+    "--timeout": (
+        "run",
+        "timeout",
+        "watchdog: seconds a rank may wait for another before the job ends with a stall "
+        "report naming it (exit 124; 3x for the first step)",
+    ),
     "--lr": ("optim", "lr", "base learning rate"),
     "--momentum": ("optim", "momentum", "SGD momentum in [0, 1)"),
     "--weight-decay": ("optim", "weight_decay", "L2 weight decay"),
@@ -349,6 +356,7 @@ def validate(cfg: Config) -> None:
     need(r.backend in ("auto", "cpu", "cuda"), "run", "backend", "choose auto, cpu or cuda")
     need(r.checkpoint_every >= 0, "run", "checkpoint_every", "must be >= 0 steps (0: final only)")
     need(r.keep_checkpoints >= 1, "run", "keep_checkpoints", "must be >= 1")
+    need(r.timeout > 0, "run", "timeout", "must be > 0 seconds")
     need(
         not (r.resume or r.checkpoint_every) or get_algorithm(a.name).resumable,
         "run",

@@ -32,3 +32,15 @@ class BackendError(HpcnetError):
 
 class CheckpointError(HpcnetError):
     """A missing, corrupt, truncated or incompatible checkpoint file."""
+
+
+EXIT_STALLED = 124  # a wait for another rank passed its deadline (as GNU timeout's status)
+
+
+class StallError(TimeoutError):
+    """A wait for another rank passed its deadline (``--timeout``): the message names the
+    operation, the communicator and the ranks waited for with their last heartbeats
+    (:mod:`hpcnet.comm.watchdog`). Not a user error: the job aborts with exit status
+    :data:`EXIT_STALLED`."""
+
+    exit_code = EXIT_STALLED

@@ -28,7 +28,13 @@ import numpy as np
 
 from hpcnet.algos.lifecycle import Run
 from hpcnet.algos.registry import SHARDED_FLAGS, Algorithm, register
-from hpcnet.comm import allgather_objects, allgather_ranges, barrier_polling, same_on_every_rank
+from hpcnet.comm import (
+    allgather_objects,
+    allgather_ranges,
+    barrier_polling,
+    same_on_every_rank,
+    watchdog,
+)
 from hpcnet.layout import LayoutRule
 from hpcnet.optim.rules import make_rule
 from hpcnet.ps import windows as W
@@ -217,6 +223,7 @@ def _replica(run: Run) -> dict[str, Any]:
                 compute_s += time.perf_counter() - tc
                 stats += (loss * len(y), correct, len(y))
                 step += 1
+                watchdog.heartbeat(step)
                 since_push += 1
                 if step == 1:  # its forward + backward, reported apart
                     first_step_s = compute_s

@@ -44,6 +44,7 @@ from hpcnet.comm import (
     gather_objects,
     set_error_report,
     split_role_comms,
+    watchdog,
 )
 from hpcnet.comm.exchange import Exchange
 from hpcnet.config import Config
@@ -108,9 +109,11 @@ class Run:
         self.prep, self.comm, self.algo, self.verbose = prep, comm, algo, verbose
         self.rank = comm.Get_rank()
         self.role = prep.layout.role(self.rank)
-        self.deadlines = Deadlines.from_replica_timeout(prep.cfg.ps.replica_timeout)
+        self.deadlines = Deadlines.of(prep.cfg.run.timeout, prep.cfg.ps.replica_timeout)
         self.budget = StepBudget.of(prep.cfg, prep.info.n_train, prep.layout.replicas)
         self.comms = split_role_comms(prep.layout, comm)  # collective
+        layout = prep.layout
+        watchdog.start(comm, prep.cfg.run.timeout, lambda r: str(layout.role(r)))  # collective
         self.part = None
         self.shared: Any = None
         self.on_end_poll = None
@@ -454,6 +457,7 @@ def train(cfg: Config, comm: MPI.Intracomm, verbose: bool = True) -> dict[str, A
         return _train(cfg, comm, verbose, watch)
     finally:
         watch.close()
+        watchdog.abandon()  # after an error (a normal end has stopped it collectively)
 
 
 def _train(cfg: Config, comm: MPI.Intracomm, verbose: bool, watch) -> dict[str, Any]:
@@ -503,6 +507,7 @@ def _train(cfg: Config, comm: MPI.Intracomm, verbose: bool, watch) -> dict[str, 
         )
         run.report(summary)
     summary = bcast_object(summary, comm)
+    watchdog.stop()
     run.comms.free()
     set_error_report(None)  # this run's OUT is no place for a later error's report
     summary["_params"] = prep.model.params

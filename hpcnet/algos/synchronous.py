@@ -28,7 +28,7 @@ import numpy as np
 
 from hpcnet.algos.lifecycle import Run
 from hpcnet.algos.registry import Algorithm
-from hpcnet.comm import allreduce_sum
+from hpcnet.comm import allreduce_sum, watchdog
 from hpcnet.layout import LayoutRule
 from hpcnet.optim.schedules import scaled_lr
 from hpcnet.optim.sgd import SGD
@@ -103,6 +103,7 @@ def _train_replica(run: Run, algo: Policy) -> dict[str, Any]:
                 if part:
                     part.unpack(params, model.params)
                 step += 1
+                watchdog.heartbeat(step)
                 acc += (loss * len(y), correct, len(y), len(y))
                 if step == first_step:  # kept out of throughput: first-call costs
                     first_step_s = time.perf_counter() - t_train

@@ -1,21 +1,25 @@
 """Every blocking wait in hpcnet: one poll loop and one set of named deadlines.
 
 A hang is the worst bug an MPI program can have, so a wait for another rank polls
-(MPI ``Test``/``Iprobe``, or a one-sided read) with a sleep in between that doubles
-from ``first`` to ``cap`` seconds (:class:`Backoff`), so a waiting rank leaves the
-core to the ranks that compute on an oversubscribed node, and raises
-``TimeoutError`` naming the rank and what it waited for when its deadline passes
-(the except hook then aborts the job). How long each kind of wait may last is one
-field of :class:`Deadlines` (derived from ``--replica-timeout``, except ``compile``).
+(MPI ``Test``/``Iprobe``, or a one-sided read): first briefly in a tight loop that
+yields the core between tests (``spin`` seconds: MPICH moves a large message only
+while a rank is inside MPI), then with a sleep in between that doubles from
+``first`` to ``cap`` seconds (:class:`Backoff`), so a waiting rank leaves the core
+to the ranks that compute on an oversubscribed node. When its deadline passes it
+raises :class:`hpcnet.errors.StallError` naming the operation, the communicator and
+the ranks it waited for with their last heartbeats (:mod:`hpcnet.comm.watchdog`);
+the except hook then aborts the job with exit status 124. How long each kind of
+wait may last is one field of :class:`Deadlines`, from ``--timeout`` and
+``--replica-timeout``; the collectives of :mod:`hpcnet.comm.collectives` take the
+active watchdog's ``--timeout``.
 
-Not yet bounded (known, for the watchdog to cover): the blocking collectives of a
-run's start (communicator splits, the parameter broadcast, window allocation), the
-synchronous algorithms' per-step ``Allreduce``, and the Sandblaster shards' and
-coordinator's service loops, which wait for the next command or request.
+Not bounded (MPI offers no nonblocking form, or they run before a run's watchdog
+exists): the communicator splits and window allocations of a run's start.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,7 +27,8 @@ from typing import TypeVar
 
 from mpi4py import MPI
 
-from hpcnet.comm.world import world_rank
+from hpcnet.comm import watchdog
+from hpcnet.errors import StallError
 
 T = TypeVar("T")
 
@@ -32,43 +37,48 @@ T = TypeVar("T")
 class Deadlines:
     """Seconds each kind of wait may last before it is an error.
 
+    ``timeout`` is ``--timeout`` (the watchdog: how long any rank may wait for another
+    that should answer); ``t`` below is ``--replica-timeout`` (how long a Downpour or
+    Sandblaster replica may stay silent before the run goes on without it). Waits that
+    include noticing a lost replica get the longer of the two scales.
+
     Attributes:
-        replica_silence: a replica (client) silent this long is lost; the run goes
-            on without it (``--replica-timeout``, default 60).
-        end_barrier: every rank meets at the end of a run (default 4x silence, >= 120).
-        push_slot: a Downpour push waits for the shard to empty its inbox slot
-            (2x silence, >= 60).
-        warm_start: Downpour replicas wait for replica 0's warm start (4x silence, >= 600).
-        exchange: one activation exchange between a replica's partitions (2x silence,
-            >= 300).
+        replica_silence: a replica (client) silent this long is lost (``t``).
+        end_barrier: every rank meets at the end of a run (max(timeout, 4 t)).
+        push_slot: a Downpour push waits for the shard to empty its inbox slot (timeout).
+        warm_start: Downpour replicas wait for replica 0's warm start
+            (max(timeout, 4 t, 600): it trains alone meanwhile).
+        exchange: one activation exchange between a replica's partitions (timeout).
         coordinator_reply: a Sandblaster replica waits for the coordinator's answer
-            (10x silence, >= 600: the coordinator may be waiting for a lost replica).
+            (max(timeout, 10 t): the coordinator may be waiting for a lost replica).
         shard_reply: the Sandblaster coordinator waits for a shard's reply, and a shard
-            for the pushes it was promised (4x silence, >= 120).
-        compile: a node's ranks wait for its first rank to compile the kernels (900).
+            for the pushes it was promised (max(timeout, 4 t)).
+        compile: a node's ranks wait for its first ranks to compile the kernels
+            (max(900, 3 timeout)).
     """
 
     replica_silence: float = 60.0
-    end_barrier: float = 240.0
-    push_slot: float = 120.0
+    end_barrier: float = 300.0
+    push_slot: float = 300.0
     warm_start: float = 600.0
     exchange: float = 300.0
     coordinator_reply: float = 600.0
-    shard_reply: float = 240.0
+    shard_reply: float = 300.0
     compile: float = 900.0
 
     @classmethod
-    def from_replica_timeout(cls, seconds: float) -> Deadlines:
-        """The deadlines of a run whose ``--replica-timeout`` is ``seconds``."""
-        t = float(seconds)
+    def of(cls, timeout: float, replica_timeout: float) -> Deadlines:
+        """The deadlines of a run with ``--timeout`` and ``--replica-timeout`` (seconds)."""
+        s, t = float(timeout), float(replica_timeout)
         return cls(
             replica_silence=t,
-            end_barrier=max(120.0, 4 * t),
-            push_slot=max(60.0, 2 * t),
-            warm_start=max(600.0, 4 * t),
-            exchange=max(300.0, 2 * t),
-            coordinator_reply=max(600.0, 10 * t),
-            shard_reply=max(120.0, 4 * t),
+            end_barrier=max(s, 4 * t),
+            push_slot=s,
+            warm_start=max(s, 4 * t, 600.0),
+            exchange=s,
+            coordinator_reply=max(s, 10 * t),
+            shard_reply=max(s, 4 * t),
+            compile=max(900.0, 3 * s),
         )
 
 
@@ -91,26 +101,45 @@ class Backoff:
 
 def poll_until(
     ready: Callable[[], bool],
-    timeout: float,
+    timeout: float | None,
     what: str,
     *,
     backoff: Backoff | None = None,
     on_poll: Callable[[], None] | None = None,
+    spin: float = 0.0,
+    comm: MPI.Comm | None = None,
 ) -> None:
-    """Calls ``ready()`` until it returns True, sleeping (``backoff``, default 20 us
-    doubling to 10 ms) and calling ``on_poll()`` between calls.
+    """Calls ``ready()`` until it returns True: for the first ``spin`` seconds in a loop
+    that only yields the core (``sched_yield``), then sleeping (``backoff``, default
+    20 us doubling to 10 ms) and calling ``on_poll()`` between calls.
 
+    Args:
+        timeout: seconds; None: the active watchdog's ``--timeout``
+            (:func:`hpcnet.comm.watchdog.current_timeout`).
+        comm: the communicator whose other ranks ``ready`` depends on (None: any rank
+            of the run); the stall report lists their heartbeats.
     Raises:
-        TimeoutError: ``ready()`` was still False after ``timeout`` seconds; the
-            message names this rank and ``what``.
+        StallError: ``ready()`` was still False after ``timeout`` seconds; the message
+            names this rank, ``what``, ``comm`` and the ranks waited for.
     """
-    deadline = time.monotonic() + timeout
+    if ready():
+        return
+    if timeout is None:
+        timeout = watchdog.current_timeout()
+    t0 = time.monotonic()
+    deadline = t0 + timeout
+    spin_until = t0 + spin
     backoff = backoff or Backoff(cap=10e-3)
     while not ready():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"rank {world_rank()}: {what} did not complete in {timeout:.0f} s")
+        now = time.monotonic()
+        if now < spin_until:
+            os.sched_yield()
+            continue
+        if now > deadline:
+            raise StallError(watchdog.stall_report(what, now - t0, comm))
         if on_poll is not None:
             on_poll()
+        watchdog.heartbeat()  # alive, waiting
         backoff.sleep()
 
 
@@ -127,27 +156,33 @@ def probe_polling(
     with sleeps); ``status`` describes it afterwards.
 
     Raises:
-        TimeoutError: no such message within ``timeout`` seconds.
+        StallError: no such message within ``timeout`` seconds.
     """
-    poll_until(lambda: comm.Iprobe(source, tag, status), timeout, what, backoff=backoff)
+    poll_until(lambda: comm.Iprobe(source, tag, status), timeout, what, backoff=backoff, comm=comm)
 
 
 def wait_polling(
     request: MPI.Request,
-    timeout: float,
+    timeout: float | None,
     what: str,
     on_poll: Callable[[], None] | None = None,
     cap: float = 10e-3,
+    *,
+    spin: float = 0.0,
+    comm: MPI.Comm | None = None,
 ) -> None:
-    """Completes a nonblocking ``request`` by testing it with sleeps in between
-    (no busy spin; the sleeps double from 20 us to ``cap`` seconds), or raises after
-    ``timeout`` seconds.
+    """Completes a nonblocking ``request`` by testing it: ``spin`` seconds in a tight
+    loop, then with sleeps in between (doubling from 20 us to ``cap`` seconds), or
+    raises after ``timeout`` seconds (None: the watchdog's ``--timeout``).
 
     Raises:
-        TimeoutError: ``what`` did not complete within ``timeout`` seconds (the
-            except hook then aborts the job: a hang becomes an error).
+        StallError: ``what`` did not complete within ``timeout`` seconds (the except
+            hook then aborts the job: a hang becomes an error naming the ranks waited
+            for on ``comm``).
     """
-    poll_until(request.Test, timeout, what, backoff=Backoff(cap=cap), on_poll=on_poll)
+    poll_until(
+        request.Test, timeout, what, backoff=Backoff(cap=cap), on_poll=on_poll, spin=spin, comm=comm
+    )
 
 
 def node_workers_first(
@@ -170,7 +205,7 @@ def node_workers_first(
     Returns:
         True on a rank that was a worker.
     Raises:
-        TimeoutError: the node's workers took longer than ``timeout`` seconds.
+        StallError: the node's workers took longer than ``timeout`` seconds.
     """
     node = comm.Split_type(MPI.COMM_TYPE_SHARED)
     try:
@@ -178,16 +213,16 @@ def node_workers_first(
         j = node.Get_rank()
         if j < n:
             work(j, n)
-        wait_polling(node.Ibarrier(), timeout, what, cap=50e-3)
+        wait_polling(node.Ibarrier(), timeout, what, cap=50e-3, comm=node)
     finally:
         node.Free()
     return j < n
 
 
 def barrier_polling(
-    comm: MPI.Intracomm, timeout: float, what: str, on_poll: Callable[[], None] | None = None
+    comm: MPI.Intracomm, timeout: float | None, what: str, on_poll: Callable[[], None] | None = None
 ) -> None:
     """A barrier over ``comm`` that sleeps while it waits and times out (see
     :func:`wait_polling`); ``on_poll`` runs between tests (e.g. to drain stale
     messages). Collective over ``comm``."""
-    wait_polling(comm.Ibarrier(), timeout, what, on_poll)
+    wait_polling(comm.Ibarrier(), timeout, what, on_poll, comm=comm)

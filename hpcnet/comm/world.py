@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 
 from mpi4py import MPI
 
-from hpcnet.errors import HpcnetError
+from hpcnet.errors import HpcnetError, StallError
 
 T = TypeVar("T")
 _LIBRARY_COMM = None
@@ -51,6 +51,7 @@ def library_comm() -> MPI.Intracomm:
     global _LIBRARY_COMM
     if _LIBRARY_COMM is None:
         _LIBRARY_COMM = MPI.COMM_WORLD.Dup()
+        _LIBRARY_COMM.Set_name("hpcnet world")
     return _LIBRARY_COMM
 
 
@@ -166,6 +167,9 @@ def exit_on_error(e: HpcnetError) -> int:
 def _excepthook(kind, value, tb) -> None:
     if isinstance(value, HpcnetError):
         msg = f"hpcnet: error (rank {world_rank()}): {value}\n"
+        code = value.exit_code
+    elif isinstance(value, StallError):  # its message says all; the traceback would not
+        msg = f"hpcnet: stalled: {value}\n"
         code = value.exit_code
     else:
         msg = f"hpcnet: rank {world_rank()} failed:\n" + "".join(

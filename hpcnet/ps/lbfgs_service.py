@@ -36,13 +36,15 @@ sent to every shard, so every shard sees the same command sequence.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 import numpy as np
 from mpi4py import MPI
 
-from hpcnet.comm import Backoff, poll_until
+from hpcnet.comm import Backoff, poll_until, watchdog
 from hpcnet.comm.messages import Channel
+from hpcnet.errors import StallError
 from hpcnet.layout import Layout
 from hpcnet.ps.lbfgs_shard import TAG_CMD, TAG_REPLY, Command, LBFGSShardState, push_tag
 from hpcnet.ps.windows import window_info
@@ -198,6 +200,9 @@ class LBFGSShardService:
         layout: the run's layout (the coordinator's rank, who is replica what).
         timeout: seconds ``finalize`` waits for the accepted pushes
             (``Deadlines.shard_reply``).
+        idle_timeout: seconds the shard may hear nothing (no command, no push) before
+            it reports a stall (``Deadlines.coordinator_reply``: a pass waits at most
+            that long for a lost replica).
     """
 
     def __init__(
@@ -207,9 +212,10 @@ class LBFGSShardService:
         state: LBFGSShardState,
         layout: Layout,
         timeout: float,
+        idle_timeout: float = 600.0,
     ):
         self.comm, self.windows, self.state = comm, windows, state
-        self.layout, self.timeout = layout, timeout
+        self.layout, self.timeout, self.idle_timeout = layout, timeout, idle_timeout
         self.shard = windows.shard
         self.lo, self.hi = windows.ranges[self.shard]
         self.coordinator = layout.coordinator_rank
@@ -222,18 +228,32 @@ class LBFGSShardService:
 
     def run(self) -> dict:
         """Serves until ``STOP``; returns this shard's figures and, under ``"_x"``, its
-        final slice of the parameters ((hi - lo,) float64)."""
+        final slice of the parameters ((hi - lo,) float64).
+
+        Raises:
+            StallError: nothing (command or push) arrived for ``idle_timeout`` seconds.
+        """
         self.windows.lock()
         backoff = Backoff(first=20e-6, cap=2e-3)
+        heard = time.monotonic()
+        served = 0
         while True:
+            watchdog.heartbeat(served)
             if self._take_pushes():
                 backoff.reset()
+                heard = time.monotonic()
                 continue
             got = self.commands.poll(self.coordinator)
             if got is None:
+                idle = time.monotonic() - heard
+                if idle > self.idle_timeout:
+                    what = f"L-BFGS shard {self.shard} waiting for a command or a push"
+                    raise StallError(watchdog.stall_report(what, idle))
                 backoff.sleep()
                 continue
             backoff.reset()
+            heard = time.monotonic()
+            served += 1
             cmd = got[1]
             try:
                 op = Command(int(cmd[0]))

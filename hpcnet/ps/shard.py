@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from mpi4py import MPI
 
-from hpcnet.comm import Backoff
+from hpcnet.comm import Backoff, watchdog
 from hpcnet.ps import windows as W
 
 STALENESS_BINS = 64  # histogram bins 0..63, the last one also counts larger values
@@ -159,6 +159,7 @@ class ShardService:
                 sw.param_win.Sync()
                 sw.ctrl_win.Sync()
             now = time.monotonic()
+            watchdog.heartbeat(int(ctrl[W.VERSION]))  # a shard's step: the pushes it applied
             done = []
             for c in range(C):
                 hb = ctrl[W.field(c, W.HEARTBEAT)]

@@ -117,7 +117,10 @@ def _shard(run: Run) -> dict:
     p, cfg = run.shared, run.cfg
     lo, hi = p.ranges[run.role.index]
     state = LBFGSShardState(run.model.params[lo:hi], cfg.lbfgs.m, cfg.optim.weight_decay)
-    service = LBFGSShardService(run.comm, p.windows, state, run.layout, run.deadlines.shard_reply)
+    d = run.deadlines
+    service = LBFGSShardService(
+        run.comm, p.windows, state, run.layout, d.shard_reply, d.coordinator_reply
+    )
     result = service.run()
     p.x = result.pop("_x")
     return result

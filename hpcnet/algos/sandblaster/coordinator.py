@@ -33,7 +33,7 @@ import numpy as np
 
 from hpcnet.algos.sandblaster.protocol import Action, Ask, ReplicaLinks, Reply, Request
 from hpcnet.algos.sandblaster.workunits import WorkScheduler
-from hpcnet.comm import Backoff
+from hpcnet.comm import Backoff, watchdog
 from hpcnet.optim.lbfgs import (
     ARMIJO_C1,
     CURVATURE_EPS,
@@ -88,6 +88,7 @@ class Coordinator:
         ws = WorkScheduler(len(self.units), self.R, self.deadlines.replica_silence)
         backoff = Backoff(first=20e-6, cap=2e-3)
         while not ws.finished:
+            watchdog.heartbeat(self.passes)
             for r in ws.check_timeouts():
                 self.lost_events.append((p, r))
             got = self.replicas.poll()

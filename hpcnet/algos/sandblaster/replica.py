@@ -32,7 +32,7 @@ import numpy as np
 from mpi4py import MPI
 
 from hpcnet.algos.sandblaster.protocol import Action, Ask, CoordinatorLink, Request
-from hpcnet.comm import Backoff, Deadlines
+from hpcnet.comm import Backoff, Deadlines, watchdog
 from hpcnet.data.format import read_rows
 from hpcnet.data.loader import normalize
 from hpcnet.ps.lbfgs_service import ParameterWindows, push_gradient
@@ -71,6 +71,7 @@ def run_replica(
     backoff = Backoff(first=200e-6, cap=20e-3)
 
     while True:
+        watchdog.heartbeat(done_units)
         reply = link.ask(request)  # WORK or DONE: asks for work
         p = reply.pass_id
         if p != current:  # a new pass: anything kept from the old one is void
