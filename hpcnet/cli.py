@@ -12,7 +12,7 @@ import argparse
 import sys
 
 from hpcnet import __version__
-from hpcnet.errors import HpcnetError
+from hpcnet.errors import AlreadyFinished, HpcnetError
 from hpcnet.run.preempt import Preempted
 
 SUBCOMMANDS = ("train", "data", "info", "bench")
@@ -161,8 +161,10 @@ def _cmd_bench(args) -> int:
 def main(argv: list[str] | None = None) -> None:
     """Entry point: parses, runs the subcommand, exits with its status.
 
-    Exit status: 0 success; 2 bad input (flag, config, layout, data), raised on
-    every rank alike; anything else aborts the MPI job (status 1).
+    Exit status: 0 success (also ``--resume`` of a finished run); 2 bad input (flag,
+    config, layout, data), raised on every rank alike; 128+signal after a SIGTERM or
+    SIGUSR1, checkpointed; 124 a stall (``--timeout``); anything else aborts the MPI
+    job (status 1).
     """
     from hpcnet.kernels import set_blas_env_defaults
 
@@ -177,6 +179,12 @@ def main(argv: list[str] | None = None) -> None:
         with same_on_every_rank():  # parsing and config checks communicate nothing
             args = build_parser().parse_args(argv)
         code = args.func(args)
+    except AlreadyFinished as e:  # raised alike on every rank: not an error
+        from hpcnet.comm import world_rank
+
+        if world_rank() == 0:
+            sys.stderr.write(f"hpcnet: {e}\n")
+        code = e.exit_code
     except HpcnetError as e:
         code = exit_on_error(e)
     except Preempted as e:  # every rank stopped at the same step, checkpointed

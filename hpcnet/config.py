@@ -43,6 +43,7 @@ class RunConfig:
     checkpoint_every: int = (
         0  # steps between checkpoints (OUT/checkpoint.h5); 0 = the final one only
     )
+    checkpoint_every_s: float = 0.0  # seconds between checkpoints (rank 0's clock); 0 = off
     keep_checkpoints: int = 2  # checkpoints kept in OUT (the newest is OUT/checkpoint.h5)
     resume: str = ""  # continue the run in this OUT from its newest checkpoint
     resume_fallback: bool = False  # with resume: fall back to an older intact checkpoint
@@ -205,6 +206,11 @@ FLAGS: dict[str, tuple[str, str, str]] = {
         "checkpoint_every",
         "steps between checkpoints in OUT/checkpoint.h5 (0: only the final one)",
     ),
+    "--checkpoint-every-s": (
+        "run",
+        "checkpoint_every_s",
+        "seconds between checkpoints, as agreed at a step boundary (0: off)",
+    ),
     "--keep-checkpoints": ("run", "keep_checkpoints", "checkpoints kept in OUT (>= 1)"),
     "--resume": ("run", "resume", "continue the run in this OUT from its newest checkpoint"),
     "--resume-fallback": (
@@ -355,12 +361,18 @@ def validate(cfg: Config) -> None:
     need(r.log_every >= 0, "run", "log_every", "must be >= 0 (0: automatic)")
     need(r.backend in ("auto", "cpu", "cuda"), "run", "backend", "choose auto, cpu or cuda")
     need(r.checkpoint_every >= 0, "run", "checkpoint_every", "must be >= 0 steps (0: final only)")
+    need(r.checkpoint_every_s >= 0, "run", "checkpoint_every_s", "must be >= 0 seconds (0: off)")
     need(r.keep_checkpoints >= 1, "run", "keep_checkpoints", "must be >= 1")
     need(r.timeout > 0, "run", "timeout", "must be > 0 seconds")
     need(
-        not (r.resume or r.checkpoint_every) or get_algorithm(a.name).resumable,
+        not (r.resume or r.checkpoint_every or r.checkpoint_every_s)
+        or get_algorithm(a.name).resumable,
         "run",
-        "resume" if r.resume else "checkpoint_every",
+        "resume"
+        if r.resume
+        else "checkpoint_every"
+        if r.checkpoint_every
+        else "checkpoint_every_s",
         f"{a.name} cannot checkpoint its state or resume yet (only its final parameters are "
         "saved); use sync or avg",
     )

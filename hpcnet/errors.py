@@ -34,6 +34,13 @@ class CheckpointError(HpcnetError):
     """A missing, corrupt, truncated or incompatible checkpoint file."""
 
 
+class AlreadyFinished(HpcnetError):
+    """``--resume OUT`` of a run that finished (its newest checkpoint is the final one):
+    nothing to do, exit status 0, so a requeued job that had finished ends quietly."""
+
+    exit_code = 0
+
+
 EXIT_STALLED = 124  # a wait for another rank passed its deadline (as GNU timeout's status)
 
 

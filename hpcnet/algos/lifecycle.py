@@ -36,7 +36,7 @@ from hpcnet.algos.registry import Algorithm, get_algorithm
 from hpcnet.comm import (
     Deadlines,
     allgather_objects,
-    allreduce_max_int,
+    allreduce_max_ints,
     allreduce_sum,
     barrier_polling,
     bcast_,
@@ -119,6 +119,7 @@ class Run:
         self.on_end_poll = None
         self.preempt: PreemptionWatch | None = None  # set by train()
         self.t_train = time.perf_counter()
+        self._last_checkpoint = time.monotonic()  # --checkpoint-every-s counts from here
 
     # --- what every program reads ------------------------------------------------
     cfg = property(lambda self: self.prep.cfg)
@@ -230,11 +231,25 @@ class Run:
         scheme = self.cfg.algo.partition_scheme
         return f"; {self.layout.partitions} partitions per replica ({scheme})"
 
-    def stop_signal(self) -> int:
-        """The signal (SIGTERM, SIGUSR1) any rank got, else 0: every rank learns it at the
-        same step. Collective over ``comm`` (one small allreduce): every rank calls it
-        once per step, or it hangs."""
-        return allreduce_max_int(self.preempt.signum if self.preempt else 0, self.comm)
+    def step_end(self, step: int) -> tuple[bool, int]:
+        """What every rank does after ``step``, agreed: whether it writes a checkpoint
+        (every ``--checkpoint-every`` steps, or once ``--checkpoint-every-s`` seconds of
+        rank 0's clock have passed since the last one) and the signal any rank got
+        (SIGTERM, SIGUSR1; 0: none), after which every rank stops at this step.
+
+        Collective over ``comm`` (one allreduce of two integers): every rank calls it
+        once per step, or it hangs.
+        """
+        r = self.cfg.run
+        by_time = (
+            self.rank == 0
+            and r.checkpoint_every_s > 0
+            and time.monotonic() - self._last_checkpoint >= r.checkpoint_every_s
+        )
+        signum = self.preempt.signum if self.preempt else 0
+        signum, by_time = allreduce_max_ints([signum, int(by_time)], self.comm, "step end")
+        by_steps = r.checkpoint_every > 0 and step % r.checkpoint_every == 0
+        return by_steps or bool(by_time), signum
 
     # --- checkpoints -------------------------------------------------------------------
     def resume_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
@@ -244,19 +259,14 @@ class Run:
             return None
         return read_rank_state(self.prep.resume["path"], self.rank)
 
-    def checkpoint_due(self, step: int) -> bool:
-        """Whether step ``step`` ends with a checkpoint (``--checkpoint-every``); the same
-        answer on every rank."""
-        every = self.cfg.run.checkpoint_every
-        return every > 0 and step % every == 0
-
     def save_checkpoint(
         self, step: int, epoch: int, arrays: dict[str, np.ndarray], state: dict[str, Any]
     ) -> None:
         """Writes OUT/checkpoint.h5 with every rank's ``arrays`` (rank 0's must hold
         ``params``) and JSON-able ``state``. Collective over ``comm``: every rank calls
         it at the same step, or the gather hangs."""
-        gathered = gather_objects((arrays, state), self.comm)
+        gathered = gather_objects((arrays, state), self.comm, what="gather of the checkpoint")
+        self._last_checkpoint = time.monotonic()
         if self.rank == 0:
             write_checkpoint(
                 self.prep.out,
@@ -425,9 +435,7 @@ def dry_run(cfg: Config, comm: MPI.Intracomm) -> dict[str, Any]:
         "model": f"{model.name}, {model.n_params:,} parameters",
         "backend": backend.name,
         "steps": budget.describe(cfg.run.epochs) + " per replica",
-        "checkpoints": f"every {cfg.run.checkpoint_every} steps"
-        if cfg.run.checkpoint_every
-        else "the final one only",
+        "checkpoints": _checkpoint_plan(cfg),
         "resume": f"from step {int(resume['step'])} of {resume['path']}" if resume else "no",
         "out": cfg.run.resume or cfg.run.out or "runs/<timestamp>",
     }
@@ -439,6 +447,13 @@ def dry_run(cfg: Config, comm: MPI.Intracomm) -> dict[str, Any]:
             print(f"  rank {rank:>4}: {role}")
         sys.stdout.flush()
     return plan
+
+
+def _checkpoint_plan(cfg: Config) -> str:
+    r = cfg.run
+    every = [f"{r.checkpoint_every} steps"] if r.checkpoint_every else []
+    every += [f"{r.checkpoint_every_s:g} s"] if r.checkpoint_every_s else []
+    return f"every {' or '.join(every)}" if every else "the final one only"
 
 
 def train(cfg: Config, comm: MPI.Intracomm, verbose: bool = True) -> dict[str, Any]:

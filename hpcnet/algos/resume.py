@@ -12,7 +12,7 @@ import sys
 from typing import Any
 
 from hpcnet.config import Config, tomllib
-from hpcnet.errors import CheckpointError
+from hpcnet.errors import AlreadyFinished, CheckpointError
 from hpcnet.layout import Layout
 from hpcnet.run.checkpoint import checkpoints, read_checkpoint
 
@@ -22,6 +22,8 @@ MAY_CHANGE = {
     ("run", "resume"),
     ("run", "resume_fallback"),
     ("run", "checkpoint_every"),
+    ("run", "checkpoint_every_s"),
+    ("run", "timeout"),
     ("run", "keep_checkpoints"),
     ("run", "log_every"),
     ("run", "verbose"),
@@ -36,7 +38,8 @@ def find_resume_checkpoint(cfg: Config, verbose: bool = True) -> dict[str, Any]:
         Its attributes (:func:`hpcnet.run.checkpoint.read_checkpoint`) without ``params``.
     Raises:
         CheckpointError: no checkpoint; the newest is damaged and ``--resume-fallback``
-            is off (or none is intact); the newest is a finished run's final one.
+            is off (or none is intact).
+        AlreadyFinished: the newest is a finished run's final one (exit status 0).
     """
     found = checkpoints(cfg.run.resume)
     if not found:
@@ -54,7 +57,7 @@ def find_resume_checkpoint(cfg: Config, verbose: bool = True) -> dict[str, Any]:
                 print(f"hpcnet: {e}; falling back to {older}", file=sys.stderr, flush=True)
             continue
         if info.get("final"):
-            raise CheckpointError(
+            raise AlreadyFinished(
                 f"{path}: the run finished at step {int(info['step'])} (its final "
                 "checkpoint); nothing to resume"
             )

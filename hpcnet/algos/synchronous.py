@@ -9,7 +9,7 @@ k steps) and at the end. Its hooks are collective over the replicas'
 ``data_comm`` when they communicate, so every replica must call them at every
 step (same step count everywhere, or an allreduce hangs). After every step the
 replicas also agree whether any of them got SIGTERM/SIGUSR1 (one 8-byte
-allreduce, :meth:`~hpcnet.algos.lifecycle.Run.stop_signal`): then all write a
+allreduce, :meth:`~hpcnet.algos.lifecycle.Run.step_end`): then all write a
 checkpoint at that step and stop (:class:`hpcnet.run.preempt.Preempted`).
 ``--checkpoint-every`` and ``--resume`` restore every rank's parameters, momentum
 and Dropout streams, so a resumed run continues bit for bit.
@@ -124,13 +124,10 @@ def _train_replica(run: Run, algo: Policy) -> dict[str, Any]:
                     )
                     acc[:] = 0
                     t_log = now
-                saved = run.checkpoint_due(step) and step < total_steps  # the last: lifecycle
-                if saved:
+                due, signum = run.step_end(step)  # agreed by every rank
+                if step < total_steps and (due or signum):  # the last one: the lifecycle's
                     _checkpoint(run, step, epoch, opt)
-                signum = run.stop_signal()  # preemption: every rank stops at this step
-                if signum and step < total_steps:
-                    if not saved:
-                        _checkpoint(run, step, epoch, opt)
+                if signum and step < total_steps:  # preemption: every rank stops here
                     raise Preempted(signum, step, str(run.prep.out / "checkpoint.h5"))
                 if step >= total_steps:
                     break

@@ -163,9 +163,12 @@ def bcast_object(
     return comm.bcast(obj, root=root)
 
 
-def allreduce_max_int(value: int, comm: MPI.Intracomm, what: str = "allreduce (max)") -> int:
-    """The largest ``value`` over ``comm`` (e.g. any rank's stop request). Collective."""
-    buf = np.array([value], np.int64)
+def allreduce_max_ints(
+    values: list[int], comm: MPI.Intracomm, what: str = "allreduce (max)"
+) -> list[int]:
+    """The largest of each of ``values`` over ``comm`` (e.g. any rank's stop request, a
+    flag only rank 0 raises). Collective: every rank, the same number of values."""
+    buf = np.array(values, np.int64)
     if comm.Get_size() > 1:
         _complete(comm.Iallreduce(MPI.IN_PLACE, buf, op=MPI.MAX), comm, what)
-    return int(buf[0])
+    return [int(v) for v in buf]

@@ -2,7 +2,7 @@
 ``--signal=USR1@120``, or on preemption) asks the run to stop cleanly.
 
 The handler only notes the signal; the training loop asks, once per step, whether
-any rank got one (one small allreduce: :meth:`hpcnet.algos.lifecycle.Run.stop_signal`),
+any rank got one (one small allreduce: :meth:`hpcnet.algos.lifecycle.Run.step_end`),
 so every rank stops at the same step boundary, writes a checkpoint, and the job
 exits with status ``128 + signal`` (143 for SIGTERM, 138 for SIGUSR1): "checkpointed,
 resume me with ``--resume OUT``".

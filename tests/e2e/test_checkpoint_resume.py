@@ -125,9 +125,9 @@ def test_resume_refuses_damage_and_other_settings_in_one_line(tmp_path):
     assert code == 2 and "checkpoint.h5" in stderr and "--resume-fallback" in stderr, stderr
     code, _, stderr, _ = hpcnet(*args, "--resume", str(out), "--resume-fallback", cwd=tmp_path)
     assert code == 0 and "falling back to checkpoint-000000050.h5" in stderr, stderr
-    # a finished run: nothing to resume
+    # a finished run: nothing to resume, and not an error (a requeued finished job)
     code, _, stderr, _ = hpcnet(*args, "--resume", str(out), cwd=tmp_path)
-    assert code == 2 and "nothing to resume" in stderr, stderr
+    assert code == 0 and "nothing to resume" in stderr and "error" not in stderr, stderr
 
 
 @pytest.mark.timeout(120)
@@ -151,3 +151,28 @@ def test_kill_test_script_few_trials(tmp_path):
     )
     assert p.returncode == 0, p.stdout + p.stderr
     assert "kill test: 2 passed, 0 failed" in p.stdout, p.stdout
+
+
+@pytest.mark.timeout(300)
+def test_checkpoint_every_seconds_agreed_and_resumable(tmp_path):
+    # checkpoints by rank 0's clock: every rank must agree on the step (else the gather
+    # hangs), and an intermediate one resumes to the same end, bit for bit
+    args = ["train", "--batch-size", "8", "--epochs", "10", "--threads", "1"]
+    out = tmp_path / "run"
+    code, _, stderr, _ = hpcnet(
+        *args, "--checkpoint-every-s", "0.2", "--keep-checkpoints", "100", "--out", str(out)
+    )
+    assert code == 0, stderr
+    steps = sorted(int(p.stem.split("-")[1]) for p in out.glob("checkpoint-*.h5"))
+    assert len(steps) >= 2 and steps[0] > 0, steps  # several, at times not steps
+    whole = _final_params_sha(out)
+    with h5py.File(out / f"checkpoint-{steps[0]:09d}.h5", "r") as f:
+        assert not f.attrs["final"] and int(f.attrs["step"]) == steps[0]
+    # back to the first checkpoint: drop the newer files, resume
+    for p in out.glob("checkpoint*.h5"):
+        if p.name != f"checkpoint-{steps[0]:09d}.h5":
+            p.unlink()
+    (out / f"checkpoint-{steps[0]:09d}.h5").rename(out / "checkpoint.h5")
+    code, _, stderr, _ = hpcnet(*args, "--checkpoint-every-s", "0.2", "--resume", str(out))
+    assert code == 0, stderr
+    assert _final_params_sha(out) == whole
