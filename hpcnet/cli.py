@@ -89,7 +89,7 @@ def _cmd_train(args) -> int:
 
     cfg = _config_from(args)
     if args.dry_run:
-        from hpcnet.algos.lifecycle import dry_run
+        from hpcnet.algos.dryrun import dry_run
 
         dry_run(cfg, library_comm())
         return 0

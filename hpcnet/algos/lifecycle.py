@@ -23,19 +23,18 @@ Checkpoints and the watchdog hook in here, once, for every algorithm.
 
 from __future__ import annotations
 
-import sys
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from mpi4py import MPI
 
+from hpcnet.algos import report
+from hpcnet.algos.budget import StepBudget
 from hpcnet.algos.prepare import Prepared, prepare, train_loader
 from hpcnet.algos.registry import Algorithm, get_algorithm
 from hpcnet.comm import (
     Deadlines,
-    allgather_objects,
     allreduce_max_ints,
     allreduce_sum,
     barrier_polling,
@@ -52,38 +51,10 @@ from hpcnet.data.loader import BatchLoader, eval_batches
 from hpcnet.modelpar import partition_model
 from hpcnet.optim.schedules import lr_at, scaled_lr
 from hpcnet.run.checkpoint import read_rank_state, write_checkpoint
-from hpcnet.run.metrics import progress_line, write_summary
+from hpcnet.run.metrics import progress_line
 from hpcnet.run.preempt import PreemptionWatch
 
-__all__ = ["Run", "StepBudget", "dry_run", "train"]
-
-
-@dataclass(frozen=True)
-class StepBudget:
-    """How long each replica trains: ``epochs`` passes over its own rows.
-
-    Attributes:
-        steps_per_epoch: ``(n_train // replicas) // batch_size`` (every replica the same).
-        total_steps: steps per replica: ``steps_per_epoch * epochs``, capped by
-            ``--max-steps``.
-        log_every: steps between progress records (``--log-every``; 0: ~20 per run,
-            at least one per epoch).
-    """
-
-    steps_per_epoch: int
-    total_steps: int
-    log_every: int
-
-    @classmethod
-    def of(cls, cfg: Config, n_train: int, replicas: int) -> StepBudget:
-        spe = (n_train // replicas) // cfg.run.batch_size
-        total = spe * cfg.run.epochs
-        if cfg.run.max_steps:
-            total = min(total, cfg.run.max_steps)
-        return cls(spe, total, cfg.run.log_every or max(1, min(spe, total // 20)))
-
-    def describe(self, epochs: int) -> str:
-        return f"{self.steps_per_epoch} steps/epoch x {epochs} epochs = {self.total_steps} steps"
+__all__ = ["Run", "StepBudget", "train"]
 
 
 class Run:
@@ -319,142 +290,6 @@ class Run:
         tot = allreduce_sum(np.array([loss_sum, correct, count]), self.comm)
         return float(tot[0] / tot[2]), float(tot[1] / tot[2])
 
-    def model_parallel_summary(self) -> dict[str, Any]:
-        """The partition layout and bytes exchanged per training step (replica 0's
-        partitions; every replica does the same work). Collective over ``comm``."""
-        mine = None
-        if self.part is not None:
-            mine = self.part.describe()
-            mine["expected_bytes_sent_per_step"], mine["expected_bytes_recv_per_step"] = (
-                self.part.expected_bytes(self.cfg.run.batch_size)
-            )
-        every = allgather_objects(mine, self.comm)
-        per = [every[r] for r in self.layout.replica_ranks(0)]
-        return {
-            "scheme": per[0]["scheme"],
-            "partitions": self.layout.partitions,
-            "bytes_sent_per_step": sum(d["bytes_sent_per_step"] for d in per),
-            "bytes_expected_per_step": sum(d["expected_bytes_sent_per_step"] for d in per),
-            "per_partition": per,
-        }
-
-    def base_summary(self) -> dict[str, Any]:
-        """The summary fields every algorithm reports."""
-        prep = self.prep
-        return {
-            "algo": prep.cfg.algo.name,
-            "model": prep.model.name,
-            "dataset": prep.cfg.data.name,
-            "data_file": str(prep.info.path),
-            "world_size": self.comm.Get_size(),
-            "layout": prep.layout.to_dict(),
-            "layout_text": prep.layout.describe(),
-            "batch_size": prep.cfg.run.batch_size,
-            "n_params": prep.model.n_params,
-            "backend": prep.backend.name,
-            "threads_per_rank": prep.threads,
-            "compile_s": prep.compile_s,
-        }
-
-    def announce(self, details: str) -> None:
-        """Rank 0: one line describing the run and where its config is (the whole
-        resolved config too with ``--verbose``)."""
-        prep = self.prep
-        if prep.log is None or not self.verbose:
-            return
-        info, model = prep.info, prep.model
-        if prep.cfg.run.verbose:
-            print("# resolved config\n" + prep.cfg.to_toml(), flush=True)
-        print(
-            f"hpcnet: {prep.layout.describe()}; data {info.path.name} "
-            f"({info.n_train:,} train / {info.n_test:,} test, {info.image_shape}); "
-            f"{model.name} {model.n_params:,} params; backend {prep.backend.name}, "
-            f"{prep.threads} thread(s)/rank; {details}; config in {prep.out / 'config.toml'}",
-            flush=True,
-        )
-
-    def report(self, summary: dict[str, Any]) -> None:
-        """Rank 0: prints the final line, then writes the test record and summary.json
-        (the line first, so the result survives a vanished output directory)."""
-        prep = self.prep
-        if prep.log is None:
-            return
-        summary.setdefault("config", prep.cfg.to_dict())
-        summary.setdefault("out", str(prep.out))
-        self.say(
-            f"test accuracy {summary['test_accuracy']:.4f}  test loss {summary['test_loss']:.4f}"
-            f"  ({summary['steps']} steps, {summary['samples_per_s']:,.0f} samples/s, "
-            f"{summary['wall_s']:.1f} s; results in {prep.out})"
-        )
-        prep.log.write(
-            {
-                "event": "test",
-                "step": summary["steps"],
-                "test_loss": summary["test_loss"],
-                "test_accuracy": summary["test_accuracy"],
-                "elapsed_s": summary["wall_s"],
-            }
-        )
-        prep.log.close()
-        write_summary(prep.out, summary)
-
-
-def _default_summary(run: Run, results: list[tuple[str, dict]], train_s: float) -> dict:
-    """Replica 0's own figures (steps, epochs, samples/s, ...), for algorithms whose
-    replicas all take the same steps."""
-    return dict(results[run.layout.replica_ranks(0)[0]][1], train_s=train_s)
-
-
-def dry_run(cfg: Config, comm: MPI.Intracomm) -> dict[str, Any]:
-    """Checks everything a run would check first (config, data, layout for this world
-    size, model, partitions, a checkpoint to resume from) and has rank 0 print the plan,
-    without training or writing anything. Collective over ``comm``.
-
-    Returns:
-        The plan (every rank).
-    Raises:
-        HpcnetError (every rank, same message): what does not fit.
-    """
-    from hpcnet.algos.prepare import check_run
-    from hpcnet.algos.resume import check_resumable, find_resume_checkpoint
-    from hpcnet.comm import root_then_bcast, same_on_every_rank
-
-    algo = get_algorithm(cfg.algo.name)
-    layout, backend, info, model = check_run(cfg, comm)
-    budget = StepBudget.of(cfg, info.n_train, layout.replicas)
-    resume = None
-    if cfg.run.resume:
-        resume = root_then_bcast(lambda: find_resume_checkpoint(cfg, False), comm)
-        with same_on_every_rank():
-            check_resumable(resume, cfg, layout)
-    plan = {
-        "algo": algo.name,
-        "layout": layout.describe(),
-        "data": f"{info.path} ({info.n_train:,} train / {info.n_test:,} test, "
-        f"{info.image_shape}, {info.num_classes} classes)",
-        "model": f"{model.name}, {model.n_params:,} parameters",
-        "backend": backend.name,
-        "steps": budget.describe(cfg.run.epochs) + " per replica",
-        "checkpoints": _checkpoint_plan(cfg),
-        "resume": f"from step {int(resume['step'])} of {resume['path']}" if resume else "no",
-        "out": cfg.run.resume or cfg.run.out or "runs/<timestamp>",
-    }
-    if comm.Get_rank() == 0:
-        print("hpcnet: dry run: nothing trained, nothing written")
-        for key, value in plan.items():
-            print(f"  {key:<12} {value}")
-        for rank, role in layout.table():
-            print(f"  rank {rank:>4}: {role}")
-        sys.stdout.flush()
-    return plan
-
-
-def _checkpoint_plan(cfg: Config) -> str:
-    r = cfg.run
-    every = [f"{r.checkpoint_every} steps"] if r.checkpoint_every else []
-    every += [f"{r.checkpoint_every_s:g} s"] if r.checkpoint_every_s else []
-    return f"every {' or '.join(every)}" if every else "the final one only"
-
 
 def train(cfg: Config, comm: MPI.Intracomm, verbose: bool = True) -> dict[str, Any]:
     """Trains with the algorithm ``cfg.algo.name`` on every rank of ``comm``.
@@ -484,7 +319,9 @@ def _train(cfg: Config, comm: MPI.Intracomm, verbose: bool, watch) -> dict[str, 
     run.partition()
     if algo.setup is not None:
         run.shared = algo.setup(run)
-    run.announce(algo.describe(run) if algo.describe else run.budget.describe(cfg.run.epochs))
+    report.announce(
+        run, algo.describe(run) if algo.describe else run.budget.describe(cfg.run.epochs)
+    )
     run.t_train = time.perf_counter()
     result = algo.programs[run.role.kind](run)
     train_s = time.perf_counter() - run.t_train
@@ -499,13 +336,13 @@ def _train(cfg: Config, comm: MPI.Intracomm, verbose: bool, watch) -> dict[str, 
         algo.finish(run)
     test_loss, test_acc = run.evaluate()
     gathered = gather_objects((run.role.kind, result), comm)
-    mp = run.model_parallel_summary() if run.layout.partitions > 1 else None
+    mp = report.model_parallel_summary(run) if run.layout.partitions > 1 else None
     summary = None
     if run.rank == 0:
-        summary = run.base_summary()
+        summary = report.base_summary(run)
         if mp is not None:
             summary["model_parallel"] = mp
-        summarise = algo.summarise or _default_summary
+        summarise = algo.summarise or report.default_summary
         summary.update(summarise(run, gathered, train_s))
         summary.update(
             test_accuracy=test_acc,
@@ -520,7 +357,7 @@ def _train(cfg: Config, comm: MPI.Intracomm, verbose: bool, watch) -> dict[str, 
             run._checkpoint_attrs(summary["steps"], summary["epochs"], final=True),
             cfg.run.keep_checkpoints,
         )
-        run.report(summary)
+        report.report(run, summary)
     summary = bcast_object(summary, comm)
     watchdog.stop()
     run.comms.free()

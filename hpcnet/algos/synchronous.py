@@ -1,7 +1,7 @@
 """The data-parallel replica loop shared by ``sync`` and ``avg``.
 
 Every replica trains on its own rows for the same number of steps (the step
-budget of :class:`hpcnet.algos.lifecycle.StepBudget`), with SGD + momentum on
+budget of :class:`hpcnet.algos.budget.StepBudget`), with SGD + momentum on
 the flat parameter vector (or the entries its partition owns). A *policy*
 object says what communication happens: after backward (``sync``: allreduce
 the gradients), after the optimizer step (``avg``: average the parameters every

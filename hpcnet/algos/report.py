@@ -1,0 +1,101 @@
+"""What a run tells the user: its start-up line, the summary fields every algorithm
+reports, the final line, OUT/summary.json and the test record of OUT/metrics.jsonl."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from hpcnet.comm import allgather_objects
+from hpcnet.run.metrics import write_summary
+
+if TYPE_CHECKING:
+    from hpcnet.algos.lifecycle import Run
+
+
+def model_parallel_summary(run: Run) -> dict[str, Any]:
+    """The partition layout and bytes exchanged per training step (replica 0's
+    partitions; every replica does the same work). Collective over ``comm``."""
+    mine = None
+    if run.part is not None:
+        mine = run.part.describe()
+        mine["expected_bytes_sent_per_step"], mine["expected_bytes_recv_per_step"] = (
+            run.part.expected_bytes(run.cfg.run.batch_size)
+        )
+    every = allgather_objects(mine, run.comm)
+    per = [every[r] for r in run.layout.replica_ranks(0)]
+    return {
+        "scheme": per[0]["scheme"],
+        "partitions": run.layout.partitions,
+        "bytes_sent_per_step": sum(d["bytes_sent_per_step"] for d in per),
+        "bytes_expected_per_step": sum(d["expected_bytes_sent_per_step"] for d in per),
+        "per_partition": per,
+    }
+
+
+def base_summary(run: Run) -> dict[str, Any]:
+    """The summary fields every algorithm reports."""
+    prep = run.prep
+    return {
+        "algo": prep.cfg.algo.name,
+        "model": prep.model.name,
+        "dataset": prep.cfg.data.name,
+        "data_file": str(prep.info.path),
+        "world_size": run.comm.Get_size(),
+        "layout": prep.layout.to_dict(),
+        "layout_text": prep.layout.describe(),
+        "batch_size": prep.cfg.run.batch_size,
+        "n_params": prep.model.n_params,
+        "backend": prep.backend.name,
+        "threads_per_rank": prep.threads,
+        "compile_s": prep.compile_s,
+    }
+
+
+def announce(run: Run, details: str) -> None:
+    """Rank 0: one line describing the run and where its config is (the whole
+    resolved config too with ``--verbose``)."""
+    prep = run.prep
+    if prep.log is None or not run.verbose:
+        return
+    info, model = prep.info, prep.model
+    if prep.cfg.run.verbose:
+        print("# resolved config\n" + prep.cfg.to_toml(), flush=True)
+    print(
+        f"hpcnet: {prep.layout.describe()}; data {info.path.name} "
+        f"({info.n_train:,} train / {info.n_test:,} test, {info.image_shape}); "
+        f"{model.name} {model.n_params:,} params; backend {prep.backend.name}, "
+        f"{prep.threads} thread(s)/rank; {details}; config in {prep.out / 'config.toml'}",
+        flush=True,
+    )
+
+
+def report(run: Run, summary: dict[str, Any]) -> None:
+    """Rank 0: prints the final line, then writes the test record and summary.json
+    (the line first, so the result survives a vanished output directory)."""
+    prep = run.prep
+    if prep.log is None:
+        return
+    summary.setdefault("config", prep.cfg.to_dict())
+    summary.setdefault("out", str(prep.out))
+    run.say(
+        f"test accuracy {summary['test_accuracy']:.4f}  test loss {summary['test_loss']:.4f}"
+        f"  ({summary['steps']} steps, {summary['samples_per_s']:,.0f} samples/s, "
+        f"{summary['wall_s']:.1f} s; results in {prep.out})"
+    )
+    prep.log.write(
+        {
+            "event": "test",
+            "step": summary["steps"],
+            "test_loss": summary["test_loss"],
+            "test_accuracy": summary["test_accuracy"],
+            "elapsed_s": summary["wall_s"],
+        }
+    )
+    prep.log.close()
+    write_summary(prep.out, summary)
+
+
+def default_summary(run: Run, results: list[tuple[str, dict]], train_s: float) -> dict:
+    """Replica 0's own figures (steps, epochs, samples/s, ...), for algorithms whose
+    replicas all take the same steps."""
+    return dict(results[run.layout.replica_ranks(0)[0]][1], train_s=train_s)
