@@ -52,7 +52,7 @@ from hpcnet.modelpar import partition_model
 from hpcnet.optim.schedules import lr_at, scaled_lr
 from hpcnet.run.checkpoint import read_rank_state, write_checkpoint
 from hpcnet.run.metrics import progress_line
-from hpcnet.run.preempt import PreemptionWatch
+from hpcnet.run.preempt import Preempted, PreemptionWatch
 
 __all__ = ["Run", "StepBudget", "train"]
 
@@ -91,6 +91,9 @@ class Run:
         self.preempt: PreemptionWatch | None = None  # set by train()
         self.t_train = time.perf_counter()
         self._last_checkpoint = time.monotonic()  # --checkpoint-every-s counts from here
+        # (signal, step of its checkpoint): an asynchronous algorithm's program stopped
+        # early for SIGTERM/SIGUSR1, checkpointed; agreed at the end of the run
+        self.stopped_by = (0, 0)
 
     # --- what every program reads ------------------------------------------------
     cfg = property(lambda self: self.prep.cfg)
@@ -237,15 +240,28 @@ class Run:
         ``params``) and JSON-able ``state``. Collective over ``comm``: every rank calls
         it at the same step, or the gather hangs."""
         gathered = gather_objects((arrays, state), self.comm, what="gather of the checkpoint")
-        self._last_checkpoint = time.monotonic()
         if self.rank == 0:
-            write_checkpoint(
-                self.prep.out,
-                arrays["params"],
-                gathered,
-                self._checkpoint_attrs(step, epoch, final=False),
-                self.cfg.run.keep_checkpoints,
-            )
+            self.write_checkpoint(step, epoch, arrays["params"], gathered)
+        self._last_checkpoint = time.monotonic()
+
+    def write_checkpoint(
+        self,
+        step: int,
+        epoch: float,
+        params: np.ndarray,
+        ranks: list[tuple[dict[str, np.ndarray], dict[str, Any]]],
+    ) -> None:
+        """Rank 0 alone writes OUT/checkpoint.h5 at ``step``: ``params`` ((n_params,)
+        float32) and per world rank its (arrays, JSON-able state), which it collected
+        itself (an asynchronous algorithm: :mod:`hpcnet.ps.checkpoint`)."""
+        write_checkpoint(
+            self.prep.out,
+            params,
+            ranks,
+            self._checkpoint_attrs(step, epoch, final=False),
+            self.cfg.run.keep_checkpoints,
+        )
+        self._last_checkpoint = time.monotonic()
 
     def _checkpoint_attrs(self, step: int, epoch: float, final: bool) -> dict[str, Any]:
         return {
@@ -315,6 +331,14 @@ def _train(cfg: Config, comm: MPI.Intracomm, verbose: bool, watch) -> dict[str, 
     prep = prepare(cfg, comm, verbose)
     run = Run(prep, comm, algo, verbose)
     run.preempt = watch
+    if prep.resume is not None:  # where the appended records start again
+        run.write_record(
+            {
+                "event": "resume",
+                "step": int(prep.resume["step"]),
+                "checkpoint": str(prep.resume["path"]),
+            }
+        )
     run.init_params()
     run.partition()
     if algo.setup is not None:
@@ -332,6 +356,11 @@ def _train(cfg: Config, comm: MPI.Intracomm, verbose: bool, watch) -> dict[str, 
     )
     if run.on_end_poll is not None:
         run.on_end_poll()
+    # an asynchronous algorithm stops for a signal at its own pace (sync and avg agree
+    # at every step): every rank learns it here and leaves with the checkpoint written
+    signum, at = allreduce_max_ints(list(run.stopped_by), comm, "end of run: stop signal")
+    if signum:
+        raise Preempted(signum, at, str(prep.out / "checkpoint.h5"))
     if algo.finish is not None:
         algo.finish(run)
     test_loss, test_acc = run.evaluate()

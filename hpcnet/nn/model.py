@@ -90,15 +90,19 @@ class Model:
         for layer in self.layers:
             layer.init(rng)
 
-    def seed_dropout(self, seed: int, replica: int) -> None:
-        """Gives each Dropout layer its own stream, different per replica, fixed by the seed."""
+    def seed_dropout(self, seed: int, replica: int, restart: int = 0) -> None:
+        """Gives each Dropout layer its own stream, different per replica, fixed by the seed.
+
+        ``restart`` > 0 (the step an asynchronous run resumes at, whose streams were not
+        saved) starts other streams, as fixed by the seed and that step."""
+        more = [restart] if restart else []
         for i, layer in enumerate(self.layers):
             if isinstance(layer, Dropout):
-                layer.rng = np.random.default_rng([seed, replica, i, 0xD7])
+                layer.rng = np.random.default_rng([seed, replica, i, 0xD7, *more])
             elif isinstance(layer, Towers):  # tower t's layer j: its own stream too
                 for t, j, sub in layer.sublayers():
                     if isinstance(sub, Dropout):
-                        sub.rng = np.random.default_rng([seed, replica, i, t, j, 0xD7])
+                        sub.rng = np.random.default_rng([seed, replica, i, t, j, 0xD7, *more])
 
     def _dropouts(self) -> list[Dropout]:
         out = []

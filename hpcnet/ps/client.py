@@ -58,6 +58,11 @@ class ShardClient:
             pushes (None: all of it).
         report_stats: whether pushes carry the training counters (steps, loss,
             correct, samples); one partition per replica does.
+        sent: per shard, this client's pushes the shard has already consumed (a
+            resumed run: its ACK in the checkpoint); None: none.
+        skip: per shard, how many of this client's next pushes it must not receive
+            (a resumed run repeats the steps after the oldest shard's cut; a shard whose
+            cut is newer already applied those pushes); None: none.
     """
 
     def __init__(
@@ -67,6 +72,8 @@ class ShardClient:
         wait_timeout: float,
         owned: list[tuple[int, int]] | None = None,
         report_stats: bool = True,
+        sent: list[int] | None = None,
+        skip: list[int] | None = None,
     ):
         self.shards, self.client = shards, client
         self.wait_timeout = wait_timeout
@@ -81,7 +88,11 @@ class ShardClient:
         self.touched = [sw for sw, pcs in zip(shards, self.pieces, strict=True) if pcs]
         self.n_moved = sum(b - a for pcs in self.pieces for a, b in pcs)
         self.stats = ClientStats(client)
-        self.stopped = False  # a shard has finished: stop training
+        self.stopped = False  # a shard has finished, or the run is stopping: stop training
+        self.preempt_signal = 0  # the signal the run is stopping for (a shard's PREEMPT)
+        n = len(shards)
+        self.sent = np.array(sent if sent is not None else [0] * n, np.int64)  # per shard
+        self.skip = np.array(skip if skip is not None else [0] * n, np.int64)
         self.versions = np.zeros(len(shards), np.int64)  # per shard, at the last fetch
         self._head = np.zeros(W.HEAD, np.float64)
         self._one = np.ones(1, np.float64)
@@ -98,6 +109,9 @@ class ShardClient:
         sw.ctrl_win.Get(self._head, sw.owner, (0, W.HEAD, MPI.DOUBLE))
         sw.ctrl_win.Flush(sw.owner)
         if self._head[W.STOP] > 0:
+            self.stopped = True
+        if self._head[W.PREEMPT] > 0:
+            self.preempt_signal = int(self._head[W.PREEMPT])
             self.stopped = True
         return self._head
 
@@ -128,7 +142,7 @@ class ShardClient:
         """
 
         def taken() -> bool:
-            if self._read_field(sw, W.ACK) >= self.stats.pushes:
+            if self._read_field(sw, W.ACK) >= self.sent[sw.shard]:
                 return True
             return self._read_head(sw)[W.STOP] > 0  # a finished shard takes no more
 
@@ -187,13 +201,18 @@ class ShardClient:
         last push) into this client's inbox slot on every shard, with the training
         counters (steps, loss sum, correct, samples) since the last push."""
         t = time.perf_counter()
-        for sw in self.touched:
+        # a resumed run's repeated push that a shard applied before the restart: not again
+        to = [i for i, sw in enumerate(self.shards) if self.skip[i] == 0]
+        self.skip[self.skip > 0] -= 1
+        targets = [self.shards[i] for i in to if self.pieces[i]]
+        for sw in targets:
             self.stats.push_wait_s += self._wait_applied(sw)
         if self.stopped:
             self.stats.push_s += time.perf_counter() - t
             return
         f = self._fields
-        for i, sw in enumerate(self.shards):
+        for i in to:
+            sw = self.shards[i]
             slot = self.client * sw.n - sw.lo
             for a, b in self.pieces[i]:
                 sw.inbox_win.Accumulate(grads[a:b], sw.owner, (slot + a, b - a, MPI.FLOAT), MPI.SUM)
@@ -208,16 +227,25 @@ class ShardClient:
             sw.ctrl_win.Accumulate(
                 f, sw.owner, (W.field(self.client, W.BASE_VERSION), len(f), MPI.DOUBLE), MPI.SUM
             )
-        for sw in self.shards:  # the gradient is complete at every shard ...
+        for i in to:  # the gradient is complete at every shard ...
+            sw = self.shards[i]
             sw.inbox_win.Flush(sw.owner)
             sw.ctrl_win.Flush(sw.owner)
-        for sw in self.touched:  # ... before it is announced
+        for sw in targets:  # ... before it is announced
             self._add(sw, W.READY, 1.0)
-        for sw in self.touched:
+            self.sent[sw.shard] += 1
+        for sw in targets:
             sw.ctrl_win.Flush(sw.owner)
         self.stats.pushes += 1
         self.stats.push_s += time.perf_counter() - t
         self.stats.bytes_out += 4 * self.n_moved
+
+    def signal(self, signum: int) -> None:
+        """Tells every shard that this client's replica got signal ``signum`` (SIGTERM,
+        SIGUSR1): the shards stop the run (their PREEMPT) and checkpoint it."""
+        for sw in self.shards:
+            self._add(sw, W.SIGNAL, float(signum))
+            sw.ctrl_win.Flush(sw.owner)
 
     def done(self) -> None:
         """Tells every shard this client has finished its work."""

@@ -89,8 +89,11 @@ class ShardService:
         replica_timeout: seconds without a heartbeat after which a client
             that has not said done is declared lost (``--replica-timeout``).
         comm: the library communicator (for ``Iprobe`` progress).
-        on_tick: called about every ``tick_s`` seconds with (ctrl, stats) - the
-            progress lines of shard 0.
+        on_pass: called on every pass of the loop with the control counters (float64
+            view), between applies: progress records, checkpoints
+            (:mod:`hpcnet.ps.checkpoint`).
+        signal_of: this rank's own stop signal (SIGTERM, SIGUSR1; 0: none). With a
+            client's (its SIGNAL counter) it sets PREEMPT: every client stops.
     """
 
     def __init__(
@@ -100,13 +103,13 @@ class ShardService:
         lr_at: Callable[[int], float],
         replica_timeout: float,
         comm: MPI.Intracomm,
-        on_tick: Callable[[np.ndarray, ShardStats], None] | None = None,
-        tick_s: float = 2.0,
+        on_pass: Callable[[np.ndarray], None] | None = None,
+        signal_of: Callable[[], int] = lambda: 0,
     ):
         self.sw, self.rule, self.lr_at = sw, rule, lr_at
         self.timeout = replica_timeout
         self.comm = comm
-        self.on_tick, self.tick_s = on_tick, tick_s
+        self.on_pass, self.signal_of = on_pass, signal_of
         self.stats = ShardStats(
             sw.shard,
             sw.lo,
@@ -114,6 +117,35 @@ class ShardService:
             pushes_applied=[0] * sw.n_clients,
             staleness_hist=[0] * STALENESS_BINS,
         )
+
+    # --- checkpoints ---------------------------------------------------------------
+    def snapshot(self) -> tuple[dict[str, np.ndarray], dict]:
+        """This shard's state between two applies: arrays ``slice`` ((n,) float32, its
+        parameters) and, with Adagrad, ``accum`` ((n,) float32); state ``version`` and
+        ``acks`` (per client: the pushes applied, so none is applied twice after a
+        resume). A push in flight (written but not yet applied) is not in it."""
+        params, _, ctrl = self.sw.local_arrays()
+        arrays = {"slice": params.copy()}
+        if getattr(self.rule, "accum", None) is not None:
+            arrays["accum"] = self.rule.accum.copy()
+        acks = [int(ctrl[W.field(c, W.ACK)]) for c in range(self.sw.n_clients)]
+        return arrays, {"shard": self.sw.shard, "version": int(ctrl[W.VERSION]), "acks": acks}
+
+    def restore(self, arrays: dict[str, np.ndarray], state: dict, steps: list[int]) -> None:
+        """Puts a :meth:`snapshot` back into this shard's windows and update rule, before
+        any client reaches in: parameters, accumulators, version, and per client
+        READY = ACK = its pushes applied (an empty slot) and STEPS = ``steps[c]`` (the
+        steps its applied pushes hold, for progress lines)."""
+        params, _, ctrl = self.sw.local_arrays()
+        params[:] = arrays["slice"]
+        if "accum" in arrays:
+            self.rule.accum[:] = arrays["accum"]
+        ctrl[W.VERSION] = ctrl[W.APPLIED] = state["version"]
+        for c, ack in enumerate(state["acks"]):
+            ctrl[W.field(c, W.READY)] = ctrl[W.field(c, W.ACK)] = ack
+            ctrl[W.field(c, W.STEPS)] = steps[c]
+            self.stats.pushes_applied[c] = ack
+        self.stats.version = state["version"]
 
     def _apply(self, c: int, params, inbox, ctrl) -> None:
         n = self.sw.n
@@ -145,7 +177,6 @@ class ShardService:
         last_seen = np.full(C, time.monotonic())
         lost: set[int] = set()
         idle_wall = idle_cpu = 0.0
-        next_tick = time.monotonic() + self.tick_s
         while True:
             c_iter, w_iter = time.process_time(), time.perf_counter()
             sw.ctrl_win.Sync()
@@ -160,6 +191,13 @@ class ShardService:
                 sw.ctrl_win.Sync()
             now = time.monotonic()
             watchdog.heartbeat(int(ctrl[W.VERSION]))  # a shard's step: the pushes it applied
+            if not ctrl[W.PREEMPT]:  # a signal here or at a client's replica: all stop
+                signum = max(self.signal_of(), int(ctrl[W.HEAD + W.SIGNAL :: W.PER_CLIENT].max()))
+                if signum:
+                    ctrl[W.PREEMPT] = signum
+                    sw.ctrl_win.Sync()
+            if self.on_pass is not None:
+                self.on_pass(ctrl)
             done = []
             for c in range(C):
                 hb = ctrl[W.field(c, W.HEARTBEAT)]
@@ -176,9 +214,6 @@ class ShardService:
             if len(done) + len(lost) >= C and not pending:
                 st.done_clients = done
                 break
-            if self.on_tick is not None and now >= next_tick:
-                self.on_tick(ctrl, st)
-                next_tick = now + self.tick_s
             if applied:
                 backoff.reset()
             else:

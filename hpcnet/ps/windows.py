@@ -41,6 +41,7 @@ from hpcnet.errors import LayoutError
 VERSION = 0  # updates applied by this shard (its parameter version)
 STOP = 1  # 1.0 once this shard has finished: clients stop
 APPLIED = 2  # pushes applied, summed over clients (== VERSION)
+PREEMPT = 3  # signal number once the run is stopping for SIGTERM/SIGUSR1: clients stop
 HEAD = 4
 # per-client block, at HEAD + c * PER_CLIENT
 READY = 0  # pushes client c has completed into its inbox slot (client: += 1)
@@ -52,7 +53,8 @@ STEPS = 5  # training steps client c has completed (client: += steps at each pus
 LOSS = 6  # sum of client c's per-sample training losses, for progress lines
 CORRECT = 7  # correctly classified training samples of client c
 SAMPLES = 8  # training samples client c has processed
-PER_CLIENT = 9
+SIGNAL = 9  # signal number client c's replica got (client: += signum, once)
+PER_CLIENT = 10
 
 
 def ctrl_size(n_clients: int) -> int:

@@ -133,9 +133,9 @@ def test_resume_refuses_damage_and_other_settings_in_one_line(tmp_path):
 @pytest.mark.timeout(120)
 def test_algorithms_that_cannot_resume_say_so(tmp_path):
     code, _, stderr, _ = hpcnet(
-        "train", "--algo", "downpour", "--checkpoint-every", "10", n=3, cwd=tmp_path
+        "train", "--algo", "sandblaster", "--checkpoint-every", "10", n=3, cwd=tmp_path
     )
-    assert code == 2 and "downpour cannot checkpoint its state" in stderr, stderr
+    assert code == 2 and "sandblaster cannot checkpoint its state" in stderr, stderr
 
 
 @pytest.mark.timeout(600)

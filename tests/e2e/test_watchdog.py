@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.procs import rank_pid
 from tests.e2e.test_cli import MPIEXEC
 
 pytestmark = pytest.mark.skipif(MPIEXEC is None, reason="no mpiexec")
@@ -22,22 +23,6 @@ pytestmark = pytest.mark.skipif(MPIEXEC is None, reason="no mpiexec")
 TIMEOUT_S = 6  # --timeout of the runs below
 # long enough never to finish before the stall (the job is stopped long before)
 LONG_RUN = ["--data", "digits", "--model", "mlp", "--epochs", "100000", "--threads", "1"]
-
-
-def _rank_pid(out: Path, rank: int) -> int | None:
-    """The pid of world rank ``rank`` of the run writing ``out`` (from its environment:
-    MPICH's PMI_RANK, Open MPI's OMPI_COMM_WORLD_RANK)."""
-    want = {f"PMI_RANK={rank}".encode(), f"OMPI_COMM_WORLD_RANK={rank}".encode()}
-    for proc in Path("/proc").iterdir():
-        try:
-            argv = (proc / "cmdline").read_bytes().split(b"\0")
-            if argv[0] != sys.executable.encode() or str(out).encode() not in argv:
-                continue
-            if want & set((proc / "environ").read_bytes().split(b"\0")):
-                return int(proc.name)
-        except (OSError, ValueError):
-            continue
-    return None
 
 
 def _cpu_s(pid: int) -> float:
@@ -74,7 +59,7 @@ def _stall(n: int, args: list[str], out: Path, stop_rank: int, watch_rank: int):
             assert p.poll() is None, "the run ended before it was stopped"
             assert time.monotonic() < deadline, "the run did not start training"
             time.sleep(0.05)
-        stopped, watched = _rank_pid(out, stop_rank), _rank_pid(out, watch_rank)
+        stopped, watched = rank_pid(out, stop_rank), rank_pid(out, watch_rank)
         assert stopped and watched
         os.kill(stopped, signal.SIGSTOP)
         t_stop = time.monotonic()

@@ -139,3 +139,47 @@ def test_warm_start_replica_zero_trains_alone_first(comm, shared_tmp):
     assert by[0]["first_fetch_version"] == 0
     assert by[1]["first_fetch_version"] >= 12  # joined only after replica 0's 12 pushes
     assert s["pushes_applied_per_shard"] == [s["pushes_sent"]] and s["pushes_sent"] == 40
+
+
+@pytest.mark.mpi(min_size=3)
+@pytest.mark.timeout(120)
+def test_resumed_client_skips_the_pushes_a_newer_shard_cut_applied(comm):
+    # real windows: shard 0's snapshot holds 5 pushes of the client, shard 1's 6 (a
+    # checkpoint taken while push 6 landed); the resumed client repeats steps 6..9 and
+    # each shard must apply every push number exactly once
+    from hpcnet.optim.rules import make_rule
+    from hpcnet.ps import windows as W
+    from hpcnet.ps.checkpoint import resume_plan
+    from hpcnet.ps.client import ShardClient
+    from hpcnet.ps.shard import ShardService
+
+    sub = first_ranks(comm, 3)
+    if sub is None:
+        return
+    rank, acks = sub.Get_rank(), [5, 6]
+    windows = W.create_shard_windows(sub, [0, 1], [(0, 4), (4, 8)], n_clients=1)
+    plan = resume_plan([[a] for a in acks], [[True, True]], n_push=1, total_steps=9)[0]
+    assert plan.step == 5 and plan.skip == [0, 1]
+    result = None
+    if rank < 2:
+        service = ShardService(windows[rank], make_rule("sgd", 4), lambda v: 1.0, 30.0, sub)
+        state = {"shard": rank, "version": acks[rank], "acks": [acks[rank]]}
+        service.restore({"slice": np.zeros(4, np.float32)}, state, steps=[plan.step])
+        sub.Barrier()
+        stats = service.serve()
+        result = (windows[rank].local_arrays()[0].copy(), stats.pushes_applied)
+    else:
+        sub.Barrier()
+        client = ShardClient(windows, 0, wait_timeout=30.0, sent=plan.sent, skip=plan.skip)
+        for step in range(plan.step + 1, 10):  # push of step k: gradient -k, so p += k
+            client.push(np.full(8, -float(step), np.float32), 1, 0.0, 0, 0)
+        client.done()
+        client.close()
+    results = sub.allgather(result)
+    for sw in windows:
+        sw.free()
+    sub.Free()
+    (p0, applied0), (p1, applied1) = results[0], results[1]
+    assert applied0 == [9] and applied1 == [9]
+    np.testing.assert_array_equal(p0, np.full(4, 6 + 7 + 8 + 9, np.float32))
+    np.testing.assert_array_equal(p1, np.full(4, 7 + 8 + 9, np.float32))  # push 6: skipped

@@ -1,0 +1,124 @@
+"""A Downpour replica's program: fetch every ``n_fetch`` steps, push every ``n_push``,
+one-sided operations only (:mod:`hpcnet.ps.client`)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+
+from hpcnet.algos.lifecycle import Run
+from hpcnet.comm import watchdog
+from hpcnet.ps.client import ShardClient
+
+
+def run_replica(run: Run) -> dict[str, Any]:
+    """One replica partition's training loop (the whole replica when unpartitioned).
+    The partitions of a replica step in lockstep: they stop together (``agree_any``)."""
+    cfg, model, backend, part, role = run.cfg, run.model, run.backend, run.part, run.role
+    windows, total_steps = run.shared.windows, run.budget.total_steps
+    ps, faults = cfg.ps, cfg.faults
+    replica = role.index
+    c = run.layout.client(replica, role.partition)
+    resume = run.shared.resume[c] if run.shared.resume else None
+    client = ShardClient(
+        windows,
+        c,
+        wait_timeout=run.deadlines.push_slot,
+        owned=part.owned if part else None,
+        report_stats=role.partition == 0,
+        sent=resume.sent if resume else None,
+        skip=resume.skip if resume else None,
+    )
+    net = part if part else model
+    step = resume.step if resume else 0  # a resumed run: where every shard's cut holds it
+    model.seed_dropout(cfg.run.seed, replica, restart=step)
+    signalled = 0  # the signal this replica stops for (its own, or the run's PREEMPT)
+
+    def stop_now() -> bool:  # every partition of the replica gets the same answer
+        nonlocal signalled
+        sig = run.preempt.signum if run.preempt else 0
+        if sig and not signalled:  # tell the shards: they stop every replica
+            signalled = sig
+            client.signal(sig)
+        elif client.preempt_signal and not signalled:  # tell shard 0, which checkpoints
+            signalled = client.preempt_signal
+            client.signal(signalled)
+        stop = client.stopped or bool(signalled)
+        return part.ex.agree_any(stop) if part else stop
+
+    loader = run.loader()
+    acc = np.zeros(model.n_params, np.float32)  # gradients summed since the last push
+    stats = np.zeros(3)  # loss sum, correct, samples since the last push
+    since_push = 0
+    epoch, start = divmod(step, run.budget.steps_per_epoch)
+    fetch_now = True  # the first step fetches (a resumed run restarts between fetches)
+    step0 = step
+    failed = False
+    compute_s = first_step_s = 0.0
+    t0 = time.perf_counter()
+    if replica != 0 and ps.warm_start_steps:
+        # Warm start (sec. 4.1): replica 0 trains alone first; the others join later.
+        client.wait_for_version(
+            max(1, ps.warm_start_steps // ps.n_push), timeout=run.deadlines.warm_start
+        )
+    try:
+        stopped = False
+        while step < total_steps and not stopped and not failed:
+            for x, y in loader.batches(epoch, start):
+                if step % ps.n_fetch == 0 or fetch_now:
+                    client.fetch(model.params, ps.read_own_writes)
+                    fetch_now = False
+                    stopped = stop_now()
+                    if stopped:
+                        break
+                tc = time.perf_counter()
+                loss, correct = net.loss_and_grad(x, y, backend)
+                acc += model.grads
+                compute_s += time.perf_counter() - tc
+                stats += (loss * len(y), correct, len(y))
+                step += 1
+                watchdog.heartbeat(step)
+                since_push += 1
+                if step == step0 + 1:  # its forward + backward, reported apart
+                    first_step_s = compute_s
+                if since_push == ps.n_push:
+                    client.push(acc, since_push, *stats)
+                    acc[:] = 0
+                    stats[:] = 0
+                    since_push = 0
+                if replica == faults.fail_replica and step >= faults.fail_at_step:
+                    failed = True  # leave without saying done: the shards must notice
+                    break
+                stopped = stop_now()
+                if step >= total_steps or stopped:
+                    break
+            epoch += 1
+            start = 0
+        if since_push and not failed and not stopped:
+            client.push(acc, since_push, *stats)
+        if not failed:
+            client.done()
+    finally:
+        loader.close()
+        client.close()
+    wall = time.perf_counter() - t0
+    out = asdict(client.stats)
+    out.update(
+        {
+            "client": client.client,
+            "replica": replica,
+            "partition": role.partition,
+            "steps": step,
+            "samples": (step - step0) * cfg.run.batch_size,  # by this process
+            "failed": failed,
+            "stopped_by_signal": signalled,
+            "compute_s": compute_s,
+            "first_step_s": first_step_s,
+            "wall_s": wall,
+            "samples_per_s": (step - step0) * cfg.run.batch_size / wall if wall else 0.0,
+        }
+    )
+    return out

@@ -1,0 +1,144 @@
+"""A Downpour parameter shard's program (:mod:`hpcnet.ps.shard` serves the pushes);
+shard 0 also writes the run's progress records and takes the checkpoints
+(:mod:`hpcnet.ps.checkpoint`)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+
+from hpcnet.algos.lifecycle import Run
+from hpcnet.ps import windows as W
+from hpcnet.ps.checkpoint import resume_plan
+from hpcnet.ps.shard import ShardStats
+
+
+def run_shard(run: Run) -> dict[str, Any]:
+    """A shard's program. Learning rate: ``lr(version)`` with the run's warmup and
+    schedule, one version per push; the expected number of pushes is ``clients * steps /
+    n_push``. Shard 0 also takes the checkpoints (:mod:`hpcnet.ps.checkpoint`)."""
+    sh = run.shared
+    service, ckpt = sh.service, sh.checkpoints
+    if run.role.index == 0:
+        leader = _Leader(run, _progress_tick(run, service.sw, service.lr_at))
+        service.on_pass = leader.on_pass
+    else:
+        service.on_pass = lambda ctrl: ckpt.answer()
+    stats = service.serve()
+    if run.role.index == 0:
+        leader.at_end(service.sw.local_arrays()[2])
+    return asdict(stats)
+
+
+class _Leader:
+    """Shard 0's progress records (every ``--log-every`` steps per replica, from the
+    clients' STEPS counters) and checkpoints: every ``--checkpoint-every`` steps per
+    replica (counted from the pushes it applied) or ``--checkpoint-every-s`` seconds of
+    its clock, and at the end of a run stopped by a signal before every replica
+    finished."""
+
+    def __init__(self, run: Run, tick):
+        self.run, self.tick = run, tick
+        self.log_mark: int | None = None  # progress records written so far, by steps
+        self.steps_at = [W.field(c, W.STEPS) for c in range(run.layout.n_clients)]
+        r = run.cfg.run
+        self.every, self.every_s = r.checkpoint_every, r.checkpoint_every_s
+        self.steps_per_push = run.cfg.ps.n_push / max(1, run.shared.touching[0])
+        self.mark: int | None = None  # checkpoints due so far, by steps
+        self.t_last = time.monotonic()
+
+    def on_pass(self, ctrl) -> None:
+        if self.tick is not None:
+            mark = int(ctrl[self.steps_at].sum() / self.run.layout.replicas)
+            mark //= self.run.budget.log_every
+            if self.log_mark is not None and mark > self.log_mark:
+                self.tick(ctrl, self.run.shared.service.stats)
+            self.log_mark = mark
+        progress = ctrl[W.APPLIED] * self.steps_per_push  # mean steps per client
+        if progress >= self.run.budget.total_steps or ctrl[W.PREEMPT]:
+            return  # the end, or a stop, writes its own
+        due = False
+        if self.every:
+            mark = int(progress // self.every)
+            if self.mark is None:
+                self.mark = mark
+            due = mark > self.mark
+            self.mark = mark
+        if self.every_s and time.monotonic() - self.t_last >= self.every_s:
+            due = True
+        if due:
+            self.save()
+
+    def save(self) -> int:
+        """Collects every shard's snapshot and writes OUT/checkpoint.h5; returns its step
+        (the newest step every replica's pushes reached at every shard)."""
+        run, sh = self.run, self.run.shared
+        snaps = sh.checkpoints.collect()
+        plan = resume_plan(
+            [st["acks"] for _, st in snaps],
+            sh.touches,
+            run.cfg.ps.n_push,
+            run.budget.total_steps,
+            run.layout.partitions,
+        )
+        step = min(c.step for c in plan)
+        params = np.concatenate([a["slice"] for a, _ in snaps])
+        ranks: list[tuple[dict, dict]] = [({}, {}) for _ in range(run.comm.Get_size())]
+        for r, snap in zip(run.layout.shard_ranks, snaps, strict=True):
+            ranks[r] = snap
+        run.write_checkpoint(step, step / run.budget.steps_per_epoch, params, ranks)
+        self.t_last = time.monotonic()
+        return step
+
+    def at_end(self, ctrl) -> None:
+        """A run stopped by a signal: checkpointed, unless every replica had finished."""
+        signum = int(ctrl[W.PREEMPT])
+        if signum:
+            step = self.save()
+            if step < self.run.budget.total_steps:
+                self.run.stopped_by = (signum, step)
+
+
+def _progress_tick(run: Run, sw: W.ShardWindows, lr_of):
+    """Shard 0's progress records (rank 0 holds the metrics log), from the clients'
+    counters; None where no log is kept."""
+    cfg = run.cfg
+    C = sw.n_clients  # replicas x partitions
+    n_rep, total_steps = run.layout.replicas, run.budget.total_steps
+    tick = None
+    if run.prep.log is not None:
+        state = {"t": time.perf_counter(), "samples": 0.0, "loss": 0.0, "correct": 0.0}
+
+        def tick(ctrl, st):
+            now = time.perf_counter()
+            tot = {
+                k: sum(ctrl[W.field(c, f)] for c in range(C))
+                for k, f in (
+                    ("samples", W.SAMPLES),
+                    ("loss", W.LOSS),
+                    ("correct", W.CORRECT),
+                    ("steps", W.STEPS),
+                )
+            }
+            n = tot["samples"] - state["samples"]
+            if n <= 0:
+                return
+            version = int(ctrl[W.VERSION])
+            run.progress(
+                epoch=1 + int(tot["steps"] / max(1, n_rep * total_steps / cfg.run.epochs)),
+                step=int(tot["steps"]),
+                total_steps=n_rep * total_steps,
+                loss=(tot["loss"] - state["loss"]) / n,
+                accuracy=(tot["correct"] - state["correct"]) / n,
+                lr=lr_of(version),
+                samples_per_s=n / (now - state["t"]),
+                suffix=f"  version {version}",
+                version=version,
+                staleness_mean=ShardStats.staleness_summary(st)["mean"],
+            )
+            state.update(t=now, samples=tot["samples"], loss=tot["loss"], correct=tot["correct"])
+
+    return tick
