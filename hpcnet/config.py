@@ -373,8 +373,7 @@ def validate(cfg: Config) -> None:
         else "checkpoint_every"
         if r.checkpoint_every
         else "checkpoint_every_s",
-        f"{a.name} cannot checkpoint its state or resume yet (only its final parameters are "
-        "saved); use sync, avg or downpour",
+        f"{a.name} cannot checkpoint its state or resume yet (only its final parameters are saved)",
     )
     need(o.lr > 0, "optim", "lr", "must be > 0")
     need(0 <= o.momentum < 1, "optim", "momentum", "must be in [0, 1)")

@@ -2,8 +2,7 @@
 # resumes when OUT already holds a checkpoint (a requeued job), and requeues the job when
 # the run stopped for a signal with its checkpoint written (exit 138 for SIGUSR1, sent by
 # `#SBATCH --signal=USR1@120` two minutes before the time limit; 143 for SIGTERM, sent on
-# preemption). sync, avg and downpour resume from their checkpoints; sandblaster does not
-# checkpoint yet: give it a time limit its whole run fits in.
+# preemption). Every algorithm resumes from its checkpoints.
 #
 # Settings (environment): OUT (default runs/$SLURM_JOB_ID), HPCNET_LAUNCH (default srun;
 # e.g. "mpiexec -n 4" off a cluster), HPCNET_EXTRA (more flags, e.g. --dry-run).

@@ -46,6 +46,7 @@ from hpcnet.comm import (
     watchdog,
 )
 from hpcnet.comm.exchange import Exchange
+from hpcnet.comm.messages import Channel
 from hpcnet.config import Config
 from hpcnet.data.loader import BatchLoader, eval_batches
 from hpcnet.modelpar import partition_model
@@ -55,6 +56,8 @@ from hpcnet.run.metrics import progress_line
 from hpcnet.run.preempt import Preempted, PreemptionWatch
 
 __all__ = ["Run", "StepBudget", "train"]
+
+TAG_SIGNAL = 41  # a rank's SIGTERM/SIGUSR1 forwarded to rank 0 (Run.forward_signal)
 
 
 class Run:
@@ -94,6 +97,8 @@ class Run:
         # (signal, step of its checkpoint): an asynchronous algorithm's program stopped
         # early for SIGTERM/SIGUSR1, checkpointed; agreed at the end of the run
         self.stopped_by = (0, 0)
+        self._signals = Channel(comm, TAG_SIGNAL)
+        self._forwarded = self._heard = 0
 
     # --- what every program reads ------------------------------------------------
     cfg = property(lambda self: self.prep.cfg)
@@ -214,16 +219,39 @@ class Run:
         Collective over ``comm`` (one allreduce of two integers): every rank calls it
         once per step, or it hangs.
         """
-        r = self.cfg.run
-        by_time = (
-            self.rank == 0
-            and r.checkpoint_every_s > 0
-            and time.monotonic() - self._last_checkpoint >= r.checkpoint_every_s
-        )
+        by_time = self.rank == 0 and self._due_by_time()
         signum = self.preempt.signum if self.preempt else 0
         signum, by_time = allreduce_max_ints([signum, int(by_time)], self.comm, "step end")
-        by_steps = r.checkpoint_every > 0 and step % r.checkpoint_every == 0
-        return by_steps or bool(by_time), signum
+        return self._due_by_steps(step) or bool(by_time), signum
+
+    def _due_by_steps(self, step: int) -> bool:
+        every = self.cfg.run.checkpoint_every
+        return every > 0 and step % every == 0
+
+    def _due_by_time(self) -> bool:
+        every_s = self.cfg.run.checkpoint_every_s
+        return every_s > 0 and time.monotonic() - self._last_checkpoint >= every_s
+
+    def forward_signal(self) -> None:
+        """A rank other than 0: sends the SIGTERM/SIGUSR1 it got (once) to rank 0, whose
+        program stops the run (Sandblaster's coordinator). Never waits: one 8-byte send."""
+        signum = self.preempt.signum if self.preempt else 0
+        if signum and not self._forwarded and self.rank != 0:
+            self._forwarded = signum
+            self._signals.send([signum], 0)
+
+    def signal_heard(self) -> int:
+        """Rank 0: its own SIGTERM/SIGUSR1, or one another rank forwarded (0: none).
+        Never waits."""
+        while (got := self._signals.poll()) is not None:
+            self._heard = self._heard or int(got[1][0])
+        return (self.preempt.signum if self.preempt else 0) or self._heard
+
+    def checkpoint_due(self, step: int) -> bool:
+        """Whether a checkpoint is due after ``step`` by this rank's own count and clock
+        (``--checkpoint-every``, ``--checkpoint-every-s``): for an algorithm one rank
+        drives (Sandblaster's coordinator); :meth:`step_end` agrees it over all ranks."""
+        return self._due_by_steps(step) or self._due_by_time()
 
     # --- checkpoints -------------------------------------------------------------------
     def resume_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:

@@ -189,6 +189,19 @@ class ShardGroup:
         """Ends every shard's service loop (the last command)."""
         self._call(Command.STOP)
 
+    def snapshot(self, sizes: Sequence[int]) -> list[dict[str, np.ndarray]]:
+        """Every shard's state (:meth:`LBFGSShardState.arrays`), shard order; ``sizes``:
+        each shard's slice length. Between iterations only (after ``commit``)."""
+        self.commands.send_all(
+            [Command.SNAPSHOT], self.ranks, self.timeout, "coordinator: SNAPSHOT"
+        )
+        out = []
+        for s, rank in enumerate(self.ranks):
+            what = f"coordinator: shard {s}'s answer to SNAPSHOT"
+            msg = self.replies.recv(rank, self.timeout, what, Backoff(first=20e-6, cap=2e-3))
+            out.append(LBFGSShardState.unpack(msg, sizes[s]))
+        return out
+
 
 class LBFGSShardService:
     """Serves one L-BFGS shard: the coordinator's commands and the replicas' pushes.
@@ -203,6 +216,8 @@ class LBFGSShardService:
         idle_timeout: seconds the shard may hear nothing (no command, no push) before
             it reports a stall (``Deadlines.coordinator_reply``: a pass waits at most
             that long for a lost replica).
+        on_poll: called at every turn of the loop (e.g. forwarding a signal this rank
+            got to the coordinator).
     """
 
     def __init__(
@@ -213,8 +228,10 @@ class LBFGSShardService:
         layout: Layout,
         timeout: float,
         idle_timeout: float = 600.0,
+        on_poll=None,
     ):
         self.comm, self.windows, self.state = comm, windows, state
+        self.on_poll = on_poll
         self.layout, self.timeout, self.idle_timeout = layout, timeout, idle_timeout
         self.shard = windows.shard
         self.lo, self.hi = windows.ranges[self.shard]
@@ -239,6 +256,8 @@ class LBFGSShardService:
         served = 0
         while True:
             watchdog.heartbeat(served)
+            if self.on_poll is not None:
+                self.on_poll()
             if self._take_pushes():
                 backoff.reset()
                 heard = time.monotonic()
@@ -304,6 +323,8 @@ class LBFGSShardService:
             state.commit(bool(cmd[1]))
         elif op == Command.RESET:
             state.reset()
+        elif op == Command.SNAPSHOT:
+            return state.pack()
         return np.ones(1)
 
     def _await_pushes(self, pass_id: int, expected: np.ndarray) -> None:

@@ -38,6 +38,7 @@ class Command(enum.IntEnum):
     COMMIT = 6  # [COMMIT, store]: keep the last pair if store; reply [1]
     RESET = 7  # [RESET]: forget the history; reply [1]
     STOP = 8  # [STOP]: leave the service loop; no reply
+    SNAPSHOT = 9  # [SNAPSHOT]: reply this shard's state (``LBFGSShardState.pack``)
 
 
 TAG_CMD, TAG_REPLY = 11, 12
@@ -125,3 +126,41 @@ class LBFGSShardState:
     def reset(self) -> None:
         """Forgets the history (the next direction is steepest descent)."""
         self.S, self.Y = [], []
+
+    # checkpoints: the state between two iterations (after ``commit``) -----------------
+    def arrays(self) -> dict[str, np.ndarray]:
+        """``x``, ``g`` (n,) and the history ``S``, ``Y`` (k, n), float64: all a resumed
+        run needs at an iteration boundary (``d`` and the trial point are recomputed)."""
+        n = len(self.x)
+        return {
+            "x": self.x.copy(),
+            "g": self.g.copy(),
+            "S": np.array(self.S).reshape(len(self.S), n),
+            "Y": np.array(self.Y).reshape(len(self.Y), n),
+        }
+
+    def restore(self, arrays: dict[str, np.ndarray]) -> None:
+        """Puts back what :meth:`arrays` returned."""
+        self.x = np.array(arrays["x"], np.float64)
+        self.g = np.array(arrays["g"], np.float64)
+        self.x_trial = self.x.copy()
+        self.S = [np.array(v, np.float64) for v in arrays["S"]]
+        self.Y = [np.array(v, np.float64) for v in arrays["Y"]]
+
+    def pack(self) -> np.ndarray:
+        """:meth:`arrays` as one float64 message ``[k, x, g, S, Y]``."""
+        a = self.arrays()
+        return np.concatenate([[len(self.S)], a["x"], a["g"], a["S"].ravel(), a["Y"].ravel()])
+
+    @staticmethod
+    def unpack(msg: np.ndarray, n: int) -> dict[str, np.ndarray]:
+        """The arrays of a :meth:`pack` message of a shard of ``n`` parameters."""
+        k = int(msg[0])
+        x, g = msg[1 : 1 + n], msg[1 + n : 1 + 2 * n]
+        rest = msg[1 + 2 * n :]
+        return {
+            "x": x.copy(),
+            "g": g.copy(),
+            "S": rest[: k * n].reshape(k, n).copy(),
+            "Y": rest[k * n :].reshape(k, n).copy(),
+        }

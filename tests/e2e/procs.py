@@ -20,3 +20,27 @@ def rank_pid(out: Path, rank: int) -> int | None:
         except (OSError, ValueError):
             continue
     return None
+
+
+def start_run(n: int, args: list[str], out: Path, ready, timeout: float = 180):
+    """Starts ``mpiexec -n n python -m hpcnet ARGS --out OUT`` in its own session (so
+    ``os.killpg`` reaches every rank) and returns the Popen once ``ready()`` is true.
+    stderr is piped, stdout dropped."""
+    import subprocess
+    import time
+
+    from tests.e2e.test_cli import MPIEXEC
+
+    p = subprocess.Popen(
+        [MPIEXEC, "-n", str(n), sys.executable, "-m", "hpcnet", *args, "--out", str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert p.poll() is None, "the run ended before it was stopped: " + p.stderr.read()
+        assert time.monotonic() < deadline, "the run did not get there in time"
+        time.sleep(0.01)
+    return p

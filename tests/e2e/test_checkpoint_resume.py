@@ -8,12 +8,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import h5py
 import pytest
 
+from tests.e2e.procs import start_run
 from tests.e2e.test_cli import MPIEXEC, hpcnet
 
 pytestmark = pytest.mark.skipif(MPIEXEC is None, reason="no mpiexec")
@@ -41,21 +41,9 @@ def _rank_pids(out: Path) -> list[int]:
     return pids
 
 
-def _start_and_wait_for(args: list[str], out: Path, after: str) -> subprocess.Popen:
+def _start_and_wait_for(args: list[str], out: Path, after: str):
     """Starts the run (2 ranks) and returns once ``out/after`` exists."""
-    p = subprocess.Popen(
-        [MPIEXEC, "-n", "2", sys.executable, "-m", "hpcnet", *args, "--out", str(out)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    deadline = time.monotonic() + 120
-    while not (out / after).exists():
-        assert p.poll() is None, "the run ended before it was stopped"
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
-    return p
+    return start_run(2, args, out, lambda: (out / after).exists(), timeout=120)
 
 
 def _killed_midway(args: list[str], out: Path, after: str) -> None:
@@ -128,14 +116,6 @@ def test_resume_refuses_damage_and_other_settings_in_one_line(tmp_path):
     # a finished run: nothing to resume, and not an error (a requeued finished job)
     code, _, stderr, _ = hpcnet(*args, "--resume", str(out), cwd=tmp_path)
     assert code == 0 and "nothing to resume" in stderr and "error" not in stderr, stderr
-
-
-@pytest.mark.timeout(120)
-def test_algorithms_that_cannot_resume_say_so(tmp_path):
-    code, _, stderr, _ = hpcnet(
-        "train", "--algo", "sandblaster", "--checkpoint-every", "10", n=3, cwd=tmp_path
-    )
-    assert code == 2 and "sandblaster cannot checkpoint its state" in stderr, stderr
 
 
 @pytest.mark.timeout(600)

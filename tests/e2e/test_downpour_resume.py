@@ -12,15 +12,12 @@ import json
 import math
 import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import h5py
 import pytest
 
-from tests.e2e.procs import rank_pid
+from tests.e2e.procs import rank_pid, start_run
 from tests.e2e.test_cli import MPIEXEC, hpcnet
 
 pytestmark = pytest.mark.skipif(MPIEXEC is None, reason="no mpiexec")
@@ -38,21 +35,9 @@ def _args(n_push: int) -> list[str]:
     ]  # fmt: skip
 
 
-def _start(n: int, args: list[str], out: Path, checkpoints: int) -> subprocess.Popen:
+def _start(n: int, args: list[str], out: Path, checkpoints: int):
     """Starts the run and returns once ``checkpoints`` intermediate ones are on disk."""
-    p = subprocess.Popen(
-        [MPIEXEC, "-n", str(n), sys.executable, "-m", "hpcnet", *args, "--out", str(out)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    deadline = time.monotonic() + 180
-    while len(list(out.glob("checkpoint-*.h5"))) < checkpoints:
-        assert p.poll() is None, "the run ended before it was stopped: " + p.stderr.read()
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
-    return p
+    return start_run(n, args, out, lambda: len(list(out.glob("checkpoint-*.h5"))) >= checkpoints)
 
 
 def _checkpoint(out: Path, shards: int) -> tuple[int, list[list[int]]]:

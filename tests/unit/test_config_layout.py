@@ -121,3 +121,18 @@ def test_shard_ranges_balanced_and_at_boundaries():
         shard_ranges(5, 6)
     with pytest.raises(LayoutError, match="at least 1"):
         shard_ranges(5, 0)
+
+
+def test_an_algorithm_that_cannot_resume_refuses_checkpoint_flags_in_one_line(monkeypatch):
+    # every built-in algorithm resumes; one registered without it must say so, naming
+    # the flag, instead of training without the checkpoints the user asked for
+    from dataclasses import replace
+
+    from hpcnet.algos import registry
+
+    plain = replace(registry.get_algorithm("sync"), name="plain", resumable=False)
+    monkeypatch.setitem(registry._REGISTRY, "plain", plain)
+    load_config(None, {"algo.name": "plain"})  # no checkpoint flag: fine
+    for key, value in (("run.checkpoint_every", 10), ("run.resume", "OUT")):
+        with pytest.raises(ConfigError, match="plain cannot checkpoint its state"):
+            load_config(None, {"algo.name": "plain", key: value})

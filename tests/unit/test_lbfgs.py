@@ -78,3 +78,26 @@ def test_serial_lbfgs_reaches_scipy_minimum():
     best = scipy.optimize.minimize(lambda x: fg(x)[0], np.zeros(8), jac=lambda x: fg(x)[1]).fun
     assert it[-1].loss == pytest.approx(best, rel=1e-8)
     assert all(a.loss >= b.loss for a, b in zip(it, it[1:], strict=False))  # monotone (Armijo)
+
+
+def test_shard_state_survives_a_checkpoint_message():
+    # a shard after two stored pairs; its packed state, unpacked into a fresh shard,
+    # must give the same Gram matrix and the same next iterate
+    rng = np.random.default_rng(3)
+    n = 7
+    a = LBFGSShardState(rng.normal(size=n), m=5)
+    for _ in range(3):
+        a.direction(np.array([-1.0]) if not a.S else -np.ones(2 * len(a.S) + 1))
+        a.begin(0.5)
+        a.add(rng.normal(size=n))
+        a.finalize(1)
+        a.accept()
+        a.commit(True)
+    b = LBFGSShardState(np.zeros(n), m=5)
+    b.restore(LBFGSShardState.unpack(a.pack(), n))
+    assert len(b.S) == len(a.S) == 3
+    np.testing.assert_array_equal(b.gram(), a.gram())
+    delta = np.linspace(-1, 1, 2 * len(a.S) + 1)
+    a.direction(delta)
+    b.direction(delta)
+    np.testing.assert_array_equal(b.begin(0.25), a.begin(0.25))

@@ -41,6 +41,13 @@ and end (a barrier, :func:`_finish`: the gather of the shards' slices, then the
 evaluation and the summary) on every rank; in between no collective runs, so a lost
 replica does not stop the others. Every rank computes the units, ranges and pass
 budget from the same config (:func:`_plan`).
+
+Checkpoints and preemption: after an accepted iteration the coordinator writes
+OUT/checkpoint.h5 when one is due (``--checkpoint-every`` iterations, or seconds) or
+a rank got SIGTERM/SIGUSR1 (shards and replicas forward theirs to it,
+:meth:`~hpcnet.algos.lifecycle.Run.forward_signal`): the shards' x, g and history
+(``SNAPSHOT``), its own scalars and counters. ``--resume``: each shard restores its
+slices, the coordinator its scalars, and the iterations go on.
 """
 
 from __future__ import annotations
@@ -117,9 +124,18 @@ def _shard(run: Run) -> dict:
     p, cfg = run.shared, run.cfg
     lo, hi = p.ranges[run.role.index]
     state = LBFGSShardState(run.model.params[lo:hi], cfg.lbfgs.m, cfg.optim.weight_decay)
+    resumed = run.resume_state()
+    if resumed is not None:  # x, g and the history where the checkpoint left them
+        state.restore(resumed[0])
     d = run.deadlines
     service = LBFGSShardService(
-        run.comm, p.windows, state, run.layout, d.shard_reply, d.coordinator_reply
+        run.comm,
+        p.windows,
+        state,
+        run.layout,
+        d.shard_reply,
+        d.coordinator_reply,
+        on_poll=run.forward_signal,
     )
     result = service.run()
     p.x = result.pop("_x")
@@ -128,7 +144,15 @@ def _shard(run: Run) -> dict:
 
 def _replica(run: Run) -> dict:
     p = run.shared
-    return run_replica(run.prep, run.comm, p.windows, run.role.index, p.units, run.deadlines)
+    return run_replica(
+        run.prep,
+        run.comm,
+        p.windows,
+        run.role.index,
+        p.units,
+        run.deadlines,
+        on_poll=run.forward_signal,
+    )
 
 
 def _finish(run: Run) -> None:
@@ -147,7 +171,9 @@ def _summarise(run: Run, gathered: list[tuple[str, dict]], train_s: float) -> di
         "replicas": reps,
         "steps": coord["iterations"],
         "epochs": coord["passes"] * p.n_batch / info.n_train,
-        "samples_per_s": coord["passes"] * p.n_batch / train_s if train_s else 0.0,
+        "samples_per_s": (coord["passes"] - coord["passes_before_resume"]) * p.n_batch / train_s
+        if train_s
+        else 0.0,
         "train_s": train_s,
         "units_per_pass": len(p.units),
         "unit_size": p.unit,
@@ -169,5 +195,6 @@ SANDBLASTER = register(
         summarise=_summarise,
         describe=_describe,
         supports_partitions=False,
+        resumable=True,
     )
 )

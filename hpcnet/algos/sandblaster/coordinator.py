@@ -73,7 +73,7 @@ class Coordinator:
         self.R = run.layout.replicas
         self.shards = ShardGroup(run.comm, run.layout.shard_ranks, deadlines.shard_reply)
         self.replicas = ReplicaLinks(run.comm, run.layout)
-        self.passes = 0
+        self.passes = self.passes0 = 0  # passes0: those before a resume
         self.completed = np.zeros(self.R, np.int64)
         self.backups = self.discarded = 0
         self.lost_events: list[tuple[int, int]] = []  # (pass, replica)
@@ -132,11 +132,15 @@ class Coordinator:
         without history); stops the replicas and the shards; returns the figures."""
         m = self.prep.cfg.lbfgs.m
         t0 = time.perf_counter()
-        f, _, gg, acc = self.evaluate(0.0)
-        self.shards.accept()
-        self.shards.commit(False)
-        self._record(0, f, acc, 0.0, gg, t0)
-        k = 0  # pairs stored
+        resumed = self.run_.resume_state()
+        if resumed is None:
+            f, _, gg, acc = self.evaluate(0.0)
+            self.shards.accept()
+            self.shards.commit(False)
+            self._record(0, f, acc, 0.0, gg, t0)
+            k = 0  # pairs stored
+        else:  # the shards restored their slices of x, g and the history themselves
+            f, gg, acc, k = self._restore(resumed[1])
         while self.passes < self.max_passes:
             if k:
                 gram = self.shards.gram(k)
@@ -171,6 +175,8 @@ class Coordinator:
                 k = min(k + 1, m)
             f, gg, acc = f_t, gg_t, acc_t
             self._record(len(self.history), f, acc, t, gg, t0)
+            if self._checkpoint_or_stop(k, f, gg, acc):
+                break
         self.replicas.stop(self.passes, self.deadlines.end_barrier)
         self.shards.stop()
         return {
@@ -184,7 +190,59 @@ class Coordinator:
             "lost_events": self.lost_events,
             "final_train_loss": f,
             "final_train_accuracy": acc,
+            "passes_before_resume": self.passes0,
         }
+
+    # checkpoints ----------------------------------------------------------------------
+    def _checkpoint_or_stop(self, k: int, f: float, gg: float, acc: float) -> bool:
+        """After an accepted iteration: writes a checkpoint when one is due or a rank got
+        SIGTERM/SIGUSR1; returns True when the run must stop for that signal."""
+        run, it = self.run_, len(self.history) - 1
+        signum = run.signal_heard()
+        if signum or run.checkpoint_due(it):
+            self._checkpoint(it, k, f, gg, acc)
+        if signum and self.passes < self.max_passes:
+            run.stopped_by = (signum, it)
+            return True
+        return False
+
+    def _checkpoint(self, it: int, k: int, f: float, gg: float, acc: float) -> None:
+        """OUT/checkpoint.h5 at iteration ``it``: the shards' x, g and history (asked for
+        with SNAPSHOT), the coordinator's scalars and counters (its line search starts
+        afresh each iteration: nothing of it is pending here)."""
+        run = self.run_
+        ranges = run.shared.ranges
+        snaps = self.shards.snapshot([hi - lo for lo, hi in ranges])
+        ranks: list[tuple[dict, dict]] = [({}, {}) for _ in range(run.comm.Get_size())]
+        ranks[0] = (
+            {},
+            {
+                "k": k,
+                "f": f,
+                "gg": gg,
+                "acc": acc,
+                "passes": self.passes,
+                "completed": self.completed.tolist(),
+                "backups": self.backups,
+                "discarded": self.discarded,
+                "lost_events": self.lost_events,
+                "loss_history": [h["loss"] for h in self.history],
+            },
+        )
+        for r, a in zip(run.layout.shard_ranks, snaps, strict=True):
+            ranks[r] = (a, {"pairs": len(a["S"])})
+        params = np.concatenate([a["x"] for a in snaps]).astype(np.float32)
+        epoch = self.passes * self.n_batch / self.prep.info.n_train
+        run.write_checkpoint(it, epoch, params, ranks)
+
+    def _restore(self, st: dict) -> tuple[float, float, float, int]:
+        """Takes the coordinator's state of a checkpoint; returns (f, g.g, accuracy, k)."""
+        self.passes = self.passes0 = int(st["passes"])
+        self.completed[:] = st["completed"]
+        self.backups, self.discarded = int(st["backups"]), int(st["discarded"])
+        self.lost_events = [tuple(e) for e in st["lost_events"]]
+        self.history = [{"loss": loss} for loss in st["loss_history"]]
+        return float(st["f"]), float(st["gg"]), float(st["acc"]), int(st["k"])
 
     def _record(self, it, f, acc, t, gg, t0):
         """One progress record per iteration (the run's one shape): ``step`` counts
@@ -198,7 +256,9 @@ class Coordinator:
             loss=f,
             accuracy=acc,
             lr=t,
-            samples_per_s=self.passes * self.n_batch / max(time.perf_counter() - t0, 1e-9),
+            samples_per_s=(self.passes - self.passes0)
+            * self.n_batch
+            / max(time.perf_counter() - t0, 1e-9),
             suffix=f"  passes {self.passes}/{self.max_passes}  |g| {math.sqrt(gg):.3g}  "
             f"units/replica {self.completed.tolist()}",
             iteration=it,

@@ -48,12 +48,15 @@ def run_replica(
     r: int,
     units: list[tuple[int, int]],
     deadlines: Deadlines,
+    on_poll=None,
 ) -> dict:
     """Replica ``r``'s work loop, until the coordinator says ``STOP``; returns its figures.
 
     Args:
         units: ``(lo, hi)`` rows of each work unit (the unit indices the coordinator
             names).
+        on_poll: called before each request (e.g. forwarding a signal this rank got
+            to the coordinator).
     """
     cfg, model, backend, info = prep.cfg, prep.model, prep.backend, prep.info
     faults = cfg.faults
@@ -72,6 +75,8 @@ def run_replica(
 
     while True:
         watchdog.heartbeat(done_units)
+        if on_poll is not None:
+            on_poll()
         reply = link.ask(request)  # WORK or DONE: asks for work
         p = reply.pass_id
         if p != current:  # a new pass: anything kept from the old one is void
