@@ -31,7 +31,7 @@ def _args(n_push: int) -> list[str]:
     return [
         "train", "--algo", "downpour", "--batch-size", "8", "--epochs", str(EPOCHS),
         "--threads", "1", "--log-every", "10", "--checkpoint-every", "20",
-        "--n-push", str(n_push), "--replicas", "2",
+        "--n-push", str(n_push), "--replicas", "2", "--keep-checkpoints", "3",
     ]  # fmt: skip
 
 
@@ -60,20 +60,22 @@ def _first_loss_after(out: Path, event: str | None) -> float:
     raise AssertionError(f"no progress record after {event}")
 
 
-def _assert_every_push_once(out: Path, n_push: int) -> None:
+def _assert_every_push_once(out: Path, n_push: int, clients: int = 2) -> None:
     summary = json.loads((out / "summary.json").read_text())
-    pushes = math.ceil(STEPS / n_push)  # per replica: the last one may hold fewer steps
+    pushes = math.ceil(STEPS / n_push)  # per client: the last one may hold fewer steps
     for shard in summary["shards"]:
-        assert shard["pushes_applied"] == [pushes, pushes], shard["pushes_applied"]
+        assert shard["pushes_applied"] == [pushes] * clients, shard["pushes_applied"]
     assert summary["steps"] == 2 * STEPS and summary["test_accuracy"] > 0.85, summary
 
 
 @pytest.mark.timeout(600)
-@pytest.mark.parametrize("shards, n_push", [(1, 1), (2, 3)])
-def test_killed_and_resumed_applies_every_push_once_and_loss_goes_on(tmp_path, shards, n_push):
-    n = shards + 2
+@pytest.mark.parametrize("shards, n_push, partitions", [(1, 1, 1), (2, 3, 1), (1, 1, 2)])
+def test_killed_and_resumed_applies_every_push_once_and_loss_goes_on(
+    tmp_path, shards, n_push, partitions
+):
+    n = shards + 2 * partitions  # 2 replicas of M partitions (a client each)
     out = tmp_path / "run"
-    args = [*_args(n_push), "--shards", str(shards)]
+    args = [*_args(n_push), "--shards", str(shards), "--partitions", str(partitions)]
     p = _start(n, args, out, checkpoints=2)
     os.killpg(p.pid, signal.SIGKILL)
     p.wait(timeout=30)
@@ -83,7 +85,7 @@ def test_killed_and_resumed_applies_every_push_once_and_loss_goes_on(tmp_path, s
     assert code == 0, stderr
     assert "test accuracy" in stdout
     # every push of the whole budget applied once per shard, across the restart
-    _assert_every_push_once(out, n_push)
+    _assert_every_push_once(out, n_push, clients=2 * partitions)
     # the loss goes on from where the shards were (a fresh start would be back near ln 10)
     fresh, resumed = _first_loss_after(out, None), _first_loss_after(out, "resume")
     assert resumed < 0.6 * fresh, (fresh, resumed)

@@ -118,7 +118,11 @@ def _setup(run: Run) -> _Shared:
         if states is None:
             mine.local_arrays()[0][:] = model.params[mine.lo : mine.hi]
         else:
-            service.restore(*states[s], steps=[c.step for c in resume])
+            # STEPS: counted by one partition per replica (the one reporting)
+            M = layout.partitions
+            service.restore(
+                *states[s], steps=[c.step if i % M == 0 else 0 for i, c in enumerate(resume)]
+            )
         shared.service = service
         shared.checkpoints = ShardCheckpoints(
             comm,
