@@ -48,6 +48,7 @@ class RunConfig:
     resume: str = ""  # continue the run in this OUT from its newest checkpoint
     resume_fallback: bool = False  # with resume: fall back to an older intact checkpoint
     timeout: float = 300.0  # seconds any rank may wait for another (the watchdog), > 0
+    tensorboard: bool = True  # also write OUT/tb/ event files (when tensorboardX is installed)
 
 
 @dataclass(frozen=True)
@@ -213,6 +214,11 @@ FLAGS: dict[str, tuple[str, str, str]] = {
     ),
     "--keep-checkpoints": ("run", "keep_checkpoints", "checkpoints kept in OUT (>= 1)"),
     "--resume": ("run", "resume", "continue the run in this OUT from its newest checkpoint"),
+    "--tensorboard": (
+        "run",
+        "tensorboard",
+        "write TensorBoard event files in OUT/tb (needs the tensorboard extra; default on)",
+    ),
     "--resume-fallback": (
         "run",
         "resume_fallback",

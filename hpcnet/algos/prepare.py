@@ -120,7 +120,7 @@ def prepare(cfg: Config, comm: MPI.Intracomm, verbose: bool = True) -> Prepared:
     prep.resume = resume
     if comm.Get_rank() == 0:
         save_config(cfg, out / "config.toml")
-        prep.log = MetricsLog(out, append=resume is not None)
+        prep.log = MetricsLog(out, append=resume is not None, tensorboard=cfg.run.tensorboard)
     # compile once per node, before any timing starts (throughput excludes compilation)
     # on a model of its own: a first step on the run's model would bind it to the GPU
     # (cuda backend) before rank 0 initialises the host copy that is broadcast

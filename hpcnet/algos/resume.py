@@ -27,6 +27,7 @@ MAY_CHANGE = {
     ("run", "keep_checkpoints"),
     ("run", "log_every"),
     ("run", "verbose"),
+    ("run", "tensorboard"),
     ("run", "threads"),
 }
 

@@ -33,18 +33,53 @@ def make_out_dir(out: str) -> Path:
 
 
 class MetricsLog:
-    """Appends one JSON object per line to ``OUT/metrics.jsonl`` (flushed per record)."""
+    """Appends one JSON object per line to ``OUT/metrics.jsonl`` (flushed per record)
+    and, with ``tensorboard`` and tensorboardX installed (the ``tensorboard`` extra),
+    the same as TensorBoard scalars in ``OUT/tb/``: per progress record ``train/loss``,
+    ``train/accuracy``, ``train/lr``, ``train/samples_per_s`` at its ``step``; the
+    test record as ``test/loss`` and ``test/accuracy``."""
 
-    def __init__(self, out_dir: Path, append: bool = False):
+    def __init__(self, out_dir: Path, append: bool = False, tensorboard: bool = False):
         self.path = Path(out_dir) / "metrics.jsonl"
         self._f: TextIO = open(self.path, "a" if append else "w")  # append: a resumed run
+        self._tb = _tensorboard_writer(Path(out_dir) / "tb") if tensorboard else None
 
     def write(self, record: dict[str, Any]) -> None:
         self._f.write(json.dumps(record) + "\n")
         self._f.flush()
+        if self._tb is not None:
+            _tensorboard_record(self._tb, record)
 
     def close(self) -> None:
         self._f.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+def _tensorboard_writer(path: Path):
+    """A tensorboardX ``SummaryWriter`` into ``path``; None when it is not installed."""
+    try:
+        from tensorboardX import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(logdir=str(path))
+
+
+_TB_TRAIN = ("loss", "accuracy", "lr", "samples_per_s")
+
+
+def _tensorboard_record(writer, rec: dict[str, Any]) -> None:
+    step = rec.get("step")
+    if step is None:
+        return
+    if "event" not in rec:
+        for k in _TB_TRAIN:
+            if isinstance(rec.get(k), int | float):
+                writer.add_scalar(f"train/{k}", rec[k], step)
+    elif rec["event"] == "test":
+        writer.add_scalar("test/loss", rec["test_loss"], step)
+        writer.add_scalar("test/accuracy", rec["test_accuracy"], step)
+    writer.flush()  # a run killed later keeps what it wrote
 
 
 def write_summary(out_dir: Path, summary: dict[str, Any]) -> Path:
