@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 X_LABELS = {
-    "step": "step (Sandblaster: L-BFGS iteration)",
+    "step": "step",
     "time": "time since the run started (s, kernel compilation left out)",
 }
 
@@ -131,7 +131,7 @@ def make_figure(runs: list[RunResults], x: str = "step") -> Figure:
     for ax, (get, draw) in zip(axes, panels, strict=False):
         data = [(get(r), lab, c) for r, lab, c in zip(runs, labels, colors, strict=True)]
         draw(ax, [(d, lab, c) for d, lab, c in data if d is not None], x)
-    fig.suptitle(_title(runs, labels))
+    fig.suptitle(_title(runs))
     return fig
 
 
@@ -147,18 +147,18 @@ def plot_runs(runs: list[RunResults], path: str | Path, x: str = "step") -> Path
     return path
 
 
-def _title(runs: list[RunResults], labels: list[str]) -> str:
+def _title(runs: list[RunResults]) -> str:
     if len(runs) > 1:
         return f"{len(runs)} runs"
     s, test = runs[0].summary, runs[0].test
-    parts = [labels[0]]
-    if "layout_text" in s:
-        parts.append(f"{s['layout_text']}, {s.get('dataset', '?')}")
+    title = run_labels(runs, detail=False)[0]
+    if "model" in s:
+        title += f": {s['model']} on {s.get('dataset', '?')}, {s.get('layout_text', '')}"
     if test is not None:
-        parts.append(f"test accuracy {test['test_accuracy']:.4f}")
+        title += f"; test accuracy {test['test_accuracy']:.4f}"
     elif not s:
-        parts.append("unfinished (no summary.json)")
-    return "; ".join(parts)
+        title += ": unfinished (no summary.json)"
+    return title
 
 
 def _curves(ax: Axes, runs, x: str, key: str, test_key: str) -> None:
@@ -172,7 +172,8 @@ def _curves(ax: Axes, runs, x: str, key: str, test_key: str) -> None:
         tx = run.test_x(x)
         if tx is not None:
             ax.scatter([tx], [run.test[test_key]], color=color, marker="*", s=140, zorder=3)
-    ax.set_xlabel(X_LABELS[x])
+    iterations = x == "step" and any(r.summary.get("algo") == "sandblaster" for r, _, _ in runs)
+    ax.set_xlabel(X_LABELS[x] + (" (Sandblaster: L-BFGS iteration)" if iterations else ""))
     ax.grid(alpha=0.3)
     handles, names = ax.get_legend_handles_labels()
     if any(run.test is not None for run, _, _ in runs):

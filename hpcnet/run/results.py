@@ -173,10 +173,10 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     return records
 
 
-def run_labels(runs: list[RunResults]) -> list[str]:
+def run_labels(runs: list[RunResults], detail: bool = True) -> list[str]:
     """A short, distinct name per run for legends: the OUT folder's name, with as many
-    parent folders as it takes to tell the runs apart, then ``(algo, model)`` when the
-    summary says so."""
+    parent folders as it takes to tell the runs apart, then (``detail``) ``(algo,
+    model)`` when the summary says so."""
     paths = [r.out.resolve() for r in runs]
     depth = 1
     while depth < max(len(p.parts) for p in paths):
@@ -185,6 +185,8 @@ def run_labels(runs: list[RunResults]) -> list[str]:
             break
         depth += 1
     names = ["/".join(p.parts[-depth:]) for p in paths]
+    if not detail:
+        return names
     labels = []
     for name, run in zip(names, runs, strict=True):
         s = run.summary
