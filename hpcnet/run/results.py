@@ -42,6 +42,7 @@ class RunResults:
             counted; the resumed process's own compilation, from Numba's cache, is).
         events: the event records (``"event"`` key), in file order.
         summary: ``summary.json``, or ``{}`` when the run wrote none (yet).
+        test_time_s: the test record's time, as :attr:`time_s`; None without one.
     """
 
     out: Path
@@ -49,7 +50,7 @@ class RunResults:
     time_s: np.ndarray
     events: list[dict[str, Any]] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)
-    _test_time_s: float | None = None
+    test_time_s: float | None = None
 
     def column(self, key: str) -> np.ndarray:
         """(len(progress),) float64: ``key`` of every progress record (NaN where absent
@@ -82,7 +83,7 @@ class RunResults:
         """Where the test record lies on the x axis ``kind`` (see :meth:`x`), or None."""
         if self.test is None:
             return None
-        return float(self.test["step"]) if kind == "step" else self._test_time_s
+        return float(self.test["step"]) if kind == "step" else self.test_time_s
 
 
 def read_results(out: str | Path) -> RunResults:
@@ -126,7 +127,7 @@ def read_results(out: str | Path) -> RunResults:
         time_s=np.array(times, np.float64),
         events=events,
         summary=summary,
-        _test_time_s=test_time,
+        test_time_s=test_time,
     )
 
 
