@@ -1,4 +1,4 @@
-"""``python -m hpcnet SUBCOMMAND``: train (the default), data, info, bench.
+"""``python -m hpcnet SUBCOMMAND``: train (the default), data, info, bench, plot, export.
 
 Run under MPI: ``mpiexec -n 4 python -m hpcnet train --data fashion-mnist``.
 Every rank parses the same arguments and validates them before any
@@ -15,7 +15,7 @@ from hpcnet import __version__
 from hpcnet.errors import AlreadyFinished, HpcnetError
 from hpcnet.run.preempt import Preempted
 
-SUBCOMMANDS = ("train", "data", "info", "bench")
+SUBCOMMANDS = ("train", "data", "info", "bench", "plot", "export")
 # ``python -m hpcnet bench NAME [ARGS]`` runs benchmarks/SCRIPT.py ARGS (a source checkout);
 # NAME is the first word of SCRIPT. Every script in benchmarks/ (not _private) is here.
 BENCHMARKS = {
@@ -41,6 +41,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     from hpcnet.config import add_train_flags
     from hpcnet.data.cli import add_data_parser
+    from hpcnet.run.cli import add_export_parser, add_plot_parser
 
     p = _Parser(
         prog="python -m hpcnet",
@@ -72,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("name", choices=sorted(BENCHMARKS), help="which benchmark")
     b.add_argument("args", nargs=argparse.REMAINDER, help="its arguments")
     b.set_defaults(func=_cmd_bench)
+    add_plot_parser(sub)
+    add_export_parser(sub)
     return p
 
 

@@ -34,6 +34,16 @@ class CheckpointError(HpcnetError):
     """A missing, corrupt, truncated or incompatible checkpoint file."""
 
 
+class ResultsError(HpcnetError):
+    """A run's output directory (``OUT``) that is missing, or whose results files
+    (``metrics.jsonl``, ``summary.json``) are missing or unreadable."""
+
+
+class MissingExtra(HpcnetError):
+    """An optional dependency is not installed (e.g. matplotlib, the ``plot`` extra,
+    for ``python -m hpcnet plot``; PyTorch for ``export --format torch``)."""
+
+
 class AlreadyFinished(HpcnetError):
     """``--resume OUT`` of a run that finished (its newest checkpoint is the final one):
     nothing to do, exit status 0, so a requeued job that had finished ends quietly."""

@@ -33,13 +33,24 @@ def model_parallel_summary(run: Run) -> dict[str, Any]:
 
 
 def base_summary(run: Run) -> dict[str, Any]:
-    """The summary fields every algorithm reports."""
+    """The summary fields every algorithm reports.
+
+    ``input_shape`` (C, H, W), ``num_classes`` and the input normalisation
+    ``input_mean``/``input_std`` ((C,) raw pixel units; the model sees
+    ``(pixel - mean) / std``) are what ``python -m hpcnet export`` needs to rebuild
+    the model and what a user of the exported weights needs to feed it.
+    """
     prep = run.prep
     return {
         "algo": prep.cfg.algo.name,
         "model": prep.model.name,
         "dataset": prep.cfg.data.name,
         "data_file": str(prep.info.path),
+        "input_shape": list(prep.model.input_shape),
+        "num_classes": int(prep.info.num_classes),
+        "class_names": list(prep.info.class_names),
+        "input_mean": [float(v) for v in prep.info.mean],
+        "input_std": [float(v) for v in prep.info.std],
         "world_size": run.comm.Get_size(),
         "layout": prep.layout.to_dict(),
         "layout_text": prep.layout.describe(),

@@ -51,6 +51,15 @@ class Model:
         if layers and isinstance(layers[-1], Dense):
             layers[-1].init_gain = 1.0  # logits: no ReLU follows
 
+    def named_params(self) -> dict[str, np.ndarray]:
+        """Each parameter tensor under its segment name (``"6.Dense.w"``: layer index,
+        layer type, parameter), in flat-vector order: views of ``params`` in the
+        layer's shape, e.g. Dense w (out, in), Conv2D w (out, in/groups, kh, kw)."""
+        return {
+            name: self.params[lo:hi].reshape(pshape)
+            for (name, lo, hi), (_, _, pshape, _) in zip(self.segments, self._specs, strict=True)
+        }
+
     def _bind(self, params, grads) -> None:
         """Binds every layer to views of the flat ``params``/``grads`` (host or device)."""
         views: dict[int, tuple[dict, dict]] = {}

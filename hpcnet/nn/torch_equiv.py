@@ -1,0 +1,132 @@
+"""The PyTorch equivalent of an hpcnet model, for weights leaving hpcnet.
+
+:func:`torch_module` builds a ``torch.nn.Module`` that computes the same logits as
+an hpcnet :class:`~hpcnet.nn.model.Model` in inference mode, and
+:func:`torch_state_dict` fills it from the model's flat parameters:
+
+>>> net = torch_module(model).eval()
+>>> net.load_state_dict(torch_state_dict(model))   # or torch.load("OUT/weights.pt")
+>>> logits = net(torch.from_numpy(x))              # x (N, *model.input_shape) float32
+
+The module is a ``torch.nn.Sequential`` with one entry per hpcnet layer, so layer i
+of the model is entry i and its parameters are PyTorch's ``"i.weight"`` and
+``"i.bias"``. hpcnet already stores them in PyTorch's layouts: ``Dense`` w (out, in)
+as ``nn.Linear.weight``, ``Conv2D`` w (out, in/groups, kh, kw) as
+``nn.Conv2d.weight`` (both are cross-correlations, same zero padding), and
+``Flatten`` flattens (C, H, W) in row-major order as ``nn.Flatten`` does. ``LRN``
+becomes ``nn.LocalResponseNorm`` with ``alpha * size`` (PyTorch divides alpha by
+the window size, Krizhevsky et al. 2012 sec. 3.3 do not); ``Towers`` becomes a
+module holding the towers as ``towers.t`` (``nn.Sequential`` each), whose outputs
+are concatenated along channels, so tower t's layer j's weight is
+``"i.towers.t.j.weight"``.
+
+PyTorch is optional: importing this module does not import it; the functions do.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import TYPE_CHECKING
+
+from hpcnet.nn.layers import LRN, Conv2D, Dense, Dropout, Flatten, Layer, MaxPool2D, ReLU, Towers
+from hpcnet.nn.model import Model
+
+if TYPE_CHECKING:
+    import torch
+
+_PARAM = {"w": "weight", "b": "bias"}
+
+
+def torch_names(model: Model) -> dict[str, str]:
+    """hpcnet segment name (``model.segments``, e.g. ``"6.Dense.w"``) -> the
+    equivalent module's state_dict key (``"6.weight"``), in flat-vector order."""
+    names = {}
+    for i, layer in enumerate(model.layers):
+        kind = type(layer).__name__
+        for pname, _ in layer.param_specs():
+            *tower, last = pname.split(".")  # Towers: "t.j.w"
+            inner = f"towers.{'.'.join(tower)}." if tower else ""
+            names[f"{i}.{kind}.{pname}"] = f"{i}.{inner}{_PARAM[last]}"
+    return names
+
+
+def torch_state_dict(model: Model) -> dict[str, torch.Tensor]:
+    """The model's current parameters as a state_dict for :func:`torch_module`.
+
+    Returns:
+        key -> float32 CPU tensor, a copy (not a view of ``model.params``), with the
+        layer's parameter shape, e.g. ``"0.weight"`` (out, in/groups, kh, kw).
+    Raises:
+        ImportError: PyTorch is not installed.
+    """
+    import torch
+
+    names = torch_names(model)
+    return {names[k]: torch.from_numpy(v.copy()) for k, v in model.named_params().items()}
+
+
+def torch_module(model: Model) -> torch.nn.Module:
+    """A ``torch.nn.Sequential`` computing the same function as ``model`` (see the
+    module doc), freshly initialised by PyTorch: load :func:`torch_state_dict` (or an
+    exported ``weights.pt``) into it, and call ``.eval()`` (Dropout) before inference.
+
+    Raises:
+        ImportError: PyTorch is not installed.
+        ValueError: a layer type with no PyTorch equivalent here.
+    """
+    import torch.nn as nn
+
+    return nn.Sequential(*[_torch_layer(layer) for layer in model.layers])
+
+
+def _torch_layer(layer: Layer):
+    import torch.nn as nn
+
+    if isinstance(layer, Dense):
+        return nn.Linear(layer.in_shape[0], layer.units)
+    if isinstance(layer, Conv2D):
+        return nn.Conv2d(
+            layer.in_shape[0],
+            layer.filters,
+            layer.kernel,
+            stride=layer.stride,
+            padding=layer.pad,
+            groups=layer.groups,
+        )
+    if isinstance(layer, MaxPool2D):
+        return nn.MaxPool2d(layer.kernel, layer.stride)  # floor mode, as conv_out_size
+    if isinstance(layer, ReLU):
+        return nn.ReLU()
+    if isinstance(layer, Flatten):
+        return nn.Flatten()
+    if isinstance(layer, Dropout):
+        return nn.Dropout(layer.rate)
+    if isinstance(layer, LRN):
+        return nn.LocalResponseNorm(layer.size, layer.alpha * layer.size, layer.beta, layer.k)
+    if isinstance(layer, Towers):
+        towers = [nn.Sequential(*[_torch_layer(sub) for sub in t]) for t in layer.towers]
+        return _towers_class()(towers)
+    raise ValueError(f"no PyTorch equivalent for hpcnet layer {type(layer).__name__}")
+
+
+@functools.cache
+def _towers_class():
+    """The torch.nn.Module for :class:`~hpcnet.nn.layers.Towers` (defined on first use,
+    so that importing this module does not need PyTorch)."""
+    import torch
+    import torch.nn as nn
+
+    class TowersModule(nn.Module):
+        """Parallel towers on the same input, outputs concatenated along channels (dim 1)."""
+
+        def __init__(self, towers: list[nn.Module]):
+            super().__init__()
+            self.towers = nn.ModuleList(towers)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.cat([t(x) for t in self.towers], dim=1)  # (N, sum C_t, H', W')
+
+    return TowersModule
+
+
+__all__ = ["torch_module", "torch_names", "torch_state_dict"]

@@ -1,0 +1,100 @@
+"""The PyTorch equivalent of every cheap zoo model: hpcnet's parameters loaded into it
+give hpcnet's own logits on real rows (the shipped UCI digits), in inference mode."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from hpcnet.data import normalize, open_dataset, read_rows
+from hpcnet.kernels import get_backend
+from hpcnet.nn.layers import LRN
+from hpcnet.nn.model import Model
+from hpcnet.nn.torch_equiv import torch_module, torch_names, torch_state_dict
+from hpcnet.nn.zoo import build_model
+from tests.close import assert_close
+from tests.conftest import DIGITS
+
+torch = pytest.importorskip("torch")
+pytestmark = pytest.mark.timeout(120)
+
+# wide_mlp (20 M parameters) is mlp's layers, wider: mlp covers it
+MODELS_8x8 = ["digits_cnn", "linear", "mlp"]
+MODELS_28x28 = ["mlp", "lenet", "2conv", "alexnet", "towers"]
+
+
+def _digits_rows(n: int, size: int) -> np.ndarray:
+    """(n, 1, size, size) float32: the first n test digits, normalised as training does;
+    for size 28, each 8x8 digit scaled up 3x (nearest) and zero-padded to 28x28."""
+    info = open_dataset(DIGITS)
+    images, _ = read_rows(DIGITS, "test", 0, n)  # (n, 1, 8, 8) uint8
+    x = normalize(images, info.mean, info.std)
+    if size == 28:
+        x = np.kron(x, np.ones((1, 1, 3, 3), np.float32))  # (n, 1, 24, 24)
+        x = np.pad(x, ((0, 0), (0, 0), (2, 2), (2, 2)))
+    return np.ascontiguousarray(x, np.float32)
+
+
+def _model(name: str, size: int, seed: int = 0) -> Model:
+    model = build_model(name, (1, size, size), 10)
+    model.init(seed)
+    rng = np.random.default_rng(seed)
+    for seg, p in model.named_params().items():  # zero biases would not test their mapping
+        if seg.endswith(".b"):
+            p[...] = rng.normal(0.0, 0.1, p.shape)
+    return model
+
+
+def _torch_logits(model: Model, x: np.ndarray) -> np.ndarray:
+    net = torch_module(model).eval()
+    net.load_state_dict(torch_state_dict(model))  # strict: every name and shape fits
+    with torch.no_grad():
+        return net(torch.from_numpy(x)).numpy()
+
+
+@pytest.mark.parametrize(
+    "name,size", [(m, 8) for m in MODELS_8x8] + [(m, 28) for m in MODELS_28x28]
+)
+def test_torch_module_gives_hpcnets_logits(name, size):
+    model = _model(name, size)
+    x = _digits_rows(16, size)
+    ref = model.forward(x, get_backend("cpu"), train=False)  # (16, 10)
+    got = _torch_logits(model, x)
+    assert got.shape == ref.shape == (16, 10)
+    assert np.abs(ref).max() > 0.1  # logits that say something
+    assert_close(got, ref, rtol=1e-3, scale=1e-4, err_msg=name)
+
+
+def test_state_dict_holds_pytorch_layouts():
+    model = _model("lenet", 28)
+    state = torch_state_dict(model)
+    assert list(state) == list(torch_names(model).values())
+    assert tuple(state["0.weight"].shape) == (6, 1, 5, 5)  # Conv2d (out, in, kh, kw)
+    assert tuple(state["7.weight"].shape) == (120, 16 * 5 * 5)  # Linear (out, in)
+    assert all(t.dtype == torch.float32 for t in state.values())
+    flat = np.concatenate([t.numpy().ravel() for t in state.values()])
+    np.testing.assert_array_equal(flat, model.params)  # every value, in order
+    state["0.bias"][0] += 1.0  # a copy: hpcnet's parameters stay
+    assert model.params[6 * 25] != state["0.bias"][0].item()
+
+
+def test_towers_names_reach_inside_the_towers():
+    model = _model("towers", 28)
+    names = torch_names(model)
+    assert names["0.Towers.3.3.w"] == "0.towers.3.3.weight"  # tower 3, its second conv
+    assert names["4.Dense.b"] == "4.bias"
+
+
+def test_lrn_alpha_follows_pytorchs_convention():
+    """PyTorch divides alpha by the window size; with large inputs a wrong alpha (or k)
+    changes the output by far more than the tolerance."""
+    layer = LRN(5, alpha=1e-4, beta=0.75, k=2.0)
+    layer.build((12, 3, 3))
+    x = np.random.default_rng(1).normal(0, 60.0, (2, 12, 3, 3)).astype(np.float32)
+    ref = layer.forward(x, get_backend("cpu"), train=False)
+    net = torch_module(Model([LRN(5, alpha=1e-4, beta=0.75, k=2.0)], (12, 3, 3)))
+    with torch.no_grad():
+        got = net(torch.from_numpy(x)).numpy()
+    assert_close(got, ref, rtol=1e-4, err_msg="LRN")
+    wrong = torch.nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0)(torch.from_numpy(x))
+    assert np.abs(wrong.numpy() - ref).max() > 100 * 1e-4 * np.abs(ref).max()
