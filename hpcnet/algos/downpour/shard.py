@@ -128,7 +128,10 @@ def _progress_tick(run: Run, sw: W.ShardWindows, lr_of):
                 return
             version = int(ctrl[W.VERSION])
             run.progress(
-                epoch=1 + int(tot["steps"] / max(1, n_rep * total_steps / cfg.run.epochs)),
+                epoch=min(  # the epoch the mean replica is in (the last step: the last)
+                    cfg.run.epochs,
+                    1 + int(tot["steps"] / max(1, n_rep * total_steps / cfg.run.epochs)),
+                ),
                 step=int(tot["steps"]),
                 total_steps=n_rep * total_steps,
                 loss=(tot["loss"] - state["loss"]) / n,
