@@ -15,7 +15,7 @@ from hpcnet import __version__
 from hpcnet.errors import AlreadyFinished, HpcnetError
 from hpcnet.run.preempt import Preempted
 
-SUBCOMMANDS = ("train", "data", "info", "bench", "plot", "export")
+SUBCOMMANDS = ("train", "data", "info", "bench", "plot", "export", "search")
 # ``python -m hpcnet bench NAME [ARGS]`` runs benchmarks/SCRIPT.py ARGS (a source checkout);
 # NAME is the first word of SCRIPT. Every script in benchmarks/ (not _private) is here.
 BENCHMARKS = {
@@ -62,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_flags(i)
     i.set_defaults(func=_cmd_info)
     add_data_parser(sub)
+    _add_search_parser(sub)
     b = sub.add_parser(
         "bench",
         help="side-by-side benchmarks: against PyTorch, raw MPI and each other "
@@ -76,6 +77,130 @@ def build_parser() -> argparse.ArgumentParser:
     add_plot_parser(sub)
     add_export_parser(sub)
     return p
+
+
+SEARCH_DEFAULTS = {
+    "strategy": "grid",
+    "group_size": 1,
+    "out": "runs/search",
+    "trials": 10,
+    "population": 10,
+    "generations": 3,
+    "crossover": 0.7,
+    "mutation": 0.5,
+    "metric": "test_accuracy",
+    "direction": "max",
+    "early_stop": "none",
+    "trial_timeout": 0.0,
+    "seed": 0,
+}
+
+
+def _add_search_parser(sub) -> None:
+    s = sub.add_parser(
+        "search",
+        help="hyper-parameter search: trials are training runs on rank groups",
+        description="Grid, random or differential-evolution search over train's config "
+        "keys; each trial is a run on a group of --group-size ranks. Defaults come from "
+        "the SPACE file's [search] table, then: "
+        + ", ".join(f"{k}={v}" for k, v in SEARCH_DEFAULTS.items())
+        + ". Flags after -- are train flags every trial shares.",
+    )
+    s.add_argument("--space", required=True, metavar="SPACE.toml", help="the search space")
+    s.add_argument("--strategy", choices=("grid", "random", "de"))
+    s.add_argument("--group-size", type=int, metavar="G", help="ranks per trial")
+    s.add_argument("--out", metavar="DIR", help="the search directory")
+    s.add_argument("--trials", type=int, metavar="K", help="random search: trials")
+    s.add_argument("--population", type=int, metavar="P", help="DE: population")
+    s.add_argument("--generations", type=int, metavar="T", help="DE: generations after the first")
+    s.add_argument("--crossover", type=float, metavar="CR", help="DE: crossover rate")
+    s.add_argument("--mutation", type=float, metavar="F", help="DE: differential weight")
+    s.add_argument("--metric", help="summary key to optimise (default test_accuracy)")
+    s.add_argument("--direction", choices=("max", "min"))
+    s.add_argument("--early-stop", choices=("none", "median", "asha"))
+    s.add_argument("--trial-timeout", type=float, metavar="S", help="seconds per trial (0: none)")
+    s.add_argument("--seed", type=int)
+    s.add_argument("--config", metavar="FILE.toml", help="train config every trial starts from")
+    s.add_argument("--resume", action="store_true", help="continue the search in --out")
+    s.add_argument("train_args", nargs=argparse.REMAINDER, help="-- then train flags")
+    s.set_defaults(func=_cmd_search)
+
+
+def _cmd_search(args) -> int:
+    from hpcnet import search
+    from hpcnet.comm import library_comm, same_on_every_rank
+    from hpcnet.config import add_train_flags
+    from hpcnet.errors import ConfigError
+
+    with same_on_every_rank():
+        space = search.Space.load(args.space)
+        unknown = set(space.search) - set(SEARCH_DEFAULTS)
+        if unknown:
+            raise ConfigError(f"{args.space}: unknown [search] key(s) {', '.join(sorted(unknown))}")
+        opts = {
+            k: getattr(args, k) if getattr(args, k) is not None else space.search.get(k, v)
+            for k, v in SEARCH_DEFAULTS.items()
+        }
+        if opts["early_stop"] != "none":
+            raise ConfigError(f"--early-stop {opts['early_stop']}: not available yet (use none)")
+        rest = [a for a in args.train_args if a != "--"]
+        tp = _Parser(prog="python -m hpcnet search ... --")
+        add_train_flags(tp)
+        tp.add_argument("--dry-run", action="store_true")  # as train's: check, train nothing
+        targs = tp.parse_args(rest)
+        fixed = {k: v for k, v in vars(targs).items() if v is not None and "." in k}
+        config_file = args.config or targs.config
+    if targs.dry_run:
+        _search_dry_run(space, opts, fixed, config_file)
+        return 0
+    search.run(
+        space,
+        opts["strategy"],
+        fixed=fixed,
+        comm=library_comm(),
+        group_size=opts["group_size"],
+        out=opts["out"],
+        metric=opts["metric"],
+        direction=opts["direction"],
+        trials=opts["trials"],
+        population=opts["population"],
+        generations=opts["generations"],
+        crossover=opts["crossover"],
+        mutation=opts["mutation"],
+        seed=opts["seed"],
+        trial_timeout=opts["trial_timeout"] or None,
+        config_file=config_file,
+        resume=args.resume,
+    )
+    return 0
+
+
+def _search_dry_run(space, opts: dict, fixed: dict, config_file: str | None) -> None:
+    """Checks the space, every grid point's config and layout on a group, prints the plan."""
+    from hpcnet.comm import library_comm, same_on_every_rank
+    from hpcnet.config import load_config
+    from hpcnet.errors import ConfigError
+    from hpcnet.layout import layout_for
+
+    comm = library_comm()
+    size, gs = comm.Get_size(), opts["group_size"]
+    with same_on_every_rank():
+        if gs < 1 or size % gs:
+            raise ConfigError(f"--group-size {gs}: {size} ranks do not split into groups of it")
+        space.validate()
+        points = space.grid() if opts["strategy"] == "grid" else []
+        for params in points:
+            layout_for(load_config(config_file, {**space.fixed, **fixed, **params}), gs)
+    if comm.Get_rank() == 0:
+        n = {"grid": len(points), "random": opts["trials"]}.get(
+            opts["strategy"], opts["population"] * (opts["generations"] + 1)
+        )
+        print(
+            f"hpcnet search: {size} ranks in {size // gs} group(s) of {gs}; strategy "
+            f"{opts['strategy']}, {n} trials over {space.describe()}; metric {opts['metric']} "
+            f"({opts['direction']}); results would go to {opts['out']}"
+        )
+        print("dry run: nothing trained")
 
 
 def _config_from(args):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -284,16 +285,26 @@ def add_train_flags(parser: argparse.ArgumentParser) -> None:
         )
 
 
-def _load_toml(path: str) -> dict[str, dict[str, Any]]:
+def read_toml(path: str | os.PathLike, kind: str = "config file") -> dict[str, Any]:
+    """The TOML document in ``path`` (a ``kind``: named in errors).
+
+    Raises:
+        ConfigError: missing, unreadable or not TOML; one line naming ``path``.
+    """
     try:
         with open(path, "rb") as f:
-            doc = tomllib.load(f)
+            return tomllib.load(f)
     except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
+        raise ConfigError(f"{path}: {kind} not found") from None
     except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+        first = str(e).splitlines()[0] if str(e) else "parse error"
+        raise ConfigError(f"{path}: not valid TOML: {first}") from None
     except OSError as e:
-        raise ConfigError(f"{path}: cannot read config file: {e.strerror}") from None
+        raise ConfigError(f"{path}: cannot read {kind}: {e.strerror}") from None
+
+
+def _load_toml(path: str) -> dict[str, dict[str, Any]]:
+    doc = read_toml(path)
     out: dict[str, dict[str, Any]] = {}
     for section, table in doc.items():
         if section not in _SECTION_CLASSES or not isinstance(table, dict):

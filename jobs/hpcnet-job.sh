@@ -34,3 +34,16 @@ hpcnet_job() {
     fi
     return "$status"
 }
+
+# A search (python -m hpcnet search FLAGS): the search directory is OUT; a requeued job
+# continues it with --resume.
+hpcnet_search() {
+    local out=${OUT:-runs/search-${SLURM_JOB_ID:-local}}
+    local again=()
+    if [ -f "$out/search.json" ]; then
+        again=(--resume)   # a requeued job: finished trials stay finished
+    fi
+    # shellcheck disable=SC2086  # HPCNET_LAUNCH and HPCNET_EXTRA are word lists
+    ${HPCNET_LAUNCH:-srun} python -m hpcnet search "$@" --out "$out" "${again[@]}" \
+        -- --threads "${SLURM_CPUS_PER_TASK:-1}" ${HPCNET_EXTRA:-}
+}

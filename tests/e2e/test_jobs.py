@@ -18,10 +18,11 @@ JOBS = sorted((ROOT / "jobs").glob("*.sbatch"))
 
 def test_there_is_a_job_script_per_algorithm():
     names = {p.stem for p in JOBS}
-    assert {"sync", "avg", "downpour", "sandblaster", "modelpar"} <= names
+    assert {"sync", "avg", "downpour", "sandblaster", "modelpar", "search"} <= names
     for p in JOBS:
         text = p.read_text()
-        assert "#SBATCH --job-name=" in text and "hpcnet_job" in text, p.name
+        assert "#SBATCH --job-name=" in text, p.name
+        assert ("hpcnet_search" if p.stem == "search" else "hpcnet_job") in text, p.name
 
 
 @pytest.mark.parametrize("script", [*JOBS, ROOT / "jobs" / "hpcnet-job.sh"], ids=lambda p: p.name)

@@ -1,0 +1,443 @@
+"""Runs a search over rank groups: one scheduler, each trial an ordinary hpcnet run.
+
+The world (``comm``) is split into groups of ``group_size`` consecutive ranks
+(``comm.Split``); each group trains one trial at a time on a fresh duplicate of its
+communicator, with any algorithm and layout that fits in the group. World rank 0
+also runs the *scheduler*, in a thread (MPI_THREAD_MULTIPLE), so it keeps
+answering while its own group trains.
+
+Scheduling policy: first come, first served. A group's leader (its rank 0) asks
+the scheduler for the next trial when its group is free, telling it the result of
+the trial it just finished in the same message; the scheduler records the result
+(the strategy's ``tell``), then hands out the strategy's next trial. So fast trials
+never wait for slow ones; a differential-evolution generation is evaluated as
+groups free up, and a group that finds the generation's trials all handed out
+waits (asks again) until the generation is complete. The leader broadcasts each
+answer to its group; every rank of the group runs the trial.
+
+A trial fails (recorded with a one-line reason; its group takes the next trial)
+when it raises on any of its ranks (a config ``train`` rejects, a stall the
+watchdog ends), when its metric or loss is not finite, or when it runs past
+``trial_timeout`` seconds (a ``SIGALRM`` on every rank of the group interrupts it).
+
+Files in ``out`` (rank 0 writes them): ``search.json`` (the settings, to refuse a
+``--resume`` with other ones), ``trials.jsonl`` (one record per finished trial,
+appended and ``fsync``-ed), ``state.json`` (the strategy's state, replaced
+atomically after every trial), ``trials/NNNN/`` (each trial's run: config.toml,
+metrics.jsonl, summary.json), and at the end ``results.csv`` and ``best.toml``
+(a config file ``train --config`` accepts).
+
+Who calls what: :func:`run_search` is collective over ``comm``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mpi4py import MPI
+
+from hpcnet.comm import Backoff, bcast_object, gather_objects, poll_until
+from hpcnet.comm.world import root_then_bcast
+from hpcnet.errors import ConfigError, HpcnetError
+
+TAG_ASK, TAG_ANSWER = 51, 52
+WAIT_S = 0.2  # a group told to wait asks again after this long
+
+TrainFn = Callable[[dict[str, Any], MPI.Intracomm], dict[str, Any]]
+
+
+@dataclass
+class TrialRecord:
+    """One finished trial: a line of ``trials.jsonl``.
+
+    ``status``: ``completed``, ``failed`` (``reason`` says why) or ``stopped`` (early
+    stopping; ``metric`` is its last one). ``wall_s``: seconds; ``started``/``ended``:
+    Unix times; ``group``: the rank group that ran it.
+    """
+
+    id: int
+    params: dict[str, Any]
+    status: str
+    metric: float | None
+    steps: int | None = None
+    wall_s: float = 0.0
+    group: int = 0
+    generation: int = 0
+    reason: str = ""
+    started: float = 0.0
+    ended: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class TrialTimeout(Exception):
+    """Raised in a trial's ranks when it runs past ``--trial-timeout``."""
+
+
+@contextlib.contextmanager
+def _alarm(seconds: float | None) -> Iterator[None]:
+    """Raises :class:`TrialTimeout` in this (main) thread after ``seconds``."""
+    if not seconds:
+        yield
+        return
+
+    def ring(signum, frame):
+        raise TrialTimeout()
+
+    old = signal.signal(signal.SIGALRM, ring)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class Scheduler:
+    """The search's scheduler (world rank 0, in a thread): answers the group leaders.
+
+    Args:
+        comm: the scheduler's communicator (a duplicate of the search's: its traffic
+            never meets a trial's).
+        strategy: the searcher (``ask``/``tell``/``finished``/``state``).
+        n_groups: how many groups will say they are done.
+        out: the search directory.
+        metric: the metrics key (TensorBoard HParams); direction: ``max`` or ``min``.
+        records: trials finished before (a resumed search).
+        verbose: print a progress line per finished trial.
+    """
+
+    def __init__(
+        self, comm, strategy, n_groups, out: Path, metric, direction, records, verbose=True
+    ):
+        self.comm, self.strategy, self.n_groups = comm, strategy, n_groups
+        self.out, self.metric, self.direction, self.verbose = out, metric, direction, verbose
+        self.records: list[TrialRecord] = list(records)
+        self.running: dict[int, int] = {}  # trial id -> group
+        self.done_groups: set[int] = set()
+        self.error: BaseException | None = None
+        self.t0 = time.monotonic()
+        self.finished_here = 0
+
+    def serve(self) -> None:
+        """Answers until every group has been told ``done`` (or an error: every later
+        question gets ``abort``)."""
+        backoff = Backoff(first=1e-4, cap=20e-3)
+        status = MPI.Status()
+        while len(self.done_groups) < self.n_groups:
+            if not self.comm.iprobe(MPI.ANY_SOURCE, TAG_ASK, status):
+                backoff.sleep()
+                continue
+            backoff.reset()
+            source = status.Get_source()
+            msg = self.comm.recv(source=source, tag=TAG_ASK)
+            try:
+                answer = ("abort", str(self.error)) if self.error else self._answer(*msg)
+            except BaseException as e:  # noqa: BLE001  reported to every group, then raised
+                self.error = e
+                answer = ("abort", _one_line(e))
+            if answer[0] in ("done", "abort"):
+                self.done_groups.add(msg[1])
+            self.comm.send(answer, dest=source, tag=TAG_ANSWER)
+
+    def _answer(self, what: str, group: int, record: dict | None):
+        if record is not None:
+            self._finished(TrialRecord(**record))
+        trial = self.strategy.ask()
+        if trial is not None:
+            self.running[trial.id] = group
+            return ("trial", trial)
+        if self.strategy.finished or not self.running:
+            return ("done",)
+        return ("wait",)
+
+    def _finished(self, rec: TrialRecord) -> None:
+        self.running.pop(rec.id, None)
+        metric = rec.metric if rec.status != "failed" else None
+        self.strategy.tell(rec.id, metric)
+        self.records.append(rec)
+        self.finished_here += 1
+        with open(self.out / "trials.jsonl", "a") as f:
+            f.write(json.dumps(asdict(rec)) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        _write_atomic(self.out / "state.json", json.dumps(self.strategy.state()))
+        if rec.status != "failed":
+            from hpcnet.search.results import write_hparams
+
+            write_hparams(self.out, rec, self.metric)
+        if self.verbose:
+            print(self._progress_line(rec), flush=True)
+
+    def best(self) -> TrialRecord | None:
+        ok = [r for r in self.records if r.status != "failed" and r.metric is not None]
+        if not ok:
+            return None
+        pick = max if self.direction == "max" else min
+        return pick(ok, key=lambda r: r.metric)
+
+    def _progress_line(self, rec: TrialRecord) -> str:
+        params = ", ".join(f"{k}={_fmt(v)}" for k, v in rec.params.items())
+        what = f"{rec.metric:.4g}" if rec.status == "completed" else f"{rec.status} ({rec.reason})"
+        if rec.status == "stopped" and rec.metric is not None:
+            what = f"{rec.metric:.4g} (stopped early)"
+        best = self.best()
+        best_text = f"best {best.metric:.4g} (trial {best.id})" if best else "best -"
+        done, total = len(self.records), self.strategy.total
+        eta = ""
+        if total and self.finished_here:
+            left = (time.monotonic() - self.t0) / self.finished_here * (total - done)
+            eta = f", ETA {left:.0f} s"
+        of = f"/{total}" if total else ""
+        return f"trial {rec.id:4d} [{params}] {what}; {best_text}; {done}{of} done{eta}"
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _ask(sched: MPI.Intracomm, msg: tuple, timeout: float) -> tuple:
+    """A group leader's question to the scheduler (world rank 0) and its answer."""
+    sched.send(msg, dest=0, tag=TAG_ASK)
+    poll_until(
+        lambda: sched.iprobe(0, TAG_ANSWER),
+        timeout,
+        "the search scheduler's answer",
+        backoff=Backoff(first=1e-4, cap=10e-3),
+    )
+    return sched.recv(source=0, tag=TAG_ANSWER)
+
+
+def _run_trial(
+    trial,
+    group: MPI.Intracomm,
+    trial_dir: Path,
+    fixed: dict[str, Any],
+    config_file: str | None,
+    train_fn: TrainFn | None,
+    metric: str,
+    trial_timeout: float | None,
+) -> dict[str, Any]:
+    """Runs one trial on every rank of ``group``; returns this rank's outcome."""
+    from hpcnet.algos import train
+    from hpcnet.config import load_config
+
+    out: dict[str, Any] = {"status": "completed", "metric": None, "steps": None, "reason": ""}
+    comm = group.Dup()  # a failed trial may leave requests pending on it: never reused
+    comm.Set_name(f"search trial {trial.id}")
+    t0 = time.monotonic()
+    try:
+        with _alarm(trial_timeout):
+            overrides = {**fixed, **trial.params}
+            if train_fn is None:
+                cfg = load_config(config_file, {**overrides, "run.out": str(trial_dir)})
+                metrics = train(cfg, comm, verbose=False)
+                metrics.pop("_params", None)
+            else:
+                metrics = train_fn(dict(overrides), comm)
+        value = metrics.get(metric)
+        if value is None:
+            raise ValueError(f"the trial's metrics hold no {metric!r}")
+        out["metric"] = float(value)
+        out["steps"] = metrics.get("steps")
+        losses = [metrics.get(k) for k in ("test_loss", "final_train_loss")]
+        if not math.isfinite(out["metric"]):
+            out.update(status="failed", reason=f"{metric} is {out['metric']}")
+        elif any(isinstance(v, float) and not math.isfinite(v) for v in losses):
+            out.update(status="failed", reason="the loss became NaN")
+    except TrialTimeout:
+        out.update(status="failed", reason=f"past its trial timeout ({trial_timeout:g} s)")
+    except (HpcnetError, Exception) as e:  # noqa: BLE001  a trial's failure is a result
+        out.update(status="failed", reason=_one_line(e))
+    out["wall_s"] = time.monotonic() - t0
+    if out["status"] == "completed":
+        comm.Free()
+    return out
+
+
+def _prepare_dir(out: Path, settings: dict[str, Any], resume: bool):
+    """Rank 0: makes (or, resuming, checks) the search directory; returns the finished
+    records and the strategy state to resume from (None: a new search)."""
+    meta = out / "search.json"
+    if resume:
+        if not meta.is_file():
+            raise ConfigError(f"--resume {out}: no search.json in it (not a search directory)")
+        saved = json.loads(meta.read_text())
+        for key, value in settings.items():
+            if key != "group_size" and saved.get(key) != value:
+                raise ConfigError(
+                    f"--resume {out}: the search was started with {key} = {saved.get(key)!r}, "
+                    f"this one has {value!r}"
+                )
+        lines = (
+            (out / "trials.jsonl").read_text().splitlines()
+            if (out / "trials.jsonl").exists()
+            else []
+        )
+        records = [TrialRecord(**json.loads(line)) for line in lines if line.strip()]
+        state_path = out / "state.json"
+        state = json.loads(state_path.read_text()) if state_path.exists() else None
+        return records, state
+    if meta.exists():
+        raise ConfigError(f"--out {out}: holds a search already; --resume continues it")
+    (out / "trials").mkdir(parents=True, exist_ok=True)
+    _write_atomic(meta, json.dumps(settings, indent=1))
+    return [], None
+
+
+def run_search(
+    strategy,
+    *,
+    comm: MPI.Intracomm,
+    group_size: int,
+    out: str | os.PathLike,
+    settings: dict[str, Any],
+    fixed: dict[str, Any] | None = None,
+    config_file: str | None = None,
+    train_fn: TrainFn | None = None,
+    metric: str = "test_accuracy",
+    direction: str = "max",
+    trial_timeout: float | None = None,
+    resume: bool = False,
+    verbose: bool = True,
+    answer_timeout: float = 600.0,
+) -> list[TrialRecord]:
+    """Runs every trial ``strategy`` hands out on the rank groups of ``comm``.
+
+    Collective over ``comm``: every rank calls it with the same arguments.
+
+    Args:
+        strategy: the searcher (:mod:`hpcnet.search.strategies`).
+        group_size: ranks per trial; must divide ``comm``'s size.
+        out: the search directory.
+        settings: what defines the search (space, strategy and its options, fixed
+            config, metric): saved, and compared on ``resume``.
+        fixed: config keys (``"section.name"``) every trial shares.
+        config_file: a TOML config every trial starts from (fixed and the trial's
+            parameters override it).
+        train_fn: ``train_fn(config, comm) -> metrics`` instead of training hpcnet
+            (``config``: the fixed and trial keys; collective over ``comm``).
+        metric: the metrics key to optimise; ``direction``: ``max`` or ``min``.
+        trial_timeout: seconds a trial may run (None: no limit).
+        resume: continue the search in ``out`` (finished trials are kept).
+        answer_timeout: seconds a leader waits for the scheduler's answer.
+    Returns:
+        Every finished trial's record (every rank), in the order they finished.
+    Raises:
+        ConfigError: a group size that does not divide the ranks, MPI without
+            threads, a bad or mismatched ``out``.
+    """
+    out = Path(out)
+    size, rank = comm.Get_size(), comm.Get_rank()
+    if group_size < 1 or size % group_size:
+        raise ConfigError(f"--group-size {group_size}: {size} ranks do not split into groups of it")
+    if MPI.Query_thread() < MPI.THREAD_MULTIPLE:
+        raise ConfigError(
+            "search: the MPI library gives no MPI_THREAD_MULTIPLE (the scheduler runs in a thread)"
+        )
+    records, state = root_then_bcast(lambda: _prepare_dir(out, settings, resume), comm)
+    if state is not None:
+        strategy.restore(state)
+    for rec in records:  # killed between a trial's record and the state saved after it
+        try:
+            strategy.metric(rec.id)
+        except KeyError:
+            strategy.tell(rec.id, rec.metric if rec.status != "failed" else None)
+    g, n_groups = rank // group_size, size // group_size
+    group = comm.Split(g, rank)
+    group.Set_name(f"search group {g}")
+    sched = comm.Dup()
+    sched.Set_name("search scheduler")
+    scheduler = thread = None
+    if rank == 0:
+        scheduler = Scheduler(sched, strategy, n_groups, out, metric, direction, records, verbose)
+        thread = threading.Thread(
+            target=scheduler.serve, name="hpcnet search scheduler", daemon=True
+        )
+        thread.start()
+        if verbose:
+            total = strategy.total
+            print(
+                f"hpcnet search: {n_groups} group(s) of {group_size} rank(s); "
+                f"{total if total else '?'} trials; metric {metric} ({direction}); "
+                f"results in {out}",
+                flush=True,
+            )
+    leader = group.Get_rank() == 0
+    record: dict | None = None
+    error = None
+    while True:
+        answer = _ask(sched, ("next", g, record), answer_timeout) if leader else None
+        record = None
+        answer = bcast_object(answer, group, what="the search's next trial")
+        kind = answer[0]
+        if kind in ("done", "abort"):
+            error = answer[1] if kind == "abort" else None
+            break
+        if kind == "wait":
+            time.sleep(WAIT_S)
+            continue
+        trial = answer[1]
+        trial_dir = out / "trials" / f"{trial.id:04d}"
+        if leader and trial_dir.exists():  # a resumed search re-runs an unfinished trial
+            shutil.rmtree(trial_dir)
+        if leader:
+            trial_dir.mkdir(parents=True)
+        started = time.time()
+        mine = _run_trial(
+            trial, group, trial_dir, fixed or {}, config_file, train_fn, metric, trial_timeout
+        )
+        outcomes = gather_objects(mine, group, what="the trial's outcome")
+        if leader:
+            bad = [o for o in outcomes if o["status"] == "failed"]
+            first = bad[0] if bad else outcomes[0]
+            record = asdict(
+                TrialRecord(
+                    id=trial.id,
+                    params=trial.params,
+                    status="failed" if bad else first["status"],
+                    metric=outcomes[0]["metric"],
+                    steps=outcomes[0]["steps"],
+                    wall_s=max(o["wall_s"] for o in outcomes),
+                    group=g,
+                    generation=getattr(trial, "generation", 0),
+                    reason=first["reason"] if bad else "",
+                    started=started,
+                    ended=time.time(),
+                )
+            )
+    if thread is not None:
+        thread.join()
+        if scheduler.error is not None:
+            error = _one_line(scheduler.error)
+        records = scheduler.records
+    records = bcast_object(records, comm, what="the search's results")
+    group.Free()
+    sched.Free()
+    if error:
+        raise RuntimeError(f"search: the scheduler failed: {error}")
+    return records

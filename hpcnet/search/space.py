@@ -1,0 +1,537 @@
+"""A search space over ``train``'s config keys, read from SPACE.toml or a dict.
+
+A space has one *axis* per searched config key (``"section.name"`` as in
+:mod:`hpcnet.config`): a :class:`Categorical` (a list of values) or a
+:class:`Range` (``low``..``high``, optionally log-scaled and/or integer). Besides
+the axes it holds ``fixed`` config keys shared by every trial and ``search``
+defaults for the search flags. SPACE.toml::
+
+    [space]
+    "optim.lr" = { low = 1e-3, high = 0.3, log = true }   # or [space.optim] lr = {...}
+    "run.batch_size" = { low = 16, high = 128, log = true, int = true, num = 4 }
+    "model.name" = { values = ["digits_cnn", "mlp"] }
+
+    [fixed]
+    "data.name" = "digits"
+
+    [search]
+    strategy = "de"
+    population = 6
+
+Every axis has a continuous encoding on [0, 1] (:meth:`Space.encode`), which is
+where differential evolution works: ranges linearly (log ranges in log space),
+integer ranges on ``[low - 0.5, high + 0.5]`` so that every integer, the ends
+included, owns an equal share of the unit interval (as Optuna's integer
+distributions do), categoricals by index.
+
+Every bad space is a :class:`~hpcnet.errors.ConfigError` with one line that starts
+with the file's path (or ``space`` for a dict) and names the key.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import fields
+from typing import Any, get_type_hints
+
+import numpy as np
+
+from hpcnet.config import Config, load_config, read_toml
+from hpcnet.errors import ConfigError
+
+SEARCH_KEYS = (
+    "strategy",
+    "group_size",
+    "trials",
+    "population",
+    "generations",
+    "crossover",
+    "mutation",
+    "metric",
+    "direction",
+    "early_stop",
+    "trial_timeout",
+    "seed",
+)
+_SEARCH_TYPES: dict[str, tuple[type, ...]] = {
+    "strategy": (str,),
+    "group_size": (int,),
+    "trials": (int,),
+    "population": (int,),
+    "generations": (int,),
+    "crossover": (int, float),
+    "mutation": (int, float),
+    "metric": (str,),
+    "direction": (str,),
+    "early_stop": (str,),
+    "trial_timeout": (int, float),
+    "seed": (int,),
+}
+_SEARCH_CHOICES = {
+    "strategy": ("grid", "random", "de"),
+    "direction": ("max", "min"),
+    "early_stop": ("median", "asha", "none"),
+}
+# Config keys the search itself sets, with what to do instead.
+_RESERVED = {
+    "run.out": "the search gives every trial its own DIR/trials/NNNN",
+    "run.resume": "continue a search with --resume instead",
+}
+_RANGE_OPTIONS = ("low", "high", "log", "int", "num")
+
+
+def config_fields() -> dict[str, dict[str, type]]:
+    """``{section: {field: type}}`` of :class:`hpcnet.config.Config` (types: int, float,
+    str, bool): the config keys a space may name."""
+    out = {}
+    for section, cls in get_type_hints(Config).items():
+        hints = get_type_hints(cls)
+        out[section] = {f.name: hints[f.name] for f in fields(cls)}
+    return out
+
+
+def _number(x: Any) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool)
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:g}" if isinstance(v, float) else repr(v) if isinstance(v, str) else str(v)
+
+
+class Categorical:
+    """An axis of listed values (numbers, strings, booleans), e.g. model names.
+
+    Args:
+        key: the config key, ``"section.name"``.
+        values: the values, non-empty, no duplicates.
+        origin: what error messages start with (the SPACE file's path).
+    Raises:
+        ConfigError: no values, a duplicate, or a value that is not a number or string.
+    """
+
+    def __init__(self, key: str, values: Iterable[Any], *, origin: str = "space"):
+        self.key, self.origin = key, origin
+        if isinstance(values, str | bytes) or not isinstance(values, Iterable):
+            raise ConfigError(f"{origin}: {key}: values must be a list, got {values!r}")
+        self.values = list(values)
+        if not self.values:
+            raise ConfigError(f"{origin}: {key}: values is empty; give at least one value")
+        for i, v in enumerate(self.values):
+            if not isinstance(v, int | float | str):
+                raise ConfigError(f"{origin}: {key}: values must be numbers or strings, got {v!r}")
+            if v in self.values[:i]:
+                raise ConfigError(f"{origin}: {key}: value {v!r} is listed twice")
+
+    def grid_points(self) -> list[Any]:
+        """Every value, in the order given."""
+        return list(self.values)
+
+    def sample(self, rng: np.random.Generator) -> Any:
+        """One value, each equally likely."""
+        return self.values[int(rng.integers(len(self.values)))]
+
+    def encode(self, value: Any) -> float:
+        """The middle of the value's cell: ``(index + 0.5) / len(values)``."""
+        try:
+            i = self.values.index(value)
+        except ValueError:
+            raise ConfigError(
+                f"{self.origin}: {self.key}: {value!r} is not one of {self.values!r}"
+            ) from None
+        return (i + 0.5) / len(self.values)
+
+    def decode(self, u: float) -> Any:
+        """``values[min(int(u * len), len - 1)]``, ``u`` clipped to [0, 1]."""
+        n = len(self.values)
+        return self.values[min(int(min(max(float(u), 0.0), 1.0) * n), n - 1)]
+
+    def extremes(self) -> list[Any]:
+        """The values a trial may take that ``train`` must accept: all of them."""
+        return list(self.values)
+
+    def describe(self) -> str:
+        return f"{self.key} in {{{', '.join(_fmt(v) for v in self.values)}}}"
+
+
+class Range:
+    """A numeric axis ``low``..``high``.
+
+    Args:
+        key: the config key, ``"section.name"``.
+        low, high: the ends, ``low < high`` (whole numbers when ``integer``).
+        log: uniform in log space (needs ``low > 0``), for learning rates and sizes.
+        integer: values are rounded to ints.
+        num: points for grid search (>= 2), spaced linearly or geometrically.
+        origin: what error messages start with (the SPACE file's path).
+    Raises:
+        ConfigError: ``low >= high``, a log range through or at 0, ``num < 2``,
+            non-numeric ends, fractional ends of an integer range.
+    """
+
+    def __init__(
+        self,
+        key: str,
+        low: float,
+        high: float,
+        log: bool = False,
+        integer: bool = False,
+        num: int | None = None,
+        *,
+        origin: str = "space",
+    ):
+        self.key, self.origin = key, origin
+        for name, v in (("low", low), ("high", high)):
+            if not _number(v) or not math.isfinite(v):
+                raise ConfigError(f"{origin}: {key}: {name} must be a finite number, got {v!r}")
+        for name, v in (("log", log), ("int", integer)):
+            if not isinstance(v, bool):
+                raise ConfigError(f"{origin}: {key}: {name} must be true or false, got {v!r}")
+        if not low < high:
+            raise ConfigError(f"{origin}: {key}: low = {low} must be < high = {high}")
+        if log and low <= 0:
+            raise ConfigError(
+                f"{origin}: {key}: a log range needs low > 0, got low = {low} "
+                "(drop log = true or raise low)"
+            )
+        if integer and (low != int(low) or high != int(high)):
+            raise ConfigError(
+                f"{origin}: {key}: an int range needs whole-number ends, got {low}..{high}"
+            )
+        if num is not None and (not isinstance(num, int) or isinstance(num, bool) or num < 2):
+            raise ConfigError(f"{origin}: {key}: num must be an int >= 2 points, got {num!r}")
+        self.low, self.high = (int(low), int(high)) if integer else (float(low), float(high))
+        self.log, self.integer, self.num = log, integer, num
+        # the continuous interval [0, 1] maps onto (in log space for log ranges)
+        lo, hi = (self.low - 0.5, self.high + 0.5) if integer else (self.low, self.high)
+        self._lo, self._hi = (math.log(lo), math.log(hi)) if log else (lo, hi)
+
+    def _value(self, x: float) -> int | float:
+        """A point of the (log-)interval -> the axis value: clipped, ints rounded."""
+        v = math.exp(x) if self.log else x
+        if self.integer:
+            return min(max(math.floor(v + 0.5), self.low), self.high)
+        return min(max(float(v), self.low), self.high)
+
+    def grid_points(self) -> list[int | float]:
+        """``num`` points from low to high (geometric for log ranges); ints rounded
+        with duplicates dropped (in order).
+
+        Raises:
+            ConfigError: the range has no ``num``.
+        """
+        if self.num is None:
+            raise ConfigError(
+                f"{self.origin}: {self.key}: a range needs num = K points for grid search"
+            )
+        pts = (np.geomspace if self.log else np.linspace)(self.low, self.high, self.num)
+        if not self.integer:
+            return [float(p) for p in pts]
+        return list(dict.fromkeys(int(round(p)) for p in pts))
+
+    def sample(self, rng: np.random.Generator) -> int | float:
+        """Uniform (log-uniform for log ranges); each int of an int range equally likely
+        (less so on log ranges, where small ints get more)."""
+        return self._value(self._lo + rng.random() * (self._hi - self._lo))
+
+    def encode(self, value: float) -> float:
+        """The value's position in [0, 1] (the middle of its cell for ints)."""
+        v = min(max(float(value), self.low), self.high)
+        x = math.log(v) if self.log else v
+        return min(max((x - self._lo) / (self._hi - self._lo), 0.0), 1.0)
+
+    def decode(self, u: float) -> int | float:
+        """The value at ``u`` (clipped to [0, 1]): a float, or an int for int ranges."""
+        u = min(max(float(u), 0.0), 1.0)
+        return self._value(self._lo + u * (self._hi - self._lo))
+
+    def extremes(self) -> list[int | float]:
+        """The values a trial may take that ``train`` must accept: the ends."""
+        return [self.low, self.high]
+
+    def describe(self) -> str:
+        opts = "".join(f" {o}" for o, on in (("log", self.log), ("int", self.integer)) if on) + (
+            f" num={self.num}" if self.num else ""
+        )
+        return f"{self.key} in [{_fmt(self.low)}, {_fmt(self.high)}]{opts}"
+
+
+Axis = Categorical | Range
+
+
+def _flatten(table: dict, where: str, origin: str, axis_specs: bool) -> dict[str, Any]:
+    """``{"optim.lr": v}`` and ``{"optim": {"lr": v}}`` (TOML's nested tables and
+    unquoted dotted keys) -> ``{"optim.lr": v}``."""
+    out: dict[str, Any] = {}
+    for key, value in table.items():
+        if not isinstance(key, str):
+            raise ConfigError(f"{origin}: [{where}] key {key!r} must be a string")
+        if "." in key:
+            items = [(key, value)]
+        elif isinstance(value, dict) and not (axis_specs and set(value) & {"values", "low"}):
+            items = [(f"{key}.{name}", v) for name, v in value.items()]
+        else:
+            raise ConfigError(
+                f'{origin}: [{where}] {key!r} is not a config key; write "section.name" '
+                '(e.g. "optim.lr")'
+            )
+        for k, v in items:
+            if k in out:
+                raise ConfigError(f"{origin}: [{where}] {k} is given twice")
+            out[k] = v
+    return out
+
+
+def _check_key(key: str, where: str, origin: str) -> type:
+    """The config field's type; ConfigError for a key that is not a config field."""
+    known = config_fields()
+    section, _, name = key.partition(".")
+    if section not in known:
+        raise ConfigError(
+            f"{origin}: [{where}] unknown config key {key!r}: no section [{section}]; "
+            f"sections are {', '.join(known)}"
+        )
+    if name not in known[section]:
+        raise ConfigError(
+            f"{origin}: [{where}] unknown config key {key!r}: [{section}] has "
+            f"{', '.join(known[section])}"
+        )
+    if key in _RESERVED:
+        raise ConfigError(f"{origin}: [{where}] {key} cannot be set here: {_RESERVED[key]}")
+    return known[section][name]
+
+
+def _fits(value: Any, typ: type) -> bool:
+    """Whether ``value`` is a valid TOML value for a config field of type ``typ``."""
+    if typ is bool:
+        return isinstance(value, bool)
+    if isinstance(value, bool):
+        return False
+    if typ is float:
+        return _number(value)
+    return isinstance(value, typ)
+
+
+def _axis(key: str, spec: Any, typ: type, origin: str) -> Axis:
+    if isinstance(spec, list | tuple):
+        spec = {"values": list(spec)}
+    if not isinstance(spec, dict):
+        raise ConfigError(
+            f"{origin}: {key}: an axis is {{ values = [...] }} or {{ low = a, high = b }}, "
+            f"got {spec!r} (a constant goes in [fixed])"
+        )
+    if "values" in spec:
+        extra = sorted(set(spec) - {"values"})
+        if extra:
+            raise ConfigError(
+                f"{origin}: {key}: unknown option {extra[0]!r} next to values "
+                "(a categorical takes only values)"
+            )
+        axis = Categorical(key, spec["values"], origin=origin)
+        for v in axis.values:
+            if not _fits(v, typ):
+                raise ConfigError(
+                    f"{origin}: {key}: values must be {typ.__name__} for this key, got {v!r}"
+                )
+        return axis
+    extra = sorted(set(spec) - set(_RANGE_OPTIONS))
+    if extra:
+        raise ConfigError(
+            f"{origin}: {key}: unknown option {extra[0]!r}; a range takes "
+            f"{', '.join(_RANGE_OPTIONS)}, a categorical takes values"
+        )
+    missing = [o for o in ("low", "high") if o not in spec]
+    if missing:
+        raise ConfigError(
+            f"{origin}: {key}: a range needs low and high (missing {missing[0]}), "
+            "a categorical needs values"
+        )
+    if typ not in (int, float):
+        raise ConfigError(
+            f"{origin}: {key}: a range needs a numeric key, this one is {typ.__name__} "
+            "(list the choices as values = [...])"
+        )
+    integer = spec.get("int", False)
+    if typ is int and integer is not True:
+        raise ConfigError(f"{origin}: {key}: an int key; its range needs int = true")
+    return Range(
+        key,
+        spec["low"],
+        spec["high"],
+        log=spec.get("log", False),
+        integer=integer,
+        num=spec.get("num"),
+        origin=origin,
+    )
+
+
+class Space:
+    """The axes of a search, the config held fixed, and the search's flag defaults.
+
+    Attributes:
+        axes: one :class:`Categorical` or :class:`Range` per searched config key.
+        fixed: ``{"section.name": value}`` every trial shares.
+        search: defaults for the search flags (keys of :data:`SEARCH_KEYS`).
+        origin: the SPACE file's path, or ``space``: what error messages start with.
+    """
+
+    def __init__(
+        self,
+        axes: list[Axis],
+        fixed: dict[str, Any] | None = None,
+        search: dict[str, Any] | None = None,
+        origin: str = "space",
+    ):
+        self.axes, self.origin = list(axes), origin
+        self.fixed = dict(fixed or {})
+        self.search = dict(search or {})
+        if not self.axes:
+            raise ConfigError(f"{origin}: [space] is empty; give at least one config key")
+        keys = [a.key for a in self.axes]
+        for k in keys:
+            if keys.count(k) > 1:
+                raise ConfigError(f"{origin}: [space] {k} is given twice")
+            if k in self.fixed:
+                raise ConfigError(
+                    f"{origin}: {k} is both searched ([space]) and fixed ([fixed]); keep one"
+                )
+
+    @classmethod
+    def from_dict(
+        cls,
+        space: dict[str, Any],
+        fixed: dict[str, Any] | None = None,
+        search: dict[str, Any] | None = None,
+        *,
+        origin: str = "space",
+    ) -> Space:
+        """A space from Python values: ``{"optim.lr": {"low": 1e-3, "high": 0.3, "log":
+        True}, "model.name": ["mlp", "lenet"]}`` (a list is a categorical's values;
+        nested ``{"optim": {"lr": ...}}`` works too).
+
+        Raises:
+            ConfigError: any bad key, axis, fixed value or search option (one line).
+        """
+        if not isinstance(space, dict) or not space:
+            raise ConfigError(f"{origin}: [space] is missing or empty; give at least one key")
+        axes = []
+        for key, spec in _flatten(space, "space", origin, axis_specs=True).items():
+            axes.append(_axis(key, spec, _check_key(key, "space", origin), origin))
+        flat_fixed = {}
+        for key, value in _flatten(fixed or {}, "fixed", origin, axis_specs=False).items():
+            typ = _check_key(key, "fixed", origin)
+            if not _fits(value, typ):
+                raise ConfigError(f"{origin}: [fixed] {key} must be {typ.__name__}, got {value!r}")
+            flat_fixed[key] = float(value) if typ is float else value
+        search = dict(search or {})
+        for key, value in search.items():
+            if key not in SEARCH_KEYS:
+                raise ConfigError(
+                    f"{origin}: [search] unknown key {key!r}; expected one of "
+                    f"{', '.join(SEARCH_KEYS)}"
+                )
+            if isinstance(value, bool) or not isinstance(value, _SEARCH_TYPES[key]):
+                want = " or ".join(t.__name__ for t in _SEARCH_TYPES[key])
+                raise ConfigError(f"{origin}: [search] {key} must be {want}, got {value!r}")
+            if key in _SEARCH_CHOICES and value not in _SEARCH_CHOICES[key]:
+                raise ConfigError(
+                    f"{origin}: [search] {key} = {value!r}: choose one of "
+                    f"{', '.join(_SEARCH_CHOICES[key])}"
+                )
+        return cls(axes, flat_fixed, search, origin=origin)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Space:
+        """Reads SPACE.toml: ``[space]`` (required), ``[fixed]`` and ``[search]``.
+
+        Raises:
+            ConfigError: unreadable or invalid TOML, or any bad table (one line
+                starting with ``path``).
+        """
+        origin = str(path)
+        doc = read_toml(path, "space file")
+        unknown = sorted(set(doc) - {"space", "fixed", "search"})
+        if unknown:
+            raise ConfigError(
+                f"{origin}: unknown table [{unknown[0]}]; expected [space], [fixed], [search]"
+            )
+        for table in ("space", "fixed", "search"):
+            if table in doc and not isinstance(doc[table], dict):
+                raise ConfigError(f"{origin}: {table} must be a table ([{table}])")
+        if not doc.get("space"):
+            raise ConfigError(
+                f"{origin}: no [space] table or an empty one; give at least one config key, "
+                'e.g. "optim.lr" = { low = 0.001, high = 0.3, log = true }'
+            )
+        return cls.from_dict(doc["space"], doc.get("fixed"), doc.get("search"), origin=origin)
+
+    @property
+    def keys(self) -> list[str]:
+        """The searched config keys, in axis order."""
+        return [a.key for a in self.axes]
+
+    def validate(self, check: Callable[[dict[str, Any]], Any] | None = None) -> None:
+        """Checks that ``train`` accepts ``fixed`` and every axis's extreme values with it
+        (each value of a categorical, both ends of a range), so a bad axis is one line
+        before any trial starts. Combinations of axes are not checked: a trial that
+        ``train`` rejects is recorded as failed.
+
+        Args:
+            check: ``check(overrides)`` raising ConfigError for a config ``train``
+                rejects; default ``load_config(None, overrides)`` (pass e.g.
+                ``lambda o: load_config(config_file, o)`` to start from a file).
+        Raises:
+            ConfigError: ``"SPACE: optim.lr = -1: <train's message>"``.
+        """
+        check = check or (lambda overrides: load_config(None, overrides))
+        try:
+            check(dict(self.fixed))
+        except ConfigError as e:
+            raise ConfigError(f"{self.origin}: [fixed]: {_one_line(e)}") from None
+        for axis in self.axes:
+            for value in axis.extremes():
+                try:
+                    check({**self.fixed, axis.key: value})
+                except ConfigError as e:
+                    raise ConfigError(
+                        f"{self.origin}: {axis.key} = {_fmt(value)}: {_one_line(e)}"
+                    ) from None
+
+    def grid(self) -> list[dict[str, Any]]:
+        """The cross product of every axis's grid points, first axis slowest.
+
+        Raises:
+            ConfigError: a range without ``num``.
+        """
+        points = [a.grid_points() for a in self.axes]
+        return [dict(zip(self.keys, combo, strict=True)) for combo in itertools.product(*points)]
+
+    def sample(self, rng: np.random.Generator) -> dict[str, Any]:
+        """One random point (each axis's :meth:`Range.sample` / :meth:`Categorical.sample`)."""
+        return {a.key: a.sample(rng) for a in self.axes}
+
+    def encode(self, params: dict[str, Any]) -> np.ndarray:
+        """Params -> ``(d,) float64`` in [0, 1], one coordinate per axis."""
+        return np.array([a.encode(params[a.key]) for a in self.axes], dtype=np.float64)
+
+    def decode(self, vec: np.ndarray | list[float]) -> dict[str, Any]:
+        """``(d,)`` unit-cube point (clipped) -> params (Python floats, ints, values)."""
+        vec = np.asarray(vec, dtype=np.float64).reshape(-1)
+        if vec.shape[0] != len(self.axes):
+            raise ValueError(
+                f"decode: a point of {vec.shape[0]} coordinates for {len(self.axes)} axes"
+            )
+        return {a.key: a.decode(u) for a, u in zip(self.axes, vec, strict=True)}
+
+    def describe(self) -> str:
+        """One line: every axis, then the fixed keys."""
+        text = "; ".join(a.describe() for a in self.axes)
+        if self.fixed:
+            text += "; fixed " + ", ".join(f"{k}={_fmt(v)}" for k, v in self.fixed.items())
+        return text
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
