@@ -141,8 +141,6 @@ def _cmd_search(args) -> int:
             k: getattr(args, k) if getattr(args, k) is not None else space.search.get(k, v)
             for k, v in SEARCH_DEFAULTS.items()
         }
-        if opts["early_stop"] != "none":
-            raise ConfigError(f"--early-stop {opts['early_stop']}: not available yet (use none)")
         rest = [a for a in args.train_args if a != "--"]
         tp = _Parser(prog="python -m hpcnet search ... --")
         add_train_flags(tp)
@@ -171,6 +169,7 @@ def _cmd_search(args) -> int:
         trial_timeout=opts["trial_timeout"] or None,
         config_file=config_file,
         resume=args.resume,
+        early_stop=opts["early_stop"],
     )
     return 0
 

@@ -92,6 +92,7 @@ class Run:
         self.shared: Any = None
         self.on_end_poll = None
         self.preempt: PreemptionWatch | None = None  # set by train()
+        self.on_progress = None  # set by train(): rank 0's record -> True to stop the run
         self.t_train = time.perf_counter()
         self._last_checkpoint = time.monotonic()  # --checkpoint-every-s counts from here
         # (signal, step of its checkpoint): an asynchronous algorithm's program stopped
@@ -201,6 +202,8 @@ class Run:
             self.prep.log.write(rec)
             if self.verbose:
                 print(progress_line(rec) + suffix, flush=True)
+            if self.on_progress is not None and self.on_progress(rec) and self.preempt:
+                self.preempt.request_stop()  # e.g. a search's early stopping
         return rec
 
     def partitions_text(self) -> str:
@@ -335,11 +338,19 @@ class Run:
         return float(tot[0] / tot[2]), float(tot[1] / tot[2])
 
 
-def train(cfg: Config, comm: MPI.Intracomm, verbose: bool = True) -> dict[str, Any]:
+def train(
+    cfg: Config, comm: MPI.Intracomm, verbose: bool = True, on_progress=None
+) -> dict[str, Any]:
     """Trains with the algorithm ``cfg.algo.name`` on every rank of ``comm``.
 
     Collective over ``comm``: every rank must call it with the same config.
 
+    Args:
+        on_progress: called on the rank writing the metrics log (rank 0) with each
+            progress record; when it returns True the run stops at the next step
+            boundary on every rank, checkpointed, as for SIGTERM, and ``train`` raises
+            :class:`~hpcnet.run.preempt.Preempted` with ``signum`` ``STOP_REQUESTED``
+            (a search's early stopping).
     Returns:
         The summary dict (every rank gets rank 0's; only rank 0 writes files); the
         final flat parameters ((n_params,) float32) are under ``"_params"``.
@@ -348,17 +359,17 @@ def train(cfg: Config, comm: MPI.Intracomm, verbose: bool = True) -> dict[str, A
     """
     watch = PreemptionWatch()  # SIGTERM/SIGUSR1: stop at a step boundary, checkpointed
     try:
-        return _train(cfg, comm, verbose, watch)
+        return _train(cfg, comm, verbose, watch, on_progress)
     finally:
         watch.close()
         watchdog.abandon()  # after an error (a normal end has stopped it collectively)
 
 
-def _train(cfg: Config, comm: MPI.Intracomm, verbose: bool, watch) -> dict[str, Any]:
+def _train(cfg: Config, comm: MPI.Intracomm, verbose: bool, watch, on_progress) -> dict[str, Any]:
     algo = get_algorithm(cfg.algo.name)
     prep = prepare(cfg, comm, verbose)
     run = Run(prep, comm, algo, verbose)
-    run.preempt = watch
+    run.preempt, run.on_progress = watch, on_progress
     if prep.resume is not None:  # where the appended records start again
         run.write_record(
             {

@@ -14,6 +14,9 @@ import signal
 import threading
 
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+# not a signal: the code of a stop the program asked for itself (a search's early
+# stopping, :meth:`PreemptionWatch.request_stop`); every rank agrees on it like a signal
+STOP_REQUESTED = 100
 
 
 class Preempted(Exception):
@@ -28,7 +31,7 @@ class Preempted(Exception):
     def __init__(self, signum: int, step: int, checkpoint: str):
         self.signum, self.step, self.checkpoint = signum, step, checkpoint
         self.exit_code = 128 + signum
-        name = signal.Signals(signum).name
+        name = "a stop request" if signum == STOP_REQUESTED else signal.Signals(signum).name
         super().__init__(
             f"stopped by {name} after step {step}; checkpoint in {checkpoint}; "
             f"continue with --resume {checkpoint.rsplit('/', 1)[0]} (exit status {self.exit_code})"
@@ -49,6 +52,11 @@ class PreemptionWatch:
     def _note(self, signum, frame) -> None:
         if not self.signum:
             self.signum = signum
+
+    def request_stop(self) -> None:
+        """Asks the run to stop as a signal would (:data:`STOP_REQUESTED`): every rank
+        stops at the same step boundary, checkpointed, and raises :class:`Preempted`."""
+        self._note(STOP_REQUESTED, None)
 
     def close(self) -> None:
         """Puts the previous handlers back."""

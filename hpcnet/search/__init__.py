@@ -28,6 +28,7 @@ from typing import Any
 
 from mpi4py import MPI
 
+from hpcnet.search.early_stop import EARLY_STOP
 from hpcnet.search.runner import TrainFn, TrialRecord, run_search
 from hpcnet.search.space import Space
 from hpcnet.search.strategies import DifferentialEvolution, Grid, Random
@@ -73,6 +74,7 @@ def run(
     config_file: str | None = None,
     resume: bool = False,
     verbose: bool = True,
+    early_stop: str = "none",
 ) -> list[TrialRecord]:
     """Runs a search with the strategy called ``strategy`` (``grid``, ``random``,
     ``de``). Collective over ``comm``; see :func:`hpcnet.search.runner.run_search`.
@@ -89,6 +91,13 @@ def run(
         fixed = {**sp.fixed, **(fixed or {})}
         if direction not in ("max", "min"):
             raise ConfigError(f"--direction {direction!r}: choose max or min")
+        if early_stop not in EARLY_STOP:
+            raise ConfigError(f"--early-stop {early_stop!r}: choose one of {', '.join(EARLY_STOP)}")
+        if early_stop != "none" and train_fn is not None:
+            raise ConfigError(
+                f"--early-stop {early_stop}: needs trials that are hpcnet runs (their progress "
+                "records), not a train_fn"
+            )
         if train_fn is None:
             sp.validate()
         if strategy == "grid":
@@ -125,6 +134,7 @@ def run(
         "fixed": {k: v for k, v in sorted(fixed.items())},
         "metric": metric,
         "direction": direction,
+        "early_stop": early_stop,
         "objective": "train" if train_fn is None else getattr(train_fn, "__name__", "train_fn"),
         "group_size": group_size,
     }
@@ -142,6 +152,7 @@ def run(
         trial_timeout=trial_timeout,
         resume=resume,
         verbose=verbose,
+        early_stop=early_stop,
     )
     if comm.Get_rank() == 0:
         from hpcnet.search.results import table, write_results
@@ -155,7 +166,29 @@ def run(
                     f"config in {Path(out) / 'best.toml'}",
                     flush=True,
                 )
+        _plot(Path(out), metric, direction, verbose)
     return records
+
+
+def _plot(out: Path, metric: str, direction: str, verbose: bool) -> None:
+    """Rank 0, at the end: the search's PNGs (:mod:`hpcnet.search.plots`) when
+    matplotlib is installed (none, silently, when not). A plot that fails is one line
+    on stderr: the results files are written already, the search is not lost."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return
+    import sys
+
+    from hpcnet.search.plots import plot_search
+
+    try:
+        paths = plot_search(out, metric, direction)
+    except Exception as e:
+        print(f"hpcnet search: plots not written: {type(e).__name__}: {e}", file=sys.stderr)
+        return
+    if verbose:
+        print("plots: " + ", ".join(str(p) for p in paths), flush=True)
 
 
 def grid(space, **kw) -> list[TrialRecord]:

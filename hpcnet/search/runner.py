@@ -50,6 +50,7 @@ from mpi4py import MPI
 from hpcnet.comm import Backoff, bcast_object, gather_objects, poll_until
 from hpcnet.comm.world import root_then_bcast
 from hpcnet.errors import ConfigError, HpcnetError
+from hpcnet.search.early_stop import make_rule, progress_key, read_curve
 
 TAG_ASK, TAG_ANSWER = 51, 52
 WAIT_S = 0.2  # a group told to wait asks again after this long
@@ -132,10 +133,25 @@ class Scheduler:
     """
 
     def __init__(
-        self, comm, strategy, n_groups, out: Path, metric, direction, records, verbose=True
+        self,
+        comm,
+        strategy,
+        n_groups,
+        out: Path,
+        metric,
+        direction,
+        records,
+        verbose=True,
+        early_stop: str = "none",
     ):
         self.comm, self.strategy, self.n_groups = comm, strategy, n_groups
         self.out, self.metric, self.direction, self.verbose = out, metric, direction, verbose
+        self.key, key_direction = progress_key(metric, direction)
+        self.rule = make_rule(early_stop, key_direction)
+        if self.rule is not None:  # a resumed search: the completed curves, the rungs
+            for rec in records:
+                if rec.status != "failed":
+                    self.rule.completed(rec.id, read_curve(self._dir(rec.id), self.key))
         self.records: list[TrialRecord] = list(records)
         self.running: dict[int, int] = {}  # trial id -> group
         self.done_groups: set[int] = set()
@@ -164,7 +180,15 @@ class Scheduler:
                 self.done_groups.add(msg[1])
             self.comm.send(answer, dest=source, tag=TAG_ANSWER)
 
-    def _answer(self, what: str, group: int, record: dict | None):
+    def _dir(self, trial_id: int) -> Path:
+        return self.out / "trials" / f"{trial_id:04d}"
+
+    def _answer(self, what: str, group: int, *args):
+        if what == "progress":  # a running trial's progress: go on, or stop early
+            trial_id, step, value = args
+            stop = self.rule is not None and self.rule.report(trial_id, step, value)
+            return ("stop",) if stop else ("go",)
+        (record,) = args
         if record is not None:
             self._finished(TrialRecord(**record))
         trial = self.strategy.ask()
@@ -177,8 +201,11 @@ class Scheduler:
 
     def _finished(self, rec: TrialRecord) -> None:
         self.running.pop(rec.id, None)
-        metric = rec.metric if rec.status != "failed" else None
-        self.strategy.tell(rec.id, metric)
+        if self.rule is not None and rec.status == "completed":
+            self.rule.completed(rec.id, read_curve(self._dir(rec.id), self.key))
+        # a stopped trial's metric is a training value, not the searched one: to the
+        # strategy it counts as worse than any completed trial (it never wins a selection)
+        self.strategy.tell(rec.id, rec.metric if rec.status == "completed" else None)
         self.records.append(rec)
         self.finished_here += 1
         with open(self.out / "trials.jsonl", "a") as f:
@@ -186,7 +213,7 @@ class Scheduler:
             f.flush()
             os.fsync(f.fileno())
         _write_atomic(self.out / "state.json", json.dumps(self.strategy.state()))
-        if rec.status != "failed":
+        if rec.status == "completed":
             from hpcnet.search.results import write_hparams
 
             write_hparams(self.out, rec, self.metric)
@@ -194,7 +221,7 @@ class Scheduler:
             print(self._progress_line(rec), flush=True)
 
     def best(self) -> TrialRecord | None:
-        ok = [r for r in self.records if r.status != "failed" and r.metric is not None]
+        ok = [r for r in self.records if r.status == "completed" and r.metric is not None]
         if not ok:
             return None
         pick = max if self.direction == "max" else min
@@ -241,10 +268,13 @@ def _run_trial(
     train_fn: TrainFn | None,
     metric: str,
     trial_timeout: float | None,
+    on_progress=None,
 ) -> dict[str, Any]:
-    """Runs one trial on every rank of ``group``; returns this rank's outcome."""
+    """Runs one trial on every rank of ``group``; returns this rank's outcome.
+    ``on_progress(record) -> stop?``: early stopping, asked on the run's rank 0."""
     from hpcnet.algos import train
     from hpcnet.config import load_config
+    from hpcnet.run.preempt import STOP_REQUESTED, Preempted
 
     out: dict[str, Any] = {"status": "completed", "metric": None, "steps": None, "reason": ""}
     comm = group.Dup()  # a failed trial may leave requests pending on it: never reused
@@ -255,7 +285,7 @@ def _run_trial(
             overrides = {**fixed, **trial.params}
             if train_fn is None:
                 cfg = load_config(config_file, {**overrides, "run.out": str(trial_dir)})
-                metrics = train(cfg, comm, verbose=False)
+                metrics = train(cfg, comm, verbose=False, on_progress=on_progress)
                 metrics.pop("_params", None)
             else:
                 metrics = train_fn(dict(overrides), comm)
@@ -269,6 +299,10 @@ def _run_trial(
             out.update(status="failed", reason=f"{metric} is {out['metric']}")
         elif any(isinstance(v, float) and not math.isfinite(v) for v in losses):
             out.update(status="failed", reason="the loss became NaN")
+    except Preempted as e:
+        if e.signum != STOP_REQUESTED:
+            raise  # a real SIGTERM/SIGUSR1: the search itself stops
+        out.update(status="stopped", steps=e.step)  # early stopping (metric: the leader's)
     except TrialTimeout:
         out.update(status="failed", reason=f"past its trial timeout ({trial_timeout:g} s)")
     except (HpcnetError, Exception) as e:  # noqa: BLE001  a trial's failure is a result
@@ -325,6 +359,7 @@ def run_search(
     resume: bool = False,
     verbose: bool = True,
     answer_timeout: float = 600.0,
+    early_stop: str = "none",
 ) -> list[TrialRecord]:
     """Runs every trial ``strategy`` hands out on the rank groups of ``comm``.
 
@@ -344,6 +379,8 @@ def run_search(
         metric: the metrics key to optimise; ``direction``: ``max`` or ``min``.
         trial_timeout: seconds a trial may run (None: no limit).
         resume: continue the search in ``out`` (finished trials are kept).
+        early_stop: ``none``, ``median`` or ``asha`` (:mod:`hpcnet.search.early_stop`;
+            hpcnet training only, not a ``train_fn``).
         answer_timeout: seconds a leader waits for the scheduler's answer.
     Returns:
         Every finished trial's record (every rank), in the order they finished.
@@ -366,15 +403,18 @@ def run_search(
         try:
             strategy.metric(rec.id)
         except KeyError:
-            strategy.tell(rec.id, rec.metric if rec.status != "failed" else None)
+            strategy.tell(rec.id, rec.metric if rec.status == "completed" else None)
     g, n_groups = rank // group_size, size // group_size
+    key = progress_key(metric, direction)[0]
     group = comm.Split(g, rank)
     group.Set_name(f"search group {g}")
     sched = comm.Dup()
     sched.Set_name("search scheduler")
     scheduler = thread = None
     if rank == 0:
-        scheduler = Scheduler(sched, strategy, n_groups, out, metric, direction, records, verbose)
+        scheduler = Scheduler(
+            sched, strategy, n_groups, out, metric, direction, records, verbose, early_stop
+        )
         thread = threading.Thread(
             target=scheduler.serve, name="hpcnet search scheduler", daemon=True
         )
@@ -408,8 +448,26 @@ def run_search(
         if leader:
             trial_dir.mkdir(parents=True)
         started = time.time()
+        last: list[float] = []  # the progress values the leader reported
+
+        def on_progress(rec, trial=trial, last=last) -> bool:
+            value = rec.get(key)
+            if not isinstance(value, int | float):
+                return False
+            last.append(float(value))
+            answer = _ask(sched, ("progress", g, trial.id, rec["step"], value), answer_timeout)
+            return answer[0] != "go"
+
         mine = _run_trial(
-            trial, group, trial_dir, fixed or {}, config_file, train_fn, metric, trial_timeout
+            trial,
+            group,
+            trial_dir,
+            fixed or {},
+            config_file,
+            train_fn,
+            metric,
+            trial_timeout,
+            on_progress if early_stop != "none" else None,
         )
         outcomes = gather_objects(mine, group, what="the trial's outcome")
         if leader:
@@ -420,7 +478,9 @@ def run_search(
                     id=trial.id,
                     params=trial.params,
                     status="failed" if bad else first["status"],
-                    metric=outcomes[0]["metric"],
+                    metric=last[-1]
+                    if first["status"] == "stopped" and last
+                    else outcomes[0]["metric"],
                     steps=outcomes[0]["steps"],
                     wall_s=max(o["wall_s"] for o in outcomes),
                     group=g,

@@ -74,6 +74,21 @@ def test_killed_and_resumed_equals_uninterrupted_bit_for_bit(tmp_path, algo, mod
     assert steps and '"event": "test"' in steps[-1]
 
 
+@pytest.mark.timeout(400)
+def test_model_parallel_replicas_resume_bit_for_bit(tmp_path):
+    # 2 replicas x 2 partitions: each rank saves the parameters and momentum it owns
+    args = ["train", "--partitions", "2", "--model", "digits_cnn", *RUN, "--epochs", "3"]
+    code, _, stderr, _ = hpcnet(*args, "--out", str(tmp_path / "whole"), n=4, timeout=200)
+    assert code == 0, stderr
+    killed = tmp_path / "killed"
+    p = start_run(4, args, killed, lambda: (killed / "checkpoint-000000100.h5").exists())
+    os.killpg(p.pid, signal.SIGKILL)
+    p.wait(timeout=30)
+    code, _, stderr, _ = hpcnet(*args, "--resume", str(killed), n=4, timeout=200)
+    assert code == 0, stderr
+    assert _final_params_sha(killed) == _final_params_sha(tmp_path / "whole")
+
+
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1])
 def test_a_signal_to_one_rank_stops_every_rank_checkpointed(tmp_path, signum):

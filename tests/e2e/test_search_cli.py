@@ -97,3 +97,27 @@ def test_resume_after_a_kill_keeps_finished_trials_and_runs_the_rest(tmp_path):
     assert sorted(r["params"]["optim.lr"] for r in after) == lrs
     for i, stamp in stamps.items():  # finished trials were not run again
         assert (out / "trials" / f"{i:04d}" / "summary.json").stat().st_mtime_ns == stamp
+
+
+@pytest.mark.timeout(400)
+def test_median_stopping_stops_a_clearly_worse_trial(tmp_path):
+    # 2 groups: trials 0-3 (good learning rates) run first; by the time the hopeless one
+    # (lr 1e-6) starts, at least 3 have completed and its accuracy is far below theirs
+    lrs = [0.05, 0.1, 0.08, 0.06, 1e-6]
+    space = _space(tmp_path, f"[space]\n'optim.lr' = {{ values = {lrs} }}\n")
+    out = tmp_path / "search"
+    train = ["--", "--model", "mlp", "--max-steps", "200", "--log-every", "10",
+             "--threads", "1", "--batch-size", "32"]  # fmt: skip
+    code, _, stderr, _ = hpcnet(
+        "search", "--space", str(space), "--early-stop", "median", "--out", str(out), *train,
+        timeout=300, cwd=tmp_path,
+    )  # fmt: skip
+    assert code == 0, stderr
+    recs = {
+        r["params"]["optim.lr"]: r
+        for r in map(json.loads, (out / "trials.jsonl").read_text().splitlines())
+    }
+    bad = recs[1e-6]
+    assert bad["status"] == "stopped" and bad["steps"] < 200, bad
+    assert bad["metric"] < 0.5  # its last training accuracy
+    assert recs[0.05]["status"] == recs[0.1]["status"] == "completed"  # nothing to compare
