@@ -1,5 +1,5 @@
-"""The ``plot`` and ``export`` subcommands: a finished run's results for people and for
-other tools.
+"""The ``plot`` and ``export`` subcommands: a finished run's (or search's) results for
+people and for other tools.
 
 Both run on a single process (``python -m hpcnet plot OUT``, no ``mpiexec``), return
 an exit status, and let :class:`~hpcnet.errors.HpcnetError` (a missing OUT, no
@@ -24,9 +24,17 @@ def add_plot_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
         description="Draws the training loss and accuracy of each run (shared axes, the "
         "final test figures as stars) and, when the runs have them, the Downpour staleness "
         "histogram and per-replica throughput, Sandblaster work units per replica and "
-        "model-parallel bytes per partition, into one PNG.",
+        "model-parallel bytes per partition, into one PNG. Given a search's directory (it "
+        "has trials.jsonl), draws the search's PNGs into it instead: trials.png, "
+        "generations.png (differential evolution), params.png and curves.png.",
     )
-    p.add_argument("out", nargs="+", type=Path, metavar="OUT", help="a run's --out directory")
+    p.add_argument(
+        "out",
+        nargs="+",
+        type=Path,
+        metavar="OUT",
+        help="a run's --out directory, or one search's --out (has trials.jsonl)",
+    )
     p.add_argument(
         "--x",
         choices=("step", "time"),
@@ -75,6 +83,8 @@ def _plot(args) -> int:
     from hpcnet.run.results import read_results
 
     require_matplotlib()  # before reading anything: the one missing piece first
+    if any((out / "trials.jsonl").is_file() for out in args.out):
+        return _plot_search(args)
     runs = [read_results(out) for out in args.out]
     path = args.output or (args.out[0] / "plot.png" if len(runs) == 1 else Path(RUNS_PNG))
     try:
@@ -84,6 +94,25 @@ def _plot(args) -> int:
 
         raise ResultsError(f"-o {path}: cannot write: {e.strerror or e}") from None
     print(f"wrote {path}")
+    return 0
+
+
+def _plot_search(args) -> int:
+    from hpcnet.errors import ResultsError
+    from hpcnet.search.plots import plot_search
+
+    if len(args.out) > 1:
+        raise ResultsError(
+            f"plot {' '.join(map(str, args.out))}: a search directory is plotted alone "
+            "(one search's --out, or run directories only)"
+        )
+    if args.output is not None:
+        raise ResultsError(
+            f"-o {args.output}: a search's PNGs are written into its directory "
+            f"{args.out[0]}; drop -o"
+        )
+    for path in plot_search(args.out[0]):  # metric and direction from its search.json
+        print(f"wrote {path}")
     return 0
 
 
