@@ -75,16 +75,22 @@ def check_resumable(info: dict[str, Any], cfg: Config, layout: Layout) -> None:
             :data:`MAY_CHANGE` differs; the message names it.
     """
     path = info["path"]
-    if info["layout"] != layout.to_dict():
+    if info["layout"] != layout.to_dict() and not replicas_changed(info, layout):
         raise CheckpointError(
             f"{path}: written by a run laid out as {info['layout']}, this one is "
             f"{layout.to_dict()}; resume with the same world size and roles"
+            + (
+                " (downpour: only the replica count may change)"
+                if layout.algo == "downpour"
+                else ""
+            )
         )
     saved = tomllib.loads(str(info["config"]))
     now = cfg.to_dict()
+    may_change = MAY_CHANGE | ({("algo", "replicas")} if layout.algo == "downpour" else set())
     for section, values in now.items():
         for key, value in values.items():
-            if (section, key) in MAY_CHANGE:
+            if (section, key) in may_change:
                 continue
             old = saved.get(section, {}).get(key)
             if old != value:
@@ -92,3 +98,18 @@ def check_resumable(info: dict[str, Any], cfg: Config, layout: Layout) -> None:
                     f"{path}: written with [{section}] {key} = {old!r}, this run has "
                     f"{value!r}; resume with the same settings"
                 )
+
+
+def replicas_changed(info: dict[str, Any], layout: Layout) -> bool:
+    """Whether a Downpour checkpoint differs from this layout in its replica count (and
+    world size) only: the one change a resume allows. The shards' state is the whole
+    model and its optimizer; the replicas hold nothing but their data position, which
+    a resumed run with another count restarts at the checkpoint's position in epochs
+    (:func:`hpcnet.ps.checkpoint.resume_plan_new_replicas`)."""
+    old, now = info["layout"], layout.to_dict()
+    same = ("algo", "coordinators", "shards", "partitions")
+    return (
+        layout.algo == "downpour"
+        and all(old.get(k) == now[k] for k in same)
+        and old.get("replicas") != now["replicas"]
+    )

@@ -83,6 +83,18 @@ def resume_plan(
     return out
 
 
+def resume_plan_new_replicas(
+    epoch: float, steps_per_epoch: int, total_steps: int, n_clients: int
+) -> list[ClientResume]:
+    """Where the clients restart when the replica count changed: every replica at the
+    checkpoint's position in epochs (``epoch``, the checkpoint's) in this run's steps,
+    with fresh push counters (the shards' ACKs restart at 0: the old replicas' push
+    streams end at the checkpoint, whose state holds what they applied; what they had
+    in flight is recomputed)."""
+    step = min(total_steps, round(epoch * steps_per_epoch))
+    return [ClientResume(step=step, sent=[], skip=[]) for _ in range(n_clients)]
+
+
 def _pack(snap: Snapshot) -> tuple[np.ndarray, np.ndarray]:
     arrays, state = snap
     head = np.array([state["shard"], state["version"], *state["acks"]], np.float64)

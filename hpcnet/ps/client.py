@@ -91,8 +91,8 @@ class ShardClient:
         self.stopped = False  # a shard has finished, or the run is stopping: stop training
         self.preempt_signal = 0  # the signal the run is stopping for (a shard's PREEMPT)
         n = len(shards)
-        self.sent = np.array(sent if sent is not None else [0] * n, np.int64)  # per shard
-        self.skip = np.array(skip if skip is not None else [0] * n, np.int64)
+        self.sent = np.array(sent or [0] * n, np.int64)  # per shard
+        self.skip = np.array(skip or [0] * n, np.int64)
         self.versions = np.zeros(len(shards), np.int64)  # per shard, at the last fetch
         self._head = np.zeros(W.HEAD, np.float64)
         self._one = np.ones(1, np.float64)

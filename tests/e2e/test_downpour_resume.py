@@ -114,3 +114,24 @@ def test_a_signal_to_one_rank_stops_every_rank_checkpointed(tmp_path, shards, ra
     code, _, stderr, _ = hpcnet(*args, "--resume", str(out), n=n, timeout=300)
     assert code == 0, stderr
     _assert_every_push_once(out, 1)
+
+
+@pytest.mark.timeout(600)
+def test_resume_with_another_replica_count_restarts_every_replica_at_the_epoch(tmp_path):
+    # 2 replicas checkpointed, 3 resume: the shards' state carries on, every replica
+    # restarts at the checkpoint's position in epochs with fresh push counters
+    out = tmp_path / "run"
+    args = [a for a in _args(1) if a not in ("--replicas", "2")] + ["--shards", "1"]
+    p = _start(3, args, out, checkpoints=2)
+    os.killpg(p.pid, signal.SIGKILL)
+    p.wait(timeout=30)
+    with h5py.File(out / "checkpoint.h5", "r") as f:
+        epoch = float(f.attrs["epoch"])
+    code, stdout, stderr, _ = hpcnet(*args, "--resume", str(out), n=4, timeout=300)
+    assert code == 0, stderr
+    assert "resuming 2 replicas' checkpoint with 3" in stdout, stdout
+    summary = json.loads((out / "summary.json").read_text())
+    spe = 1437 // (3 * 8)  # steps per epoch of each of 3 replicas
+    restart = round(epoch * spe)
+    assert summary["shards"][0]["pushes_applied"] == [spe * EPOCHS - restart] * 3
+    assert summary["test_accuracy"] > 0.85

@@ -62,3 +62,26 @@ def test_a_crash_while_writing_leaves_the_previous_checkpoint(tmp_path, monkeypa
     monkeypatch.undo()
     info = read_checkpoint(tmp_path / "checkpoint.h5")
     assert info["step"] == 10 and info["params"][0] == 1.0
+
+
+def test_only_downpour_may_resume_with_another_replica_count():
+    from hpcnet.algos.resume import check_resumable
+    from hpcnet.config import load_config
+    from hpcnet.errors import CheckpointError
+    from hpcnet.layout import layout_for
+
+    def info(algo, n, **kv):
+        cfg = load_config(None, {"algo.name": algo, **kv})
+        return cfg, {"path": "OUT/checkpoint.h5", "layout": layout_for(cfg, n).to_dict(),
+                     "config": cfg.to_toml()}  # fmt: skip
+
+    cfg, saved = info("downpour", 3)  # 1 shard + 2 replicas
+    check_resumable(saved, cfg, layout_for(cfg, 4))  # 3 replicas: allowed
+    more = load_config(None, {"algo.name": "downpour", "algo.replicas": 3})
+    check_resumable(saved, more, layout_for(more, 4))  # --replicas itself may change
+    two = load_config(None, {"algo.name": "downpour", "algo.shards": 2})
+    with pytest.raises(CheckpointError, match="only the replica count may change"):
+        check_resumable(saved, two, layout_for(two, 4))  # 2 shards: refused
+    cfg, saved = info("sync", 2)
+    with pytest.raises(CheckpointError, match="same world size"):
+        check_resumable(saved, cfg, layout_for(cfg, 3))

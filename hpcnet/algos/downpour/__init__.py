@@ -39,6 +39,7 @@ from hpcnet.algos.downpour.replica import run_replica
 from hpcnet.algos.downpour.shard import run_shard
 from hpcnet.algos.lifecycle import Run
 from hpcnet.algos.registry import SHARDED_FLAGS, Algorithm, register
+from hpcnet.algos.resume import replicas_changed
 from hpcnet.comm import (
     allgather_objects,
     allgather_ranges,
@@ -48,7 +49,12 @@ from hpcnet.comm import (
 from hpcnet.layout import LayoutRule
 from hpcnet.optim.rules import make_rule
 from hpcnet.ps import windows as W
-from hpcnet.ps.checkpoint import ClientResume, ShardCheckpoints, resume_plan
+from hpcnet.ps.checkpoint import (
+    ClientResume,
+    ShardCheckpoints,
+    resume_plan,
+    resume_plan_new_replicas,
+)
 from hpcnet.ps.shard import ShardService, ShardStats
 from hpcnet.run.checkpoint import read_rank_state
 
@@ -94,15 +100,29 @@ def _setup(run: Run) -> _Shared:
     ]
     resume, states = None, None
     if run.prep.resume is not None:  # every rank reads the shards' state from the file
-        path = run.prep.resume["path"]
-        states = [read_rank_state(path, r) for r in layout.shard_ranks]
-        resume = resume_plan(
-            [st["acks"] for _, st in states],
-            touches,
-            cfg.ps.n_push,
-            run.budget.total_steps,
-            layout.partitions,
-        )
+        info = run.prep.resume
+        states = [read_rank_state(info["path"], r) for r in layout.shard_ranks]
+        if replicas_changed(info, layout):  # fresh push streams from the shards' state
+            for _, st in states:
+                st["acks"] = [0] * layout.n_clients
+            resume = resume_plan_new_replicas(
+                float(info["epoch"]),
+                run.budget.steps_per_epoch,
+                run.budget.total_steps,
+                layout.n_clients,
+            )
+            run.say(
+                f"downpour: resuming {info['layout']['replicas']} replicas' checkpoint with "
+                f"{layout.replicas}: every replica restarts at epoch {float(info['epoch']):.3f}"
+            )
+        else:
+            resume = resume_plan(
+                [st["acks"] for _, st in states],
+                touches,
+                cfg.ps.n_push,
+                run.budget.total_steps,
+                layout.partitions,
+            )
     shared = _Shared(ranges, windows, touches, resume)
     if run.role.kind == "shard":
         s = run.role.index
