@@ -121,3 +121,41 @@ def test_median_stopping_stops_a_clearly_worse_trial(tmp_path):
     assert bad["status"] == "stopped" and bad["steps"] < 200, bad
     assert bad["metric"] < 0.5  # its last training accuracy
     assert recs[0.05]["status"] == recs[0.1]["status"] == "completed"  # nothing to compare
+
+
+@pytest.mark.timeout(600)
+def test_resume_of_a_killed_de_search_continues_its_generation(tmp_path):
+    space = _space(
+        tmp_path,
+        "[space]\n'optim.lr' = { low = 0.01, high = 0.3, log = true }\n"
+        "'optim.momentum' = { low = 0.0, high = 0.9 }\n",
+    )
+    conf = tmp_path / "trial.toml"
+    conf.write_text("[model]\nname = 'mlp'\n[run]\nmax_steps = 40\nthreads = 1\n")
+    out = tmp_path / "search"
+    args = ["search", "--space", str(space), "--strategy", "de", "--population", "4",
+            "--generations", "2", "--seed", "3", "--config", str(conf)]  # fmt: skip
+    jsonl = out / "trials.jsonl"
+    # killed once generation 1 is under way (generation 0: trials 0-3)
+    p = start_run(2, args, out, lambda: jsonl.exists() and jsonl.read_text().count("\n") >= 5)
+    os.killpg(p.pid, signal.SIGKILL)
+    p.wait(timeout=30)
+    before = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    assert 5 <= len(before) < 12
+    code, _, stderr, _ = hpcnet(*args, "--out", str(out), "--resume", timeout=300, cwd=tmp_path)
+    assert code == 0, stderr
+    after = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    assert sorted(r["id"] for r in after) == list(range(12))  # every trial once
+    assert after[: len(before)] == before  # the finished ones kept as they were
+    gens = {r["id"]: r["generation"] for r in after}
+    assert [gens[i] for i in range(12)] == [0] * 4 + [1] * 4 + [2] * 4
+    # the same trials as a search never killed (DE's trials follow from the seed and
+    # the metrics; mlp on one rank per trial is deterministic)
+    whole = tmp_path / "whole"
+    code, _, stderr, _ = hpcnet(*args, "--out", str(whole), timeout=300, cwd=tmp_path)
+    assert code == 0, stderr
+    ref = {
+        json.loads(x)["id"]: json.loads(x)["params"]
+        for x in (whole / "trials.jsonl").read_text().splitlines()
+    }
+    assert {r["id"]: r["params"] for r in after} == ref
