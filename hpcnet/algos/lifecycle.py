@@ -222,7 +222,7 @@ class Run:
         Collective over ``comm`` (one allreduce of two integers): every rank calls it
         once per step, or it hangs.
         """
-        by_time = self.rank == 0 and self._due_by_time()
+        by_time = self.rank == 0 and self.due_by_time()
         signum = self.preempt.signum if self.preempt else 0
         signum, by_time = allreduce_max_ints([signum, int(by_time)], self.comm, "step end")
         return self._due_by_steps(step) or bool(by_time), signum
@@ -231,7 +231,9 @@ class Run:
         every = self.cfg.run.checkpoint_every
         return every > 0 and step % every == 0
 
-    def _due_by_time(self) -> bool:
+    def due_by_time(self) -> bool:
+        """Whether ``--checkpoint-every-s`` seconds of this rank's clock have passed since
+        the last checkpoint it wrote (or the start)."""
         every_s = self.cfg.run.checkpoint_every_s
         return every_s > 0 and time.monotonic() - self._last_checkpoint >= every_s
 
@@ -254,7 +256,7 @@ class Run:
         """Whether a checkpoint is due after ``step`` by this rank's own count and clock
         (``--checkpoint-every``, ``--checkpoint-every-s``): for an algorithm one rank
         drives (Sandblaster's coordinator); :meth:`step_end` agrees it over all ranks."""
-        return self._due_by_steps(step) or self._due_by_time()
+        return self._due_by_steps(step) or self.due_by_time()
 
     # --- checkpoints -------------------------------------------------------------------
     def resume_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:

@@ -10,7 +10,7 @@ from typing import Any
 
 import tomli_w
 
-from hpcnet.search.runner import TrialRecord
+from hpcnet.search.runner import TrialRecord, fmt_value
 
 _STATUS_ORDER = {"completed": 0, "stopped": 1, "failed": 2}
 
@@ -84,7 +84,7 @@ def table(
         [
             str(r.id),
             f"{r.metric:.4f}" if r.metric is not None else "-",
-            *(_cell(r.params.get(k)) for k in keys),
+            *(fmt_value(r.params.get(k)) for k in keys),
             r.status if r.status != "failed" else f"failed: {r.reason}"[:48],
             f"{r.wall_s:.1f}",
         ]
@@ -98,10 +98,6 @@ def table(
     if len(rows) > top:
         lines.append(f"... and {len(rows) - top} more in results.csv")
     return "\n".join(lines)
-
-
-def _cell(v: Any) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
 def write_hparams(out: Path, rec: TrialRecord, metric: str) -> bool:

@@ -228,7 +228,7 @@ class Scheduler:
         return pick(ok, key=lambda r: r.metric)
 
     def _progress_line(self, rec: TrialRecord) -> str:
-        params = ", ".join(f"{k}={_fmt(v)}" for k, v in rec.params.items())
+        params = ", ".join(f"{k}={fmt_value(v)}" for k, v in rec.params.items())
         what = f"{rec.metric:.4g}" if rec.status == "completed" else f"{rec.status} ({rec.reason})"
         if rec.status == "stopped" and rec.metric is not None:
             what = f"{rec.metric:.4g} (stopped early)"
@@ -243,7 +243,8 @@ class Scheduler:
         return f"trial {rec.id:4d} [{params}] {what}; {best_text}; {done}{of} done{eta}"
 
 
-def _fmt(v: Any) -> str:
+def fmt_value(v: Any) -> str:
+    """A parameter value for a progress line or a table (floats to 4 digits)."""
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 

@@ -45,10 +45,9 @@ class _Leader:
         self.log_mark: int | None = None  # progress records written so far, by steps
         self.steps_at = [W.field(c, W.STEPS) for c in range(run.layout.n_clients)]
         r = run.cfg.run
-        self.every, self.every_s = r.checkpoint_every, r.checkpoint_every_s
+        self.every = r.checkpoint_every
         self.steps_per_push = run.cfg.ps.n_push / max(1, run.shared.touching[0])
         self.mark: int | None = None  # checkpoints due so far, by steps
-        self.t_last = time.monotonic()
 
     def on_pass(self, ctrl) -> None:
         if self.tick is not None:
@@ -67,7 +66,7 @@ class _Leader:
                 self.mark = mark
             due = mark > self.mark
             self.mark = mark
-        if self.every_s and time.monotonic() - self.t_last >= self.every_s:
+        if self.run.due_by_time():  # --checkpoint-every-s, the run's own clock
             due = True
         if due:
             self.save()
@@ -90,7 +89,6 @@ class _Leader:
         for r, snap in zip(run.layout.shard_ranks, snaps, strict=True):
             ranks[r] = snap
         run.write_checkpoint(step, step / run.budget.steps_per_epoch, params, ranks)
-        self.t_last = time.monotonic()
         return step
 
     def at_end(self, ctrl) -> None:
