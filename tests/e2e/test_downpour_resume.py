@@ -25,6 +25,8 @@ pytestmark = pytest.mark.skipif(MPIEXEC is None, reason="no mpiexec")
 EPOCHS = 4
 # the digits: 1,437 training rows over 2 replicas at batch 8 = 89 steps per epoch each
 STEPS = 89 * EPOCHS
+# steps per replica after which the window loss is well below the first window's
+MIN_STEP = 100
 
 
 def _args(n_push: int) -> list[str]:
@@ -35,9 +37,25 @@ def _args(n_push: int) -> list[str]:
     ]  # fmt: skip
 
 
-def _start(n: int, args: list[str], out: Path, checkpoints: int):
-    """Starts the run and returns once ``checkpoints`` intermediate ones are on disk."""
-    return start_run(n, args, out, lambda: len(list(out.glob("checkpoint-*.h5"))) >= checkpoints)
+def _start(n: int, args: list[str], out: Path, checkpoints: int, min_step: int = 0):
+    """Starts the run and returns once ``checkpoints`` intermediate ones are on disk,
+    the newest at step ``min_step`` or later."""
+
+    def ready() -> bool:
+        return len(list(out.glob("checkpoint-*.h5"))) >= checkpoints and (
+            min_step == 0 or _newest_step(out) >= min_step
+        )
+
+    return start_run(n, args, out, ready)
+
+
+def _newest_step(out: Path) -> int:
+    """The step of OUT/checkpoint.h5 (renamed into place whole), or -1 while it is absent."""
+    try:
+        with h5py.File(out / "checkpoint.h5", "r") as f:
+            return int(f.attrs["step"])
+    except (OSError, KeyError):
+        return -1
 
 
 def _checkpoint(out: Path, shards: int) -> tuple[int, list[list[int]]]:
@@ -76,11 +94,13 @@ def test_killed_and_resumed_applies_every_push_once_and_loss_goes_on(
     n = shards + 2 * partitions  # 2 replicas of M partitions (a client each)
     out = tmp_path / "run"
     args = [*_args(n_push), "--shards", str(shards), "--partitions", str(partitions)]
-    p = _start(n, args, out, checkpoints=2)
+    # the first ~50 steps of asynchronous Adagrad are noisy (window losses 1.2-3.1 on the
+    # digits): kill once the shards are well past them, so the loss test below has margin
+    p = _start(n, args, out, checkpoints=2, min_step=MIN_STEP)
     os.killpg(p.pid, signal.SIGKILL)
     p.wait(timeout=30)
     at, acks = _checkpoint(out, shards)
-    assert 20 <= at < STEPS
+    assert MIN_STEP <= at < STEPS
     code, stdout, stderr, _ = hpcnet(*args, "--resume", str(out), n=n, timeout=300)
     assert code == 0, stderr
     assert "test accuracy" in stdout
