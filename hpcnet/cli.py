@@ -267,6 +267,9 @@ def _cmd_info(args) -> int:
             f"(MPI {'.'.join(map(str, MPI.Get_version()))}), mpi4py "
             f"{__import__('mpi4py').__version__}"
         )
+        from hpcnet.comm import ft
+
+        print(f"fault tolerance: {ft.describe().split('fault tolerance: ', 1)[1]}")
     return 0
 
 

@@ -51,6 +51,16 @@ class AlreadyFinished(HpcnetError):
     exit_code = 0
 
 
+class RankLost(HpcnetError):
+    """A rank the run cannot go on without died (under fault tolerance,
+    :mod:`hpcnet.comm.ft`): e.g. a Sandblaster coordinator. Raised on every surviving
+    rank alike, after they agreed who is alive; the message says what to resume from.
+    Exit status 3."""
+
+    exit_code = 3
+    collective = True
+
+
 EXIT_STALLED = 124  # a wait for another rank passed its deadline (as GNU timeout's status)
 
 

@@ -40,6 +40,7 @@ from hpcnet.comm import (
     barrier_polling,
     bcast_,
     bcast_object,
+    ft,
     gather_objects,
     set_error_report,
     split_role_comms,
@@ -49,6 +50,7 @@ from hpcnet.comm.exchange import Exchange
 from hpcnet.comm.messages import Channel
 from hpcnet.config import Config
 from hpcnet.data.loader import BatchLoader, eval_batches
+from hpcnet.errors import RankLost
 from hpcnet.modelpar import partition_model
 from hpcnet.optim.schedules import lr_at, scaled_lr
 from hpcnet.run.checkpoint import read_rank_state, write_checkpoint
@@ -100,6 +102,10 @@ class Run:
         self.stopped_by = (0, 0)
         self._signals = Channel(comm, TAG_SIGNAL)
         self._forwarded = self._heard = 0
+        # fault tolerance (hpcnet.comm.ft): the ranks of the starting communicator that
+        # died, and the starting ranks still alive (``comm`` is theirs after the end)
+        self.lost: list[int] = []
+        self.live: list[int] = list(range(comm.Get_size()))
 
     # --- what every program reads ------------------------------------------------
     cfg = property(lambda self: self.prep.cfg)
@@ -224,7 +230,9 @@ class Run:
         """
         by_time = self.rank == 0 and self.due_by_time()
         signum = self.preempt.signum if self.preempt else 0
-        signum, by_time = allreduce_max_ints([signum, int(by_time)], self.comm, "step end")
+        signum, by_time = allreduce_max_ints(
+            [signum, int(by_time)], self.comm, "step-end allreduce (checkpoint due, stop signal)"
+        )
         return self._due_by_steps(step) or bool(by_time), signum
 
     def _due_by_steps(self, step: int) -> bool:
@@ -318,6 +326,69 @@ class Run:
             print(line, flush=True)
 
     # --- the end of a run ----------------------------------------------------------
+    def meet_at_end(self) -> None:
+        """Every rank meets at the end of training: a barrier that sleeps while it waits,
+        with a deadline, running ``on_end_poll`` between tests and once after.
+
+        Under fault tolerance (:mod:`hpcnet.comm.ft`: Open MPI, ``mpiexec --with-ft
+        ulfm``) the live ranks then agree who is left (``MPI_Comm_ishrink``); when a
+        rank died, the run ends over the survivors: ``comm`` becomes their
+        communicator, ``lost`` the starting ranks that died, ``live`` the others.
+
+        Raises:
+            RankLost: a rank died whose role the algorithm cannot go on without.
+            StallError: the others did not arrive within the deadline.
+        """
+        what = f"{self.algo.name} end of run"
+        failed = False
+        try:
+            barrier_polling(self.comm, self.deadlines.end_barrier, what, on_poll=self.on_end_poll)
+        except MPI.Exception as e:  # a rank died (the barrier cannot complete without it)
+            if not (ft.enabled() and ft.is_failure(e)):
+                raise
+            failed = True
+        if ft.enabled():
+            alive = ft.shrink(self.comm, self.deadlines.end_barrier, what + ": live ranks")
+            lost = ft.lost_between(self.comm, alive)
+            if lost:
+                self._go_on_without(lost, alive)
+            else:
+                alive.Free()
+                assert not failed, "the end barrier failed, yet every rank is alive"
+        if self.on_end_poll is not None:
+            self.on_end_poll()
+
+    def _go_on_without(self, lost: list[int], alive: MPI.Intracomm) -> None:
+        roles = {r: self.layout.role(r) for r in lost}
+        named = ", ".join(f"rank {r} ({roles[r]})" for r in lost)
+        cannot = [
+            r
+            for r in lost
+            if roles[r].kind != "replica" or self.layout.partitions > 1 or not self.algo.survives
+        ]
+        if cannot:
+            raise RankLost(
+                f"{named} died; {self.algo.name} cannot go on without "
+                f"{', '.join(str(roles[r]) for r in cannot)}"
+                + (
+                    f": resume from the newest checkpoint with --resume {self.prep.out}"
+                    if self.algo.resumable
+                    else ""
+                )
+            )
+        self.lost = lost
+        self.live = [r for r in self.live if r not in lost]
+        self.comm = alive
+        self.rank = alive.Get_rank()
+        self.say(f"{self.algo.name}: {named} died; the run ends on the {len(self.live)} others")
+
+    def live_replicas(self) -> list[int]:
+        """The indices of the replicas alive at the end of the run (all, unless ranks
+        died under fault tolerance)."""
+        return sorted(
+            {self.layout.role(r).index for r in self.live if self.layout.role(r).kind == "replica"}
+        )
+
     def evaluate(self) -> tuple[float, float]:
         """Test loss (mean, nats) and accuracy of the final parameters over the whole
         test split: each replica (each of its partitions) evaluates its own slice of
@@ -325,10 +396,11 @@ class Run:
         loss_sum = correct = count = 0.0
         if self.role.kind == "replica":
             info = self.info
+            live = self.live_replicas()  # a dead replica's rows: the others share them
             for x, y in eval_batches(
                 info.path,
-                replica=self.role.index,
-                n_replicas=self.layout.replicas,
+                replica=live.index(self.role.index),
+                n_replicas=len(live),
                 batch_size=max(self.cfg.run.batch_size, 256),
                 mean=info.mean,
                 std=info.std,
@@ -391,12 +463,10 @@ def _train(cfg: Config, comm: MPI.Intracomm, verbose: bool, watch, on_progress) 
     result = algo.programs[run.role.kind](run)
     train_s = time.perf_counter() - run.t_train
 
-    # the end: every rank meets (sleeping while it waits, with a deadline)
-    barrier_polling(
-        comm, run.deadlines.end_barrier, f"{algo.name} end of run", on_poll=run.on_end_poll
-    )
-    if run.on_end_poll is not None:
-        run.on_end_poll()
+    # the end: every rank meets (sleeping while it waits, with a deadline); under fault
+    # tolerance, over the ranks still alive from here on (run.comm)
+    run.meet_at_end()
+    comm = run.comm
     # an asynchronous algorithm stops for a signal at its own pace (sync and avg agree
     # at every step): every rank learns it here and leaves with the checkpoint written
     signum, at = allreduce_max_ints(list(run.stopped_by), comm, "end of run: stop signal")
@@ -419,6 +489,8 @@ def _train(cfg: Config, comm: MPI.Intracomm, verbose: bool, watch, on_progress) 
             test_loss=test_loss,
             wall_s=time.perf_counter() - prep.t_start,
         )
+        if run.lost:
+            summary["lost_ranks"] = [{"rank": r, "role": str(run.layout.role(r))} for r in run.lost]
         # the final checkpoint: OUT/checkpoint.h5 always ends holding the final parameters
         write_checkpoint(
             prep.out,
@@ -429,8 +501,11 @@ def _train(cfg: Config, comm: MPI.Intracomm, verbose: bool, watch, on_progress) 
         )
         report.report(run, summary)
     summary = bcast_object(summary, comm)
-    watchdog.stop()
-    run.comms.free()
+    if run.lost:  # their Free is collective over communicators that hold a dead rank
+        watchdog.abandon()
+    else:
+        watchdog.stop()
+        run.comms.free()
     set_error_report(None)  # this run's OUT is no place for a later error's report
     summary["_params"] = prep.model.params
     return summary

@@ -58,6 +58,10 @@ class Algorithm:
         supports_partitions: whether its replicas may be split (``--partitions``).
         resumable: whether its programs save their state at checkpoints and restore it
             on ``--resume`` (:meth:`hpcnet.algos.lifecycle.Run.save_checkpoint`).
+        survives: whether a run goes on when a replica's process dies (under fault
+            tolerance, :mod:`hpcnet.comm.ft`): its programs never wait for one replica
+            without a deadline after which they go on without it, and ``finish`` and
+            ``summarise`` work over the survivors (``run.comm``, ``run.live``).
     """
 
     name: str
@@ -71,6 +75,7 @@ class Algorithm:
     describe: Callable[[Run], str] | None = None
     supports_partitions: bool = True
     resumable: bool = False
+    survives: bool = False
 
     def __post_init__(self):
         need = {"replica"}

@@ -22,6 +22,7 @@ import numpy as np
 from mpi4py import MPI
 from mpi4py.util.dtlib import from_numpy_dtype
 
+from hpcnet.comm import ft
 from hpcnet.comm.waits import Backoff, poll_until, probe_polling
 
 ANY_SOURCE = MPI.ANY_SOURCE
@@ -77,10 +78,11 @@ class Channel:
         Args:
             out: where to receive (a prefix of it is used); None: a new array.
         Returns:
-            (the sender's rank, the message) or None when nothing is there.
+            (the sender's rank, the message) or None when nothing is there (also when
+            MPI reports a dead rank, under fault tolerance: :func:`hpcnet.comm.ft.iprobe`).
         """
         status = MPI.Status()
-        if not self.comm.Iprobe(source, self.tag, status):
+        if not ft.iprobe(self.comm, source, self.tag, status):
             return None
         return self._receive(status, out)
 

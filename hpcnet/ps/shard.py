@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from mpi4py import MPI
 
-from hpcnet.comm import Backoff, watchdog
+from hpcnet.comm import Backoff, ft, watchdog
 from hpcnet.ps import windows as W
 
 STALENESS_BINS = 64  # histogram bins 0..63, the last one also counts larger values
@@ -57,6 +57,11 @@ class ShardStats:
     bytes_in: int = 0  # gradient bytes consumed from the inbox
     staleness_hist: list[int] = field(default_factory=list)  # count per staleness 0..63+
     lost_clients: list[int] = field(default_factory=list)  # silent too long, in order lost
+    # per lost client: {"client", "after_s" (seconds into serving), "at_unix" (time.time()
+    # then), "version" (this shard's then), "pushes_applied" (then), "cause": "process
+    # failed" (MPI reported it dead, under ULFM) | "silent" (no heartbeat for the timeout)}
+    lost_at: list[dict] = field(default_factory=list)
+    pushes_announced: list[int] = field(default_factory=list)  # per client: READY at the end
     done_clients: list[int] = field(default_factory=list)  # said done by the end
     serve_s: float = 0.0  # wall seconds in the service loop
     cpu_s: float = 0.0  # CPU seconds (user + system) the loop used
@@ -94,6 +99,9 @@ class ShardService:
             (:mod:`hpcnet.ps.checkpoint`).
         signal_of: this rank's own stop signal (SIGTERM, SIGUSR1; 0: none). With a
             client's (its SIGNAL counter) it sets PREEMPT: every client stops.
+        client_ranks: each client's rank in ``comm``: under fault tolerance
+            (:mod:`hpcnet.comm.ft`) a client whose process MPI reports dead is lost at
+            once, without waiting ``replica_timeout`` seconds.
     """
 
     def __init__(
@@ -105,8 +113,10 @@ class ShardService:
         comm: MPI.Intracomm,
         on_pass: Callable[[np.ndarray], None] | None = None,
         signal_of: Callable[[], int] = lambda: 0,
+        client_ranks: list[int] | None = None,
     ):
         self.sw, self.rule, self.lr_at = sw, rule, lr_at
+        self.client_ranks = client_ranks
         self.timeout = replica_timeout
         self.comm = comm
         self.on_pass, self.signal_of = on_pass, signal_of
@@ -176,6 +186,8 @@ class ShardService:
         last_hb = np.full(C, -1.0)
         last_seen = np.full(C, time.monotonic())
         lost: set[int] = set()
+        dead: set[int] = set()  # clients whose process MPI reports failed (never back)
+        next_failure_check = 0.0
         idle_wall = idle_cpu = 0.0
         while True:
             c_iter, w_iter = time.process_time(), time.perf_counter()
@@ -198,18 +210,31 @@ class ShardService:
                     sw.ctrl_win.Sync()
             if self.on_pass is not None:
                 self.on_pass(ctrl)
+            if self.client_ranks is not None and now >= next_failure_check:
+                dead |= self._dead_clients()  # local knowledge: no communication
+                next_failure_check = now + 0.05
             done = []
             for c in range(C):
                 hb = ctrl[W.field(c, W.HEARTBEAT)]
-                if hb != last_hb[c]:
+                if hb != last_hb[c] and c not in dead:
                     last_hb[c], last_seen[c] = hb, now
                     lost.discard(c)
                 if ctrl[W.field(c, W.DONE)] > 0:
                     done.append(c)
-                elif now - last_seen[c] > self.timeout and c not in lost:
+                elif (c in dead or now - last_seen[c] > self.timeout) and c not in lost:
                     lost.add(c)
                     if c not in st.lost_clients:
                         st.lost_clients.append(c)
+                        st.lost_at.append(
+                            {
+                                "client": c,
+                                "after_s": time.perf_counter() - t0,
+                                "at_unix": time.time(),
+                                "version": int(ctrl[W.VERSION]),
+                                "pushes_applied": st.pushes_applied[c],
+                                "cause": "process failed" if c in dead else "silent",
+                            }
+                        )
             pending = any(ctrl[W.field(c, W.READY)] > ctrl[W.field(c, W.ACK)] for c in range(C))
             if len(done) + len(lost) >= C and not pending:
                 st.done_clients = done
@@ -217,7 +242,9 @@ class ShardService:
             if applied:
                 backoff.reset()
             else:
-                self.comm.Iprobe()  # let MPI make progress on passive-target operations
+                # let MPI make progress on passive-target operations (a dead rank's
+                # failure, under ULFM, is acknowledged here and found below)
+                ft.iprobe(self.comm)
                 backoff.sleep()
                 idle_cpu += time.process_time() - c_iter  # whole idle passes: polls + sleep
                 idle_wall += time.perf_counter() - w_iter
@@ -229,4 +256,10 @@ class ShardService:
         st.cpu_s = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
         st.idle_cpu_fraction = idle_cpu / idle_wall if idle_wall else 0.0
         st.version = int(ctrl[W.VERSION])
+        st.pushes_announced = [int(ctrl[W.field(c, W.READY)]) for c in range(C)]
         return st
+
+    def _dead_clients(self) -> set[int]:
+        """The clients whose process MPI reports failed (fault tolerance only)."""
+        failed = set(ft.failed_ranks(self.comm))
+        return {c for c, r in enumerate(self.client_ranks) if r in failed}

@@ -34,7 +34,7 @@ def test_downpour_with_a_failed_replica_finishes_and_says_so(tmp_path):
         timeout=240,
     )
     assert code == 0, stderr
-    assert "replica(s) 1 lost" in stdout
+    assert "replica 1 lost (no heartbeat for 3 s)" in stdout, stdout
     s = json.loads((out / "summary.json").read_text())
     assert s["algo"] == "downpour" and s["lost_replicas"] == [1]
     assert s["pushes_applied_per_shard"] == [s["pushes_sent"]]

