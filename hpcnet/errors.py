@@ -60,6 +60,10 @@ class RankLost(HpcnetError):
     exit_code = 3
     collective = True
 
+    def __init__(self, message: str, printer: int = 0):
+        super().__init__(message)
+        self.printer = printer  # the (live) world rank that prints the message
+
 
 EXIT_STALLED = 124  # a wait for another rank passed its deadline (as GNU timeout's status)
 

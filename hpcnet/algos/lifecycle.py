@@ -62,6 +62,17 @@ __all__ = ["Run", "StepBudget", "train"]
 TAG_SIGNAL = 41  # a rank's SIGTERM/SIGUSR1 forwarded to rank 0 (Run.forward_signal)
 
 
+class Regroup(Exception):
+    """Raised by a role program that cannot go on because a rank it needs died (under
+    fault tolerance, :mod:`hpcnet.comm.ft`), with what this rank holds (``carry``): the
+    lifecycle has the algorithm's ``regroup`` set the run up again over the live ranks,
+    then runs the (new) role's program again."""
+
+    def __init__(self, carry: dict[str, Any]):
+        super().__init__("a rank this program needs died")
+        self.carry = carry
+
+
 class Run:
     """One training run as this rank sees it: what every role program starts from.
 
@@ -106,6 +117,9 @@ class Run:
         # died, and the starting ranks still alive (``comm`` is theirs after the end)
         self.lost: list[int] = []
         self.live: list[int] = list(range(comm.Get_size()))
+        self.lost_report: list[dict[str, Any]] = []  # {"rank", "role"} of every rank lost
+        self.regroups: list[dict[str, Any]] = []  # the algorithm's regroups after a death
+        self.regrouped: dict[str, Any] | None = None  # state a regroup hands to ``setup``
 
     # --- what every program reads ------------------------------------------------
     cfg = property(lambda self: self.prep.cfg)
@@ -377,6 +391,7 @@ class Run:
                 )
             )
         self.lost = lost
+        self.lost_report += [{"rank": r, "role": str(roles[r])} for r in lost]
         self.live = [r for r in self.live if r not in lost]
         self.comm = alive
         self.rank = alive.Get_rank()
@@ -460,7 +475,14 @@ def _train(cfg: Config, comm: MPI.Intracomm, verbose: bool, watch, on_progress) 
         run, algo.describe(run) if algo.describe else run.budget.describe(cfg.run.epochs)
     )
     run.t_train = time.perf_counter()
-    result = algo.programs[run.role.kind](run)
+    while True:
+        try:
+            result = algo.programs[run.role.kind](run)
+            break
+        except Regroup as g:  # a rank died that this program needs (fault tolerance)
+            if algo.regroup is None:
+                raise
+            algo.regroup(run, g.carry)  # collective over the live ranks; then again
     train_s = time.perf_counter() - run.t_train
 
     # the end: every rank meets (sleeping while it waits, with a deadline); under fault
@@ -489,8 +511,10 @@ def _train(cfg: Config, comm: MPI.Intracomm, verbose: bool, watch, on_progress) 
             test_loss=test_loss,
             wall_s=time.perf_counter() - prep.t_start,
         )
-        if run.lost:
-            summary["lost_ranks"] = [{"rank": r, "role": str(run.layout.role(r))} for r in run.lost]
+        if run.lost_report:
+            summary["lost_ranks"] = run.lost_report
+        if run.regroups:
+            summary["regroups"] = run.regroups
         # the final checkpoint: OUT/checkpoint.h5 always ends holding the final parameters
         write_checkpoint(
             prep.out,

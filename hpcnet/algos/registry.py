@@ -62,6 +62,9 @@ class Algorithm:
             tolerance, :mod:`hpcnet.comm.ft`): its programs never wait for one replica
             without a deadline after which they go on without it, and ``finish`` and
             ``summarise`` work over the survivors (``run.comm``, ``run.live``).
+        regroup: collective over the live ranks after a program raised
+            :class:`~hpcnet.algos.lifecycle.Regroup` (a rank it needs died): sets the run
+            up again over them; None: such a death ends the run.
     """
 
     name: str
@@ -76,6 +79,7 @@ class Algorithm:
     supports_partitions: bool = True
     resumable: bool = False
     survives: bool = False
+    regroup: Callable[[Run, dict[str, Any]], None] | None = None
 
     def __post_init__(self):
         need = {"replica"}

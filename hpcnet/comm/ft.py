@@ -76,10 +76,20 @@ def is_failure(exc: BaseException) -> bool:
 
 
 def failed_ranks(comm: MPI.Comm) -> list[int]:
-    """The ranks of ``comm`` this process knows to have died (``MPI_Comm_get_failed``:
-    local knowledge, no communication); ``[]`` without fault tolerance."""
+    """The ranks of ``comm`` this process knows to have died (``MPI_Comm_get_failed``);
+    ``[]`` without fault tolerance.
+
+    A process that only uses one-sided operations learns nothing of a failure (seen
+    here with Open MPI's shared-memory windows), so this first pokes MPI with an
+    ``Iprobe`` from any source, which reports (and :func:`iprobe` acknowledges) a
+    failure the runtime knows of."""
     if not enabled():
         return []
+    iprobe(comm)
+    return _known_failed(comm)
+
+
+def _known_failed(comm: MPI.Comm) -> list[int]:
     group = comm.Get_failed()
     try:
         n = group.Get_size()
@@ -92,7 +102,7 @@ def acknowledge(comm: MPI.Comm) -> list[int]:
     """Acknowledges every failure this process knows of on ``comm``, after which a
     receive or ``Iprobe`` from ``MPI_ANY_SOURCE`` works again; returns the dead ranks."""
     comm.Ack_failed()
-    return failed_ranks(comm)
+    return _known_failed(comm)
 
 
 def iprobe(comm: MPI.Comm, source: int = MPI.ANY_SOURCE, tag: int = MPI.ANY_TAG, status=None):
@@ -132,6 +142,62 @@ def shrink(comm: MPI.Intracomm, timeout: float, what: str) -> MPI.Intracomm:
 
     poll_until(arrived, timeout, what, comm=comm)
     return comm.Shrink()
+
+
+class PeerDied(Exception):
+    """MPI reports the process of ``ranks`` (of the communicator in use) dead, and the
+    raiser cannot go on without it (e.g. a Downpour parameter shard): its program leaves
+    its loop, and the run regroups the live ranks (:mod:`hpcnet.algos.downpour.regroup`)."""
+
+    def __init__(self, ranks: list[int]):
+        super().__init__(f"rank(s) {ranks} died")
+        self.ranks = ranks
+
+
+def check_alive(comm: MPI.Comm, ranks: list[int]) -> None:
+    """Raises :class:`PeerDied` when MPI reports any of ``ranks`` of ``comm`` dead
+    (fault tolerance only; local knowledge, no communication).
+
+    Raises:
+        PeerDied: those of ``ranks`` that died.
+    """
+    if not enabled():
+        return
+    dead = sorted(set(failed_ranks(comm)) & set(ranks))
+    if dead:
+        raise PeerDied(dead)
+
+
+class DeathWatch:
+    """Ends this rank's run when a rank it cannot go on without dies (e.g. a replica's
+    coordinator): :meth:`check` raises :class:`hpcnet.errors.RankLost` with
+    ``message`` (a str, or a function giving one then) once MPI reports ``rank`` of
+    ``comm`` dead. Under fault tolerance only
+    (a no-op otherwise); local knowledge, checked at most every 50 ms."""
+
+    def __init__(self, comm: MPI.Comm, rank: int, message):
+        self.comm, self.rank, self.message = comm, rank, message
+        self._next = 0.0
+
+    def check(self, force: bool = False) -> None:
+        """Raises RankLost if ``rank`` has died.
+
+        Raises:
+            RankLost: MPI reports ``rank`` dead.
+        """
+        import time
+
+        from hpcnet.errors import RankLost
+
+        now = time.monotonic()
+        if not enabled() or (now < self._next and not force):
+            return
+        self._next = now + 0.05
+        failed = failed_ranks(self.comm)
+        if self.rank in failed:
+            alive = [r for r in range(self.comm.Get_size()) if r not in failed]
+            text = self.message() if callable(self.message) else self.message
+            raise RankLost(text, printer=alive[0] if alive else 0)
 
 
 def lost_between(comm: MPI.Comm, alive: MPI.Comm) -> list[int]:

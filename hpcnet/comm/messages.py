@@ -87,15 +87,22 @@ class Channel:
         return self._receive(status, out)
 
     def recv(
-        self, source: int, timeout: float, what: str, backoff: Backoff | None = None
+        self,
+        source: int,
+        timeout: float,
+        what: str,
+        backoff: Backoff | None = None,
+        give_up=None,
     ) -> np.ndarray:
         """Waits (sleeping, ``backoff``) for one message from ``source`` and returns it.
+        ``give_up()`` runs between polls and may raise to end the wait (e.g.
+        :meth:`hpcnet.comm.ft.DeathWatch.check`: the sender died).
 
         Raises:
             TimeoutError: nothing arrived within ``timeout`` seconds; names ``what``.
         """
         status = MPI.Status()
-        probe_polling(self.comm, source, self.tag, status, timeout, what, backoff)
+        probe_polling(self.comm, source, self.tag, status, timeout, what, backoff, give_up)
         return self._receive(status, None)[1]
 
     def drain(self) -> int:

@@ -151,14 +151,22 @@ def probe_polling(
     timeout: float,
     what: str,
     backoff=None,
+    on_poll: Callable[[], None] | None = None,
 ) -> None:
     """Waits until a message from ``source`` with ``tag`` can be received (``Iprobe``
-    with sleeps); ``status`` describes it afterwards.
+    with sleeps, ``on_poll()`` between them); ``status`` describes it afterwards.
 
     Raises:
         StallError: no such message within ``timeout`` seconds.
     """
-    poll_until(lambda: comm.Iprobe(source, tag, status), timeout, what, backoff=backoff, comm=comm)
+    poll_until(
+        lambda: comm.Iprobe(source, tag, status),
+        timeout,
+        what,
+        backoff=backoff,
+        comm=comm,
+        on_poll=on_poll,
+    )
 
 
 def wait_polling(

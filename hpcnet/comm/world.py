@@ -156,7 +156,7 @@ def exit_on_error(e: HpcnetError) -> int:
     was raised on every rank alike (rank 0 prints it once), else prints it from
     this rank and aborts the whole job with the error's status."""
     if getattr(e, "collective", False) or world_size() == 1:
-        if world_rank() == 0:
+        if world_rank() == getattr(e, "printer", 0):  # rank 0, unless it died (RankLost)
             sys.stderr.write(f"hpcnet: error: {e}\n")
             sys.stderr.flush()
         return e.exit_code

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 from mpi4py import MPI
 
-from hpcnet.comm import Backoff, poll_until
+from hpcnet.comm import Backoff, ft, poll_until
 from hpcnet.ps import windows as W
 
 
@@ -63,6 +63,8 @@ class ShardClient:
         skip: per shard, how many of this client's next pushes it must not receive
             (a resumed run repeats the steps after the oldest shard's cut; a shard whose
             cut is newer already applied those pushes); None: none.
+        comm: the communicator the windows were made on: under fault tolerance the
+            client checks that the shards live (:meth:`check_shards`); None: it does not.
     """
 
     def __init__(
@@ -74,6 +76,7 @@ class ShardClient:
         report_stats: bool = True,
         sent: list[int] | None = None,
         skip: list[int] | None = None,
+        comm: MPI.Comm | None = None,
     ):
         self.shards, self.client = shards, client
         self.wait_timeout = wait_timeout
@@ -97,8 +100,25 @@ class ShardClient:
         self._head = np.zeros(W.HEAD, np.float64)
         self._one = np.ones(1, np.float64)
         self._fields = np.zeros(W.SAMPLES - W.BASE_VERSION + 1, np.float64)
+        self.comm = comm
+        self._next_check = 0.0
         for sw in shards:
             sw.lock_all()
+
+    def check_shards(self, force: bool = False) -> None:
+        """Under fault tolerance (:mod:`hpcnet.comm.ft`): raises when MPI reports a shard's
+        process dead (local knowledge, checked at most every 50 ms unless ``force``).
+
+        Raises:
+            PeerDied: a shard died (its ranks in ``comm``).
+        """
+        if self.comm is None or not ft.enabled():
+            return
+        now = time.monotonic()
+        if now < self._next_check and not force:
+            return
+        self._next_check = now + 0.05
+        ft.check_alive(self.comm, [sw.owner for sw in self.shards])
 
     def close(self) -> None:
         """Ends the access epochs (before the windows are freed)."""
@@ -152,7 +172,7 @@ class ShardClient:
             self.wait_timeout,
             f"client {self.client}'s push to shard {sw.shard} (rank {sw.owner})",
             backoff=Backoff(first=10e-6, cap=1e-3),
-            on_poll=lambda: self._add(sw, W.HEARTBEAT, 1.0),
+            on_poll=lambda: (self.check_shards(), self._add(sw, W.HEARTBEAT, 1.0)),
         )
         return time.perf_counter() - t
 
@@ -169,12 +189,17 @@ class ShardClient:
             timeout,
             f"client {self.client}'s warm start (shard 0 reaching version {version})",
             backoff=Backoff(first=1e-3, cap=50e-3),
-            on_poll=self.heartbeat,
+            on_poll=lambda: (self.check_shards(), self.heartbeat()),
         )
 
     def fetch(self, params: np.ndarray, read_own_writes: bool = False) -> None:
         """Copies every shard's parameters into ``params`` ((n_params,) float32, in
-        place) and records each shard's version in ``self.versions``."""
+        place) and records each shard's version in ``self.versions``.
+
+        Raises:
+            PeerDied: a shard's process died (under fault tolerance).
+        """
+        self.check_shards()
         t = time.perf_counter()
         for i, sw in enumerate(self.shards):
             self._add(sw, W.HEARTBEAT, 1.0)

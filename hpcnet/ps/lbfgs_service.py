@@ -42,7 +42,7 @@ from collections.abc import Sequence
 import numpy as np
 from mpi4py import MPI
 
-from hpcnet.comm import Backoff, poll_until, watchdog
+from hpcnet.comm import Backoff, ft, poll_until, watchdog
 from hpcnet.comm.messages import Channel
 from hpcnet.errors import StallError
 from hpcnet.layout import Layout
@@ -163,7 +163,9 @@ class ShardGroup:
 
     def finalize(self, pass_id: int, n_samples: int, accepted_pushes: Sequence[int]) -> np.ndarray:
         """Waits for the pushes accepted from each replica; returns the sums
-        ``[||x_trial||^2, g_trial . d, g_trial . g_trial]`` (3,) float64."""
+        ``[||x_trial||^2, g_trial . d, g_trial . g_trial, missing]`` (4,) float64, where
+        ``missing`` > 0 when a shard went without the accepted push of a replica that
+        died (under fault tolerance): the pass's gradient is incomplete."""
         return self._call(Command.FINALIZE, pass_id, n_samples, *accepted_pushes)
 
     def gram(self, k: int) -> np.ndarray:
@@ -311,8 +313,8 @@ class LBFGSShardService:
             self.received[:] = 0
         elif op == Command.FINALIZE:
             expected = cmd[3 : 3 + self.layout.replicas].astype(np.int64)
-            self._await_pushes(int(cmd[1]), expected)
-            return state.finalize(int(cmd[2]))
+            missing = self._await_pushes(int(cmd[1]), expected)
+            return np.append(state.finalize(int(cmd[2])), float(missing))
         elif op == Command.GRAM:
             return state.gram()
         elif op == Command.DIRECTION:
@@ -327,12 +329,20 @@ class LBFGSShardService:
             return state.pack()
         return np.ones(1)
 
-    def _await_pushes(self, pass_id: int, expected: np.ndarray) -> None:
-        """Waits until every replica's accepted pushes of this pass have been added."""
+    def _await_pushes(self, pass_id: int, expected: np.ndarray) -> bool:
+        """Waits until every replica's accepted pushes of this pass have been added, or
+        (under fault tolerance) every replica still owing one has died; returns whether
+        a push is missing."""
+        dead: set[int] = set()
 
         def arrived() -> bool:
             self._take_pushes()
-            return not (self.received < expected).any()
+            owing = set(np.flatnonzero(self.received < expected).tolist())
+            if owing and ft.enabled():
+                failed = ft.failed_ranks(self.comm)
+                roles = [self.layout.role(r) for r in failed]
+                dead.update(role.index for role in roles if role.kind == "replica")
+            return owing <= dead
 
         what = f"shard {self.shard}: the pushes of pass {pass_id}"
         try:
@@ -341,3 +351,4 @@ class LBFGSShardService:
             raise TimeoutError(
                 f"{e}: received {self.received.tolist()} of {expected.tolist()} per replica"
             ) from None
+        return bool((self.received < expected).any())

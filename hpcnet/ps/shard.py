@@ -62,6 +62,7 @@ class ShardStats:
     # failed" (MPI reported it dead, under ULFM) | "silent" (no heartbeat for the timeout)}
     lost_at: list[dict] = field(default_factory=list)
     pushes_announced: list[int] = field(default_factory=list)  # per client: READY at the end
+    first_apply_unix: float = 0.0  # time.time() of this service's first apply (0: none)
     done_clients: list[int] = field(default_factory=list)  # said done by the end
     serve_s: float = 0.0  # wall seconds in the service loop
     cpu_s: float = 0.0  # CPU seconds (user + system) the loop used
@@ -102,6 +103,9 @@ class ShardService:
         client_ranks: each client's rank in ``comm``: under fault tolerance
             (:mod:`hpcnet.comm.ft`) a client whose process MPI reports dead is lost at
             once, without waiting ``replica_timeout`` seconds.
+        peer_ranks: the other shards' ranks: when one dies (fault tolerance) this shard
+            stops serving (between applies) and :meth:`serve` raises
+            :class:`hpcnet.comm.ft.PeerDied`.
     """
 
     def __init__(
@@ -114,9 +118,10 @@ class ShardService:
         on_pass: Callable[[np.ndarray], None] | None = None,
         signal_of: Callable[[], int] = lambda: 0,
         client_ranks: list[int] | None = None,
+        peer_ranks: list[int] | None = None,
     ):
         self.sw, self.rule, self.lr_at = sw, rule, lr_at
-        self.client_ranks = client_ranks
+        self.client_ranks, self.peer_ranks = client_ranks, peer_ranks or []
         self.timeout = replica_timeout
         self.comm = comm
         self.on_pass, self.signal_of = on_pass, signal_of
@@ -171,6 +176,7 @@ class ShardService:
         ctrl[W.APPLIED] += 1
         ctrl[W.field(c, W.ACK)] += 1.0  # last: the slot is empty again
         self.stats.pushes_applied[c] += 1
+        self.stats.first_apply_unix = self.stats.first_apply_unix or time.time()
         self.stats.bytes_in += slot.nbytes
         self.stats.staleness_hist[min(max(stale, 0), STALENESS_BINS - 1)] += 1
 
@@ -260,6 +266,12 @@ class ShardService:
         return st
 
     def _dead_clients(self) -> set[int]:
-        """The clients whose process MPI reports failed (fault tolerance only)."""
+        """The clients whose process MPI reports failed (fault tolerance only).
+
+        Raises:
+            PeerDied: a peer shard's process failed.
+        """
         failed = set(ft.failed_ranks(self.comm))
+        if failed & set(self.peer_ranks):
+            raise ft.PeerDied(sorted(failed & set(self.peer_ranks)))
         return {c for c, r in enumerate(self.client_ranks) if r in failed}

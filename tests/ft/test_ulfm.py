@@ -128,3 +128,82 @@ def test_info_says_fault_tolerance_is_on(tmp_path):
     code, stdout, stderr = finish(p)
     assert code == 0, stderr
     assert "Open MPI" in stdout and "fault tolerance: on (ULFM" in stdout, stdout
+
+
+SANDBLASTER = ["train", "--algo", "sandblaster", "--shards", "1", "--epochs", "30",
+               "--threads", "1", "--replica-timeout", "20"]  # fmt: skip
+
+
+@pytest.mark.timeout(400)
+def test_sandblaster_survives_a_killed_replica(tmp_path):
+    # coordinator + 1 shard + 3 replicas; replica 1 (rank 3) killed mid-run: its units
+    # go to the others, the loss goes on down, every unit of every pass counts once
+    out = tmp_path / "run"
+    p = launch(5, SANDBLASTER, out, tmp_path)
+    kill_rank_after(p, out, 3, records=3)
+    code, stdout, stderr = finish(p)
+    assert code == 0, stderr
+    s = json.loads((out / "summary.json").read_text())
+    assert s["lost_ranks"] == [{"rank": 3, "role": "replica 1"}]
+    assert s["dead_replicas"] == [1] and s["lost_replicas"] == [1]
+    assert "rank 3 (replica 1) died; the run ends on the 4 others" in stdout, stdout
+    h = s["loss_history"]
+    assert all(b < a for a, b in zip(h[:-1], h[1:], strict=True)), h  # Armijo: each descends
+    # a unit computed by the dead replica but not pushed was taken back (and redone)
+    assert sum(s["units_completed"]) == s["passes"] * s["units_per_pass"], s
+    assert s["test_accuracy"] >= 0.9, s["test_accuracy"]
+
+
+@pytest.mark.timeout(400)
+def test_sandblaster_coordinator_death_ends_the_run_with_one_line_and_a_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    p = launch(5, [*SANDBLASTER, "--checkpoint-every", "2"], out, tmp_path)
+    kill_rank_after(p, out, 0, records=4)
+    code, stdout, stderr = finish(p)
+    assert code == 3, stderr
+    line = "hpcnet: error: the Sandblaster coordinator (rank 0) died; the run ends: resume it "
+    assert stderr.count(line) == 1, stderr
+    assert "Traceback" not in stderr, stderr
+    # the checkpoint it names resumes (under the same MPI, the same layout)
+    p = launch(5, [*SANDBLASTER, "--resume", str(out)], out, tmp_path)
+    code, stdout, stderr = finish(p)
+    assert code == 0, stderr
+    s = json.loads((out / "summary.json").read_text())
+    assert s["passes_before_resume"] >= 3 and s["test_accuracy"] >= 0.9, s
+
+
+@pytest.mark.timeout(400)
+@pytest.mark.parametrize(
+    "shards, rank, checkpoint",
+    [(1, 0, False), (1, 0, True), (2, 1, False)],
+    ids=["only-shard-from-replica-copy", "only-shard-from-checkpoint", "shard-1-of-2"],
+)
+def test_downpour_survives_a_killed_shard(tmp_path, shards, rank, checkpoint):
+    # the dead shard's range comes back from the newest checkpoint, or from the replica
+    # that fetched it last; the live ranks regroup (a replica takes the place of the only
+    # shard) and training goes on to the end
+    out = tmp_path / "run"
+    args = [*DOWNPOUR, "--shards", str(shards)]
+    if checkpoint:
+        args += ["--checkpoint-every", "10"]
+    p = launch(shards + 3, args, out, tmp_path)
+    killed_at = kill_rank_after(p, out, rank, records=4)
+    code, stdout, stderr = finish(p)
+    assert code == 0, stderr
+    s = json.loads((out / "summary.json").read_text())
+    assert s["lost_ranks"] == [{"rank": rank, "role": f"shard {rank}"}], s["lost_ranks"]
+    (g,) = s["regroups"]
+    assert g["dead_shards"] == [rank]
+    (restored,) = g["restored"]
+    assert restored["from"] == ("checkpoint" if checkpoint else "replica copy"), restored
+    assert g["detected_unix"] - killed_at < 10
+    # recovery: from the kill to the first push applied after the regroup
+    assert 0 < s["shards"][0]["first_apply_unix"] - killed_at < 60
+    want = "1 parameter shard + 2 replicas" if shards == 1 else "1 parameter shard + 3 replicas"
+    assert want in g["layout"], g
+    assert f"rank {rank} (shard {rank}) died; shard {rank}'s range restored from" in stdout
+    assert s["test_accuracy"] >= 0.85, s["test_accuracy"]
+    # after the regroup every push is applied exactly once
+    (shard,) = s["shards"]
+    sent = {r["client"]: r["pushes"] for r in s["replicas"]}
+    assert shard["pushes_applied"] == [sent[c] for c in sorted(sent)], (shard, sent)

@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from hpcnet.algos.downpour.regroup import regroup
 from hpcnet.algos.downpour.replica import run_replica
 from hpcnet.algos.downpour.shard import run_shard
 from hpcnet.algos.lifecycle import Run
@@ -100,7 +101,21 @@ def _setup(run: Run) -> _Shared:
         for _, o in sorted(by_client.items())
     ]
     resume, states = None, None
-    if run.prep.resume is not None:  # every rank reads the shards' state from the file
+    if run.regrouped is not None:  # after a shard died: the state regroup() rebuilt
+        g = run.regrouped
+        states = [
+            (
+                {"slice": g["params"][lo:hi].copy()}
+                | ({"accum": g["accum"][lo:hi].copy()} if g["accum"] is not None else {}),
+                {"shard": s, "version": g["version"], "acks": [0] * layout.n_clients},
+            )
+            for s, (lo, hi) in enumerate(ranges)
+        ]
+        resume = resume_plan_new_replicas(
+            g["epoch"], run.budget.steps_per_epoch, run.budget.total_steps, layout.n_clients
+        )
+        run.regrouped = None
+    elif run.prep.resume is not None:  # every rank reads the shards' state from the file
         info = run.prep.resume
         states = [read_rank_state(info["path"], r) for r in layout.shard_ranks]
         if replicas_changed(info, layout):  # fresh push streams from the shards' state
@@ -136,6 +151,7 @@ def _setup(run: Run) -> _Shared:
             comm,
             signal_of=lambda: run.preempt.signum if run.preempt else 0,
             client_ranks=[client_ranks[c] for c in range(layout.n_clients)],
+            peer_ranks=[r for r in layout.shard_ranks if r != run.rank],
         )
         if states is None:
             mine.local_arrays()[0][:] = model.params[mine.lo : mine.hi]
@@ -266,5 +282,6 @@ DOWNPOUR = register(
         describe=_describe,
         resumable=True,
         survives=True,
+        regroup=regroup,
     )
 )

@@ -8,9 +8,10 @@ from dataclasses import asdict
 from typing import Any
 
 import numpy as np
+from mpi4py import MPI
 
-from hpcnet.algos.lifecycle import Run
-from hpcnet.comm import watchdog
+from hpcnet.algos.lifecycle import Regroup, Run
+from hpcnet.comm import ft, watchdog
 from hpcnet.ps.client import ShardClient
 
 
@@ -31,6 +32,7 @@ def run_replica(run: Run) -> dict[str, Any]:
         report_stats=role.partition == 0,
         sent=resume.sent if resume else None,
         skip=resume.skip if resume else None,
+        comm=run.comm,
     )
     net = part if part else model
     step = resume.step if resume else 0  # a resumed run: where every shard's cut holds it
@@ -64,6 +66,7 @@ def run_replica(run: Run) -> dict[str, Any]:
         client.wait_for_version(
             max(1, ps.warm_start_steps // ps.n_push), timeout=run.deadlines.warm_start
         )
+    shard_died = False
     try:
         stopped = False
         while step < total_steps and not stopped and not failed:
@@ -101,9 +104,17 @@ def run_replica(run: Run) -> dict[str, Any]:
             client.push(acc, since_push, *stats)
         if not failed:
             client.done()
+    except (ft.PeerDied, MPI.Exception) as e:  # a shard died (fault tolerance): regroup
+        if isinstance(e, MPI.Exception) and not ft.is_failure(e):
+            raise
+        shard_died = True
+        carry = {"kind": "replica", "index": replica, "step": step}
+        carry.update(versions=client.versions.tolist(), detected_unix=time.time())
+        raise Regroup(carry) from None
     finally:
         loader.close()
-        client.close()
+        if not shard_died:  # Unlock_all reaches the dead shard's windows too
+            client.close()
     wall = time.perf_counter() - t0
     out = asdict(client.stats)
     out.update(

@@ -10,7 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from hpcnet.algos.lifecycle import Run
+from hpcnet.algos.lifecycle import Regroup, Run
+from hpcnet.comm import ft
 from hpcnet.ps import windows as W
 from hpcnet.ps.checkpoint import resume_plan
 from hpcnet.ps.shard import ShardStats
@@ -27,7 +28,12 @@ def run_shard(run: Run) -> dict[str, Any]:
         service.on_pass = leader.on_pass
     else:
         service.on_pass = lambda ctrl: ckpt.answer()
-    stats = service.serve()
+    try:
+        stats = service.serve()
+    except ft.PeerDied:  # another shard died (fault tolerance): regroup with this state
+        arrays, state = service.snapshot()
+        carry = {"kind": "shard", "index": run.role.index, "version": state["version"]}
+        raise Regroup({**carry, "arrays": arrays, "detected_unix": time.time()}) from None
     if run.role.index == 0:
         leader.at_end(service.sw.local_arrays()[2])
     return asdict(stats)

@@ -60,8 +60,9 @@ import numpy as np
 from hpcnet.algos.lifecycle import Run
 from hpcnet.algos.registry import SHARDED_FLAGS, Algorithm, register
 from hpcnet.algos.sandblaster.coordinator import Coordinator
+from hpcnet.algos.sandblaster.protocol import coordinator_died
 from hpcnet.algos.sandblaster.replica import run_replica
-from hpcnet.comm import allgather_ranges, barrier_polling, same_on_every_rank
+from hpcnet.comm import allgather_ranges, barrier_polling, ft, same_on_every_rank
 from hpcnet.layout import LayoutRule
 from hpcnet.ps.lbfgs_service import LBFGSShardService, ParameterWindows
 from hpcnet.ps.lbfgs_shard import LBFGSShardState
@@ -128,6 +129,14 @@ def _shard(run: Run) -> dict:
     if resumed is not None:  # x, g and the history where the checkpoint left them
         state.restore(resumed[0])
     d = run.deadlines
+    watch = ft.DeathWatch(
+        run.comm, run.layout.coordinator_rank, lambda: coordinator_died(run.layout, run.prep.out)
+    )
+
+    def on_poll() -> None:
+        run.forward_signal()
+        watch.check()  # the coordinator died (fault tolerance): no command will come
+
     service = LBFGSShardService(
         run.comm,
         p.windows,
@@ -135,7 +144,7 @@ def _shard(run: Run) -> dict:
         run.layout,
         d.shard_reply,
         d.coordinator_reply,
-        on_poll=run.forward_signal,
+        on_poll=on_poll,
     )
     result = service.run()
     p.x = result.pop("_x")
@@ -158,8 +167,10 @@ def _replica(run: Run) -> dict:
 def _finish(run: Run) -> None:
     """Collective: every rank gets the shards' final slices; the windows are freed."""
     p = run.shared
+    # coordinator and shards are the first ranks: a replica that died leaves their ranks
     allgather_ranges(p.x, run.layout.shard_ranks, p.ranges, run.model.params, run.comm)
-    p.windows.free()
+    if not run.lost:  # Win_free is collective over the starting ranks, the dead too
+        p.windows.free()
 
 
 def _summarise(run: Run, gathered: list[tuple[str, dict]], train_s: float) -> dict:
@@ -196,5 +207,6 @@ SANDBLASTER = register(
         describe=_describe,
         supports_partitions=False,
         resumable=True,
+        survives=True,
     )
 )

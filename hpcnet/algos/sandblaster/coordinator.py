@@ -77,11 +77,22 @@ class Coordinator:
         self.completed = np.zeros(self.R, np.int64)
         self.backups = self.discarded = 0
         self.lost_events: list[tuple[int, int]] = []  # (pass, replica)
+        self.dead_seen: set[int] = set()  # replicas whose process died (fault tolerance)
+        self.voided_passes = 0  # passes done again: a dead replica's push went missing
         self.history: list[dict] = []
 
     # one evaluation pass --------------------------------------------------
     def evaluate(self, t: float) -> tuple[float, float, float, float]:
-        """f, g.d, g.g and training accuracy at x + t d (one pass over the batch)."""
+        """f, g.d, g.g and training accuracy at x + t d (one pass over the batch; again,
+        when a replica died under fault tolerance after its push was accepted and
+        before every shard had it: that pass's gradient is incomplete, and void)."""
+        while True:
+            f, gd, gg, acc, missing = self._pass(t)
+            if not missing:
+                return f, gd, gg, acc
+            self.voided_passes += 1
+
+    def _pass(self, t: float) -> tuple[float, float, float, float, bool]:
         self.passes += 1
         p = self.passes
         self.shards.begin(p, t)
@@ -91,6 +102,11 @@ class Coordinator:
             watchdog.heartbeat(self.passes)
             for r in ws.check_timeouts():
                 self.lost_events.append((p, r))
+            for r in self.replicas.died() - ws.lost:  # its process died (fault tolerance)
+                ws.lose(r)  # its units, and results not yet pushed, go back to pending
+                if r not in self.dead_seen:
+                    self.dead_seen.add(r)
+                    self.lost_events.append((p, r))
             got = self.replicas.poll()
             if got is None:
                 backoff.sleep()
@@ -104,7 +120,7 @@ class Coordinator:
         loss, correct = ws.totals()
         wd = self.prep.cfg.optim.weight_decay
         f = loss / self.n_batch + 0.5 * wd * sums[0]
-        return f, float(sums[1]), float(sums[2]), correct / self.n_batch
+        return f, float(sums[1]), float(sums[2]), correct / self.n_batch, bool(sums[3] > 0)
 
     def _answer(self, ws: WorkScheduler, r: int, req: Request, p: int) -> None:
         """Judges replica r's request (results of an old pass count for nothing) and answers."""
@@ -188,6 +204,8 @@ class Coordinator:
             "discarded_results": self.discarded,
             "lost_replicas": sorted({r for _, r in self.lost_events}),
             "lost_events": self.lost_events,
+            "dead_replicas": sorted(self.dead_seen),
+            "voided_passes": self.voided_passes,
             "final_train_loss": f,
             "final_train_accuracy": acc,
             "passes_before_resume": self.passes0,

@@ -43,12 +43,13 @@ until their deadline.
 from __future__ import annotations
 
 import enum
+import time
 from dataclasses import dataclass
 
 import numpy as np
 from mpi4py import MPI
 
-from hpcnet.comm import Backoff
+from hpcnet.comm import Backoff, ft
 from hpcnet.comm.messages import Channel
 from hpcnet.layout import Layout
 
@@ -133,6 +134,17 @@ class Reply:
         return cls(bool(msg[0] == 1.0), Action(int(msg[1])), *(int(v) for v in msg[2:6]))
 
 
+def coordinator_died(layout: Layout, out) -> str:
+    """What every survivor says when the coordinator's process died: the run ends;
+    resume it from OUT's newest checkpoint, if it has one."""
+    from pathlib import Path
+
+    head = f"the Sandblaster coordinator (rank {layout.coordinator_rank}) died; the run ends"
+    if (Path(out) / "checkpoint.h5").exists():
+        return f"{head}: resume it from its newest checkpoint with: train --resume {out}"
+    return f"{head} with no checkpoint to resume from (--checkpoint-every N writes them)"
+
+
 class CoordinatorLink:
     """A replica's end of the protocol.
 
@@ -141,24 +153,40 @@ class CoordinatorLink:
         layout: the run's layout (where the coordinator is).
         replica: this replica's index (for error messages).
         timeout: seconds to wait for an answer (``Deadlines.coordinator_reply``).
+        out: the run's output directory (where a checkpoint to resume from would be).
     """
 
-    def __init__(self, comm: MPI.Intracomm, layout: Layout, replica: int, timeout: float):
+    def __init__(
+        self, comm: MPI.Intracomm, layout: Layout, replica: int, timeout: float, out="OUT"
+    ):
         self.coordinator = layout.coordinator_rank
         self.requests = Channel(comm, TAG_REQUEST)
         self.replies = Channel(comm, TAG_REPLY)
         self.timeout = timeout
         self.what = f"replica {replica} waiting for the coordinator"
+        self.watch = ft.DeathWatch(comm, self.coordinator, lambda: coordinator_died(layout, out))
 
     def ask(self, request: Request) -> Reply:
         """Sends ``request`` and waits (sleeping) for the answer.
 
         Raises:
             TimeoutError: no answer within the deadline.
+            RankLost: the coordinator's process died (under fault tolerance).
         """
-        self.requests.send(request.pack(), self.coordinator)
-        backoff = Backoff(first=20e-6, cap=5e-3)
-        msg = self.replies.recv(self.coordinator, self.timeout, self.what, backoff)
+        try:
+            self.requests.send(request.pack(), self.coordinator)
+            msg = self.replies.recv(
+                self.coordinator,
+                self.timeout,
+                self.what,
+                Backoff(first=20e-6, cap=5e-3),
+                give_up=self.watch.check,
+            )
+        except MPI.Exception as e:
+            if not ft.is_failure(e):
+                raise
+            self.watch.check(force=True)
+            raise
         return Reply.unpack(msg)
 
 
@@ -171,29 +199,52 @@ class ReplicaLinks:
     """
 
     def __init__(self, comm: MPI.Intracomm, layout: Layout):
-        self.layout = layout
+        self.comm, self.layout = comm, layout
         self.requests = Channel(comm, TAG_REQUEST)
         self.replies = Channel(comm, TAG_REPLY)
+        self.dead: set[int] = set()  # replicas whose process died (fault tolerance)
+        self._next_check = 0.0
+
+    def died(self) -> set[int]:
+        """Replicas whose process MPI reports dead (under fault tolerance, checked at
+        most every 50 ms; local knowledge, no communication); the set grows."""
+        now = time.monotonic()
+        if ft.enabled() and now >= self._next_check:
+            self._next_check = now + 0.05
+            failed = ft.failed_ranks(self.comm)
+            self.dead |= {
+                self.layout.role(r).index for r in failed if self.layout.role(r).kind == "replica"
+            }
+        return self.dead
 
     def poll(self) -> tuple[int, Request] | None:
-        """The next request that has arrived, as (replica index, request), or None."""
-        got = self.requests.poll()
-        if got is None:
-            return None
-        rank, msg = got
-        return self.layout.role(rank).index, Request.unpack(msg)
+        """The next request that has arrived, as (replica index, request), or None
+        (a dead replica's last requests are dropped: nobody would take the answer)."""
+        while (got := self.requests.poll()) is not None:
+            rank, msg = got
+            r = self.layout.role(rank).index
+            if r not in self.died():
+                return r, Request.unpack(msg)
+        return None
 
     def answer(self, replica: int, reply: Reply) -> None:
-        """Sends ``reply`` to ``replica`` (48 B: goes out eagerly)."""
-        self.replies.send(reply.pack(), self.layout.replica_ranks(replica)[0])
+        """Sends ``reply`` to ``replica`` (48 B: goes out eagerly). A replica that died
+        meanwhile (under fault tolerance) is added to :attr:`dead`."""
+        try:
+            self.replies.send(reply.pack(), self.layout.replica_ranks(replica)[0])
+        except MPI.Exception as e:
+            if not (ft.enabled() and ft.is_failure(e)):
+                raise
+            self.dead.add(replica)
 
     def stop(self, pass_id: int, timeout: float) -> None:
-        """Tells every replica to stop, unasked: a replica busy with a (backup) unit
-        receives it as the answer to its next request; a stopped replica never
+        """Tells every live replica to stop, unasked: a replica busy with a (backup)
+        unit receives it as the answer to its next request; a stopped replica never
         receives it, which costs nothing (an eager send)."""
         stop = Reply(False, Action.STOP, pass_id)
-        ranks = [self.layout.replica_ranks(r)[0] for r in range(self.layout.replicas)]
-        self.replies.send_all(stop.pack(), ranks, timeout, "coordinator: STOP to the replicas")
+        for r in range(self.layout.replicas):
+            if r not in self.died():
+                self.answer(r, stop)
 
     def drain(self) -> None:
         """Receives and drops the requests replicas sent before they saw ``STOP``."""

@@ -61,7 +61,7 @@ def run_replica(
     cfg, model, backend, info = prep.cfg, prep.model, prep.backend, prep.info
     faults = cfg.faults
     per_push = cfg.lbfgs.units_per_push
-    link = CoordinatorLink(comm, prep.layout, r, deadlines.coordinator_reply)
+    link = CoordinatorLink(comm, prep.layout, r, deadlines.coordinator_reply, prep.out)
     windows.lock()
     cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     acc = np.zeros(model.n_params, np.float32)
