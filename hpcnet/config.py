@@ -105,6 +105,9 @@ class PSConfig:
     warm_start_steps: int = 0  # replica 0 trains alone for this many steps first
     replica_timeout: float = 60.0  # seconds without a heartbeat before a replica is lost
     read_own_writes: bool = False  # wait for own pushes to be applied before each fetch
+    # bounded staleness (SSP, Ho et al. 2013): a replica at step c waits until every live
+    # replica has reached c - max_staleness; -1 = none (plain Downpour), 0 = lock-step
+    max_staleness: int = -1
 
 
 @dataclass(frozen=True)
@@ -173,6 +176,12 @@ FLAGS: dict[str, tuple[str, str, str]] = {
         "ps",
         "read_own_writes",
         "downpour: fetch only after own pushes are applied",
+    ),
+    "--max-staleness": (
+        "ps",
+        "max_staleness",
+        "downpour: bounded staleness (SSP): a replica waits until every live replica is at "
+        "most this many steps behind it (0: lock-step; -1: none, plain Downpour)",
     ),
     "--lbfgs-m": ("lbfgs", "m", "sandblaster: L-BFGS history pairs"),
     "--unit-size": ("lbfgs", "unit_size", "sandblaster: rows per work unit (0: auto)"),
@@ -426,6 +435,20 @@ def validate(cfg: Config) -> None:
     need(p.rule in ("sgd", "adagrad"), "ps", "rule", "choose sgd or adagrad")
     need(p.warm_start_steps >= 0, "ps", "warm_start_steps", "must be >= 0")
     need(p.replica_timeout > 0, "ps", "replica_timeout", "must be > 0 seconds")
+    need(p.max_staleness >= -1, "ps", "max_staleness", "must be >= 0 steps (-1: none)")
+    need(
+        p.max_staleness == -1 or a.name == "downpour",
+        "ps",
+        "max_staleness",
+        f"bounded staleness is Downpour's (--algo downpour), not {a.name}'s",
+    )
+    need(
+        p.max_staleness == -1 or p.warm_start_steps == 0,
+        "ps",
+        "max_staleness",
+        "cannot be combined with --warm-start-steps (replica 0 would wait for the others "
+        "while they wait for its warm start); drop one of them",
+    )
     need(f.fail_replica >= -1, "faults", "fail_replica", "must be a replica index or -1")
     need(f.fail_at_step >= 0, "faults", "fail_at_step", "must be >= 0")
     need(f.slow_replica >= -1, "faults", "slow_replica", "must be a replica index or -1")

@@ -54,7 +54,10 @@ LOSS = 6  # sum of client c's per-sample training losses, for progress lines
 CORRECT = 7  # correctly classified training samples of client c
 SAMPLES = 8  # training samples client c has processed
 SIGNAL = 9  # signal number client c's replica got (client: += signum, once)
-PER_CLIENT = 10
+# SSP (--max-staleness, :mod:`hpcnet.ps.ssp`), at shard 0 only:
+CLOCK = 10  # steps client c's replica has completed (partition 0: += new steps, each step)
+LOST = 11  # 1.0 while the shard counts client c lost (shard writes; 0.0 if it comes back)
+PER_CLIENT = 12
 
 
 def ctrl_size(n_clients: int) -> int:

@@ -24,6 +24,11 @@ pushes a shard already applied. SIGTERM/SIGUSR1 on any rank: the replica tells t
 shards (its SIGNAL counter), a shard sets PREEMPT, every replica stops at its next
 step, shard 0 checkpoints, and the lifecycle ends every rank with 128 + signal.
 
+Bounded staleness (``--max-staleness s``, SSP; Ho et al. 2013, sec. 2-3): a replica
+at clock c (its completed steps) starts its next step only once every live replica
+has reached c - s (:mod:`hpcnet.ps.ssp`); summary.json's ``ssp`` says the largest
+clock gap the replicas saw (<= s) and how long they waited.
+
 Modules: this one (set-up, end, summary), :mod:`.shard` (the shards' program,
 shard 0's progress records and checkpoints), :mod:`.replica` (the replicas').
 """
@@ -225,9 +230,42 @@ def _summarise(run: Run, gathered: list[tuple[str, dict]], train_s: float) -> di
             "shards": summary["shards"],
             "replicas": summary["replicas"],
             "staleness": summary["staleness"],
+            "ssp": summary["ssp"],
         }
     )
     return summary
+
+
+def _ssp_summary(max_staleness: int, replicas: list[dict]) -> dict[str, Any] | None:
+    """summary.json's ``ssp``: None without ``--max-staleness``; else ``max_staleness``
+    (steps), ``max_clock_gap`` (steps: the largest own clock - min live clock a replica
+    saw at the start of a step, <= max_staleness), ``wait_s`` (seconds waiting for
+    slower replicas: ``total`` and ``per_replica``, a replica's partitions waiting
+    together count once, their longest), ``waits`` (steps that waited, per replica)
+    and ``wait_fraction`` (total wait / the replicas' total wall seconds)."""
+    if max_staleness < 0:
+        return None
+    wait: dict[int, float] = {}
+    waits: dict[int, int] = {}
+    wall: dict[int, float] = {}
+    gap = 0
+    for r in replicas:
+        if r.get("ssp") is None:
+            continue
+        i = r["replica"]
+        wait[i] = max(wait.get(i, 0.0), r["ssp"]["wait_s"])
+        waits[i] = max(waits.get(i, 0), r["ssp"]["waits"])
+        wall[i] = max(wall.get(i, 0.0), r["wall_s"])
+        gap = max(gap, r["ssp"]["max_gap"])
+    total = sum(wait.values())
+    return {
+        "max_staleness": max_staleness,
+        "max_clock_gap": gap,
+        "wait_s": {"total": total, "per_replica": [wait[i] for i in sorted(wait)]},
+        "waits": [waits[i] for i in sorted(waits)],
+        "replicas": sorted(wait),
+        "wait_fraction": total / sum(wall.values()) if sum(wall.values()) else 0.0,
+    }
 
 
 def _summary(run: Run, shards, replicas, train_s) -> dict[str, Any]:
@@ -262,6 +300,7 @@ def _summary(run: Run, shards, replicas, train_s) -> dict[str, Any]:
             for lost in (shards[0]["lost_at"] if shards else [])
         ],
         "failed_replicas": sorted({r["replica"] for r in replicas if r["failed"]}),
+        "ssp": _ssp_summary(run.cfg.ps.max_staleness, replicas),
         "shards": shards,
         "replicas": replicas,
     }
@@ -275,6 +314,7 @@ DOWNPOUR = register(
         layout=LayoutRule(shards=True),
         programs={"shard": run_shard, "replica": run_replica},
         flags=("--n-fetch", "--n-push", "--ps-rule", "--warm-start-steps", "--read-own-writes")
+        + ("--max-staleness", "--slow-replica", "--slow-factor")
         + SHARDED_FLAGS,
         setup=_setup,
         finish=_finish,

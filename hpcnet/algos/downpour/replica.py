@@ -1,5 +1,15 @@
 """A Downpour replica's program: fetch every ``n_fetch`` steps, push every ``n_push``,
-one-sided operations only (:mod:`hpcnet.ps.client`)."""
+one-sided operations only (:mod:`hpcnet.ps.client`).
+
+With ``--max-staleness s`` (SSP, :mod:`hpcnet.ps.ssp`; Ho et al. 2013, sec. 2-3) a
+replica publishes its clock (completed steps) after every step and, before each
+step, waits until every live replica is at most ``s`` steps behind it.
+
+Fault injection (``[faults]``): the slow replica (``--slow-replica``) sleeps
+``slow_factor - 1`` times its compute time after each step's forward + backward (as
+Sandblaster's does); ``--fail-replica`` stops after ``--fail-at-step`` steps without
+saying done.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +23,7 @@ from mpi4py import MPI
 from hpcnet.algos.lifecycle import Regroup, Run
 from hpcnet.comm import ft, watchdog
 from hpcnet.ps.client import ShardClient
+from hpcnet.ps.ssp import ClockGate
 
 
 def run_replica(run: Run) -> dict[str, Any]:
@@ -36,6 +47,19 @@ def run_replica(run: Run) -> dict[str, Any]:
     )
     net = part if part else model
     step = resume.step if resume else 0  # a resumed run: where every shard's cut holds it
+    gate = None
+    if ps.max_staleness >= 0:  # SSP: a resumed replica's clock starts at its step
+        gate = ClockGate(
+            client,
+            replica,
+            run.layout.partitions,
+            run.layout.replicas,
+            ps.max_staleness,
+            # a lost replica leaves the minimum after --replica-timeout: wait longer
+            timeout=run.deadlines.end_barrier,
+        )
+        gate.publish(step)
+    slow = faults.slow_factor - 1 if replica == faults.slow_replica else 0.0
     model.seed_dropout(cfg.run.seed, replica, restart=step)
     signalled = 0  # the signal this replica stops for (its own, or the run's PREEMPT)
 
@@ -59,7 +83,7 @@ def run_replica(run: Run) -> dict[str, Any]:
     fetch_now = True  # the first step fetches (a resumed run restarts between fetches)
     step0 = step
     failed = False
-    compute_s = first_step_s = 0.0
+    compute_s = first_step_s = slowed_s = 0.0
     t0 = time.perf_counter()
     if replica != 0 and ps.warm_start_steps:
         # Warm start (sec. 4.1): replica 0 trains alone first; the others join later.
@@ -71,6 +95,8 @@ def run_replica(run: Run) -> dict[str, Any]:
         stopped = False
         while step < total_steps and not stopped and not failed:
             for x, y in loader.batches(epoch, start):
+                if gate is not None:
+                    gate.wait(step)  # every live replica within s steps (or a stop)
                 if step % ps.n_fetch == 0 or fetch_now:
                     client.fetch(model.params, ps.read_own_writes)
                     fetch_now = False
@@ -80,7 +106,11 @@ def run_replica(run: Run) -> dict[str, Any]:
                 tc = time.perf_counter()
                 loss, correct = net.loss_and_grad(x, y, backend)
                 acc += model.grads
-                compute_s += time.perf_counter() - tc
+                dt = time.perf_counter() - tc
+                compute_s += dt
+                if slow:  # an injected straggler
+                    time.sleep(dt * slow)
+                    slowed_s += dt * slow
                 stats += (loss * len(y), correct, len(y))
                 step += 1
                 watchdog.heartbeat(step)
@@ -92,6 +122,8 @@ def run_replica(run: Run) -> dict[str, Any]:
                     acc[:] = 0
                     stats[:] = 0
                     since_push = 0
+                if gate is not None:
+                    gate.publish(step)
                 if replica == faults.fail_replica and step >= faults.fail_at_step:
                     failed = True  # leave without saying done: the shards must notice
                     break
@@ -127,9 +159,11 @@ def run_replica(run: Run) -> dict[str, Any]:
             "failed": failed,
             "stopped_by_signal": signalled,
             "compute_s": compute_s,
+            "slowed_s": slowed_s,
             "first_step_s": first_step_s,
             "wall_s": wall,
             "samples_per_s": (step - step0) * cfg.run.batch_size / wall if wall else 0.0,
+            "ssp": asdict(gate.stats) if gate is not None else None,
         }
     )
     return out
