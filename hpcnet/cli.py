@@ -26,6 +26,7 @@ BENCHMARKS = {
     "downpour": "downpour_vs_sync",  # Downpour throughput vs sync on the same cores
     "adagrad": "adagrad_vs_sgd",  # Downpour: Adagrad vs fixed-rate SGD at the shard (plot)
     "batch": "batch_vs_async",  # Sandblaster L-BFGS vs Downpour and sync (plot)
+    "ssp": "ssp_tradeoff",  # Downpour bounded staleness: idle and time against s (plot)
 }
 
 
@@ -211,10 +212,17 @@ def _config_from(args):
 
 
 def _cmd_train(args) -> int:
+    from mpi4py import MPI
+
     from hpcnet.algos import train
     from hpcnet.comm import library_comm
 
     cfg = _config_from(args)
+    if MPI.Comm.Get_parent() != MPI.COMM_NULL:  # spawned in place of a dead process
+        from hpcnet.algos.lifecycle import join
+
+        join(cfg)
+        return 0
     if args.dry_run:
         from hpcnet.algos.dryrun import dry_run
 

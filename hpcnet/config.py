@@ -128,6 +128,9 @@ class FaultConfig:
     fail_at_step: int = 0  # ... after this many of its steps (work units for sandblaster)
     slow_replica: int = -1  # replica index made slower; -1 = none
     slow_factor: float = 1.0  # ... by this factor
+    # under fault tolerance (mpiexec --with-ft ulfm): spawn a new process for each one
+    # that died, which joins the run (downpour)
+    replace_lost: bool = False
 
 
 @dataclass(frozen=True)
@@ -191,6 +194,11 @@ FLAGS: dict[str, tuple[str, str, str]] = {
     "--slow-factor": ("faults", "slow_factor", "... by this factor"),
     "--fail-replica": ("faults", "fail_replica", "make this replica stop (-1: none)"),
     "--fail-at-step": ("faults", "fail_at_step", "... after this many of its steps"),
+    "--replace-lost": (
+        "faults",
+        "replace_lost",
+        "downpour under mpiexec --with-ft ulfm: a new process replaces each that died",
+    ),
     "--model": (
         "model",
         "name",

@@ -92,16 +92,27 @@ class Run:
             the Sandblaster coordinator drains late requests), and once after.
     """
 
-    def __init__(self, prep: Prepared, comm: MPI.Intracomm, algo: Algorithm, verbose: bool):
+    def __init__(
+        self,
+        prep: Prepared,
+        comm: MPI.Intracomm,
+        algo: Algorithm,
+        verbose: bool,
+        joining: bool = False,
+    ):
+        """``joining``: a process spawned to replace a dead one (fault tolerance): no
+        collective here; the algorithm's ``regroup`` sets its layout, role and
+        sub-communicators with the others."""
         self.prep, self.comm, self.algo, self.verbose = prep, comm, algo, verbose
         self.rank = comm.Get_rank()
-        self.role = prep.layout.role(self.rank)
         self.deadlines = Deadlines.of(prep.cfg.run.timeout, prep.cfg.ps.replica_timeout)
-        self.budget = StepBudget.of(prep.cfg, prep.info.n_train, prep.layout.replicas)
-        self.comms = split_role_comms(prep.layout, comm)  # collective
-        layout = prep.layout
-        watchdog.start(comm, prep.cfg.run.timeout, lambda r: str(layout.role(r)))  # collective
         self.part = None
+        if not joining:
+            self.role = prep.layout.role(self.rank)
+            self.budget = StepBudget.of(prep.cfg, prep.info.n_train, prep.layout.replicas)
+            self.comms = split_role_comms(prep.layout, comm)  # collective
+            layout = prep.layout
+            watchdog.start(comm, prep.cfg.run.timeout, lambda r: str(layout.role(r)))
         self.shared: Any = None
         self.on_end_poll = None
         self.preempt: PreemptionWatch | None = None  # set by train()
@@ -120,6 +131,7 @@ class Run:
         self.lost_report: list[dict[str, Any]] = []  # {"rank", "role"} of every rank lost
         self.regroups: list[dict[str, Any]] = []  # the algorithm's regroups after a death
         self.regrouped: dict[str, Any] | None = None  # state a regroup hands to ``setup``
+        self.spawned: list[MPI.Intercomm] = []  # with processes spawned to replace dead ones
 
     # --- what every program reads ------------------------------------------------
     cfg = property(lambda self: self.prep.cfg)
@@ -475,6 +487,34 @@ def _train(cfg: Config, comm: MPI.Intracomm, verbose: bool, watch, on_progress) 
         run, algo.describe(run) if algo.describe else run.budget.describe(cfg.run.epochs)
     )
     run.t_train = time.perf_counter()
+    return _run_to_end(run)
+
+
+def join(cfg: Config, verbose: bool = True) -> dict[str, Any]:
+    """The program of a process spawned to replace a dead one (``--replace-lost``, fault
+    tolerance): merges with the run that spawned it, takes the role the regroup gives
+    it and runs to the end with the others. ``cfg`` is the run's (its config.toml)."""
+    from hpcnet.algos.prepare import prepare_joiner
+
+    watch = PreemptionWatch()
+    try:
+        parent = MPI.Comm.Get_parent()
+        merged = parent.Merge(high=True)  # with the spawning ranks' Merge
+        algo = get_algorithm(cfg.algo.name)
+        run = Run(prepare_joiner(cfg), merged, algo, verbose, joining=True)
+        run.spawned.append(parent)
+        run.preempt = watch
+        run.t_train = time.perf_counter()
+        algo.regroup(run, {"kind": "new", "detected_unix": time.time()})
+        return _run_to_end(run)
+    finally:
+        watch.close()
+        watchdog.abandon()
+
+
+def _run_to_end(run: Run) -> dict[str, Any]:
+    """The role programs (again after each regroup) and the end of the run."""
+    algo, prep, cfg = run.algo, run.prep, run.cfg
     while True:
         try:
             result = algo.programs[run.role.kind](run)
@@ -531,5 +571,7 @@ def _train(cfg: Config, comm: MPI.Intracomm, verbose: bool, watch, on_progress) 
         watchdog.stop()
         run.comms.free()
     set_error_report(None)  # this run's OUT is no place for a later error's report
+    for inter in run.spawned:  # processes spawned in place of dead ones: no longer
+        inter.Disconnect()  # connected, so each side's MPI_Finalize is its own
     summary["_params"] = prep.model.params
     return summary

@@ -130,6 +130,23 @@ def prepare(cfg: Config, comm: MPI.Intracomm, verbose: bool = True) -> Prepared:
     return prep
 
 
+def prepare_joiner(cfg: Config) -> Prepared:
+    """A process spawned to replace a dead one (fault tolerance, ``--replace-lost``): the
+    run's data, model and backend from its resolved config (``cfg``: OUT/config.toml,
+    the dataset file given as ``--data``), with no communication; the layout is a
+    placeholder until the regroup gives it its role. Kernels load from the on-disk
+    cache the run's ranks compiled."""
+    t_start = time.perf_counter()
+    backend = get_backend(cfg.run.backend)
+    info = open_dataset(resolve_data(cfg.data.name))
+    model = build_model(cfg.model.name, info.image_shape, info.num_classes)
+    layout = Layout(1, cfg.algo.name, 0, 0, 1)
+    out = Path(cfg.run.out)
+    set_error_report(out, "joining process")
+    threads = set_threads(cfg.run.threads, 1)
+    return Prepared(cfg, layout, backend, info, model, out, threads, t_start)
+
+
 def train_loader(prep: Prepared, replica: int) -> BatchLoader:
     """The training-split :class:`BatchLoader` of replica ``replica`` (of ``layout.replicas``),
     with the run's batch size, seed, normalisation and ``[data] augment`` settings."""

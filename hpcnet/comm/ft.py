@@ -168,6 +168,22 @@ def check_alive(comm: MPI.Comm, ranks: list[int]) -> None:
         raise PeerDied(dead)
 
 
+def alive_check(comm: MPI.Comm, ranks: list[int], every: float = 0.05):
+    """A function for a wait's polls: :func:`check_alive` of ``ranks``, at most every
+    ``every`` seconds (a no-op without fault tolerance)."""
+    import time
+
+    state = {"next": 0.0}
+
+    def check() -> None:
+        now = time.monotonic()
+        if enabled() and now >= state["next"]:
+            state["next"] = now + every
+            check_alive(comm, ranks)
+
+    return check
+
+
 class DeathWatch:
     """Ends this rank's run when a rank it cannot go on without dies (e.g. a replica's
     coordinator): :meth:`check` raises :class:`hpcnet.errors.RankLost` with

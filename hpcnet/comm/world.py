@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 
 from mpi4py import MPI
 
-from hpcnet.errors import HpcnetError, StallError
+from hpcnet.errors import HpcnetError, RankLost, StallError
 
 T = TypeVar("T")
 _LIBRARY_COMM = None
@@ -156,9 +156,15 @@ def exit_on_error(e: HpcnetError) -> int:
     was raised on every rank alike (rank 0 prints it once), else prints it from
     this rank and aborts the whole job with the error's status."""
     if getattr(e, "collective", False) or world_size() == 1:
-        if world_rank() == getattr(e, "printer", 0):  # rank 0, unless it died (RankLost)
+        printer = world_rank() == getattr(e, "printer", 0)  # rank 0, unless it died
+        if printer:
             sys.stderr.write(f"hpcnet: error: {e}\n")
             sys.stderr.flush()
+        if isinstance(e, RankLost):  # no MPI_Finalize: it would wait on the dead rank and
+            sys.stdout.flush()  # on requests the survivors still hold to each other;
+            if not printer:  # the others leave once the launcher has the printer's line
+                time.sleep(ABORT_GRACE_S)
+            os._exit(e.exit_code)
         return e.exit_code
     abort(f"hpcnet: error (rank {world_rank()}): {e}", e.exit_code)
     return e.exit_code  # pragma: no cover - Abort does not return

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 from mpi4py import MPI
 
+from hpcnet.comm import ft
 from hpcnet.comm.messages import Channel
 
 TAG_REQUEST, TAG_STATE, TAG_ARRAYS = 31, 32, 33
@@ -144,14 +145,16 @@ class ShardCheckpoints:
 
         Raises:
             StallError: a shard did not answer within the timeout.
+            PeerDied: a shard's process died meanwhile (under fault tolerance).
         """
         others = self.shard_ranks[1:]
         self.requests.send_all([1.0], others, self.timeout, "checkpoint request to the shards")
         out = [self.snapshot()]
         for s, r in enumerate(others, start=1):
             what = f"checkpoint snapshot of shard {s} (rank {r})"
-            head = self.states.recv(r, self.timeout, what)
-            body = self.arrays.recv(r, self.timeout, what)
+            dead = ft.alive_check(self.states.comm, [r])
+            head = self.states.recv(r, self.timeout, what, give_up=dead)
+            body = self.arrays.recv(r, self.timeout, what, give_up=dead)
             out.append(_unpack(head, body, self.sizes[s]))
         return out
 

@@ -133,6 +133,8 @@ class ShardClient:
         if self._head[W.PREEMPT] > 0:
             self.preempt_signal = int(self._head[W.PREEMPT])
             self.stopped = True
+        if self._head[W.REGROUP] > 0:  # a rank died; the run regroups (fault tolerance)
+            raise ft.PeerDied([])
         return self._head
 
     def _read_field(self, sw: W.ShardWindows, name: int) -> float:

@@ -106,6 +106,9 @@ class ShardService:
         peer_ranks: the other shards' ranks: when one dies (fault tolerance) this shard
             stops serving (between applies) and :meth:`serve` raises
             :class:`hpcnet.comm.ft.PeerDied`.
+        regroup_on_death: a dead client too ends serving that way (``--replace-lost``:
+            the run regroups with a new process in its place); the REGROUP counter
+            tells the clients to leave.
     """
 
     def __init__(
@@ -119,7 +122,9 @@ class ShardService:
         signal_of: Callable[[], int] = lambda: 0,
         client_ranks: list[int] | None = None,
         peer_ranks: list[int] | None = None,
+        regroup_on_death: bool = False,
     ):
+        self.regroup_on_death = regroup_on_death
         self.sw, self.rule, self.lr_at = sw, rule, lr_at
         self.client_ranks, self.peer_ranks = client_ranks, peer_ranks or []
         self.timeout = replica_timeout
@@ -219,16 +224,25 @@ class ShardService:
             if self.client_ranks is not None and now >= next_failure_check:
                 dead |= self._dead_clients()  # local knowledge: no communication
                 next_failure_check = now + 0.05
+                if dead and self.regroup_on_death:
+                    ctrl[W.REGROUP] = 1.0  # every client leaves at its next read
+                    sw.ctrl_win.Sync()
+                    raise ft.PeerDied([self.client_ranks[c] for c in sorted(dead)])
             done = []
             for c in range(C):
                 hb = ctrl[W.field(c, W.HEARTBEAT)]
                 if hb != last_hb[c] and c not in dead:
                     last_hb[c], last_seen[c] = hb, now
+                    if c in lost:  # back: SSP waits for it again (hpcnet.ps.ssp)
+                        ctrl[W.field(c, W.LOST)] = 0.0
+                        sw.ctrl_win.Sync()
                     lost.discard(c)
                 if ctrl[W.field(c, W.DONE)] > 0:
                     done.append(c)
                 elif (c in dead or now - last_seen[c] > self.timeout) and c not in lost:
                     lost.add(c)
+                    ctrl[W.field(c, W.LOST)] = 1.0  # SSP's minimum clock leaves it out
+                    sw.ctrl_win.Sync()
                     if c not in st.lost_clients:
                         st.lost_clients.append(c)
                         st.lost_at.append(

@@ -42,7 +42,8 @@ VERSION = 0  # updates applied by this shard (its parameter version)
 STOP = 1  # 1.0 once this shard has finished: clients stop
 APPLIED = 2  # pushes applied, summed over clients (== VERSION)
 PREEMPT = 3  # signal number once the run is stopping for SIGTERM/SIGUSR1: clients stop
-HEAD = 4
+REGROUP = 4  # 1.0 once a rank died and the run regroups (--replace-lost): clients leave
+HEAD = 5
 # per-client block, at HEAD + c * PER_CLIENT
 READY = 0  # pushes client c has completed into its inbox slot (client: += 1)
 ACK = 1  # pushes of client c the shard has consumed (shard writes)

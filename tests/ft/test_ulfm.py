@@ -78,14 +78,33 @@ def kill_rank_after(p: subprocess.Popen, out: Path, rank: int, records: int) -> 
     return time.time()
 
 
-def finish(p: subprocess.Popen) -> tuple[int, str, str]:
+def finish(p: subprocess.Popen, timeout: float = 300) -> tuple[int, str, str]:
     try:
-        stdout, stderr = p.communicate(timeout=300)
+        stdout, stderr = p.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
+        left = _ranks_left(p.pid)
         os.killpg(p.pid, signal.SIGKILL)
         stdout, stderr = p.communicate()
-        pytest.fail(f"the job hung after the kill:\n{stdout}\n{stderr}")
+        pytest.fail(f"the job hung after the kill; still there: {left}\n{stdout}\n{stderr}")
     return p.returncode, stdout, stderr
+
+
+def _ranks_left(pgid: int) -> list[str]:
+    """The job's processes still alive: rank, state and kernel wait channel."""
+    left = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if not proc.name.isdigit() or os.getpgid(int(proc.name)) != pgid:
+                continue
+            env = (proc / "environ").read_bytes().split(b"\0")
+            rank = [e.decode() for e in env if e.startswith(b"OMPI_COMM_WORLD_RANK=")]
+            stat = (proc / "stat").read_text().split()[2]
+            wchan = (proc / "wchan").read_text()
+            cmd = (proc / "cmdline").read_bytes().split(b"\0")[0].decode()
+            left.append(f"pid {proc.name} {rank} {stat} {wchan} {cmd}")
+        except (OSError, ProcessLookupError):
+            continue
+    return left
 
 
 DOWNPOUR = ["train", "--algo", "downpour", "--epochs", "3", "--batch-size", "8",
@@ -159,7 +178,7 @@ def test_sandblaster_coordinator_death_ends_the_run_with_one_line_and_a_checkpoi
     out = tmp_path / "run"
     p = launch(5, [*SANDBLASTER, "--checkpoint-every", "2"], out, tmp_path)
     kill_rank_after(p, out, 0, records=4)
-    code, stdout, stderr = finish(p)
+    code, stdout, stderr = finish(p, timeout=120)
     assert code == 3, stderr
     line = "hpcnet: error: the Sandblaster coordinator (rank 0) died; the run ends: resume it "
     assert stderr.count(line) == 1, stderr
@@ -175,8 +194,13 @@ def test_sandblaster_coordinator_death_ends_the_run_with_one_line_and_a_checkpoi
 @pytest.mark.timeout(400)
 @pytest.mark.parametrize(
     "shards, rank, checkpoint",
-    [(1, 0, False), (1, 0, True), (2, 1, False)],
-    ids=["only-shard-from-replica-copy", "only-shard-from-checkpoint", "shard-1-of-2"],
+    [(1, 0, False), (1, 0, True), (2, 1, False), (2, 1, True)],
+    ids=[
+        "only-shard-from-replica-copy",
+        "only-shard-from-checkpoint",
+        "shard-1-of-2",
+        "shard-1-of-2-checkpointing",  # shard 0 may be collecting its snapshot then
+    ],
 )
 def test_downpour_survives_a_killed_shard(tmp_path, shards, rank, checkpoint):
     # the dead shard's range comes back from the newest checkpoint, or from the replica
@@ -185,7 +209,7 @@ def test_downpour_survives_a_killed_shard(tmp_path, shards, rank, checkpoint):
     out = tmp_path / "run"
     args = [*DOWNPOUR, "--shards", str(shards)]
     if checkpoint:
-        args += ["--checkpoint-every", "10"]
+        args += ["--checkpoint-every", "10" if shards == 1 else "2"]
     p = launch(shards + 3, args, out, tmp_path)
     killed_at = kill_rank_after(p, out, rank, records=4)
     code, stdout, stderr = finish(p)
@@ -207,3 +231,28 @@ def test_downpour_survives_a_killed_shard(tmp_path, shards, rank, checkpoint):
     (shard,) = s["shards"]
     sent = {r["client"]: r["pushes"] for r in s["replicas"]}
     assert shard["pushes_applied"] == [sent[c] for c in sorted(sent)], (shard, sent)
+
+
+@pytest.mark.timeout(400)
+@pytest.mark.parametrize("rank", [2, 0], ids=["a-replica", "the-shard"])
+def test_replace_lost_spawns_a_process_that_joins(tmp_path, rank):
+    # 1 shard + 3 replicas with --replace-lost: a new process takes the dead one's
+    # place (MPI_Comm_spawn + merge), the replica count returns to 3 and the
+    # newcomer's pushes are applied
+    out = tmp_path / "run"
+    args = [*DOWNPOUR, "--shards", "1", "--replace-lost"]
+    p = launch(4, args, out, tmp_path)
+    kill_rank_after(p, out, rank, records=3)
+    code, stdout, stderr = finish(p)
+    assert code == 0, stderr
+    s = json.loads((out / "summary.json").read_text())
+    (g,) = s["regroups"]
+    assert g["spawned"] == 1 and "1 parameter shard + 3 replicas" in g["layout"], g
+    assert s["layout"]["replicas"] == 3 and s["world_size"] == 4, s["layout"]
+    assert "1 new process(es) spawned in their place" in stdout, stdout
+    (shard,) = s["shards"]
+    sent = {r["client"]: r["pushes"] for r in s["replicas"]}
+    assert sorted(sent) == [0, 1, 2]
+    assert shard["pushes_applied"] == [sent[c] for c in range(3)], (shard, sent)
+    assert min(shard["pushes_applied"]) > 0  # the newcomer (client 2) pushed too
+    assert s["test_accuracy"] >= 0.85, s["test_accuracy"]

@@ -50,6 +50,7 @@ from hpcnet.comm import (
     allgather_objects,
     allgather_ranges,
     barrier_polling,
+    ft,
     same_on_every_rank,
 )
 from hpcnet.layout import LayoutRule
@@ -157,6 +158,7 @@ def _setup(run: Run) -> _Shared:
             signal_of=lambda: run.preempt.signum if run.preempt else 0,
             client_ranks=[client_ranks[c] for c in range(layout.n_clients)],
             peer_ranks=[r for r in layout.shard_ranks if r != run.rank],
+            regroup_on_death=cfg.faults.replace_lost and ft.enabled(),
         )
         if states is None:
             mine.local_arrays()[0][:] = model.params[mine.lo : mine.hi]
@@ -314,6 +316,7 @@ DOWNPOUR = register(
         layout=LayoutRule(shards=True),
         programs={"shard": run_shard, "replica": run_replica},
         flags=("--n-fetch", "--n-push", "--ps-rule", "--warm-start-steps", "--read-own-writes")
+        + ("--replace-lost",)
         + ("--max-staleness", "--slow-replica", "--slow-factor")
         + SHARDED_FLAGS,
         setup=_setup,

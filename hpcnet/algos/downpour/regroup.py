@@ -32,7 +32,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hpcnet.algos.budget import StepBudget
-from hpcnet.comm import allgather_objects, bcast_, ft, split_role_comms, watchdog
+from hpcnet.comm import (
+    allgather_objects,
+    bcast_,
+    bcast_object,
+    ft,
+    split_role_comms,
+    watchdog,
+)
 from hpcnet.errors import RankLost
 from hpcnet.layout import Layout
 from hpcnet.run.checkpoint import read_rank_state
@@ -42,100 +49,156 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 def regroup(run: Run, carry: dict[str, Any]) -> None:
-    """Collective over the live ranks of ``run.comm``, after a shard died: ``run`` is
-    set up again over them (communicator, layout, role, budget, windows) and every rank
-    runs its role's program again.
+    """Collective over the live ranks of ``run.comm`` (and, with ``--replace-lost``, the
+    processes spawned in place of the dead, which join here), after a rank died:
+    ``run`` is set up again over them (communicator, layout, role, budget, windows)
+    and every rank runs its role's program again.
 
     Args:
         carry: what this rank brings: a shard its ``snapshot`` (``arrays``: ``slice``,
             ``accum``; ``version``); a replica its ``step`` and the shards' ``versions``
-            at its last fetch (its parameters are ``run.model.params``).
+            at its last fetch (its parameters are ``run.model.params``); a process that
+            joins ``{"kind": "new"}`` (``run.comm``: already merged with the others).
     Raises:
         RankLost: no replica would be left, or the model is split (``--partitions``).
     """
     t0 = time.time()
-    old_comm, old = run.comm, run.layout
-    alive = ft.shrink(old_comm, run.deadlines.end_barrier, "downpour regroup: live ranks")
-    lost = ft.lost_between(old_comm, alive)
-    old_ranks = [r for r in range(old_comm.Get_size()) if r not in lost]  # by new rank
+    joining = carry["kind"] == "new"
+    if joining:
+        comm = run.comm
+    else:
+        comm, lost = _live_and_spawned(run)
     meta = {k: v for k, v in carry.items() if k != "arrays"}
-    metas = allgather_objects(meta, alive)
-    dead = [old.role(r).index for r in lost if old.role(r).kind == "shard"]
-    new_shards = max(1, old.shards - len(dead))
-    if old.partitions > 1 or alive.Get_size() - new_shards < 1:
-        raise RankLost(
-            f"parameter shard(s) {dead} died and Downpour cannot regroup "
-            + ("a split model (--partitions)" if old.partitions > 1 else "with no replica left")
-            + f": resume from the newest checkpoint with --resume {run.prep.out}",
-            printer=0,
-        )
-    # 1. the whole flat vector and the accumulators, as the live shards and sources hold them
-    n = run.model.n_params
-    params = run.model.params  # a replica's fetched copy until overwritten below
+    metas = allgather_objects(meta, comm, "downpour regroup: who holds what")
+    plan = bcast_object(
+        None if joining or comm.Get_rank() != 0 else _plan(run, metas, lost, comm),
+        comm,
+        what="downpour regroup: the plan",
+    )
+    if isinstance(plan, str):  # rank 0 found the run cannot go on
+        raise RankLost(plan, printer=0)
+    params = run.model.params
     adagrad = run.cfg.ps.rule == "adagrad"
-    accum = np.zeros(n, np.float32) if adagrad else None
-    version, sources = 0, []
-    ckpt = _checkpoint_of_layout(run)
-    for s, (lo, hi) in enumerate(run.shared.ranges):
-        old_rank = old.shard_ranks[s]
-        if old_rank in old_ranks:  # alive: its slice and accumulators as they are
-            root = old_ranks.index(old_rank)
-            if root == alive.Get_rank():
+    accum = np.zeros(params.size, np.float32) if adagrad else None
+    for src in plan["sources"]:
+        lo, hi = src["lo"], src["hi"]
+        if src["from"] == "alive":  # a live shard: its slice and accumulators as they are
+            if src["root"] == comm.Get_rank():
                 params[lo:hi] = carry["arrays"]["slice"]
                 if adagrad:
                     accum[lo:hi] = carry["arrays"]["accum"]
-            bcast_(params[lo:hi], alive, root)
+            bcast_(params[lo:hi], comm, src["root"])
             if adagrad:
-                bcast_(accum[lo:hi], alive, root)
-            version = max(version, metas[root]["version"])
-            continue
-        if ckpt is not None:  # every rank reads the dead shard's state from the file
-            arrays, state = read_rank_state(ckpt[0], old_rank)
+                bcast_(accum[lo:hi], comm, src["root"])
+        elif src["from"] == "checkpoint":  # every rank reads the dead shard's state
+            arrays, _ = read_rank_state(src["path"], src["old_rank"])
             params[lo:hi] = arrays["slice"]
             if adagrad and "accum" in arrays:
                 accum[lo:hi] = arrays["accum"]
-            version = max(version, int(state["version"]))
-            sources.append(
-                {"shard": s, "from": "checkpoint", "step": ckpt[1], "version": state["version"]}
-            )
-            continue
-        fetched = [(m["versions"][s], i) for i, m in enumerate(metas) if m["kind"] == "replica"]
-        v, root = max(fetched)  # the replica that fetched this range last
-        bcast_(params[lo:hi], alive, root)  # its accumulators are lost: they restart at 0
-        sources.append(
-            {"shard": s, "from": "replica copy", "replica": metas[root]["index"], "version": v}
-        )
-    # 2. the live ranks laid out again: shards first, then replicas
-    layout = Layout(alive.Get_size(), "downpour", 0, new_shards, alive.Get_size() - new_shards)
-    epochs = [m["step"] / run.budget.steps_per_epoch for m in metas if m["kind"] == "replica"]
-    epoch = min(epochs) if epochs else 0.0
-    run.lost_report += [{"rank": r, "role": str(old.role(r))} for r in lost]
-    run.regroups.append(
-        {
-            "dead_shards": dead,
-            "lost_ranks": [{"rank": r, "role": str(old.role(r))} for r in lost],
-            "restored": sources,
-            "epoch": epoch,
-            "version": version,
-            "layout": layout.describe(),
-            "detected_unix": carry.get("detected_unix", t0),
-            "regroup_s": 0.0,  # set below
-        }
+        else:  # the replica that fetched it last; the accumulators restart at 0
+            bcast_(params[lo:hi], comm, src["root"])
+    layout = Layout(**plan["layout"])
+    if not joining:
+        run.lost_report += plan["lost_ranks"]
+    record = {k: plan[k] for k in ("lost_ranks", "dead_shards", "epoch", "version")}
+    record.update(
+        restored=[s for s in plan["sources"] if s["from"] != "alive"],
+        spawned=plan["spawned"],
+        layout=layout.describe(),
+        detected_unix=carry.get("detected_unix", t0),
     )
-    _move_run(run, alive, layout)
-    run.say(  # the new rank 0 (rank 0 may have been the shard that died)
-        f"downpour: {', '.join(f'rank {r} ({old.role(r)})' for r in lost)} died; "
-        + "; ".join(_restored_text(src) for src in sources)
-        + f"; going on as {layout.describe()} from epoch {epoch:.3f}"
-    )
+    run.regroups.append(record)
+    _move_run(run, comm, layout)
+    if plan["text"]:
+        run.say(plan["text"])  # the new rank 0 (rank 0 may have been the rank that died)
     run.regrouped = {
         "params": params,
         "accum": accum,
-        "version": version,
-        "epoch": epoch,
+        "version": plan["version"],
+        "epoch": plan["epoch"],
     }
     run.shared = run.algo.setup(run)  # the windows over the live ranks, state restored
-    run.regroups[-1]["regroup_s"] = time.time() - t0
+    record["regroup_s"] = time.time() - t0
+
+
+def _live_and_spawned(run: Run):
+    """The live ranks, agreed; with ``--replace-lost`` merged with a new process for
+    each that died (spawned by them: ``MPI_Comm_spawn``, then ``Intercomm_merge``; the
+    new ones take the last ranks). Returns (communicator, ranks of ``run.comm`` lost)."""
+    import sys
+
+    alive = ft.shrink(run.comm, run.deadlines.end_barrier, "downpour regroup: live ranks")
+    lost = ft.lost_between(run.comm, alive)
+    if not (run.cfg.faults.replace_lost and lost):
+        return alive, lost
+    args = ["-m", "hpcnet", "train", "--config", str(run.prep.out / "config.toml")]
+    args += ["--data", str(run.info.path), "--out", str(run.prep.out)]
+    inter = alive.Spawn(sys.executable, args, maxprocs=len(lost), root=0)
+    merged = inter.Merge(high=False)
+    run.spawned.append(inter)  # disconnected at the end of the run
+    return merged, lost
+
+
+def _plan(run: Run, metas: list[dict], lost: list[int], comm) -> dict | str:
+    """Rank 0: where each range of the parameters comes from, the new layout, the epoch
+    to go on from, and the line to print; a str when the run cannot go on."""
+    old = run.layout
+    old_ranks = [r for r in range(old.world_size) if r not in lost]  # by new rank
+    dead = [old.role(r).index for r in lost if old.role(r).kind == "shard"]
+    size = comm.Get_size()
+    shards = max(1, old.shards - len(dead)) if not run.cfg.faults.replace_lost else old.shards
+    if old.partitions > 1 or size - shards < 1:
+        why = "a split model (--partitions)" if old.partitions > 1 else "with no replica left"
+        named = ", ".join(f"rank {r} ({old.role(r)})" for r in lost)
+        return (
+            f"{named} died and Downpour cannot regroup {why}: resume from the newest "
+            f"checkpoint with --resume {run.prep.out}"
+        )
+    ckpt = _checkpoint_of_layout(run)
+    sources, version = [], 0
+    for s, (lo, hi) in enumerate(run.shared.ranges):
+        old_rank = old.shard_ranks[s]
+        src = {"shard": s, "lo": lo, "hi": hi}
+        if old_rank in old_ranks:
+            root = old_ranks.index(old_rank)
+            src.update({"from": "alive", "root": root})
+            version = max(version, metas[root]["version"])
+        elif ckpt is not None:
+            _, state = read_rank_state(ckpt[0], old_rank)
+            src.update(
+                {"from": "checkpoint", "path": ckpt[0], "old_rank": old_rank, "step": ckpt[1]}
+            )
+            src["version"] = int(state["version"])
+            version = max(version, src["version"])
+        else:
+            v, root = max(
+                (m["versions"][s], i) for i, m in enumerate(metas) if m["kind"] == "replica"
+            )
+            src.update({"from": "replica copy", "root": root, "replica": metas[root]["index"]})
+            src["version"] = v
+            version = max(version, v)
+        sources.append(src)
+    layout = Layout(size, "downpour", 0, shards, size - shards)
+    epochs = [m["step"] / run.budget.steps_per_epoch for m in metas if m["kind"] == "replica"]
+    epoch = min(epochs) if epochs else 0.0
+    spawned = sum(m["kind"] == "new" for m in metas)
+    lost_ranks = [{"rank": r, "role": str(old.role(r))} for r in lost]
+    text = (
+        f"downpour: {', '.join(f'rank {r} ({old.role(r)})' for r in lost)} died; "
+        + "".join(_restored_text(src) + "; " for src in sources if src["from"] != "alive")
+        + (f"{spawned} new process(es) spawned in their place; " if spawned else "")
+        + f"going on as {layout.describe()} from epoch {epoch:.3f}"
+    )
+    return {
+        "sources": sources,
+        "layout": layout.to_dict(),
+        "epoch": epoch,
+        "version": version,
+        "dead_shards": dead,
+        "lost_ranks": lost_ranks,
+        "spawned": spawned,
+        "text": text,
+    }
 
 
 def _restored_text(src: dict) -> str:

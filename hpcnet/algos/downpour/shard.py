@@ -9,6 +9,7 @@ from dataclasses import asdict
 from typing import Any
 
 import numpy as np
+from mpi4py import MPI
 
 from hpcnet.algos.lifecycle import Regroup, Run
 from hpcnet.comm import ft
@@ -30,7 +31,9 @@ def run_shard(run: Run) -> dict[str, Any]:
         service.on_pass = lambda ctrl: ckpt.answer()
     try:
         stats = service.serve()
-    except ft.PeerDied:  # another shard died (fault tolerance): regroup with this state
+    except (ft.PeerDied, MPI.Exception) as e:  # a shard died (fault tolerance): regroup
+        if isinstance(e, MPI.Exception) and not ft.is_failure(e):
+            raise
         arrays, state = service.snapshot()
         carry = {"kind": "shard", "index": run.role.index, "version": state["version"]}
         raise Regroup({**carry, "arrays": arrays, "detected_unix": time.time()}) from None

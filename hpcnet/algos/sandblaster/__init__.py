@@ -56,6 +56,7 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
+from mpi4py import MPI
 
 from hpcnet.algos.lifecycle import Run
 from hpcnet.algos.registry import SHARDED_FLAGS, Algorithm, register
@@ -146,7 +147,12 @@ def _shard(run: Run) -> dict:
         d.coordinator_reply,
         on_poll=on_poll,
     )
-    result = service.run()
+    try:
+        result = service.run()
+    except MPI.Exception as e:  # e.g. its reply to a coordinator that died
+        if ft.is_failure(e):
+            watch.check(force=True)  # RankLost if so
+        raise
     p.x = result.pop("_x")
     return result
 

@@ -32,7 +32,7 @@ import numpy as np
 from mpi4py import MPI
 
 from hpcnet.algos.sandblaster.protocol import Action, Ask, CoordinatorLink, Request
-from hpcnet.comm import Backoff, Deadlines, watchdog
+from hpcnet.comm import Backoff, Deadlines, ft, watchdog
 from hpcnet.data.format import read_rows
 from hpcnet.data.loader import normalize
 from hpcnet.ps.lbfgs_service import ParameterWindows, push_gradient
@@ -63,6 +63,17 @@ def run_replica(
     per_push = cfg.lbfgs.units_per_push
     link = CoordinatorLink(comm, prep.layout, r, deadlines.coordinator_reply, prep.out)
     windows.lock()
+
+    try:
+        return _work(link, windows, comm, model, backend, info, faults, per_push, units, r, on_poll)
+    except MPI.Exception as e:  # e.g. a push to a shard that left: the coordinator died?
+        if ft.is_failure(e):
+            link.watch.check(force=True)  # RankLost if so
+        raise
+
+
+def _work(link, windows, comm, model, backend, info, faults, per_push, units, r, on_poll):
+    """The loop of :func:`run_replica` (its arguments, unpacked)."""
     cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     acc = np.zeros(model.n_params, np.float32)
     kept: list[int] = []
@@ -72,7 +83,6 @@ def run_replica(
     compute_s = slow_s = 0.0
     failed = False
     backoff = Backoff(first=200e-6, cap=20e-3)
-
     while True:
         watchdog.heartbeat(done_units)
         if on_poll is not None:
