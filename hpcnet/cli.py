@@ -15,7 +15,7 @@ from hpcnet import __version__
 from hpcnet.errors import AlreadyFinished, HpcnetError
 from hpcnet.run.preempt import Preempted
 
-SUBCOMMANDS = ("train", "data", "info", "bench", "plot", "export", "search")
+SUBCOMMANDS = ("train", "data", "info", "bench", "plot", "export", "search", "launch")
 # ``python -m hpcnet bench NAME [ARGS]`` runs benchmarks/SCRIPT.py ARGS (a source checkout);
 # NAME is the first word of SCRIPT. Every script in benchmarks/ (not _private) is here.
 BENCHMARKS = {
@@ -77,6 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(func=_cmd_bench)
     add_plot_parser(sub)
     add_export_parser(sub)
+    sub.add_parser(  # listed for --help; main() hands 'launch' over before any MPI starts
+        "launch",
+        help="python -m hpcnet launch -n N [--mpiexec CMD] ARGS: mpiexec -n N python -m "
+        "hpcnet ARGS, with one line naming a rank that dies by a signal",
+        add_help=False,
+    )
     return p
 
 
@@ -304,13 +310,23 @@ def main(argv: list[str] | None = None) -> None:
     SIGUSR1, checkpointed; 124 a stall (``--timeout``); anything else aborts the MPI
     job (status 1).
     """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["launch"]:  # the launcher is no MPI process: it starts mpiexec
+        from hpcnet.run.launch import main as launch
+
+        try:
+            sys.exit(launch(argv[1:]))
+        except HpcnetError as e:
+            sys.stderr.write(f"hpcnet: error: {e}\n")
+            sys.exit(e.exit_code)
     from hpcnet.kernels import set_blas_env_defaults
+    from hpcnet.run.launch import note_rank
 
     set_blas_env_defaults()  # before anything loads NumPy (and its OpenBLAS)
+    note_rank()  # for a launcher watching the ranks (python -m hpcnet launch)
     from hpcnet.comm import exit_on_error, install_abort_hook, same_on_every_rank
 
     install_abort_hook()
-    argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in SUBCOMMANDS + ("-h", "--help", "--version"):
         argv.insert(0, "train")
     try:
