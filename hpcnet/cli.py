@@ -1,4 +1,5 @@
-"""``python -m hpcnet SUBCOMMAND``: train (the default), data, info, bench, plot, export.
+"""``python -m hpcnet SUBCOMMAND``: train (the default), data, info, bench, plot, export,
+search, launch, grow.
 
 Run under MPI: ``mpiexec -n 4 python -m hpcnet train --data fashion-mnist``.
 Every rank parses the same arguments and validates them before any
@@ -15,7 +16,7 @@ from hpcnet import __version__
 from hpcnet.errors import AlreadyFinished, HpcnetError
 from hpcnet.run.preempt import Preempted
 
-SUBCOMMANDS = ("train", "data", "info", "bench", "plot", "export", "search", "launch")
+SUBCOMMANDS = ("train", "data", "info", "bench", "plot", "export", "search", "launch", "grow")
 # ``python -m hpcnet bench NAME [ARGS]`` runs benchmarks/SCRIPT.py ARGS (a source checkout);
 # NAME is the first word of SCRIPT. Every script in benchmarks/ (not _private) is here.
 BENCHMARKS = {
@@ -77,6 +78,16 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(func=_cmd_bench)
     add_plot_parser(sub)
     add_export_parser(sub)
+    g = sub.add_parser(
+        "grow",
+        help="ask a running downpour job (started with --max-replicas) for more replicas",
+        description="Writes OUT/grow-request.json; shard 0 of the run in OUT takes it "
+        "within a second, and the run spawns the replicas (MPI_Comm_spawn), which fetch "
+        "the parameters and train. Its output says when they joined, or why not.",
+    )
+    g.add_argument("out", metavar="OUT", help="the running job's output directory")
+    g.add_argument("-n", type=int, default=1, metavar="K", help="replicas to add (default 1)")
+    g.set_defaults(func=_cmd_grow)
     sub.add_parser(  # listed for --help; main() hands 'launch' over before any MPI starts
         "launch",
         help="python -m hpcnet launch -n N [--mpiexec CMD] ARGS: mpiexec -n N python -m "
@@ -235,6 +246,17 @@ def _cmd_train(args) -> int:
         dry_run(cfg, library_comm())
         return 0
     train(cfg, library_comm())
+    return 0
+
+
+def _cmd_grow(args) -> int:
+    from hpcnet.algos.downpour.grow import request
+
+    path = request(args.out, args.n)
+    print(
+        f"asked the run in {args.out} for {args.n} more replica(s) ({path}); its output "
+        "says when they joined, or why not"
+    )
     return 0
 
 

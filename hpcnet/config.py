@@ -131,6 +131,9 @@ class FaultConfig:
     # under fault tolerance (mpiexec --with-ft ulfm): spawn a new process for each one
     # that died, which joins the run (downpour)
     replace_lost: bool = False
+    # downpour: the most replicas the run may grow to on request (python -m hpcnet grow
+    # OUT); 0 = the run never adds replicas
+    max_replicas: int = 0
 
 
 @dataclass(frozen=True)
@@ -198,6 +201,12 @@ FLAGS: dict[str, tuple[str, str, str]] = {
         "faults",
         "replace_lost",
         "downpour under mpiexec --with-ft ulfm: a new process replaces each that died",
+    ),
+    "--max-replicas": (
+        "faults",
+        "max_replicas",
+        "downpour: the run may grow to this many replicas when asked (python -m hpcnet grow "
+        "OUT); 0: never",
     ),
     "--model": (
         "model",
@@ -461,6 +470,19 @@ def validate(cfg: Config) -> None:
     need(f.fail_at_step >= 0, "faults", "fail_at_step", "must be >= 0")
     need(f.slow_replica >= -1, "faults", "slow_replica", "must be a replica index or -1")
     need(f.slow_factor >= 1.0, "faults", "slow_factor", "must be >= 1")
+    need(f.max_replicas >= 0, "faults", "max_replicas", "must be >= 0 (0: never grow)")
+    need(
+        f.max_replicas == 0 or a.name == "downpour",
+        "faults",
+        "max_replicas",
+        f"adding replicas is Downpour's (--algo downpour), not {a.name}'s",
+    )
+    need(
+        f.max_replicas == 0 or a.partitions == 1,
+        "faults",
+        "max_replicas",
+        "cannot grow a run whose replicas are split (--partitions)",
+    )
     lb = cfg.lbfgs
     need(lb.m >= 1, "lbfgs", "m", "must be >= 1")
     need(lb.unit_size >= 0, "lbfgs", "unit_size", "must be >= 0 (0: automatic)")

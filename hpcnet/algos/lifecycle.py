@@ -42,6 +42,7 @@ from hpcnet.comm import (
     bcast_object,
     ft,
     gather_objects,
+    library_comm,
     set_error_report,
     split_role_comms,
     watchdog,
@@ -498,6 +499,7 @@ def join(cfg: Config, verbose: bool = True) -> dict[str, Any]:
 
     watch = PreemptionWatch()
     try:
+        library_comm()  # collective over the processes spawned together (their world)
         parent = MPI.Comm.Get_parent()
         merged = parent.Merge(high=True)  # with the spawning ranks' Merge
         algo = get_algorithm(cfg.algo.name)

@@ -30,7 +30,7 @@ from collections.abc import Callable
 import numpy as np
 from mpi4py import MPI
 
-from hpcnet.comm.world import world_rank
+from hpcnet.comm.world import world_id, world_rank
 
 DEFAULT_TIMEOUT_S = 300.0  # a wait without an active watchdog (``--timeout``'s default)
 FIRST_STEP_FACTOR = 3.0  # waits before a rank's first completed step may last this much longer
@@ -54,7 +54,9 @@ class Watchdog:
 
     def __init__(self, comm: MPI.Intracomm, timeout: float, role_of: Callable[[int], str]):
         self.comm, self.timeout, self.role_of = comm, float(timeout), role_of
-        self.node = comm.Split_type(MPI.COMM_TYPE_SHARED)
+        node = comm.Split_type(MPI.COMM_TYPE_SHARED)
+        self.node = node.Split(world_id(), node.Get_rank())  # spawned ones: their own
+        node.Free()
         self.win = MPI.Win.Allocate_shared(_SLOT * 8, 8, comm=self.node)
         self.slots = [
             np.frombuffer(self.win.Shared_query(r)[0], np.float64)[:_SLOT]

@@ -27,6 +27,7 @@ import socket
 import sys
 import time
 import traceback
+import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -37,6 +38,7 @@ from hpcnet.errors import HpcnetError, RankLost, StallError
 
 T = TypeVar("T")
 _LIBRARY_COMM = None
+_WORLD_ID = 0
 
 # Seconds between writing a fatal message and MPI_Abort: the launcher forwards a rank's
 # stderr through a pipe it polls; Abort makes it kill every rank, and an unread pipe is
@@ -48,11 +50,22 @@ _REPORT: dict[str, Any] = {"dir": None, "role": ""}
 def library_comm() -> MPI.Intracomm:
     """hpcnet's duplicate of COMM_WORLD (created on first call: collective over
     COMM_WORLD, so every rank must call it the first time, in the same order)."""
-    global _LIBRARY_COMM
+    global _LIBRARY_COMM, _WORLD_ID
     if _LIBRARY_COMM is None:
         _LIBRARY_COMM = MPI.COMM_WORLD.Dup()
         _LIBRARY_COMM.Set_name("hpcnet world")
+        me = f"{socket.gethostname()}:{os.getpid()}"
+        _WORLD_ID = zlib.crc32(_LIBRARY_COMM.bcast(me, root=0).encode()) & 0x7FFFFFFF
     return _LIBRARY_COMM
+
+
+def world_id() -> int:
+    """A number the processes of one ``MPI_COMM_WORLD`` share and processes spawned
+    later (``MPI_Comm_spawn``: another world) do not: MPICH lets only one world's
+    processes share memory (``MPI_Win_allocate_shared``), even on one node. Set by
+    :func:`library_comm`'s first call (collective over COMM_WORLD); 0 before it: never
+    a collective here, since this may run on a subset of the world."""
+    return _WORLD_ID
 
 
 def world_rank() -> int:

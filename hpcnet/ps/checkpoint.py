@@ -160,9 +160,16 @@ class ShardCheckpoints:
 
     def answer(self) -> None:
         """Another shard: sends a snapshot for each request that has arrived (never
-        waits for one)."""
+        waits for one).
+
+        Raises:
+            PeerDied: the leader asks the shards to regroup (it adds replicas:
+                :mod:`hpcnet.algos.downpour.grow`, value 2.0 on this channel).
+        """
         leader = self.shard_ranks[0]
-        while self.requests.poll(leader) is not None:
+        while (got := self.requests.poll(leader)) is not None:
+            if got[1][0] == 2.0:  # the leader adds replicas (python -m hpcnet grow): regroup
+                raise ft.PeerDied([])
             head, body = _pack(self.snapshot())
             what = f"shard {self.shard}'s checkpoint snapshot to the leader (rank {leader})"
             self.states.send_all(head, [leader], self.timeout, what)

@@ -67,7 +67,7 @@ def regroup(run: Run, carry: dict[str, Any]) -> None:
     if joining:
         comm = run.comm
     else:
-        comm, lost = _live_and_spawned(run)
+        comm, lost = _live_and_spawned(run, carry.get("grow", 0))
     meta = {k: v for k, v in carry.items() if k != "arrays"}
     metas = allgather_objects(meta, comm, "downpour regroup: who holds what")
     plan = bcast_object(
@@ -97,10 +97,15 @@ def regroup(run: Run, carry: dict[str, Any]) -> None:
                 accum[lo:hi] = arrays["accum"]
         else:  # the replica that fetched it last; the accumulators restart at 0
             bcast_(params[lo:hi], comm, src["root"])
+    if not joining and not ft.enabled():  # nobody died (grow): the old windows go
+        for sw in run.shared.windows:
+            sw.free()
     layout = Layout(**plan["layout"])
     if not joining:
         run.lost_report += plan["lost_ranks"]
-    record = {k: plan[k] for k in ("lost_ranks", "dead_shards", "epoch", "version")}
+    record = {
+        k: plan[k] for k in ("lost_ranks", "dead_shards", "epoch", "version", "added_on_request")
+    }
     record.update(
         restored=[s for s in plan["sources"] if s["from"] != "alive"],
         spawned=plan["spawned"],
@@ -121,19 +126,25 @@ def regroup(run: Run, carry: dict[str, Any]) -> None:
     record["regroup_s"] = time.time() - t0
 
 
-def _live_and_spawned(run: Run):
-    """The live ranks, agreed; with ``--replace-lost`` merged with a new process for
-    each that died (spawned by them: ``MPI_Comm_spawn``, then ``Intercomm_merge``; the
-    new ones take the last ranks). Returns (communicator, ranks of ``run.comm`` lost)."""
+def _live_and_spawned(run: Run, grow: int):
+    """The live ranks, agreed; merged with a new process for each that died (with
+    ``--replace-lost``) and ``grow`` more (shard 0's, asked for with ``python -m hpcnet
+    grow``): spawned by them (``MPI_Comm_spawn``, then ``Intercomm_merge``; the new ones
+    take the last ranks). Returns (communicator, ranks of ``run.comm`` lost)."""
     import sys
 
-    alive = ft.shrink(run.comm, run.deadlines.end_barrier, "downpour regroup: live ranks")
-    lost = ft.lost_between(run.comm, alive)
-    if not (run.cfg.faults.replace_lost and lost):
+    if ft.enabled():
+        alive = ft.shrink(run.comm, run.deadlines.end_barrier, "downpour regroup: live ranks")
+        lost = ft.lost_between(run.comm, alive)
+    else:  # no death is survived without ULFM: this regroup adds replicas
+        alive, lost = run.comm.Dup(), []
+    new = len(lost) if run.cfg.faults.replace_lost else 0
+    new += bcast_object(grow, alive, what="downpour regroup: replicas to add")  # shard 0's
+    if not new:
         return alive, lost
     args = ["-m", "hpcnet", "train", "--config", str(run.prep.out / "config.toml")]
     args += ["--data", str(run.info.path), "--out", str(run.prep.out)]
-    inter = alive.Spawn(sys.executable, args, maxprocs=len(lost), root=0)
+    inter = alive.Spawn(sys.executable, args, maxprocs=new, root=0)
     merged = inter.Merge(high=False)
     run.spawned.append(inter)  # disconnected at the end of the run
     return merged, lost
@@ -183,10 +194,13 @@ def _plan(run: Run, metas: list[dict], lost: list[int], comm) -> dict | str:
     epoch = min(epochs) if epochs else 0.0
     spawned = sum(m["kind"] == "new" for m in metas)
     lost_ranks = [{"rank": r, "role": str(old.role(r))} for r in lost]
+    asked = spawned - (len(lost) if run.cfg.faults.replace_lost else 0)
     text = (
-        f"downpour: {', '.join(f'rank {r} ({old.role(r)})' for r in lost)} died; "
+        "downpour: "
+        + (f"{', '.join(f'rank {r} ({old.role(r)})' for r in lost)} died; " if lost else "")
         + "".join(_restored_text(src) + "; " for src in sources if src["from"] != "alive")
-        + (f"{spawned} new process(es) spawned in their place; " if spawned else "")
+        + (f"{spawned - asked} new process(es) spawned in their place; " if spawned > asked else "")
+        + (f"{asked} replica(s) added on request (python -m hpcnet grow); " if asked else "")
         + f"going on as {layout.describe()} from epoch {epoch:.3f}"
     )
     return {
@@ -197,6 +211,7 @@ def _plan(run: Run, metas: list[dict], lost: list[int], comm) -> dict | str:
         "dead_shards": dead,
         "lost_ranks": lost_ranks,
         "spawned": spawned,
+        "added_on_request": asked,
         "text": text,
     }
 
@@ -238,7 +253,10 @@ def _move_run(run: Run, alive, layout: Layout) -> None:
     from hpcnet.comm.messages import Channel
     from hpcnet.run.metrics import MetricsLog
 
-    watchdog.abandon()  # its window spans the dead rank
+    if ft.enabled():
+        watchdog.abandon()  # its window may span a dead rank
+    else:
+        watchdog.stop()  # nobody died (grow): collective over the old ranks
     run.comm = alive
     run.rank = alive.Get_rank()
     run.prep.layout = layout

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 from mpi4py import MPI
 
+from hpcnet.algos.downpour import grow
 from hpcnet.algos.lifecycle import Regroup, Run
 from hpcnet.comm import ft
 from hpcnet.ps import windows as W
@@ -31,11 +32,14 @@ def run_shard(run: Run) -> dict[str, Any]:
         service.on_pass = lambda ctrl: ckpt.answer()
     try:
         stats = service.serve()
-    except (ft.PeerDied, MPI.Exception) as e:  # a shard died (fault tolerance): regroup
+    except (ft.PeerDied, MPI.Exception) as e:  # a shard died (fault tolerance), or grow
         if isinstance(e, MPI.Exception) and not ft.is_failure(e):
             raise
         arrays, state = service.snapshot()
+        if not ft.enabled():  # nobody died (grow): the windows are freed in the regroup
+            service.sw.unlock_all()
         carry = {"kind": "shard", "index": run.role.index, "version": state["version"]}
+        carry["grow"] = e.count if isinstance(e, grow.Grow) else 0
         raise Regroup({**carry, "arrays": arrays, "detected_unix": time.time()}) from None
     if run.role.index == 0:
         leader.at_end(service.sw.local_arrays()[2])
@@ -57,8 +61,49 @@ class _Leader:
         self.every = r.checkpoint_every
         self.steps_per_push = run.cfg.ps.n_push / max(1, run.shared.touching[0])
         self.mark: int | None = None  # checkpoints due so far, by steps
+        self.next_grow_check = 0.0  # monotonic s: the next look for a grow request
+
+    def _grow(self, ctrl) -> None:
+        """Acts on ``python -m hpcnet grow OUT`` (:mod:`hpcnet.algos.downpour.grow`):
+        raises :class:`~hpcnet.algos.downpour.grow.Grow` to add replicas, or prints why
+        not."""
+        run, sh = self.run, self.run.shared
+        asked = grow.take(run.prep.out)
+        if asked is None:
+            return
+        room = run.cfg.faults.max_replicas - run.layout.replicas
+        left = run.budget.total_steps - ctrl[self.steps_at].min()
+        margin = grow.margin_steps(run.cfg.ps.n_fetch, run.cfg.ps.n_push)
+        if asked < 1:
+            why = f"{grow.REQUEST} unreadable"
+        elif room < 1:
+            why = f"the run has {run.layout.replicas} replicas, --max-replicas allows no more"
+        elif (
+            left < margin
+            or ctrl[W.PREEMPT]
+            or any(ctrl[W.field(c, W.DONE)] for c in range(run.layout.n_clients))
+        ):
+            why = "the run is finishing"
+        else:
+            count = min(asked, room)
+            if count < asked:
+                run.say(
+                    f"downpour: adding {count} of the {asked} replicas asked for "
+                    f"(--max-replicas {run.cfg.faults.max_replicas})"
+                )
+            ctrl[W.REGROUP] = 1.0  # every replica leaves at its next fetch or push
+            sh.service.sw.ctrl_win.Sync()
+            others = sh.checkpoints.shard_ranks[1:]
+            sh.checkpoints.requests.send_all(
+                [grow.REGROUP_REQUEST], others, run.deadlines.end_barrier, "regroup request"
+            )
+            raise grow.Grow(count)
+        run.say(grow.refuse(run.prep.out, asked, why))
 
     def on_pass(self, ctrl) -> None:
+        if self.run.cfg.faults.max_replicas and time.monotonic() >= self.next_grow_check:
+            self.next_grow_check = time.monotonic() + grow.CHECK_S
+            self._grow(ctrl)
         if self.tick is not None:
             mark = int(ctrl[self.steps_at].sum() / self.run.layout.replicas)
             mark //= self.run.budget.log_every
