@@ -20,12 +20,16 @@ when it raises on any of its ranks (a config ``train`` rejects, a stall the
 watchdog ends), when its metric or loss is not finite, or when it runs past
 ``trial_timeout`` seconds (a ``SIGALRM`` on every rank of the group interrupts it).
 
+A rank that dies under fault tolerance (Open MPI, ``mpiexec --with-ft ulfm``) fails
+its group's trial with the reason ``rank K died (process failed)`` and retires the
+group; the other groups finish the search (:mod:`hpcnet.search.faults`).
+
 Files in ``out`` (rank 0 writes them): ``search.json`` (the settings, to refuse a
 ``--resume`` with other ones), ``trials.jsonl`` (one record per finished trial,
 appended and ``fsync``-ed), ``state.json`` (the strategy's state, replaced
 atomically after every trial), ``trials/NNNN/`` (each trial's run: config.toml,
 metrics.jsonl, summary.json), and at the end ``results.csv`` and ``best.toml``
-(a config file ``train --config`` accepts).
+(a config file ``train --config`` accepts); ``lost_groups.json`` when a group retired.
 
 Who calls what: :func:`run_search` is collective over ``comm``.
 """
@@ -47,9 +51,11 @@ from typing import Any
 
 from mpi4py import MPI
 
-from hpcnet.comm import Backoff, bcast_object, gather_objects, poll_until
+from hpcnet.comm import Backoff, bcast_object, ft, gather_objects, poll_until
+from hpcnet.comm.watchdog import current_timeout
 from hpcnet.comm.world import root_then_bcast
-from hpcnet.errors import ConfigError, HpcnetError
+from hpcnet.errors import ConfigError, HpcnetError, RankLost
+from hpcnet.search import faults
 from hpcnet.search.early_stop import make_rule, progress_key, read_curve
 
 TAG_ASK, TAG_ANSWER = 51, 52
@@ -130,6 +136,11 @@ class Scheduler:
         metric: the metrics key (TensorBoard HParams); direction: ``max`` or ``min``.
         records: trials finished before (a resumed search).
         verbose: print a progress line per finished trial.
+        group_size: ranks per group (groups are consecutive ranks of ``comm``).
+
+    Under fault tolerance it also retires a group that lost a rank (the dead rank's
+    trial recorded failed; :mod:`hpcnet.search.faults`) and ends the search for every
+    group (``("lost", message)``) when its own group (group 0) lost one.
     """
 
     def __init__(
@@ -143,8 +154,10 @@ class Scheduler:
         records,
         verbose=True,
         early_stop: str = "none",
+        group_size: int = 1,
     ):
         self.comm, self.strategy, self.n_groups = comm, strategy, n_groups
+        self.group_size = group_size
         self.out, self.metric, self.direction, self.verbose = out, metric, direction, verbose
         self.key, key_direction = progress_key(metric, direction)
         self.rule = make_rule(early_stop, key_direction)
@@ -154,6 +167,13 @@ class Scheduler:
                     self.rule.completed(rec.id, read_curve(self._dir(rec.id), self.key))
         self.records: list[TrialRecord] = list(records)
         self.running: dict[int, int] = {}  # trial id -> group
+        self.handed: dict[int, tuple[Any, float]] = {}  # trial id -> (trial, Unix start)
+        self.retired: set[int] = set()  # groups that lost a rank (fault tolerance)
+        self.lost: list[dict[str, Any]] = []  # lost_groups.json
+        self.dead: set[int] = set()  # ranks MPI reported dead
+        self.waiting: set[int] = set()  # retired groups' live ranks, to be told the end
+        self.fatal: str | None = None  # the scheduler's own group lost a rank
+        self._next_check = 0.0
         self.done_groups: set[int] = set()
         self.error: BaseException | None = None
         self.t0 = time.monotonic()
@@ -161,24 +181,125 @@ class Scheduler:
 
     def serve(self) -> None:
         """Answers until every group has been told ``done`` (or an error: every later
-        question gets ``abort``)."""
+        question gets ``abort``) and, under fault tolerance, every live rank of a retired
+        group has been told the search is over."""
         backoff = Backoff(first=1e-4, cap=20e-3)
         status = MPI.Status()
-        while len(self.done_groups) < self.n_groups:
-            if not self.comm.iprobe(MPI.ANY_SOURCE, TAG_ASK, status):
+        while len(self.done_groups) < self.n_groups or self.waiting:
+            self._check_failures()
+            # ft.iprobe: a dead rank's failure, reported here, is acknowledged
+            if not ft.iprobe(self.comm, MPI.ANY_SOURCE, TAG_ASK, status):
                 backoff.sleep()
                 continue
             backoff.reset()
             source = status.Get_source()
             msg = self.comm.recv(source=source, tag=TAG_ASK)
             try:
-                answer = ("abort", str(self.error)) if self.error else self._answer(*msg)
+                if self.error:
+                    answer = ("abort", str(self.error))
+                elif msg[0] == "retired":
+                    answer = self._retired(source, *msg[1:])
+                elif self.fatal:  # a running trial stops; a group's next question ends it
+                    if msg[0] == "next" and msg[2] is not None and msg[1] not in self.retired:
+                        self._finished(TrialRecord(**msg[2]))  # kept for --resume
+                    answer = ("stop",) if msg[0] == "progress" else ("lost", self.fatal)
+                else:
+                    answer = self._answer(*msg)
             except BaseException as e:  # noqa: BLE001  reported to every group, then raised
                 self.error = e
                 answer = ("abort", _one_line(e))
-            if answer[0] in ("done", "abort"):
+            if msg[0] == "retired":
+                if answer[0] != "wait":
+                    self.waiting.discard(source)
+            elif answer[0] in ("done", "abort", "lost"):
                 self.done_groups.add(msg[1])
-            self.comm.send(answer, dest=source, tag=TAG_ANSWER)
+            try:
+                self.comm.send(answer, dest=source, tag=TAG_ANSWER)
+            except MPI.Exception as e:  # it died since it asked: the next check says so
+                if not faults.is_failure(e):
+                    raise
+
+    def _check_failures(self) -> None:
+        """Under fault tolerance, at most every 50 ms: retires the group of each rank
+        MPI newly reports dead (local knowledge: ``MPI_Comm_get_failed``)."""
+        now = time.monotonic()
+        if not ft.enabled() or now < self._next_check:
+            return
+        self._next_check = now + 0.05
+        for r in sorted(set(ft.failed_ranks(self.comm)) - self.dead):
+            self._died(r // self.group_size, [r])
+
+    def _died(self, g: int, ranks: list[int]) -> None:
+        """``ranks`` (of group ``g``) died: the group retires (once); the trial it was
+        running is recorded failed; the scheduler's own group (0) ends the search."""
+        ranks = sorted(set(ranks) - self.dead)
+        if not ranks:
+            return
+        self.dead |= set(ranks)
+        self.waiting -= self.dead
+        if g in self.retired:
+            entry = next(e for e in self.lost if e["group"] == g)
+            entry["dead"] = sorted(set(entry["dead"]) | set(ranks))
+            faults.write_lost_groups(self.out, self.lost)
+            return
+        self.retired.add(g)
+        self.done_groups.add(g)
+        members = range(g * self.group_size, (g + 1) * self.group_size)
+        self.waiting |= {r for r in members if r not in self.dead}
+        if g == 0:  # its trial stays unrecorded: --resume runs it again
+            self.fatal = faults.own_group_died(ranks, self.out)
+            if self.verbose:
+                print(self.fatal, flush=True)
+            return
+        trials = [t for t, group in self.running.items() if group == g]
+        for trial_id in trials:
+            trial, started = self.handed[trial_id]
+            ended = time.time()
+            self._finished(
+                TrialRecord(
+                    id=trial_id,
+                    params=trial.params,
+                    status="failed",
+                    metric=None,
+                    wall_s=ended - started,
+                    group=g,
+                    generation=getattr(trial, "generation", 0),
+                    reason=faults.died(ranks),
+                    started=started,
+                    ended=ended,
+                )
+            )
+        self.lost.append(
+            {
+                "group": g,
+                "ranks": list(members),
+                "dead": ranks,
+                "trial": trials[0] if trials else None,
+                "at_unix": time.time(),
+            }
+        )
+        faults.write_lost_groups(self.out, self.lost)
+        if self.verbose:
+            failed = f"; trial {trials[0]} recorded failed" if trials else ""
+            go_on = self.n_groups - len(self.retired)
+            print(
+                f"group {g} retired: {faults.died(ranks)}{failed}; "
+                f"the search goes on on {go_on} group(s)",
+                flush=True,
+            )
+
+    def _retired(self, source: int, g: int, dead: list[int]):
+        """A live rank of group ``g``, which lost ``dead``, asks whether the search is
+        over: ``wait``, ``done`` or ``lost``."""
+        self._died(g, dead)
+        if self.fatal:
+            self.waiting.discard(source)
+            return ("lost", self.fatal)
+        if len(self.done_groups) < self.n_groups:
+            self.waiting.add(source)
+            return ("wait",)
+        self.waiting.discard(source)
+        return ("done",)
 
     def _dir(self, trial_id: int) -> Path:
         return self.out / "trials" / f"{trial_id:04d}"
@@ -189,11 +310,14 @@ class Scheduler:
             stop = self.rule is not None and self.rule.report(trial_id, step, value)
             return ("stop",) if stop else ("go",)
         (record,) = args
+        if group in self.retired:  # it lost a rank: its trial is recorded already
+            return ("retire",)
         if record is not None:
             self._finished(TrialRecord(**record))
         trial = self.strategy.ask()
         if trial is not None:
             self.running[trial.id] = group
+            self.handed[trial.id] = (trial, time.time())
             return ("trial", trial)
         if self.strategy.finished or not self.running:
             return ("done",)
@@ -201,6 +325,7 @@ class Scheduler:
 
     def _finished(self, rec: TrialRecord) -> None:
         self.running.pop(rec.id, None)
+        self.handed.pop(rec.id, None)
         if self.rule is not None and rec.status == "completed":
             self.rule.completed(rec.id, read_curve(self._dir(rec.id), self.key))
         # a stopped trial's metric is a training value, not the searched one: to the
@@ -248,16 +373,49 @@ def fmt_value(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
-def _ask(sched: MPI.Intracomm, msg: tuple, timeout: float) -> tuple:
-    """A group leader's question to the scheduler (world rank 0) and its answer."""
-    sched.send(msg, dest=0, tag=TAG_ASK)
-    poll_until(
-        lambda: sched.iprobe(0, TAG_ANSWER),
-        timeout,
-        "the search scheduler's answer",
-        backoff=Backoff(first=1e-4, cap=10e-3),
-    )
-    return sched.recv(source=0, tag=TAG_ANSWER)
+def _ask(sched: MPI.Intracomm, msg: tuple, timeout: float, out: Path) -> tuple:
+    """A group leader's question to the scheduler (world rank 0) and its answer.
+
+    Raises:
+        StallError: no answer within ``timeout`` seconds.
+        RankLost: (fault tolerance) the scheduler died.
+    """
+    try:
+        sched.send(msg, dest=0, tag=TAG_ASK)
+        poll_until(
+            lambda: sched.iprobe(0, TAG_ANSWER),
+            timeout,
+            "the search scheduler's answer",
+            backoff=Backoff(first=1e-4, cap=10e-3),
+        )
+        return sched.recv(source=0, tag=TAG_ANSWER)
+    except MPI.Exception as e:  # from rank 0 only: it died
+        if not faults.is_failure(e):
+            raise
+        raise faults.scheduler_died(sched, out) from None
+
+
+def _retire(
+    sched: MPI.Intracomm, g: int, dead: list[int], timeout: float, out: Path
+) -> tuple | None:
+    """A live rank of group ``g``, which lost ``dead``: tells the scheduler, then asks
+    every :data:`~hpcnet.search.faults.RETIRED_POLL_S` seconds until the search is over.
+    Returns None (``done``) or the scheduler's ``abort`` answer.
+
+    Raises:
+        RankLost: the scheduler died, or its own group lost a rank (``lost``).
+    """
+    if 0 in dead:
+        raise faults.scheduler_died(sched, out)
+    while True:
+        answer = _ask(sched, ("retired", g, dead), timeout, out)
+        if answer[0] == "lost":
+            raise RankLost(answer[1])
+        if answer[0] == "abort":
+            return answer
+        if answer[0] == "done":
+            return None
+        time.sleep(faults.RETIRED_POLL_S)
 
 
 def _run_trial(
@@ -312,6 +470,75 @@ def _run_trial(
     if out["status"] == "completed":
         comm.Free()
     return out
+
+
+def _trial_in_group(
+    trial,
+    group: MPI.Intracomm,
+    g: int,
+    out: Path,
+    leader: bool,
+    sched: MPI.Intracomm,
+    key: str,
+    answer_timeout: float,
+    early_stop: str,
+    run: Callable,
+    group_lost: Callable[[str], list[int]],
+) -> tuple[dict | None, list[int]]:
+    """Runs ``trial`` on every rank of group ``g`` (``run(trial, on_progress)``: this
+    rank's outcome) and gathers the outcomes on its leader. Collective over ``group``.
+
+    Returns:
+        The trial's record (a dict, on the leader; None elsewhere), and the ranks of
+        the group that died (fault tolerance: agreed after the trial; then no record,
+        the scheduler records the trial failed).
+    """
+    trial_dir = out / "trials" / f"{trial.id:04d}"
+    if leader and trial_dir.exists():  # a resumed search re-runs an unfinished trial
+        shutil.rmtree(trial_dir)
+    if leader:
+        trial_dir.mkdir(parents=True)
+    started = time.time()
+    last: list[float] = []  # the progress values the leader reported
+
+    def on_progress(rec) -> bool:
+        value = rec.get(key)
+        if not isinstance(value, int | float):
+            return False
+        last.append(float(value))
+        answer = _ask(sched, ("progress", g, trial.id, rec["step"], value), answer_timeout, out)
+        return answer[0] != "go"
+
+    mine = run(trial, on_progress if early_stop != "none" else None)
+    dead = group_lost(f"after trial {trial.id}")
+    if dead:
+        return None, dead
+    try:
+        outcomes = gather_objects(mine, group, what="the trial's outcome")
+    except MPI.Exception as e:  # (fault tolerance) a rank died since the agreement
+        if not faults.is_failure(e):
+            raise
+        return None, group_lost("live ranks")
+    if not leader:
+        return None, []
+    bad = [o for o in outcomes if o["status"] == "failed"]
+    first = bad[0] if bad else outcomes[0]
+    record = asdict(
+        TrialRecord(
+            id=trial.id,
+            params=trial.params,
+            status="failed" if bad else first["status"],
+            metric=last[-1] if first["status"] == "stopped" and last else outcomes[0]["metric"],
+            steps=outcomes[0]["steps"],
+            wall_s=max(o["wall_s"] for o in outcomes),
+            group=g,
+            generation=getattr(trial, "generation", 0),
+            reason=first["reason"] if bad else "",
+            started=started,
+            ended=time.time(),
+        )
+    )
+    return record, []
 
 
 def _prepare_dir(out: Path, settings: dict[str, Any], resume: bool):
@@ -405,6 +632,9 @@ def run_search(
             strategy.metric(rec.id)
         except KeyError:
             strategy.tell(rec.id, rec.metric if rec.status == "completed" else None)
+    if rank == 0:
+        with contextlib.suppress(FileNotFoundError):  # a previous start's lost groups
+            (out / faults.LOST_FILE).unlink()
     g, n_groups = rank // group_size, size // group_size
     key = progress_key(metric, direction)[0]
     group = comm.Split(g, rank)
@@ -414,7 +644,16 @@ def run_search(
     scheduler = thread = None
     if rank == 0:
         scheduler = Scheduler(
-            sched, strategy, n_groups, out, metric, direction, records, verbose, early_stop
+            sched,
+            strategy,
+            n_groups,
+            out,
+            metric,
+            direction,
+            records,
+            verbose,
+            early_stop,
+            group_size,
         )
         thread = threading.Thread(
             target=scheduler.serve, name="hpcnet search scheduler", daemon=True
@@ -431,74 +670,68 @@ def run_search(
     leader = group.Get_rank() == 0
     record: dict | None = None
     error = None
+    lost_error: RankLost | None = None
+    base = g * group_size  # the search rank of the group's rank 0
+
+    def group_lost(what: str) -> list[int]:  # collective over the group's live ranks
+        return faults.lost_in_group(group, base, answer_timeout, f"search group {g}: {what}")
+
     while True:
-        answer = _ask(sched, ("next", g, record), answer_timeout) if leader else None
-        record = None
-        answer = bcast_object(answer, group, what="the search's next trial")
+        dead: list[int] = []
+        try:
+            answer = _ask(sched, ("next", g, record), answer_timeout, out) if leader else None
+            record = None
+            answer = bcast_object(answer, group, what="the search's next trial")
+        except MPI.Exception as e:  # (fault tolerance) a rank of the group died
+            if not faults.is_failure(e):
+                raise
+            answer = ("retire",)
+        except RankLost as e:
+            lost_error = e
+            break
         kind = answer[0]
+        if kind == "lost":
+            lost_error = RankLost(answer[1])
+            break
         if kind in ("done", "abort"):
             error = answer[1] if kind == "abort" else None
             break
         if kind == "wait":
             time.sleep(WAIT_S)
             continue
-        trial = answer[1]
-        trial_dir = out / "trials" / f"{trial.id:04d}"
-        if leader and trial_dir.exists():  # a resumed search re-runs an unfinished trial
-            shutil.rmtree(trial_dir)
-        if leader:
-            trial_dir.mkdir(parents=True)
-        started = time.time()
-        last: list[float] = []  # the progress values the leader reported
-
-        def on_progress(rec, trial=trial, last=last) -> bool:
-            value = rec.get(key)
-            if not isinstance(value, int | float):
-                return False
-            last.append(float(value))
-            answer = _ask(sched, ("progress", g, trial.id, rec["step"], value), answer_timeout)
-            return answer[0] != "go"
-
-        mine = _run_trial(
-            trial,
-            group,
-            trial_dir,
-            fixed or {},
-            config_file,
-            train_fn,
-            metric,
-            trial_timeout,
-            on_progress if early_stop != "none" else None,
-        )
-        outcomes = gather_objects(mine, group, what="the trial's outcome")
-        if leader:
-            bad = [o for o in outcomes if o["status"] == "failed"]
-            first = bad[0] if bad else outcomes[0]
-            record = asdict(
-                TrialRecord(
-                    id=trial.id,
-                    params=trial.params,
-                    status="failed" if bad else first["status"],
-                    metric=last[-1]
-                    if first["status"] == "stopped" and last
-                    else outcomes[0]["metric"],
-                    steps=outcomes[0]["steps"],
-                    wall_s=max(o["wall_s"] for o in outcomes),
-                    group=g,
-                    generation=getattr(trial, "generation", 0),
-                    reason=first["reason"] if bad else "",
-                    started=started,
-                    ended=time.time(),
-                )
-            )
+        if kind == "retire":
+            dead = group_lost("live ranks")
+        else:
+            record, dead = _trial_in_group(
+                answer[1], group, g, out, leader, sched, key, answer_timeout, early_stop,
+                lambda trial, on_progress: _run_trial(
+                    trial, group, out / "trials" / f"{trial.id:04d}", fixed or {},
+                    config_file, train_fn, metric, trial_timeout, on_progress,
+                ),
+                group_lost,
+            )  # fmt: skip
+        if dead or kind == "retire":
+            try:
+                abort = _retire(sched, g, dead, answer_timeout, out)
+            except RankLost as e:
+                lost_error = e
+                break
+            error = abort[1] if abort else None
+            break
     if thread is not None:
         thread.join()
         if scheduler.error is not None:
             error = _one_line(scheduler.error)
         records = scheduler.records
-    records = bcast_object(records, comm, what="the search's results")
-    group.Free()
-    sched.Free()
+    if lost_error is not None:  # every live rank raises it; nothing more to agree
+        raise lost_error
+    end, lost = faults.end_comm(comm, current_timeout())
+    records = bcast_object(records, end, what="the search's results")
+    if end is not comm:
+        end.Free()
+    if not lost:  # a Free is collective over a communicator that holds a dead rank
+        group.Free()
+        sched.Free()
     if error:
         raise RuntimeError(f"search: the scheduler failed: {error}")
     return records
