@@ -339,7 +339,9 @@ def test_search_ends_in_one_line_when_the_schedulers_group_loses_a_rank(tmp_path
         assert p.poll() is None, "the search ended before the kill: " + p.communicate()[1]
         assert time.monotonic() < deadline, "the search did not get there in time"
         time.sleep(0.02)
-    os.kill(rank_pid(out, rank), signal.SIGKILL)
+    pid = rank_pid(out, rank)
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
     code, stdout, stderr = finish(p, timeout=120)
     assert code == 3, stderr
     lines = [line for line in stderr.splitlines() if line.startswith("hpcnet: error:")]
