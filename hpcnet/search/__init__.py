@@ -159,7 +159,11 @@ def run(
 
         best = write_results(Path(out), records, sp.keys, fixed, metric, direction)
         if verbose:
+            from hpcnet.search.faults import lost_lines, read_lost_groups
+
             print(table(records, sp.keys, metric, direction), flush=True)
+            for line in lost_lines(read_lost_groups(Path(out))):
+                print(line, flush=True)
             if best is not None:
                 print(
                     f"best: trial {best.id}, {metric} {best.metric:.4f}; "

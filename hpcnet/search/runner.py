@@ -20,12 +20,16 @@ when it raises on any of its ranks (a config ``train`` rejects, a stall the
 watchdog ends), when its metric or loss is not finite, or when it runs past
 ``trial_timeout`` seconds (a ``SIGALRM`` on every rank of the group interrupts it).
 
+A rank that dies under fault tolerance (Open MPI, ``mpiexec --with-ft ulfm``) fails
+its group's trial with the reason ``rank K died (process failed)`` and retires the
+group; the other groups finish the search (:mod:`hpcnet.search.faults`).
+
 Files in ``out`` (rank 0 writes them): ``search.json`` (the settings, to refuse a
 ``--resume`` with other ones), ``trials.jsonl`` (one record per finished trial,
 appended and ``fsync``-ed), ``state.json`` (the strategy's state, replaced
 atomically after every trial), ``trials/NNNN/`` (each trial's run: config.toml,
 metrics.jsonl, summary.json), and at the end ``results.csv`` and ``best.toml``
-(a config file ``train --config`` accepts).
+(a config file ``train --config`` accepts); ``lost_groups.json`` when a group retired.
 
 Who calls what: :func:`run_search` is collective over ``comm``.
 """
@@ -41,44 +45,33 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from mpi4py import MPI
 
 from hpcnet.comm import Backoff, bcast_object, gather_objects, poll_until
+from hpcnet.comm.watchdog import current_timeout
 from hpcnet.comm.world import root_then_bcast
-from hpcnet.errors import ConfigError, HpcnetError
-from hpcnet.search.early_stop import make_rule, progress_key, read_curve
+from hpcnet.errors import ConfigError, HpcnetError, RankLost
+from hpcnet.search import faults
+from hpcnet.search.early_stop import progress_key
+from hpcnet.search.scheduler import (
+    TAG_ANSWER,
+    TAG_ASK,
+    Scheduler,
+    TrialRecord,
+    _one_line,
+    _write_atomic,
+    fmt_value,
+)
 
-TAG_ASK, TAG_ANSWER = 51, 52
+__all__ = ["Scheduler", "TrainFn", "TrialRecord", "fmt_value", "run_search"]
+
 WAIT_S = 0.2  # a group told to wait asks again after this long
 
 TrainFn = Callable[[dict[str, Any], MPI.Intracomm], dict[str, Any]]
-
-
-@dataclass
-class TrialRecord:
-    """One finished trial: a line of ``trials.jsonl``.
-
-    ``status``: ``completed``, ``failed`` (``reason`` says why) or ``stopped`` (early
-    stopping; ``metric`` is its last one). ``wall_s``: seconds; ``started``/``ended``:
-    Unix times; ``group``: the rank group that ran it.
-    """
-
-    id: int
-    params: dict[str, Any]
-    status: str
-    metric: float | None
-    steps: int | None = None
-    wall_s: float = 0.0
-    group: int = 0
-    generation: int = 0
-    reason: str = ""
-    started: float = 0.0
-    ended: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class TrialTimeout(Exception):
@@ -104,160 +97,49 @@ def _alarm(seconds: float | None) -> Iterator[None]:
         signal.signal(signal.SIGALRM, old)
 
 
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+def _ask(sched: MPI.Intracomm, msg: tuple, timeout: float, out: Path) -> tuple:
+    """A group leader's question to the scheduler (world rank 0) and its answer.
 
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-class Scheduler:
-    """The search's scheduler (world rank 0, in a thread): answers the group leaders.
-
-    Args:
-        comm: the scheduler's communicator (a duplicate of the search's: its traffic
-            never meets a trial's).
-        strategy: the searcher (``ask``/``tell``/``finished``/``state``).
-        n_groups: how many groups will say they are done.
-        out: the search directory.
-        metric: the metrics key (TensorBoard HParams); direction: ``max`` or ``min``.
-        records: trials finished before (a resumed search).
-        verbose: print a progress line per finished trial.
+    Raises:
+        StallError: no answer within ``timeout`` seconds.
+        RankLost: (fault tolerance) the scheduler died.
     """
+    try:
+        sched.send(msg, dest=0, tag=TAG_ASK)
+        poll_until(
+            lambda: sched.iprobe(0, TAG_ANSWER),
+            timeout,
+            "the search scheduler's answer",
+            backoff=Backoff(first=1e-4, cap=10e-3),
+        )
+        return sched.recv(source=0, tag=TAG_ANSWER)
+    except MPI.Exception as e:  # from rank 0 only: it died
+        if not faults.is_failure(e):
+            raise
+        raise faults.scheduler_died(sched, out) from None
 
-    def __init__(
-        self,
-        comm,
-        strategy,
-        n_groups,
-        out: Path,
-        metric,
-        direction,
-        records,
-        verbose=True,
-        early_stop: str = "none",
-    ):
-        self.comm, self.strategy, self.n_groups = comm, strategy, n_groups
-        self.out, self.metric, self.direction, self.verbose = out, metric, direction, verbose
-        self.key, key_direction = progress_key(metric, direction)
-        self.rule = make_rule(early_stop, key_direction)
-        if self.rule is not None:  # a resumed search: the completed curves, the rungs
-            for rec in records:
-                if rec.status != "failed":
-                    self.rule.completed(rec.id, read_curve(self._dir(rec.id), self.key))
-        self.records: list[TrialRecord] = list(records)
-        self.running: dict[int, int] = {}  # trial id -> group
-        self.done_groups: set[int] = set()
-        self.error: BaseException | None = None
-        self.t0 = time.monotonic()
-        self.finished_here = 0
 
-    def serve(self) -> None:
-        """Answers until every group has been told ``done`` (or an error: every later
-        question gets ``abort``)."""
-        backoff = Backoff(first=1e-4, cap=20e-3)
-        status = MPI.Status()
-        while len(self.done_groups) < self.n_groups:
-            if not self.comm.iprobe(MPI.ANY_SOURCE, TAG_ASK, status):
-                backoff.sleep()
-                continue
-            backoff.reset()
-            source = status.Get_source()
-            msg = self.comm.recv(source=source, tag=TAG_ASK)
-            try:
-                answer = ("abort", str(self.error)) if self.error else self._answer(*msg)
-            except BaseException as e:  # noqa: BLE001  reported to every group, then raised
-                self.error = e
-                answer = ("abort", _one_line(e))
-            if answer[0] in ("done", "abort"):
-                self.done_groups.add(msg[1])
-            self.comm.send(answer, dest=source, tag=TAG_ANSWER)
+def _retire(
+    sched: MPI.Intracomm, g: int, dead: list[int], timeout: float, out: Path
+) -> tuple | None:
+    """A live rank of group ``g``, which lost ``dead``: tells the scheduler, then asks
+    every :data:`~hpcnet.search.faults.RETIRED_POLL_S` seconds until the search is over.
+    Returns None (``done``) or the scheduler's ``abort`` answer.
 
-    def _dir(self, trial_id: int) -> Path:
-        return self.out / "trials" / f"{trial_id:04d}"
-
-    def _answer(self, what: str, group: int, *args):
-        if what == "progress":  # a running trial's progress: go on, or stop early
-            trial_id, step, value = args
-            stop = self.rule is not None and self.rule.report(trial_id, step, value)
-            return ("stop",) if stop else ("go",)
-        (record,) = args
-        if record is not None:
-            self._finished(TrialRecord(**record))
-        trial = self.strategy.ask()
-        if trial is not None:
-            self.running[trial.id] = group
-            return ("trial", trial)
-        if self.strategy.finished or not self.running:
-            return ("done",)
-        return ("wait",)
-
-    def _finished(self, rec: TrialRecord) -> None:
-        self.running.pop(rec.id, None)
-        if self.rule is not None and rec.status == "completed":
-            self.rule.completed(rec.id, read_curve(self._dir(rec.id), self.key))
-        # a stopped trial's metric is a training value, not the searched one: to the
-        # strategy it counts as worse than any completed trial (it never wins a selection)
-        self.strategy.tell(rec.id, rec.metric if rec.status == "completed" else None)
-        self.records.append(rec)
-        self.finished_here += 1
-        with open(self.out / "trials.jsonl", "a") as f:
-            f.write(json.dumps(asdict(rec)) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        _write_atomic(self.out / "state.json", json.dumps(self.strategy.state()))
-        if rec.status == "completed":
-            from hpcnet.search.results import write_hparams
-
-            write_hparams(self.out, rec, self.metric)
-        if self.verbose:
-            print(self._progress_line(rec), flush=True)
-
-    def best(self) -> TrialRecord | None:
-        ok = [r for r in self.records if r.status == "completed" and r.metric is not None]
-        if not ok:
+    Raises:
+        RankLost: the scheduler died, or its own group lost a rank (``lost``).
+    """
+    if 0 in dead:
+        raise faults.scheduler_died(sched, out)
+    while True:
+        answer = _ask(sched, ("retired", g, dead), timeout, out)
+        if answer[0] == "lost":
+            raise RankLost(answer[1])
+        if answer[0] == "abort":
+            return answer
+        if answer[0] == "done":
             return None
-        pick = max if self.direction == "max" else min
-        return pick(ok, key=lambda r: r.metric)
-
-    def _progress_line(self, rec: TrialRecord) -> str:
-        params = ", ".join(f"{k}={fmt_value(v)}" for k, v in rec.params.items())
-        what = f"{rec.metric:.4g}" if rec.status == "completed" else f"{rec.status} ({rec.reason})"
-        if rec.status == "stopped" and rec.metric is not None:
-            what = f"{rec.metric:.4g} (stopped early)"
-        best = self.best()
-        best_text = f"best {best.metric:.4g} (trial {best.id})" if best else "best -"
-        done, total = len(self.records), self.strategy.total
-        eta = ""
-        if total and self.finished_here:
-            left = (time.monotonic() - self.t0) / self.finished_here * (total - done)
-            eta = f", ETA {left:.0f} s"
-        of = f"/{total}" if total else ""
-        return f"trial {rec.id:4d} [{params}] {what}; {best_text}; {done}{of} done{eta}"
-
-
-def fmt_value(v: Any) -> str:
-    """A parameter value for a progress line or a table (floats to 4 digits)."""
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
-
-
-def _ask(sched: MPI.Intracomm, msg: tuple, timeout: float) -> tuple:
-    """A group leader's question to the scheduler (world rank 0) and its answer."""
-    sched.send(msg, dest=0, tag=TAG_ASK)
-    poll_until(
-        lambda: sched.iprobe(0, TAG_ANSWER),
-        timeout,
-        "the search scheduler's answer",
-        backoff=Backoff(first=1e-4, cap=10e-3),
-    )
-    return sched.recv(source=0, tag=TAG_ANSWER)
+        time.sleep(faults.RETIRED_POLL_S)
 
 
 def _run_trial(
@@ -312,6 +194,75 @@ def _run_trial(
     if out["status"] == "completed":
         comm.Free()
     return out
+
+
+def _trial_in_group(
+    trial,
+    group: MPI.Intracomm,
+    g: int,
+    out: Path,
+    leader: bool,
+    sched: MPI.Intracomm,
+    key: str,
+    answer_timeout: float,
+    early_stop: str,
+    run: Callable,
+    group_lost: Callable[[str], list[int]],
+) -> tuple[dict | None, list[int]]:
+    """Runs ``trial`` on every rank of group ``g`` (``run(trial, on_progress)``: this
+    rank's outcome) and gathers the outcomes on its leader. Collective over ``group``.
+
+    Returns:
+        The trial's record (a dict, on the leader; None elsewhere), and the ranks of
+        the group that died (fault tolerance: agreed after the trial; then no record,
+        the scheduler records the trial failed).
+    """
+    trial_dir = out / "trials" / f"{trial.id:04d}"
+    if leader and trial_dir.exists():  # a resumed search re-runs an unfinished trial
+        shutil.rmtree(trial_dir)
+    if leader:
+        trial_dir.mkdir(parents=True)
+    started = time.time()
+    last: list[float] = []  # the progress values the leader reported
+
+    def on_progress(rec) -> bool:
+        value = rec.get(key)
+        if not isinstance(value, int | float):
+            return False
+        last.append(float(value))
+        answer = _ask(sched, ("progress", g, trial.id, rec["step"], value), answer_timeout, out)
+        return answer[0] != "go"
+
+    mine = run(trial, on_progress if early_stop != "none" else None)
+    dead = group_lost(f"after trial {trial.id}")
+    if dead:
+        return None, dead
+    try:
+        outcomes = gather_objects(mine, group, what="the trial's outcome")
+    except MPI.Exception as e:  # (fault tolerance) a rank died since the agreement
+        if not faults.is_failure(e):
+            raise
+        return None, group_lost("live ranks")
+    if not leader:
+        return None, []
+    bad = [o for o in outcomes if o["status"] == "failed"]
+    first = bad[0] if bad else outcomes[0]
+    record = asdict(
+        TrialRecord(
+            id=trial.id,
+            params=trial.params,
+            status="failed" if bad else first["status"],
+            metric=last[-1] if first["status"] == "stopped" and last else outcomes[0]["metric"],
+            steps=outcomes[0]["steps"],
+            wall_s=max(o["wall_s"] for o in outcomes),
+            group=g,
+            generation=getattr(trial, "generation", 0),
+            reason=first["reason"] if bad else "",
+            started=started,
+            ended=time.time(),
+        )
+    )
+    return record, []
 
 
 def _prepare_dir(out: Path, settings: dict[str, Any], resume: bool):
@@ -405,6 +356,9 @@ def run_search(
             strategy.metric(rec.id)
         except KeyError:
             strategy.tell(rec.id, rec.metric if rec.status == "completed" else None)
+    if rank == 0:
+        with contextlib.suppress(FileNotFoundError):  # a previous start's lost groups
+            (out / faults.LOST_FILE).unlink()
     g, n_groups = rank // group_size, size // group_size
     key = progress_key(metric, direction)[0]
     group = comm.Split(g, rank)
@@ -414,7 +368,16 @@ def run_search(
     scheduler = thread = None
     if rank == 0:
         scheduler = Scheduler(
-            sched, strategy, n_groups, out, metric, direction, records, verbose, early_stop
+            sched,
+            strategy,
+            n_groups,
+            out,
+            metric,
+            direction,
+            records,
+            verbose,
+            early_stop,
+            group_size,
         )
         thread = threading.Thread(
             target=scheduler.serve, name="hpcnet search scheduler", daemon=True
@@ -431,74 +394,68 @@ def run_search(
     leader = group.Get_rank() == 0
     record: dict | None = None
     error = None
+    lost_error: RankLost | None = None
+    base = g * group_size  # the search rank of the group's rank 0
+
+    def group_lost(what: str) -> list[int]:  # collective over the group's live ranks
+        return faults.lost_in_group(group, base, answer_timeout, f"search group {g}: {what}")
+
     while True:
-        answer = _ask(sched, ("next", g, record), answer_timeout) if leader else None
-        record = None
-        answer = bcast_object(answer, group, what="the search's next trial")
+        dead: list[int] = []
+        try:
+            answer = _ask(sched, ("next", g, record), answer_timeout, out) if leader else None
+            record = None
+            answer = bcast_object(answer, group, what="the search's next trial")
+        except MPI.Exception as e:  # (fault tolerance) a rank of the group died
+            if not faults.is_failure(e):
+                raise
+            answer = ("retire",)
+        except RankLost as e:
+            lost_error = e
+            break
         kind = answer[0]
+        if kind == "lost":
+            lost_error = RankLost(answer[1])
+            break
         if kind in ("done", "abort"):
             error = answer[1] if kind == "abort" else None
             break
         if kind == "wait":
             time.sleep(WAIT_S)
             continue
-        trial = answer[1]
-        trial_dir = out / "trials" / f"{trial.id:04d}"
-        if leader and trial_dir.exists():  # a resumed search re-runs an unfinished trial
-            shutil.rmtree(trial_dir)
-        if leader:
-            trial_dir.mkdir(parents=True)
-        started = time.time()
-        last: list[float] = []  # the progress values the leader reported
-
-        def on_progress(rec, trial=trial, last=last) -> bool:
-            value = rec.get(key)
-            if not isinstance(value, int | float):
-                return False
-            last.append(float(value))
-            answer = _ask(sched, ("progress", g, trial.id, rec["step"], value), answer_timeout)
-            return answer[0] != "go"
-
-        mine = _run_trial(
-            trial,
-            group,
-            trial_dir,
-            fixed or {},
-            config_file,
-            train_fn,
-            metric,
-            trial_timeout,
-            on_progress if early_stop != "none" else None,
-        )
-        outcomes = gather_objects(mine, group, what="the trial's outcome")
-        if leader:
-            bad = [o for o in outcomes if o["status"] == "failed"]
-            first = bad[0] if bad else outcomes[0]
-            record = asdict(
-                TrialRecord(
-                    id=trial.id,
-                    params=trial.params,
-                    status="failed" if bad else first["status"],
-                    metric=last[-1]
-                    if first["status"] == "stopped" and last
-                    else outcomes[0]["metric"],
-                    steps=outcomes[0]["steps"],
-                    wall_s=max(o["wall_s"] for o in outcomes),
-                    group=g,
-                    generation=getattr(trial, "generation", 0),
-                    reason=first["reason"] if bad else "",
-                    started=started,
-                    ended=time.time(),
-                )
-            )
+        if kind == "retire":
+            dead = group_lost("live ranks")
+        else:
+            record, dead = _trial_in_group(
+                answer[1], group, g, out, leader, sched, key, answer_timeout, early_stop,
+                lambda trial, on_progress: _run_trial(
+                    trial, group, out / "trials" / f"{trial.id:04d}", fixed or {},
+                    config_file, train_fn, metric, trial_timeout, on_progress,
+                ),
+                group_lost,
+            )  # fmt: skip
+        if dead or kind == "retire":
+            try:
+                abort = _retire(sched, g, dead, answer_timeout, out)
+            except RankLost as e:
+                lost_error = e
+                break
+            error = abort[1] if abort else None
+            break
     if thread is not None:
         thread.join()
         if scheduler.error is not None:
             error = _one_line(scheduler.error)
         records = scheduler.records
-    records = bcast_object(records, comm, what="the search's results")
-    group.Free()
-    sched.Free()
+    if lost_error is not None:  # every live rank raises it; nothing more to agree
+        raise lost_error
+    end, lost = faults.end_comm(comm, current_timeout())
+    records = bcast_object(records, end, what="the search's results")
+    if end is not comm:
+        end.Free()
+    if not lost:  # a Free is collective over a communicator that holds a dead rank
+        group.Free()
+        sched.Free()
     if error:
         raise RuntimeError(f"search: the scheduler failed: {error}")
     return records

@@ -256,3 +256,103 @@ def test_replace_lost_spawns_a_process_that_joins(tmp_path, rank):
     assert shard["pushes_applied"] == [sent[c] for c in range(3)], (shard, sent)
     assert min(shard["pushes_applied"]) > 0  # the newcomer (client 2) pushed too
     assert s["test_accuracy"] >= 0.85, s["test_accuracy"]
+
+
+def _search_records(out: Path) -> list[dict]:
+    path = out / "trials.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _both_groups_training(out: Path) -> bool:
+    """Whether two trials without a record yet (one per group) have written progress."""
+    done = {r["id"] for r in _search_records(out)}
+    busy = 0
+    for d in (out / "trials").glob("[0-9]*"):
+        m = d / "metrics.jsonl"
+        busy += int(d.name) not in done and m.exists() and '"loss"' in m.read_text()
+    return busy >= 2
+
+
+LRS = [0.02, 0.03, 0.05, 0.08, 0.1, 0.12]
+
+
+def _search_args(tmp_path: Path) -> list[str]:
+    """A grid search of 6 trials in groups of 2 (sync SGD, mlp on the digits, 400 steps)."""
+    space = tmp_path / "space.toml"
+    space.write_text(f"[space]\n'optim.lr' = {{ values = {LRS} }}\n[search]\ngroup_size = 2\n")
+    conf = tmp_path / "trial.toml"
+    conf.write_text("[model]\nname = 'mlp'\n[run]\nmax_steps = 400\nthreads = 1\nlog_every = 5\n")
+    return ["search", "--space", str(space), "--config", str(conf)]
+
+
+@pytest.mark.timeout(400)
+@pytest.mark.parametrize("rank", [3, 2], ids=["a-member", "the-leader"])
+def test_search_retires_a_group_whose_rank_died(tmp_path, rank):
+    # 4 ranks in 2 groups of 2; once a trial has finished and both groups train, a rank
+    # of group 1 is killed: its trial is recorded failed naming the rank, the group
+    # retires, group 0 runs the rest, and the end runs over the 3 survivors
+    lrs = LRS
+    out = tmp_path / "search"
+    p = launch(4, _search_args(tmp_path), out, tmp_path)
+    deadline = time.monotonic() + 240
+    while not (_search_records(out) and _both_groups_training(out)):
+        assert p.poll() is None, "the search ended before the kill: " + p.communicate()[1]
+        assert time.monotonic() < deadline, "the search did not get there in time"
+        time.sleep(0.02)
+    before = {r["id"] for r in _search_records(out)}
+    pid = rank_pid(out, rank)
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    killed_at = time.time()
+    code, stdout, stderr = finish(p, timeout=300)
+    assert code == 0, stderr
+    recs = _search_records(out)
+    assert sorted(r["id"] for r in recs) == list(range(len(lrs))), recs  # each once
+    failed = [r for r in recs if r["status"] == "failed"]
+    (dead,) = failed
+    assert dead["group"] == 1 and dead["id"] not in before, dead
+    assert dead["reason"] == f"rank {rank} died (process failed)", dead
+    print(f"kill -> trial {dead['id']} recorded failed: {dead['ended'] - killed_at:.2f} s")
+    assert dead["ended"] - killed_at < 30, dead["ended"] - killed_at
+    later = [r for r in recs if r["id"] not in before and r is not dead]
+    assert later and all(r["group"] == 0 and r["status"] == "completed" for r in later), recs
+    lost = json.loads((out / "lost_groups.json").read_text())
+    assert [(g["group"], g["dead"]) for g in lost] == [(1, [rank])], lost
+    assert (out / "best.toml").exists()
+    assert len((out / "results.csv").read_text().splitlines()) == len(lrs) + 1
+    assert f"group 1 retired: rank {rank} died" in stdout, stdout
+    assert "lost group" in stdout, stdout
+
+
+@pytest.mark.timeout(400)
+@pytest.mark.parametrize("rank", [1, 0], ids=["schedulers-group", "the-scheduler"])
+def test_search_ends_in_one_line_when_the_schedulers_group_loses_a_rank(tmp_path, rank):
+    # world rank 0 runs the scheduler: its group losing a rank (or rank 0 itself) ends
+    # the search on every live rank with one line (exit 3); --resume finishes it
+    out = tmp_path / "search"
+    args = _search_args(tmp_path)
+    p = launch(4, args, out, tmp_path)
+    deadline = time.monotonic() + 240
+    while not (_search_records(out) and _both_groups_training(out)):
+        assert p.poll() is None, "the search ended before the kill: " + p.communicate()[1]
+        assert time.monotonic() < deadline, "the search did not get there in time"
+        time.sleep(0.02)
+    pid = rank_pid(out, rank)
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    code, stdout, stderr = finish(p, timeout=120)
+    assert code == 3, stderr
+    lines = [line for line in stderr.splitlines() if line.startswith("hpcnet: error:")]
+    want = f"--resume {out}"
+    assert len(lines) == 1 and want in lines[0] and f"rank {rank} " in lines[0], stderr
+    assert "Traceback" not in stderr, stderr
+    before = _search_records(out)
+    p = launch(4, [*args, "--resume"], out, tmp_path)
+    code, stdout, stderr = finish(p)
+    assert code == 0, stderr
+    after = _search_records(out)
+    assert sorted(r["id"] for r in after) == list(range(len(LRS))), after  # each once
+    assert after[: len(before)] == before
+    assert all(r["status"] == "completed" for r in after), after
