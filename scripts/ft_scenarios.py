@@ -232,9 +232,16 @@ def survivors(res: dict) -> str:
         parts.append(f"replicas at end {len(s['replicas'])}")
     shards = s.get("shards") or []
     if shards and "pushes_applied" in shards[0] and isinstance(s.get("replicas"), list):
-        sent = sum(r.get("pushes", 0) for r in s["replicas"])
-        applied = sum(sum(sh["pushes_applied"]) for sh in shards) // len(shards)
-        parts.append(f"pushes applied/sent {applied}/{sent}")
+        # pushes_applied is per client; a dead replica reports nothing it sent
+        sent = {r["client"]: r.get("pushes", 0) for r in s["replicas"]}
+        applied = shards[0]["pushes_applied"]
+        live = sum(applied[c] for c in sent if c < len(applied))
+        cell = f"pushes applied/sent {live}/{sum(sent.values())}"
+        if len(shards) > 1:
+            cell += " (shard 0)"
+        if sum(applied) > live:
+            cell += f" (+{sum(applied) - live} applied from the dead replica)"
+        parts.append(cell)
     if "loss_history" in s:
         h = s["loss_history"]
         mono = all(b < a for a, b in zip(h[:-1], h[1:], strict=False))
@@ -326,6 +333,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--json", type=Path, help="write every run's record here")
     ap.add_argument("--timeout", type=float, default=300, help="seconds per job")
     ap.add_argument("--keep", type=Path, help="keep the runs' OUT folders here")
+    ap.add_argument(
+        "--from-json",
+        type=Path,
+        help="print the table of an earlier run's --json FILE, run nothing",
+    )
     a = ap.parse_args(argv)  # fmt: skip
     only = [x for x in a.only.split(",") if x]
     bad = [x for x in only if x not in NAMES]
@@ -339,9 +351,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
+    if a.from_json:
+        return _print(json.loads(a.from_json.read_text()))
     load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     print(f"uptime at start: {load}", flush=True)
-    rows, records = [], []
+    records = []
     base = a.keep or Path(tempfile.mkdtemp(prefix="ft-scenarios-"))
     for sc in SCENARIOS:
         if sc.name not in a.only:
@@ -353,19 +367,25 @@ def main(argv: list[str] | None = None) -> int:
             res = run_scenario(sc, venv, work, a.timeout)
             res["uptime"] = subprocess.run(["uptime"], capture_output=True, text=True).stdout
             records.append(res)
-            rows.append(row(sc, res))
             print(f"{sc.name} #{k}: exit {res['rc']} in {res['wall_s']:.1f} s", flush=True)
             if not ok(res):
                 print(res["stderr_tail"][-1500:], file=sys.stderr)
     load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-    print(f"uptime at end: {load}\n")
-    print(HEADER)
-    print("\n".join(rows))
+    print(f"uptime at end: {load}")
+    if a.json:
+        a.json.write_text(json.dumps(records, indent=1, default=str))
+    return _print(records)
+
+
+def _print(records: list[dict]) -> int:
+    """Prints the table and the runs' ``hpcnet:`` lines; 0 when every run did what
+    README says, else 1."""
+    by_name = {s.name: s for s in SCENARIOS}
+    print("\n" + HEADER)
+    print("\n".join(row(by_name[r["name"]], r) for r in records))
     for res in records:
         for line in res.get("error_lines") or []:
             print(f"\n{res['name']}: {line}")
-    if a.json:
-        a.json.write_text(json.dumps(records, indent=1, default=str))
     return 0 if all(ok(r) for r in records) else 1
 
 
