@@ -251,7 +251,8 @@ def survivors(res: dict) -> str:
             parts.append(f"units counted once {'yes' if ok else 'NO'}")
     for g in s.get("regroups") or []:
         src = ", ".join(r["from"] for r in g.get("restored", [])) or "-"
-        parts.append(f"regroup (restored from {src}; spawned {g.get('spawned', 0)})")
+        took = f"; took {g['regroup_s']:.2f} s" if "regroup_s" in g else ""
+        parts.append(f"regroup (restored from {src}; spawned {g.get('spawned', 0)}{took})")
     return "; ".join(parts)
 
 
