@@ -22,6 +22,7 @@ SUBCOMMANDS = ("train", "data", "info", "bench", "plot", "export", "search", "la
 BENCHMARKS = {
     "layers": "layers_vs_torch",  # kernels per layer and training steps vs PyTorch CPU
     "sync": "sync_vs_torch",  # sync data parallelism vs PyTorch CPU and DDP
+    "overlap": "allreduce_overlap",  # sync: one allreduce vs buckets overlapped with backward
     "modelpar": "modelpar_bench",  # model parallelism: step time and bytes against M
     "ps": "ps_vs_rma",  # parameter server fetch/push vs raw mpi4py RMA
     "downpour": "downpour_vs_sync",  # Downpour throughput vs sync on the same cores

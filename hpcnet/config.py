@@ -93,6 +93,9 @@ class AlgoConfig:
     partitions: int = 1  # model parallelism: ranks per replica (Dean et al. 2012, sec. 3)
     partition_scheme: str = "neurons"  # neurons (split every layer) | pipeline (layer groups)
     micro_batches: int = 0  # pipeline: micro-batches per batch (GPipe); 0 = 2 x partitions
+    # sync: MiB per gradient bucket, each allreduced as soon as backward has produced it
+    # (overlap, as DDP's buckets); 0 = one allreduce of the whole vector after backward
+    bucket_mb: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -164,6 +167,12 @@ FLAGS: dict[str, tuple[str, str, str]] = {
         "--algo NAME shows its layout)",
     ),
     "--avg-every": ("algo", "avg_every", "avg: local steps between parameter averages"),
+    "--bucket-mb": (
+        "algo",
+        "bucket_mb",
+        "sync: MiB per gradient bucket, each allreduced while backward goes on "
+        "(0: one allreduce after backward)",
+    ),
     "--shards": ("algo", "shards", "downpour: parameter shard ranks"),
     "--replicas": ("algo", "replicas", "downpour: replica ranks (0: all non-shard ranks)"),
     "--partitions": ("algo", "partitions", "model parallelism: ranks per replica (M)"),
@@ -430,6 +439,13 @@ def validate(cfg: Config) -> None:
     need(bool(cfg.data.name), "data", "name", "must name a file or a dataset")
     need(cfg.data.crop_pad >= 0, "data", "crop_pad", "must be >= 0 pixels")
     p, f = cfg.ps, cfg.faults
+    need(a.bucket_mb >= 0, "algo", "bucket_mb", "must be >= 0 MiB (0: one allreduce)")
+    need(
+        a.bucket_mb == 0 or a.name == "sync",
+        "algo",
+        "bucket_mb",
+        f"gradient buckets are sync's (--algo sync), not {a.name}'s",
+    )
     need(a.shards >= 0, "algo", "shards", "must be >= 0")
     need(a.replicas >= 0, "algo", "replicas", "must be >= 0 (0: all non-shard ranks)")
     need(a.partitions >= 1, "algo", "partitions", "must be >= 1")

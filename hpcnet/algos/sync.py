@@ -1,7 +1,11 @@
 """Synchronous data-parallel SGD: every step, gradients averaged over replicas.
 
-One ``Allreduce`` on the whole flat gradient vector per step (the fused buffer
-Horovod calls tensor fusion), so every replica applies the same update and
+By default one ``Allreduce`` on the whole flat gradient vector per step, after
+backward (the fused buffer Horovod calls tensor fusion). With ``--bucket-mb MB``
+the vector is cut into buckets of about MB MiB, in the order backward produces
+them, and each bucket's allreduce starts as soon as backward has produced it, so
+communication overlaps the rest of backward (PyTorch DDP's buckets,
+:mod:`hpcnet.comm.buckets`). Either way every replica applies the same update and
 the replicas' parameters stay identical.
 """
 
@@ -13,6 +17,8 @@ from mpi4py import MPI
 from hpcnet.algos.registry import register
 from hpcnet.algos.synchronous import synchronous_algorithm
 from hpcnet.comm import allreduce_mean_
+from hpcnet.comm.buckets import BYTES_PER_MB, BucketAllreduce, plan_buckets
+from hpcnet.nn.model import Model
 
 
 class SyncSGD:
@@ -21,18 +27,49 @@ class SyncSGD:
     Args:
         data_comm: the replicas' communicator; every replica calls the hooks at
             every step (same step count everywhere, or the allreduce hangs).
+        bucket_mb: MiB per gradient bucket (``--bucket-mb``); 0: one allreduce of
+            the whole vector after backward.
+        model: the replica's whole model, whose ``grads`` the buckets are views of;
+            None: no buckets. A replica split into partitions (``--partitions``)
+            passes None and keeps the one allreduce after backward: its gradients
+            are packed from the partition's owned ranges (``part.pack``) after a
+            backward that exchanges activations with the other partitions, so its
+            layers do not finish contiguous ranges of the reduced buffer in order.
+
+    Attributes:
+        on_grad_ready: with buckets, the hook to pass to ``Model.loss_and_grad``
+            (starts each bucket's allreduce during backward); else None.
+        buckets: the :class:`~hpcnet.comm.buckets.BucketAllreduce`, or None.
     """
 
     name = "sync"
 
-    def __init__(self, data_comm: MPI.Intracomm):
+    def __init__(
+        self, data_comm: MPI.Intracomm, bucket_mb: float = 0.0, model: Model | None = None
+    ):
         self.comm = data_comm
         self.allreduces = 0
+        self.buckets = None
+        self.on_grad_ready = None
+        if bucket_mb > 0 and model is not None:
+            plan = plan_buckets(model.layer_ranges(), model.n_params, int(bucket_mb * BYTES_PER_MB))
+            self.buckets = BucketAllreduce(model.grads, plan, data_comm)
+            self.on_grad_ready = self.buckets.grads_ready
 
     def after_backward(self, grads: np.ndarray) -> None:
-        """Averages ``grads`` ((n_params,) float32) over replicas in place. Collective."""
-        allreduce_mean_(grads, self.comm)
-        self.allreduces += 1
+        """Averages ``grads`` ((n_params,) float32) over replicas in place. Collective.
+
+        With buckets, ``grads`` must be the model's ``grads`` the buckets view: the
+        allreduces backward started are completed (and any it did not start are
+        started first, in bucket order)."""
+        if self.buckets is None:
+            allreduce_mean_(grads, self.comm)
+            self.allreduces += 1
+            return
+        if not np.shares_memory(grads, self.buckets.grads):
+            raise ValueError("SyncSGD with buckets: grads is not the model's gradient vector")
+        self.buckets.wait()
+        self.allreduces += len(self.buckets.plan)
 
     def after_step(self, step: int, params: np.ndarray) -> None:
         """Nothing: the replicas already applied the same averaged gradient."""
@@ -42,13 +79,21 @@ class SyncSGD:
 
     def resume(self, step: int) -> None:
         """Counters as after ``step`` steps (a resumed run)."""
-        self.allreduces = step
+        self.allreduces = step * (len(self.buckets.plan) if self.buckets else 1)
+
+
+def _policy(run) -> SyncSGD:
+    return SyncSGD(
+        run.comms.data_comm, run.cfg.algo.bucket_mb, run.model if run.part is None else None
+    )
 
 
 register(
     synchronous_algorithm(
         "sync",
-        "synchronous SGD: gradients averaged over replicas every step (one Allreduce)",
-        lambda run: SyncSGD(run.comms.data_comm),
+        "synchronous SGD: gradients averaged over replicas every step (one Allreduce, or "
+        "buckets overlapped with backward: --bucket-mb)",
+        _policy,
+        flags=("--bucket-mb",),
     )
 )

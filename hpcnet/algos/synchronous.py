@@ -46,7 +46,9 @@ class Policy(Protocol):
 
     def finish(self, params: np.ndarray) -> None: ...
 
-    # optional: ``resume(step)`` sets its counters as they were after ``step`` steps
+    # optional: ``resume(step)`` sets its counters as they were after ``step`` steps;
+    # ``on_grad_ready``: None, or a hook the replica passes to ``Model.loss_and_grad``
+    # (called during backward, e.g. to start a bucket's allreduce; whole models only)
 
 
 def replica_program(make_policy: Callable[[Run], Policy]) -> Callable[[Run], dict[str, Any]]:
@@ -71,6 +73,8 @@ def _train_replica(run: Run, algo: Policy) -> dict[str, Any]:
         part.n_owned if part else model.n_params, momentum=o.momentum, weight_decay=o.weight_decay
     )
     net = run.net
+    hook = getattr(algo, "on_grad_ready", None) if part is None else None
+    grad_kw = {"on_grad_ready": hook} if hook is not None else {}
 
     step = epoch = start = 0
     resumed = run.resume_state()
@@ -93,7 +97,7 @@ def _train_replica(run: Run, algo: Policy) -> dict[str, Any]:
     try:
         while step < total_steps:
             for x, y in loader.batches(epoch, start):
-                loss, correct = net.loss_and_grad(x, y, backend)
+                loss, correct = net.loss_and_grad(x, y, backend, **grad_kw)
                 grads = part.pack(model.grads) if part else model.grads
                 params = part.pack(model.params) if part else model.params
                 algo.after_backward(grads)

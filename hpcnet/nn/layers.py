@@ -16,16 +16,24 @@ from hpcnet.errors import ConfigError
 from hpcnet.kernels.reference import conv_out_size
 
 
-def backward_through(layers: list, dy, backend, need_dx: bool = True):
+def backward_through(layers: list, dy, backend, need_dx: bool = True, after_layer=None):
     """Backward through a sequence of layers, last to first; returns d loss / d input
     of the first layer, or None without ``need_dx`` (then the first layer computes only
-    its parameter gradients, :meth:`Layer.backward_params`)."""
-    for layer in reversed(layers[1:]):
-        dy = layer.backward(dy, backend)
-    if not need_dx:
+    its parameter gradients, :meth:`Layer.backward_params`). ``after_layer(i)``, if
+    given, runs as soon as ``layers[i]``'s backward is done (i = len - 1 down to 0):
+    its parameter gradients are final then (the bucketed allreduce starts there)."""
+    for i in range(len(layers) - 1, 0, -1):
+        dy = layers[i].backward(dy, backend)
+        if after_layer is not None:
+            after_layer(i)
+    if need_dx:
+        dx = layers[0].backward(dy, backend)
+    else:
+        dx = None
         layers[0].backward_params(dy, backend)
-        return None
-    return layers[0].backward(dy, backend)
+    if after_layer is not None:
+        after_layer(0)
+    return dx
 
 
 class Layer:

@@ -46,10 +46,19 @@ class Model:
             size = int(np.prod(pshape))
             idx = layers.index(layer)
             self.segments.append((f"{idx}.{type(layer).__name__}.{pname}", off, off + size))
+        # layer i's parameters start at _starts[i] (a layer without any: where the next one's do)
+        sizes = [sum(int(np.prod(s)) for _, s in layer.param_specs()) for layer in layers]
+        self._starts = [int(v) for v in np.cumsum([0, *sizes[:-1]])] if layers else []
         self._bind(self.params, self.grads)
         self.device = None  # (params, grads) on the GPU while the cuda backend runs it
         if layers and isinstance(layers[-1], Dense):
             layers[-1].init_gain = 1.0  # logits: no ReLU follows
+
+    def layer_ranges(self) -> list[tuple[int, int]]:
+        """(lo, hi) of each layer's parameters in the flat vector (elements), input to
+        output; (lo, lo) for a layer without parameters. A ``Towers`` layer is one range."""
+        ends = [*self._starts[1:], self.n_params]
+        return list(zip(self._starts, ends, strict=True))
 
     def named_params(self) -> dict[str, np.ndarray]:
         """Each parameter tensor under its segment name (``"6.Dense.w"``: layer index,
@@ -155,7 +164,7 @@ class Model:
         return int((host.argmax(axis=1) == y).sum())
 
     def loss_and_grad(
-        self, x: np.ndarray, y: np.ndarray, backend, train: bool = True
+        self, x: np.ndarray, y: np.ndarray, backend, train: bool = True, on_grad_ready=None
     ) -> tuple[float, int]:
         """One forward and backward pass; fills ``self.grads``.
 
@@ -163,6 +172,12 @@ class Model:
             x: (N, *input_shape) float32. y: (N,) int64 labels.
             train: training mode (dropout on); False gives the deterministic
                 objective's gradient (batch methods such as L-BFGS).
+            on_grad_ready: if given, called as ``on_grad_ready(lo)`` after each
+                layer's backward, last layer first: ``self.grads[lo:]`` are final then
+                (``lo`` only decreases; 0 after the first layer). The ``sync`` policy
+                starts its bucketed allreduce there (:mod:`hpcnet.comm.buckets`). With
+                the ``cuda`` backend the gradients reach the host only after backward:
+                it is called once, ``on_grad_ready(0)``, then (no overlap).
         Returns:
             (loss, correct): mean cross-entropy over the batch (nats) and the
             number of samples whose argmax logit equals the label.
@@ -171,8 +186,17 @@ class Model:
         logits = self._forward(x, backend, train)
         loss, d = backend.softmax_xent(logits, y)
         correct = self._count_correct(logits, y)
-        backward_through(self.layers, d, backend, need_dx=False)  # no one needs d loss / d x
+        hook = None
+        if on_grad_ready is not None and self.device is None:
+            starts = self._starts
+
+            def hook(i: int) -> None:
+                on_grad_ready(starts[i])
+
+        backward_through(self.layers, d, backend, need_dx=False, after_layer=hook)  # no dx
         self._download_grads()
+        if on_grad_ready is not None and self.device is not None:
+            on_grad_ready(0)
         return loss, correct
 
     def evaluate(self, x: np.ndarray, y: np.ndarray, backend) -> tuple[float, int]:

@@ -49,11 +49,18 @@ def test_bad_toml_names_the_file(tmp_path, text, must):
         ("algo.name", "downhill", "--algo"),
         ("run.backend", "tpu", "--backend"),
         ("optim.lr_scaling", "sqrt", "--lr-scaling"),
+        ("algo.bucket_mb", -1.0, "--bucket-mb"),
     ],
 )
 def test_bad_values_name_the_flag(key, value, flag):
     with pytest.raises(ConfigError, match=f"^{flag} "):
         load_config(None, {key: value})
+
+
+def test_bucket_mb_is_sync_only():
+    assert load_config(None, {"algo.bucket_mb": 25.0}).algo.bucket_mb == 25.0
+    with pytest.raises(ConfigError, match="^--bucket-mb 1.0: gradient buckets are sync's"):
+        load_config(None, {"algo.bucket_mb": 1.0, "algo.name": "avg"})
 
 
 def test_layout_sync_every_rank_a_replica():
