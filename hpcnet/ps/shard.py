@@ -173,8 +173,7 @@ class ShardService:
         version = int(ctrl[W.VERSION])
         stale = version - int(ctrl[W.field(c, W.BASE_VERSION)])
         t = time.perf_counter()
-        self.rule.step(params, slot, self.lr_at(version))
-        slot[:] = 0.0
+        self.rule.step_and_zero(params, slot, self.lr_at(version))  # one pass: apply, empty
         self.stats.apply_s += time.perf_counter() - t
         ctrl[W.field(c, W.BASE_VERSION)] = 0.0
         ctrl[W.VERSION] = version + 1
