@@ -7,8 +7,21 @@ with ``Flush`` inside a long epoch). See :mod:`hpcnet.ps.shard` for the push
 protocol and the consistency guarantees.
 
 Bytes per operation, for S shards and n parameters in total: a fetch moves
-``4 n`` bytes of parameters plus ``16 S`` of version/stop counters; a push
-moves ``4 n`` bytes of gradients plus ``64 S`` of counters.
+``4 n`` bytes of parameters plus ``56 S`` of counters (heartbeat, head, ACK); a push
+moves ``4 n`` bytes of gradients plus ``104 S`` of counters (the slot check's 48
+when it is not skipped).
+
+Round trips (a ``Flush`` that waits; flushes of two windows back to back count once)
+per shard, before issue 14 -> now:
+
+* fetch: 2 -> 1. The heartbeat, the head, this client's ACK and the parameters go in
+  one epoch; the version recorded is the one an earlier head read returned (a lower
+  bound; see :meth:`ShardClient.fetch`). The first fetch, and ``read_own_writes``,
+  read the head first (2).
+* push: 3 -> 2 or 3. The slot check (ACK and head in one ``Flush``; it was an ACK
+  read, then a head read when the slot was busy) is skipped when the last ACK read
+  already equals the pushes sent; then the gradient and its counters; then READY
+  (with a ``Get`` of the head riding along).
 
 A client is a replica, or with model parallelism one partition of it: its own
 inbox slot and counter block, ``client = replica * M + partition`` (see

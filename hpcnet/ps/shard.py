@@ -5,7 +5,8 @@ partition`` (one client per replica without model parallelism; see
 :mod:`hpcnet.ps.windows`). How a push is consumed exactly once: client c owns
 inbox slot c and the two counters READY[c] (written only by the client, += 1 per
 completed push) and ACK[c] (written only by the shard). The client pushes only
-when ``ACK[c] == pushes it has sent`` (the slot is empty): it ``Accumulate``s its
+when ``ACK[c] == pushes it has sent`` (the slot is empty; read now, or known from an
+earlier read: ACK only grows and only client c fills slot c): it ``Accumulate``s its
 gradient into the zeroed slot, ``Flush``es (the data is complete at the
 shard), then adds 1 to READY[c] and flushes again. The shard applies slot c
 when ``READY[c] > ACK[c]``, zeroes the slot, and only then sets
@@ -19,8 +20,11 @@ Consistency hpcnet guarantees (and what it does not):
   is applied whole, in one update, in the order clients' pushes are found;
 * a client's ``Get`` of the parameters may race with an update and see some
   elements before and some after it (DistBelief accepts this; so do we);
-* the version a client reads is never newer than the parameters it then reads
-  (the version is read first), so measured staleness is an upper bound;
+* the version a client records at a fetch is never newer than the parameters it
+  gets: it is the version from a head read that completed before the parameters'
+  ``Get`` was issued (the previous push's or fetch's, in the same epoch as the
+  parameters' since issue 14; it may lag by the updates applied in between), so
+  measured staleness is an upper bound;
 * with ``read_own_writes`` a client fetches only after all its own pushes were
   applied (with one replica this is exactly serial SGD / Adagrad).
 
