@@ -134,6 +134,10 @@ class ShardService:
         self.timeout = replica_timeout
         self.comm = comm
         self.on_pass, self.signal_of = on_pass, signal_of
+        # Numba loads a cached kernel at its first call (~0.4 s here): do it now, while
+        # the clients start, not at the first push (one element of scratch, lr 0)
+        one = np.zeros(1, np.float32)
+        type(rule)(1).step_and_zero(one, one.copy(), 0.0)
         self.stats = ShardStats(
             sw.shard,
             sw.lo,
