@@ -137,7 +137,7 @@ def _ps_raw(comm, n, grads, params, args) -> tuple[dict | None, dict | None]:
     from hpcnet.comm import Backoff
     from hpcnet.ps import windows as W
 
-    info = W._info()  # the same hints as hpcnet's windows (accumulate_ordering=none, same_op)
+    info = W.window_info()  # the same hints as hpcnet's windows (accumulate_ordering=none, same_op)
     win = MPI.Win.Allocate(4 * n if comm.Get_rank() == 0 else 0, 4, info, comm)
     info.Free()
     if comm.Get_rank() == 0:

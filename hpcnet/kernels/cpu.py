@@ -382,4 +382,9 @@ def softmax_xent(logits, labels):
 
 
 # the optimizers' fused update passes live beside the layer kernels (one import path)
-from hpcnet.kernels._cpu_optim import adagrad_update, sgd_momentum_update  # noqa: E402, F401
+from hpcnet.kernels._cpu_optim import (  # noqa: E402, F401
+    adagrad_update,
+    adagrad_update_zero,
+    sgd_momentum_update,
+    sgd_update_zero,
+)

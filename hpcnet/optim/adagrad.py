@@ -33,3 +33,10 @@ class Adagrad:
         from hpcnet.kernels.cpu import adagrad_update
 
         adagrad_update(params, grads, self.accum, lr, self.eps)
+
+    def step_and_zero(self, params: np.ndarray, grads: np.ndarray, lr: float) -> None:
+        """:meth:`step`, then ``grads[:] = 0``, in one fused pass (a parameter shard
+        applying a push and emptying its inbox slot; the same result as the pair)."""
+        from hpcnet.kernels.cpu import adagrad_update_zero
+
+        adagrad_update_zero(params, grads, self.accum, lr, self.eps)

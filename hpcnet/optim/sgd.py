@@ -44,3 +44,15 @@ class SGD:
         if self.weight_decay:
             grads += np.float32(self.weight_decay) * params
         params -= np.float32(lr) * grads
+
+    def step_and_zero(self, params: np.ndarray, grads: np.ndarray, lr: float) -> None:
+        """:meth:`step`, then ``grads[:] = 0`` (a parameter shard applying a push and
+        emptying its inbox slot): one fused pass for plain SGD, the shards' rule; with
+        momentum or weight decay, the step and then the zeroing."""
+        if self.velocity is None and not self.weight_decay:
+            from hpcnet.kernels.cpu import sgd_update_zero
+
+            sgd_update_zero(params, grads, lr)
+            return
+        self.step(params, grads, lr)
+        grads[:] = 0.0

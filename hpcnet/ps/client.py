@@ -7,8 +7,21 @@ with ``Flush`` inside a long epoch). See :mod:`hpcnet.ps.shard` for the push
 protocol and the consistency guarantees.
 
 Bytes per operation, for S shards and n parameters in total: a fetch moves
-``4 n`` bytes of parameters plus ``16 S`` of version/stop counters; a push
-moves ``4 n`` bytes of gradients plus ``64 S`` of counters.
+``4 n`` bytes of parameters plus ``56 S`` of counters (heartbeat, head, ACK); a push
+moves ``4 n`` bytes of gradients plus ``104 S`` of counters (the slot check's 48
+when it is not skipped).
+
+Round trips (a ``Flush`` that waits; flushes of two windows back to back count once)
+per shard, before issue 14 -> now:
+
+* fetch: 2 -> 1. The heartbeat, the head, this client's ACK and the parameters go in
+  one epoch; the version recorded is the one an earlier head read returned (a lower
+  bound; see :meth:`ShardClient.fetch`). The first fetch, and ``read_own_writes``,
+  read the head first (2).
+* push: 3 -> 2 or 3. The slot check (ACK and head in one ``Flush``; it was an ACK
+  read, then a head read when the slot was busy) is skipped when the last ACK read
+  already equals the pushes sent; then the gradient and its counters; then READY
+  (with a ``Get`` of the head riding along).
 
 A client is a replica, or with model parallelism one partition of it: its own
 inbox slot and counter block, ``client = replica * M + partition`` (see
@@ -97,9 +110,17 @@ class ShardClient:
         self.sent = np.array(sent or [0] * n, np.int64)  # per shard
         self.skip = np.array(skip or [0] * n, np.int64)
         self.versions = np.zeros(len(shards), np.int64)  # per shard, at the last fetch
-        self._head = np.zeros(W.HEAD, np.float64)
+        # per shard: the head as last read, the version in it (a lower bound of any
+        # parameters Got after that read: VERSION only grows; -1: none read yet), this
+        # client's ACK as last read (a lower bound of the shard's ACK)
+        self._heads = np.zeros((n, W.HEAD), np.float64)
+        self._lb = np.full(n, -1, np.int64)
+        self._ack_buf = np.zeros(n, np.float64)
+        self.acks = np.full(n, -1, np.int64)  # -1: unknown, the first push reads it
         self._one = np.ones(1, np.float64)
-        self._fields = np.zeros(W.SAMPLES - W.BASE_VERSION + 1, np.float64)
+        # one counter block per shard: an Accumulate's origin buffer must stay as it is
+        # until its Flush, and the blocks differ (BASE_VERSION)
+        self._fields = np.zeros((len(shards), W.SAMPLES - W.BASE_VERSION + 1), np.float64)
         self.comm = comm
         self._next_check = 0.0
         for sw in shards:
@@ -125,23 +146,46 @@ class ShardClient:
         for sw in self.shards:
             sw.unlock_all()
 
-    def _read_head(self, sw: W.ShardWindows) -> np.ndarray:
-        sw.ctrl_win.Get(self._head, sw.owner, (0, W.HEAD, MPI.DOUBLE))
-        sw.ctrl_win.Flush(sw.owner)
-        if self._head[W.STOP] > 0:
-            self.stopped = True
-        if self._head[W.PREEMPT] > 0:
-            self.preempt_signal = int(self._head[W.PREEMPT])
-            self.stopped = True
-        if self._head[W.REGROUP] > 0:  # a rank died; the run regroups (fault tolerance)
-            raise ft.PeerDied([])
-        return self._head
+    def _get_head(self, sw: W.ShardWindows) -> None:
+        """Starts a ``Get`` of shard ``sw``'s head; complete after the next ctrl Flush."""
+        sw.ctrl_win.Get(self._heads[sw.shard], sw.owner, (0, W.HEAD, MPI.DOUBLE))
 
-    def _read_field(self, sw: W.ShardWindows, name: int) -> float:
-        buf = np.zeros(1, np.float64)
-        sw.ctrl_win.Get(buf, sw.owner, (W.field(self.client, name), 1, MPI.DOUBLE))
+    def _get_ack(self, sw: W.ShardWindows) -> None:
+        """Starts a ``Get`` of this client's ACK at shard ``sw`` (into ``self.acks``);
+        complete after the next ctrl Flush."""
+        i = sw.shard
+        sw.ctrl_win.Get(
+            self._ack_buf[i : i + 1], sw.owner, (W.field(self.client, W.ACK), 1, MPI.DOUBLE)
+        )
+
+    def _took_head(self, sw: W.ShardWindows, regroup: bool = True) -> np.ndarray:
+        """After a ctrl Flush that completed :meth:`_get_head`: records the version (a
+        lower bound for the next fetch) and acts on the flags: STOP and PREEMPT set
+        ``stopped``; REGROUP raises (unless ``regroup`` is False: the caller raises
+        later, see :meth:`push`)."""
+        head = self._heads[sw.shard]
+        self._lb[sw.shard] = int(head[W.VERSION])
+        if head[W.STOP] > 0:
+            self.stopped = True
+        if head[W.PREEMPT] > 0:
+            self.preempt_signal = int(head[W.PREEMPT])
+            self.stopped = True
+        if regroup and head[W.REGROUP] > 0:  # a rank died; the run regroups (fault tolerance)
+            raise ft.PeerDied([])
+        return head
+
+    def _took_ack(self, sw: W.ShardWindows) -> None:
+        i = sw.shard
+        self.acks[i] = max(self.acks[i], int(self._ack_buf[i]))  # ACK only grows
+
+    def _read_head(self, sw: W.ShardWindows) -> np.ndarray:
+        """Reads shard ``sw``'s head (and this client's ACK there) in one round trip:
+        two ``Get``s, one ``Flush``."""
+        self._get_head(sw)
+        self._get_ack(sw)
         sw.ctrl_win.Flush(sw.owner)
-        return float(buf[0])
+        self._took_ack(sw)
+        return self._took_head(sw)
 
     def _add(self, sw: W.ShardWindows, name: int, value: float) -> None:
         self._one[0] = value
@@ -159,14 +203,21 @@ class ShardClient:
         """Waits, with heartbeats, until shard ``sw`` has consumed all of this client's
         pushes; returns the seconds waited. Sets ``stopped`` if the shard finished.
 
+        No communication when the ACK last read already equals the pushes sent (ACK
+        only grows, and only this client's pushes fill its slot).
+
         Raises:
             TimeoutError: the shard did not take the push within ``wait_timeout`` seconds.
         """
 
         def taken() -> bool:
-            if self._read_field(sw, W.ACK) >= self.sent[sw.shard]:
+            head = self._read_head(sw)  # the ACK and the head in one round trip
+            if self.acks[sw.shard] >= self.sent[sw.shard]:
                 return True
-            return self._read_head(sw)[W.STOP] > 0  # a finished shard takes no more
+            return head[W.STOP] > 0  # a finished shard takes no more
+
+        if self.acks[sw.shard] >= self.sent[sw.shard]:
+            return 0.0  # the slot is known empty
 
         t = time.perf_counter()
         poll_until(
@@ -198,8 +249,20 @@ class ShardClient:
         """Copies every shard's parameters into ``params`` ((n_params,) float32, in
         place) and records each shard's version in ``self.versions``.
 
+        One round trip per shard when an earlier read of the shard's head (the last
+        push's, or the last fetch's) gave a version: the heartbeat, the head, this
+        client's ACK and the parameters go in one epoch, the ctrl and param windows
+        flushed back to back. ``versions`` is that earlier version: a lower bound of
+        the parameters' version (VERSION only grows, and the read completed before the
+        parameters' ``Get`` was issued), possibly lower than a read just before the
+        ``Get`` would give, by the updates applied in between (a push and the next
+        fetch follow each other in the training loop, so usually none). Without an
+        earlier read (the first fetch) the head is read and flushed first, then the
+        parameters: two round trips.
+
         Raises:
-            PeerDied: a shard's process died (under fault tolerance).
+            PeerDied: a shard's process died (under fault tolerance), or the run
+                regroups (REGROUP).
         """
         self.check_shards()
         t = time.perf_counter()
@@ -210,11 +273,21 @@ class ShardClient:
                 continue
             if read_own_writes:
                 self._wait_applied(sw)
-            self.versions[i] = int(self._read_head(sw)[W.VERSION])  # version first: a lower bound
+            if self._lb[i] < 0 or read_own_writes:
+                # no version known yet, or one read after the ACK showed our last push
+                # applied (the Gets of one Flush are unordered): read it first
+                self._read_head(sw)
+            self.versions[i] = self._lb[i]
+            self._get_head(sw)  # for the flags, and the next fetch's version
+            self._get_ack(sw)  # so the next push may know its slot is empty
             for a, b in self.pieces[i]:
                 sw.param_win.Get(params[a:b], sw.owner, (a - sw.lo, b - a, MPI.FLOAT))
         for sw in self.touched:
             sw.param_win.Flush(sw.owner)
+            sw.ctrl_win.Flush(sw.owner)
+        for sw in self.touched:
+            self._took_ack(sw)
+            self._took_head(sw)
         if self.stats.fetches == 0:
             self.stats.first_fetch_version = int(self.versions[0])
         self.stats.fetches += 1
@@ -225,8 +298,20 @@ class ShardClient:
         self, grads: np.ndarray, steps: int, loss_sum: float, correct: int, samples: int
     ) -> None:
         """Accumulates ``grads`` ((n_params,) float32: the gradients summed since the
-        last push) into this client's inbox slot on every shard, with the training
-        counters (steps, loss sum, correct, samples) since the last push."""
+        last push; only read, so it may be the model's own gradient buffer) into this
+        client's inbox slot on every shard, with the training counters (steps, loss
+        sum, correct, samples) since the last push.
+
+        Round trips per shard: the slot check (this client's ACK and the head, one
+        ``Flush``), skipped when the last read ACK already equals the pushes sent (the
+        slot is known empty); the gradient and counters (inbox and ctrl flushed back to
+        back); READY, with a ``Get`` of the head in the same epoch. READY is raised only
+        after the gradient's ``Flush``: the shard never sees a half-written push.
+
+        Raises:
+            PeerDied: a shard's process died (under fault tolerance), or the run
+                regroups (REGROUP; seen after this push was announced, so it counts).
+        """
         t = time.perf_counter()
         # a resumed run's repeated push that a shard applied before the restart: not again
         to = [i for i, sw in enumerate(self.shards) if self.skip[i] == 0]
@@ -237,9 +322,8 @@ class ShardClient:
         if self.stopped:
             self.stats.push_s += time.perf_counter() - t
             return
-        f = self._fields
         for i in to:
-            sw = self.shards[i]
+            sw, f = self.shards[i], self._fields[i]
             slot = self.client * sw.n - sw.lo
             for a, b in self.pieces[i]:
                 sw.inbox_win.Accumulate(grads[a:b], sw.owner, (slot + a, b - a, MPI.FLOAT), MPI.SUM)
@@ -261,11 +345,17 @@ class ShardClient:
         for sw in targets:  # ... before it is announced
             self._add(sw, W.READY, 1.0)
             self.sent[sw.shard] += 1
+            self._get_head(sw)  # the flags, and the next fetch's version, at no extra trip
         for sw in targets:
             sw.ctrl_win.Flush(sw.owner)
         self.stats.pushes += 1
         self.stats.push_s += time.perf_counter() - t
         self.stats.bytes_out += 4 * self.n_moved
+        regroup = False
+        for sw in targets:
+            regroup |= self._took_head(sw, regroup=False)[W.REGROUP] > 0
+        if regroup:  # the push is complete and announced: leave now, as at a next read
+            raise ft.PeerDied([])
 
     def signal(self, signum: int) -> None:
         """Tells every shard that this client's replica got signal ``signum`` (SIGTERM,

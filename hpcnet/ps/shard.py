@@ -5,7 +5,8 @@ partition`` (one client per replica without model parallelism; see
 :mod:`hpcnet.ps.windows`). How a push is consumed exactly once: client c owns
 inbox slot c and the two counters READY[c] (written only by the client, += 1 per
 completed push) and ACK[c] (written only by the shard). The client pushes only
-when ``ACK[c] == pushes it has sent`` (the slot is empty): it ``Accumulate``s its
+when ``ACK[c] == pushes it has sent`` (the slot is empty; read now, or known from an
+earlier read: ACK only grows and only client c fills slot c): it ``Accumulate``s its
 gradient into the zeroed slot, ``Flush``es (the data is complete at the
 shard), then adds 1 to READY[c] and flushes again. The shard applies slot c
 when ``READY[c] > ACK[c]``, zeroes the slot, and only then sets
@@ -19,8 +20,11 @@ Consistency hpcnet guarantees (and what it does not):
   is applied whole, in one update, in the order clients' pushes are found;
 * a client's ``Get`` of the parameters may race with an update and see some
   elements before and some after it (DistBelief accepts this; so do we);
-* the version a client reads is never newer than the parameters it then reads
-  (the version is read first), so measured staleness is an upper bound;
+* the version a client records at a fetch is never newer than the parameters it
+  gets: it is the version from a head read that completed before the parameters'
+  ``Get`` was issued (the previous push's or fetch's, in the same epoch as the
+  parameters' since issue 14; it may lag by the updates applied in between), so
+  measured staleness is an upper bound;
 * with ``read_own_writes`` a client fetches only after all its own pushes were
   applied (with one replica this is exactly serial SGD / Adagrad).
 
@@ -130,6 +134,10 @@ class ShardService:
         self.timeout = replica_timeout
         self.comm = comm
         self.on_pass, self.signal_of = on_pass, signal_of
+        # Numba loads a cached kernel at its first call (~0.4 s here): do it now, while
+        # the clients start, not at the first push (one element of scratch, lr 0)
+        one = np.zeros(1, np.float32)
+        type(rule)(1).step_and_zero(one, one.copy(), 0.0)
         self.stats = ShardStats(
             sw.shard,
             sw.lo,
@@ -173,8 +181,7 @@ class ShardService:
         version = int(ctrl[W.VERSION])
         stale = version - int(ctrl[W.field(c, W.BASE_VERSION)])
         t = time.perf_counter()
-        self.rule.step(params, slot, self.lr_at(version))
-        slot[:] = 0.0
+        self.rule.step_and_zero(params, slot, self.lr_at(version))  # one pass: apply, empty
         self.stats.apply_s += time.perf_counter() - t
         ctrl[W.field(c, W.BASE_VERSION)] = 0.0
         ctrl[W.VERSION] = version + 1

@@ -67,3 +67,25 @@ def test_make_rule_by_name(name, cls):
 def test_make_rule_unknown_name_says_the_choices():
     with pytest.raises(ConfigError, match="--ps-rule 'adam'.*sgd, adagrad"):
         make_rule("adam", 7)
+
+
+@pytest.mark.parametrize(
+    "make", [lambda n: SGD(n), lambda n: Adagrad(n), lambda n: SGD(n, momentum=0.9)]
+)
+def test_step_and_zero_equals_step_then_zeroing_exactly(make):
+    """A shard's fused apply-and-empty pass gives bit for bit what the step followed by
+    ``grads[:] = 0`` gives (same float32 arithmetic, same order), over several pushes."""
+    n = 1001
+    fused, plain = make(n), make(n)
+    p1 = rand(n)
+    p2 = p1.copy()
+    for lr in (0.05, 0.01, 0.2):
+        g = rand(n)
+        g1, g2 = g.copy(), g.copy()
+        fused.step_and_zero(p1, g1, lr)
+        plain.step(p2, g2, lr)
+        g2[:] = 0.0
+        np.testing.assert_array_equal(p1, p2)
+        np.testing.assert_array_equal(g1, np.zeros(n, np.float32))
+    if hasattr(fused, "accum"):
+        np.testing.assert_array_equal(fused.accum, plain.accum)

@@ -76,7 +76,10 @@ def run_replica(run: Run) -> dict[str, Any]:
         return part.ex.agree_any(stop) if part else stop
 
     loader = run.loader()
-    acc = np.zeros(model.n_params, np.float32)  # gradients summed since the last push
+    # n_push = 1 pushes the model's gradient buffer itself (push only reads it, and has
+    # flushed it before returning): no summing into a second buffer, no zeroing it
+    direct = ps.n_push == 1
+    acc = None if direct else np.zeros(model.n_params, np.float32)  # summed since the push
     stats = np.zeros(3)  # loss sum, correct, samples since the last push
     since_push = 0
     epoch, start = divmod(step, run.budget.steps_per_epoch)
@@ -105,7 +108,8 @@ def run_replica(run: Run) -> dict[str, Any]:
                         break
                 tc = time.perf_counter()
                 loss, correct = net.loss_and_grad(x, y, backend)
-                acc += model.grads
+                if not direct:
+                    acc += model.grads
                 dt = time.perf_counter() - tc
                 compute_s += dt
                 if slow:  # an injected straggler
@@ -118,8 +122,9 @@ def run_replica(run: Run) -> dict[str, Any]:
                 if step == step0 + 1:  # its forward + backward, reported apart
                     first_step_s = compute_s
                 if since_push == ps.n_push:
-                    client.push(acc, since_push, *stats)
-                    acc[:] = 0
+                    client.push(model.grads if direct else acc, since_push, *stats)
+                    if not direct:
+                        acc[:] = 0
                     stats[:] = 0
                     since_push = 0
                 if gate is not None:
