@@ -36,12 +36,14 @@ def sgd_momentum_update(params, grads, velocity, lr, momentum, weight_decay=0.0)
 
 
 @njit(cache=True, fastmath=False)
-def _adagrad(params, grads, accum, lr, eps):  # pragma: no cover - compiled
+def _adagrad(params, grads, accum, lr, eps, zero):  # pragma: no cover - compiled
     for i in range(params.size):
         g = grads[i]
         a = accum[i] + g * g
         accum[i] = a
         params[i] -= lr * g / (np.sqrt(a) + eps)
+        if zero:  # the shard's fused apply-and-empty of an inbox slot
+            grads[i] = 0.0
 
 
 def adagrad_update(params, grads, accum, lr, eps):
@@ -57,17 +59,7 @@ def adagrad_update(params, grads, accum, lr, eps):
         lr, eps: floats.
     """
     f32 = np.float32
-    _adagrad(params, grads, accum, f32(lr), f32(eps))
-
-
-@njit(cache=True, fastmath=False)
-def _adagrad_zero(params, grads, accum, lr, eps):  # pragma: no cover - compiled
-    for i in range(params.size):
-        g = grads[i]
-        a = accum[i] + g * g
-        accum[i] = a
-        params[i] -= lr * g / (np.sqrt(a) + eps)
-        grads[i] = 0.0
+    _adagrad(params, grads, accum, f32(lr), f32(eps), False)
 
 
 def adagrad_update_zero(params, grads, accum, lr, eps):
@@ -82,7 +74,7 @@ def adagrad_update_zero(params, grads, accum, lr, eps):
         lr, eps: floats.
     """
     f32 = np.float32
-    _adagrad_zero(params, grads, accum, f32(lr), f32(eps))
+    _adagrad(params, grads, accum, f32(lr), f32(eps), True)
 
 
 @njit(cache=True, fastmath=False)
