@@ -21,17 +21,36 @@ from numba import njit, prange
 if "NUMBA_THREADING_LAYER" not in os.environ:
     numba.config.THREADING_LAYER = "workqueue"
 
+from hpcnet.kernels import _cpu_chunks as _chunks  # noqa: E402
 from hpcnet.kernels import _cpu_conv as _conv  # noqa: E402
+from hpcnet.kernels import _cpu_winograd as _wino  # noqa: E402
 from hpcnet.kernels._cpu_conv import POOL  # noqa: E402
 from hpcnet.kernels.reference import conv_out_size  # noqa: E402
 
 DIRECT_MAX_CHANNELS = 4  # input channels per group up to which stride-1 convolution is direct
+WINOGRAD_MIN_CHANNELS = 8  # input and output channels from which 3x3 and 5x5 use Winograd
+WINOGRAD_MAX_WASTE = 1.35  # most tile area per output pixel (6x6 output, 4x4 tiles: 1.78)
+
+
+def _winograd_tile(k: int, stride: int, c: int, o: int, groups: int, oh: int, ow: int) -> int:
+    """The output tile m of the Winograd F(m x m, k x k) for this convolution, or 0 when
+    it takes another path (stride 2, groups, other kernel sizes, few channels, or an
+    output so small that partial tiles would waste more than WINOGRAD_MAX_WASTE)."""
+    m = _wino.TILE_FOR_KERNEL.get(k, 0)
+    if not m or stride != 1 or groups != 1 or min(c, o) < WINOGRAD_MIN_CHANNELS:
+        return 0
+    covered = _wino.tiles(oh, m) * _wino.tiles(ow, m) * m * m
+    return m if covered <= WINOGRAD_MAX_WASTE * oh * ow else 0
 
 
 def conv2d_forward(x, w, b, stride, pad, groups=1):
-    """Convolution (cross-correlation): im2col + one GEMM per group, or direct.
+    """Convolution (cross-correlation): Winograd, im2col + one GEMM per group, or direct.
 
-    The im2col matrix has one row per output pixel, channels last (see
+    Stride-1, ungrouped 5x5 and 3x3 convolutions with at least
+    :data:`WINOGRAD_MIN_CHANNELS` input and output channels use Winograd's F(2x2, 5x5)
+    and F(4x4, 3x3) (:mod:`hpcnet.kernels._cpu_winograd`; Lavin & Gray 2016): 36
+    GEMMs of (tiles, C) x (C, O), 2.8x and 4x fewer multiplies. Otherwise the im2col
+    matrix has one row per output pixel, channels last (see
     :mod:`hpcnet.kernels._cpu_conv`), so ``cols @ w^T`` gives the output in NHWC;
     one transpose (with the bias added) makes it NCHW. With at most
     :data:`DIRECT_MAX_CHANNELS` input channels per group and stride 1 (first
@@ -55,6 +74,9 @@ def conv2d_forward(x, w, b, stride, pad, groups=1):
         y = np.empty((n, o, oh, ow), np.float32)
         _conv.direct_forward(xp, w, b, y)
         return y, ("direct", xp)
+    m = _winograd_tile(k, stride, c, o, groups, oh, ow)
+    if m:
+        return _winograd_forward(x, w, b, pad, m, oh, ow)
     xp = POOL.take((n, groups, h + 2 * pad, wd + 2 * pad, cg))  # (N, G, Hp, Wp, C/G)
     _conv.pad_grouped(x, pad, groups, xp)
     cols = POOL.take((groups, n * oh * ow, rows))  # (G, N*OH*OW, K*K*C/G)
@@ -82,6 +104,8 @@ def conv2d_backward(dy, x_shape, cache, w, stride, pad, dw, db, groups=1, need_d
     Returns:
         dx: (N, C, H, W) float32, or None when ``need_dx`` is False.
     """
+    if cache[0] == "winograd":
+        return _winograd_backward(dy, x_shape, cache, w, pad, dw, db, need_dx)
     kind, buf = cache
     n, c, h, wd = x_shape
     o, cg, k, _ = w.shape
@@ -117,6 +141,80 @@ def conv2d_backward(dy, x_shape, cache, w, stride, pad, dw, db, groups=1, need_d
     _conv.col2im(dcols, k, stride, oh, ow, pad, dxp, dx)
     POOL.give(dcols)
     POOL.give(dxp)
+    return dx
+
+
+def _winograd_plan(x_shape, w, pad, oh, ow):
+    """(m, tiles along H, tiles along W, padded (Hp, Wp), (AT, G, BT)) of a convolution."""
+    o, c, k, _ = w.shape
+    m = _wino.TILE_FOR_KERNEL[k]
+    th, tw = _wino.tiles(oh, m), _wino.tiles(ow, m)
+    return m, th, tw, (th * m + k - 1, tw * m + k - 1), _wino.winograd_matrices(m, k)
+
+
+def _winograd_forward(x, w, b, pad, m, oh, ow):
+    """The Winograd path of :func:`conv2d_forward` (same arguments and result).
+
+    V (36, T, C) is kept for the backward; M is made and consumed chunk by chunk of
+    samples (:func:`hpcnet.kernels._cpu_chunks.run_chunks`), so it stays in cache."""
+    n, c = x.shape[:2]
+    o = w.shape[0]
+    m, th, tw, (hp, wp), (at, g, bt) = _winograd_plan(x.shape, w, pad, oh, ow)
+    per = th * tw  # tiles per sample
+    v = POOL.take((36, n * per, c))  # (36, T, C)
+    u = _wino.filter_transform(w, g)  # (36, C, O)
+    y = np.empty((n, o, oh, ow), np.float32)
+    chunk = _chunks.samples_per_chunk(n, 36 * per * max(c, o) * 4)
+
+    def work(b0, b1, scratch):
+        xp = scratch.get("xp", (b1 - b0, hp, wp, c))  # (n_c, Hp, Wp, C), zero border
+        _wino.pad_nhwc(x[b0:b1], pad, xp)
+        _wino.input_transform(xp, m, th, tw, v, b0 * per)
+        vc = v[:, b0 * per : b1 * per]
+        mm = scratch.get("m", (36, (b1 - b0) * per, o))  # (36, T_c, O)
+        np.matmul(vc, u, out=mm)
+        _wino.output_transform(mm, m, th, tw, b, y[b0:b1])
+
+    _chunks.run_chunks(n, chunk, work)
+    return y, ("winograd", v, u)
+
+
+def _winograd_backward(dy, x_shape, cache, w, pad, dw, db, need_dx):
+    """The Winograd path of :func:`conv2d_backward` (same arguments and result), chunk
+    by chunk of samples like the forward; each chunk's dU is kept and they are summed
+    in chunk order (a per-thread sum would depend on which thread took which chunk)."""
+    _, v, u = cache
+    n, c, h, wd = x_shape
+    o = w.shape[0]
+    oh, ow = dy.shape[2], dy.shape[3]
+    m, th, tw, (hp, wp), (at, g, bt) = _winograd_plan(x_shape, w, pad, oh, ow)
+    per = th * tw
+    dy = np.ascontiguousarray(dy)
+    np.sum(dy, axis=(0, 2, 3), out=db)
+    dx = np.empty((n, c, h, wd), np.float32) if need_dx else None
+    ut = u.transpose(0, 2, 1)  # (36, O, C)
+    chunk = _chunks.samples_per_chunk(n, 36 * per * max(c, o) * 4)
+
+    n_chunks = -(-n // chunk)
+    du = np.empty((n_chunks, *u.shape), np.float32)  # (chunks, 36, C, O)
+
+    def work(b0, b1, scratch):
+        tc = (b1 - b0) * per
+        dm = scratch.get("dm", (36, tc, o))  # (36, T_c, O)
+        _wino.output_transform_adjoint(dy[b0:b1], m, th, tw, dm)
+        vc = v[:, b0 * per : b1 * per]
+        np.matmul(vc.transpose(0, 2, 1), dm, out=du[b0 // chunk])
+        if need_dx:
+            dv = scratch.get("dv", (36, tc, c))  # (36, T_c, C)
+            np.matmul(dm, ut, out=dv)
+            dxp = scratch.get("xp", (b1 - b0, hp, wp, c))
+            _wino.input_transform_adjoint(dv, m, th, tw, pad, dxp, dx[b0:b1])
+
+    _chunks.run_chunks(n, chunk, work)
+    POOL.give(v)
+    # summed in chunk order, whichever thread made each: the same bits on every run
+    du = du.sum(axis=0) if n_chunks > 1 else du[0]
+    _wino.filter_transform_adjoint(du, g, dw)
     return dx
 
 

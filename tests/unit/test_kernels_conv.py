@@ -1,7 +1,8 @@
-"""The CPU convolution's two paths (im2col + GEMM, and direct) against the reference.
+"""The CPU convolution's paths (im2col + GEMM, direct, Winograd) against the reference.
 
-``cpu.DIRECT_MAX_CHANNELS`` picks the path by the input channels per group; the
-tests pin it to force each path on the same shapes, strides, paddings and groups.
+``cpu.DIRECT_MAX_CHANNELS`` and ``cpu.WINOGRAD_MIN_CHANNELS`` pick the path by the
+channels; the tests pin them to force each path on the same shapes, strides, paddings
+and groups. The Winograd tests are in test_kernels_winograd.py.
 """
 
 import numpy as np
@@ -34,6 +35,7 @@ def rand(*shape):
 @pytest.mark.parametrize("shape", SHAPES)
 def test_conv_paths_match_reference(monkeypatch, path, shape):
     monkeypatch.setattr(cpu, "DIRECT_MAX_CHANNELS", 0 if path == "im2col" else 99)
+    monkeypatch.setattr(cpu, "WINOGRAD_MIN_CHANNELS", 10**9)
     n, c, h, w, o, k, stride, pad, groups = shape
     x, wt, b = rand(n, c, h, w), rand(o, c // groups, k, k), rand(o)
     y_ref, cache_ref = reference.conv2d_forward(x, wt, b, stride, pad, groups)
