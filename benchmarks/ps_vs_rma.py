@@ -12,8 +12,10 @@ driver waits to be idle before every run (and whose other jobs' CPU it measures 
   shard has applied the previous push, as in training;
 * ``raw``: one ``MPI.Win.Allocate`` window of the same bytes (same info hints) on
   rank 0, which sits in a sleeping ``Ibarrier`` + ``Test`` poll loop; rank 1 holds
-  ``Lock_all`` for the whole loop and times ``Get`` + ``Flush`` and
-  ``Accumulate(SUM)`` + ``Flush``.
+  ``Lock_all`` for the whole loop and times ``Get`` + ``Flush`` and, on alternate
+  iterations, ``Put`` + ``Flush`` (what hpcnet's push does since issue 14: a
+  client's slot is its own) and ``Accumulate(SUM)`` + ``Flush`` (what a shared slot
+  would need).
 
 Sides alternate hpcnet, raw, hpcnet, raw.
 
@@ -151,24 +153,27 @@ def _ps_raw(comm, n, grads, params, args) -> tuple[dict | None, dict | None]:
         while not req.Test():
             backoff.sleep()
     else:
-        get, acc = [], []
+        get, acc, put = [], [], []
         win.Lock_all(MPI.MODE_NOCHECK)
-        for i in range(args.warmup + args.iters):
+        for i in range(args.warmup + 2 * args.iters):
             t0 = time.perf_counter()
             win.Get(params, 0, (0, n, MPI.FLOAT))
             win.Flush(0)
             t1 = time.perf_counter()
             time.sleep(args.gap)
             t2 = time.perf_counter()
-            win.Accumulate(grads, 0, (0, n, MPI.FLOAT), MPI.SUM)
+            if i % 2:  # hpcnet's push is a Put (a client's own, empty slot)
+                win.Put(grads, 0, (0, n, MPI.FLOAT))
+            else:  # what a slot shared by several clients would need
+                win.Accumulate(grads, 0, (0, n, MPI.FLOAT), MPI.SUM)
             win.Flush(0)
             t3 = time.perf_counter()
             if i >= args.warmup:
                 get.append(t1 - t0)
-                acc.append(t3 - t2)
+                (put if i % 2 else acc).append(t3 - t2)
         win.Unlock_all()
         comm.Ibarrier().Wait()
-        calls = {"get": get, "accumulate": acc}
+        calls = {"get": get, "accumulate": acc, "put": put}
     win.Free()
     return calls, None
 
@@ -190,10 +195,11 @@ def run_ps(side: str, n: int, args, mpiexec: str) -> dict:
 def summarize_ps(runs: list[dict], sizes: list[int]) -> list[dict]:
     """One row per (size, operation): median over runs of the per-run median call time."""
     rows = []
-    pairs = (  # (operation, hpcnet key, raw key)
+    pairs = (  # (operation, hpcnet key, raw key); hpcnet's push is a Put since issue 14
         ("fetch (Get)", "fetch", "get"),
+        ("push excl. wait (Put)", "push_excl_wait", "put"),
+        ("push incl. wait (Put)", "push_incl_wait", "put"),
         ("push excl. wait (Accumulate)", "push_excl_wait", "accumulate"),
-        ("push incl. wait", "push_incl_wait", "accumulate"),
     )
     for n in sizes:
         by_side = {}
@@ -206,6 +212,8 @@ def summarize_ps(runs: list[dict], sizes: list[int]) -> list[dict]:
         (hp, hp_all), (raw, raw_all) = by_side["hpcnet"], by_side["raw"]
         disturbed = not any(r["clean"] for r in hp_all) or not any(r["clean"] for r in raw_all)
         for op, hk, rk in pairs:
+            if any(rk not in r["calls_s"] for r in raw):
+                continue  # a --from-json file from before the raw side timed a Put
             h = [med(r["calls_s"][hk]) for r in hp]
             w = [med(r["calls_s"][rk]) for r in raw]
             rows.append(

@@ -1,6 +1,6 @@
 """The client's side of the parameter server: fetch parameters, push gradients.
 
-Only one-sided operations (``Get``, ``Accumulate``, ``Flush``) inside one
+Only one-sided operations (``Get``, ``Put``, ``Accumulate``, ``Flush``) inside one
 ``Lock_all`` epoch per window that lasts the whole run (shared/DESIGN.md:
 MPICH stalls ~100 ms per ``Lock``/``Unlock`` while the target computes, not
 with ``Flush`` inside a long epoch). See :mod:`hpcnet.ps.shard` for the push
@@ -297,10 +297,10 @@ class ShardClient:
     def push(
         self, grads: np.ndarray, steps: int, loss_sum: float, correct: int, samples: int
     ) -> None:
-        """Accumulates ``grads`` ((n_params,) float32: the gradients summed since the
-        last push; only read, so it may be the model's own gradient buffer) into this
-        client's inbox slot on every shard, with the training counters (steps, loss
-        sum, correct, samples) since the last push.
+        """Puts ``grads`` ((n_params,) float32: the gradients summed since the last
+        push; only read, so it may be the model's own gradient buffer) into this
+        client's inbox slot on every shard, and accumulates the training counters
+        (steps, loss sum, correct, samples) since the last push.
 
         Round trips per shard: the slot check (this client's ACK and the head, one
         ``Flush``), skipped when the last read ACK already equals the pushes sent (the
@@ -325,8 +325,8 @@ class ShardClient:
         for i in to:
             sw, f = self.shards[i], self._fields[i]
             slot = self.client * sw.n - sw.lo
-            for a, b in self.pieces[i]:
-                sw.inbox_win.Accumulate(grads[a:b], sw.owner, (slot + a, b - a, MPI.FLOAT), MPI.SUM)
+            for a, b in self.pieces[i]:  # the slot is this client's and empty: a Put
+                sw.inbox_win.Put(grads[a:b], sw.owner, (slot + a, b - a, MPI.FLOAT))
             f[:] = 0.0
             f[W.BASE_VERSION - W.BASE_VERSION] = self.versions[i] if self.pieces[i] else 0
             f[W.HEARTBEAT - W.BASE_VERSION] = 1.0

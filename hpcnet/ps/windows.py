@@ -7,9 +7,9 @@ contend; shared/DESIGN.md, "Known MPI pitfalls"):
 
 * ``param``  (n_s,) float32: the shard's slice ``[lo, hi)`` of the flat parameter
   vector. Clients ``Get`` it; the shard updates it in place.
-* ``inbox``  (C * n_s,) float32: one slot per client. Client c
-  ``Accumulate(SUM)``s its accumulated gradient into slot c (which the shard
-  has zeroed), the shard consumes it.
+* ``inbox``  (C * n_s,) float32: one slot per client. Client c ``Put``s its
+  accumulated gradient into slot c once the shard has consumed the last one
+  (only c writes slot c), the shard consumes it.
 * ``ctrl``   float64 counters (exact integers up to 2**53): a head
   (:data:`VERSION`, :data:`STOP`, ...) and a block per client
   (:data:`READY`, :data:`ACK`, ...). Clients only ``Accumulate(SUM)`` into it
