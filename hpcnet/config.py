@@ -439,13 +439,13 @@ def validate(cfg: Config) -> None:
     need(bool(cfg.data.name), "data", "name", "must name a file or a dataset")
     need(cfg.data.crop_pad >= 0, "data", "crop_pad", "must be >= 0 pixels")
     p, f = cfg.ps, cfg.faults
+
+    def only_for(algo: str, unset: bool, section: str, key: str, whose: str) -> None:
+        """A setting of one algorithm's, left at its default by the others."""
+        need(unset or a.name == algo, section, key, f"{whose} (--algo {algo}), not {a.name}'s")
+
     need(a.bucket_mb >= 0, "algo", "bucket_mb", "must be >= 0 MiB (0: one allreduce)")
-    need(
-        a.bucket_mb == 0 or a.name == "sync",
-        "algo",
-        "bucket_mb",
-        f"gradient buckets are sync's (--algo sync), not {a.name}'s",
-    )
+    only_for("sync", a.bucket_mb == 0, "algo", "bucket_mb", "gradient buckets are sync's")
     need(a.shards >= 0, "algo", "shards", "must be >= 0")
     need(a.replicas >= 0, "algo", "replicas", "must be >= 0 (0: all non-shard ranks)")
     need(a.partitions >= 1, "algo", "partitions", "must be >= 1")
@@ -469,11 +469,8 @@ def validate(cfg: Config) -> None:
     need(p.warm_start_steps >= 0, "ps", "warm_start_steps", "must be >= 0")
     need(p.replica_timeout > 0, "ps", "replica_timeout", "must be > 0 seconds")
     need(p.max_staleness >= -1, "ps", "max_staleness", "must be >= 0 steps (-1: none)")
-    need(
-        p.max_staleness == -1 or a.name == "downpour",
-        "ps",
-        "max_staleness",
-        f"bounded staleness is Downpour's (--algo downpour), not {a.name}'s",
+    only_for(
+        "downpour", p.max_staleness == -1, "ps", "max_staleness", "bounded staleness is Downpour's"
     )
     need(
         p.max_staleness == -1 or p.warm_start_steps == 0,
@@ -487,11 +484,8 @@ def validate(cfg: Config) -> None:
     need(f.slow_replica >= -1, "faults", "slow_replica", "must be a replica index or -1")
     need(f.slow_factor >= 1.0, "faults", "slow_factor", "must be >= 1")
     need(f.max_replicas >= 0, "faults", "max_replicas", "must be >= 0 (0: never grow)")
-    need(
-        f.max_replicas == 0 or a.name == "downpour",
-        "faults",
-        "max_replicas",
-        f"adding replicas is Downpour's (--algo downpour), not {a.name}'s",
+    only_for(
+        "downpour", f.max_replicas == 0, "faults", "max_replicas", "adding replicas is Downpour's"
     )
     need(
         f.max_replicas == 0 or a.partitions == 1,
