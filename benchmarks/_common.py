@@ -465,3 +465,33 @@ def model_worker(
     bcast_(net.params, comm)
     net.seed_dropout(seed, 0 if same_dropout else rank)
     return ModelWorker(comm, rank, comm.Get_size(), threads, backend, xs, ys, net)
+
+
+def raw_target_window(comm, nbytes: int):
+    """The raw-RMA side of the parameter-server benchmarks: an ``MPI.Win.Allocate``
+    window of ``nbytes`` zeroed bytes on rank 0 (none elsewhere) with hpcnet's window
+    hints (``accumulate_ordering=none``, ``same_op``). Collective over ``comm``."""
+    import numpy as np
+    from mpi4py import MPI
+
+    from hpcnet.ps import windows as W
+
+    info = W.window_info()
+    win = MPI.Win.Allocate(nbytes if comm.Get_rank() == 0 else 0, 4, info, comm)
+    info.Free()
+    if comm.Get_rank() == 0:
+        np.frombuffer(win.tomemory(), np.uint8)[:] = 0
+    comm.Barrier()
+    return win
+
+
+def idle_target(comm) -> None:
+    """Rank 0's part while the origin works: an idle process polling a barrier and
+    sleeping between polls (as hpcnet's shard does when idle); returns when every other
+    rank has entered ``comm.Ibarrier()``."""
+    from hpcnet.comm import Backoff
+
+    req = comm.Ibarrier()
+    backoff = Backoff(first=20e-6, cap=1e-3)
+    while not req.Test():
+        backoff.sleep()

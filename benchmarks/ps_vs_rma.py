@@ -39,8 +39,10 @@ from _common import (
     dispatch,
     disturbance,
     emit,
+    idle_target,
     med,
     mpi_worker,
+    raw_target_window,
     run_for_result,
     table_head,
 )
@@ -136,22 +138,10 @@ def _ps_hpcnet(comm, n, grads, params, args) -> tuple[dict | None, dict | None]:
 def _ps_raw(comm, n, grads, params, args) -> tuple[dict | None, dict | None]:
     from mpi4py import MPI
 
-    from hpcnet.comm import Backoff
-    from hpcnet.ps import windows as W
-
-    info = W.window_info()  # the same hints as hpcnet's windows (accumulate_ordering=none, same_op)
-    win = MPI.Win.Allocate(4 * n if comm.Get_rank() == 0 else 0, 4, info, comm)
-    info.Free()
-    if comm.Get_rank() == 0:
-        np.frombuffer(win.tomemory(), np.uint8)[:] = 0
-    comm.Barrier()
+    win = raw_target_window(comm, 4 * n)
     calls = None
     if comm.Get_rank() == 0:
-        # An idle process: poll a barrier and sleep (as hpcnet's shard does when idle).
-        req = comm.Ibarrier()
-        backoff = Backoff(first=20e-6, cap=1e-3)
-        while not req.Test():
-            backoff.sleep()
+        idle_target(comm)
     else:
         get, acc, put = [], [], []
         win.Lock_all(MPI.MODE_NOCHECK)

@@ -29,6 +29,7 @@ BENCHMARKS = {
     "adagrad": "adagrad_vs_sgd",  # Downpour: Adagrad vs fixed-rate SGD at the shard (plot)
     "batch": "batch_vs_async",  # Sandblaster L-BFGS vs Downpour and sync (plot)
     "ssp": "ssp_tradeoff",  # Downpour bounded staleness: idle and time against s (plot)
+    "scale": "scale_model",  # cost model: fit here, validate on 1-8 ranks, predict a cluster
 }
 
 
