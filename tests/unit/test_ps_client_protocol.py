@@ -39,6 +39,9 @@ class FakeWin:
     def Accumulate(self, buf, _target, spec, _op):
         self.pending.append(("acc", buf, spec[0], spec[1]))
 
+    def Put(self, buf, _target, spec):
+        self.pending.append(("put", buf, spec[0], spec[1]))
+
     def Flush(self, _target):
         ops, self.pending = self.pending[::-1], []
         for kind, buf, off, count in ops:
@@ -48,7 +51,10 @@ class FakeWin:
             else:
                 if self.name == "inbox" and self.mem[off : off + count].any():
                     self.shard.errors.append(f"push {self.shard.ack}: slot written while busy")
-                self.mem[off : off + count] += buf  # read at completion, as MPI may
+                if kind == "put":
+                    self.mem[off : off + count] = buf  # read at completion, as MPI may
+                else:
+                    self.mem[off : off + count] += buf
             self.shard.check()
 
 
