@@ -1,394 +1,313 @@
-"""Plan past one machine: measure here, fit the cost model, validate it, predict a cluster.
+"""Scaling past one machine: fit a cost model here, check it here, predict elsewhere.
 
-1. Measures on this machine: allreduce time against bytes at 2 and 4 ranks (fresh
-   ``mpiexec`` jobs, in-place ``Allreduce`` of float32), the parameter server's
-   one-sided ``Get`` + ``Flush`` (fetch) and ``Put`` + ``Flush`` (push) against bytes
-   (2 ranks, the target idle in a sleeping poll, 2 ms between calls as in training),
-   and the shard's update rule per parameter; fits ``alpha + n / beta`` to each
-   (:func:`hpcnet.perfmodel.fit_link`).
-2. Runs real ``python -m hpcnet train`` jobs: ``sync`` with R = 1, 2, 4 ranks and
-   Downpour with 1 shard + R = 1, 2, 3 replicas. The 1-rank sync run gives the compute
-   time per sample (the whole training loop: forward, backward, update, batching).
-3. Predicts each run's samples/s from those figures alone (:mod:`hpcnet.perfmodel`:
-   ring/tree allreduce, shard limits, oversubscription of this machine's cores) and
-   prints predicted against measured (target: within 25 %).
-4. Predicts R replicas (x S shards, x M partitions) on a cluster described by flags
-   (latency, bandwidth, NIC per node, cores and ranks per node), and sets the model
-   beside published figures: DistBelief (Dean et al., NIPS 2012, Fig. 3) and Goyal
-   et al. 2017 (ResNet-50, 8 to 256 GPUs), with the assumptions used for each.
+Three parts, each measurement a fresh ``mpiexec -n P`` job on a machine the driver waits
+to be idle (other jobs' CPU measured from /proc/stat, as in the other benchmarks):
+
+1. **fit** on this machine: a zoo model's compute time per sample (forward + backward,
+   SGD with momentum; 1 rank x 1 thread, ``cpu`` backend, ``--data`` rows); blocking
+   ``MPI.Allreduce`` of float32 on COMM_WORLD against bytes and world size, fitted to
+   the ring formula ``2 (P-1) alpha + 2 (P-1)/P n/beta`` by weighted least squares
+   (also per P as ``alpha + n/beta``); RMA ``Get`` + ``Flush`` (fetch) and
+   ``Put`` + ``Flush`` (push) between 1 shard rank and 1 client, and the
+   shard's Adagrad apply per float, each fitted as ``alpha + n/beta``;
+2. **validate**: real ``python -m hpcnet train`` runs on ``--val-data`` (the shipped
+   digits) with ``--val-model``: sync with R = 1, 2, 4 ranks, Downpour with 1
+   shard + R = 1, 2, 3 replicas and one replica split over M = 2 partitions,
+   measured samples/s (summary.json) against
+   :mod:`hpcnet.perfmodel`'s prediction for this machine (cores = ``os.cpu_count()``:
+   ranks beyond the cores share them);
+3. **predict**: the same model for a cluster given by flags (``--latency``,
+   ``--bandwidth``, ``--nic-bandwidth``, ``--cores-per-node``, ``--ranks-per-node``)
+   and beside published figures (DistBelief, Dean et al. 2012, Fig. 3; Goyal et al.
+   2017), with the assumptions printed.
 
 Usage::
 
-    python -m hpcnet bench scale [--model mlp] [--data fashion-mnist] [--steps 300]
-        [--repeats 2] [--latency 5e-6 --bandwidth 12.5e9 --nic-bandwidth 12.5e9
-         --cores-per-node 32 --ranks-per-node 8] [--json F] [--from-json F]
+    python -m hpcnet bench scale [--models mlp,2conv] [--ranks 2,4] [--json OUT.json]
+    python -m hpcnet bench scale --from-json OUT.json [--latency ... cluster flags]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 from pathlib import Path
 
 import _driver
+import _scale_tables as tables
 import numpy as np
 from _common import (
-    add_wait_idle,
+    add_json_flags,
     dispatch,
     disturbance,
     emit,
     idle_target,
-    med,
+    model_worker,
+    mpi_worker,
     raw_target_window,
     run_for_result,
-    table_head,
 )
 
 PROG = "scale_model"
-SIZES = (4 << 10, 64 << 10, 1 << 20, 4 << 20, 16 << 20)  # bytes per allreduce / RMA call
-REPS = 30  # timed calls per size (after 5 untimed)
+PART = "scale"  # its key in the --json file
+SEED = 0
+N_BATCHES = 8  # distinct batches the compute worker cycles through
+SIZES = [4 << 10, 16 << 10, 64 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20]  # bytes
 
 
 # --------------------------------------------------------------------------- workers
 
 
+def worker_compute(args: argparse.Namespace) -> None:
+    """1 rank: times forward + backward and the momentum SGD step of ``args.model``."""
+    from hpcnet.optim.sgd import SGD
+
+    w = model_worker(args.model, args.data, N_BATCHES * args.batch, args.batch, 1, SEED, False)
+    opt = SGD(w.model.n_params, momentum=0.9)
+    fb, sgd = [], []
+    for s in range(args.warmup + args.steps):
+        t0 = time.perf_counter()
+        w.model.loss_and_grad(w.xs[s % len(w.xs)], w.ys[s % len(w.ys)], w.backend)
+        t1 = time.perf_counter()
+        opt.step(w.model.params, w.model.grads, 0.01)
+        t2 = time.perf_counter()
+        if s >= args.warmup:
+            fb.append(t1 - t0)
+            sgd.append(t2 - t1)
+    emit(
+        {
+            "model": args.model,
+            "n_params": w.model.n_params,
+            "batch": args.batch,
+            "fwd_bwd_s": float(np.median(fb)),
+            "sgd_s": float(np.median(sgd)),
+        }
+    )
+
+
+def _reps(nbytes: int) -> int:
+    return 100 if nbytes <= 1 << 16 else 30 if nbytes <= 1 << 20 else 10
+
+
 def worker_allreduce(args: argparse.Namespace) -> None:
-    """Every rank: median time of an in-place float32 ``Allreduce`` per size; rank 0
-    prints the slowest rank's medians."""
-    from _common import mpi_worker
+    """Every rank of COMM_WORLD: blocking ``Allreduce(SUM)`` of float32 per size; the
+    median over repetitions of the slowest rank's time (a barrier before each)."""
     from mpi4py import MPI
 
-    comm, _ = mpi_worker()
+    comm, _ = mpi_worker(threads=1)
     out = []
     for nbytes in SIZES:
         buf = np.ones(nbytes // 4, np.float32)
-        ts = []
-        for i in range(5 + REPS):
+        res = np.empty_like(buf)
+        times = []
+        for i in range(_reps(nbytes) + 3):
             comm.Barrier()
             t0 = time.perf_counter()
-            comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
-            if i >= 5:
-                ts.append(time.perf_counter() - t0)
-        out.append(comm.allreduce(med(ts), op=MPI.MAX))
+            comm.Allreduce(buf, res, op=MPI.SUM)
+            if i >= 3:
+                times.append(time.perf_counter() - t0)
+        slowest = np.max(comm.gather(times, root=0) or [times], axis=0)
+        out.append(float(np.median(slowest)))
     if comm.Get_rank() == 0:
-        emit({"ranks": comm.Get_size(), "bytes": list(SIZES), "seconds": out})
+        emit({"world_size": comm.Get_size(), "sizes": SIZES, "times_s": out})
 
 
 def worker_rma(args: argparse.Namespace) -> None:
-    """2 ranks: rank 1 times ``Get`` + ``Flush`` and ``Put`` + ``Flush`` on rank 0's
-    window (2 ms apart), rank 0 waits in a sleeping poll as an idle shard does."""
-    from _common import mpi_worker
+    """2 ranks: rank 0 (the shard) first times Adagrad's apply per size, then idles in
+    a sleeping ``Ibarrier`` poll (as an idle hpcnet shard); rank 1 (the replica) holds
+    ``Lock_all`` and times ``Get`` + ``Flush`` and ``Put`` + ``Flush`` (hpcnet's push)
+    back to back (no compute gap: the latency of a cold first call after compute, ~0.06 ms,
+    is not in alpha; see ps_vs_rma.py)."""
     from mpi4py import MPI
 
-    comm, _ = mpi_worker()
-    top = max(SIZES)
-    win = raw_target_window(comm, top)
-    res = None
-    if comm.Get_rank() == 0:
-        idle_target(comm)
-    else:
-        buf = np.ones(top // 4, np.float32)
-        get, put = [], []
-        win.Lock_all(MPI.MODE_NOCHECK)
+    from hpcnet.optim.rules import make_rule
+
+    comm, _ = mpi_worker(threads=1)
+    if comm.Get_size() != 2:
+        raise SystemExit(f"{PROG}: the rma worker needs exactly 2 ranks")
+    rank, big = comm.Get_rank(), max(SIZES)
+    win = raw_target_window(comm, big)
+    apply = []
+    if rank == 0:
         for nbytes in SIZES:
             n = nbytes // 4
-            tg, tp = [], []
-            for i in range(5 + REPS):
-                time.sleep(0.002)
+            rule, p = make_rule("adagrad", n), np.zeros(n, np.float32)
+            g = np.full(n, 1e-3, np.float32)
+            times = []
+            for i in range(_reps(nbytes) + 3):
                 t0 = time.perf_counter()
-                win.Get(buf[:n], 0, (0, n, MPI.FLOAT))
+                rule.step_and_zero(p, g, 1e-4)
+                if i >= 3:
+                    times.append(time.perf_counter() - t0)
+            apply.append(float(np.median(times)))
+    comm.Barrier()
+    if rank == 0:
+        idle_target(comm)
+        got = comm.recv(source=1)
+        emit({"sizes": SIZES, "apply_s": apply, **got})
+    else:
+        fetch, push = [], []
+        data = np.full(big // 4, 1e-3, np.float32)
+        win.Lock_all(MPI.MODE_NOCHECK)
+        for nbytes in SIZES:
+            n, f, p = nbytes // 4, [], []
+            for i in range(_reps(nbytes) + 3):
+                t0 = time.perf_counter()
+                win.Get(data[:n], 0, (0, n, MPI.FLOAT))
                 win.Flush(0)
                 t1 = time.perf_counter()
-                time.sleep(0.002)
-                t2 = time.perf_counter()
-                win.Put(buf[:n], 0, (0, n, MPI.FLOAT))
+                win.Put(data[:n], 0, (0, n, MPI.FLOAT))  # a push is a Put (ps/client.py)
                 win.Flush(0)
-                t3 = time.perf_counter()
-                if i >= 5:
-                    tg.append(t1 - t0)
-                    tp.append(t3 - t2)
-            get.append(med(tg))
-            put.append(med(tp))
+                t2 = time.perf_counter()
+                if i >= 3:
+                    f.append(t1 - t0)
+                    p.append(t2 - t1)
+            fetch.append(float(np.median(f)))
+            push.append(float(np.median(p)))
         win.Unlock_all()
         comm.Ibarrier().Wait()
-        res = {"bytes": list(SIZES), "get": get, "put": put}
+        comm.send({"fetch_s": fetch, "push_s": push}, dest=0)
     win.Free()
-    res = comm.bcast(res, root=1)
-    if comm.Get_rank() == 0:
-        emit(res)
 
 
 # --------------------------------------------------------------------------- driver
 
 
-def apply_s_per_param(rule: str, n: int = 1 << 20) -> float:
-    """Seconds per parameter of an update rule (one thread, median of 20): the shard's
-    (``sgd``, ``adagrad``) or sync's (``momentum``: SGD with momentum 0.9)."""
-    from hpcnet.kernels import set_threads
-    from hpcnet.optim.rules import make_rule
-    from hpcnet.optim.sgd import SGD
-
-    set_threads(1)
-    r = SGD(n, momentum=0.9) if rule == "momentum" else make_rule(rule, n)
-    p, g = np.zeros(n, np.float32), np.full(n, 1e-3, np.float32)
-    r.step(p, g, 0.01)
-    ts = []
-    for _ in range(20):
-        t0 = time.perf_counter()
-        r.step(p, g, 0.01)
-        ts.append(time.perf_counter() - t0)
-    return med(ts) / n
+def worker_cmd(mpiexec: str, procs: int, kind: str, extra: list[str]) -> list[str]:
+    return [mpiexec, "-n", str(procs), sys.executable, str(Path(__file__).resolve()),
+            "--worker", kind, *extra]  # fmt: skip
 
 
-def worker_cmd(kind: str, ranks: int, mpiexec: str) -> list[str]:
-    return [mpiexec, "-n", str(ranks), sys.executable, str(Path(__file__).resolve()),
-            "--worker", kind]  # fmt: skip
+def val_configs(args) -> list[tuple[str, int, int, list[str]]]:
+    """(algo, replicas R, ranks, train flags) of the validation runs."""
+    base = ["--data", args.val_data, "--model", args.val_model, "--batch-size", str(args.batch),
+            "--threads", "1", "--max-steps", str(args.val_steps), "--backend", "cpu",
+            "--epochs", "100000"]  # fmt: skip
+    out = [("sync", r, r, [*base, "--algo", "sync"]) for r in args.val_sync]
+    out += [
+        ("downpour", r, r + 1, [*base, "--algo", "downpour", "--shards", "1"])
+        for r in args.val_downpour
+    ]
+    out += [
+        ("modelpar", m, m, [*base, "--algo", "sync", "--partitions", str(m),
+                            "--partition-scheme", "neurons"])
+        for m in args.val_modelpar
+    ]  # fmt: skip
+    return out
 
 
-def measure(args: argparse.Namespace) -> dict:
-    """Every measurement and run of steps 1-2 (see the module)."""
-    meta, mpiexec = _driver.start(PROG, "scale", args)
+def measure(args) -> dict:
+    meta, mpiexec = _driver.start(PROG, PART, args)
     kw = {"timeout": args.timeout, "wait_idle": args.wait_idle}
-    res: dict = {"meta": meta, "allreduce": {}, "runs": []}
-    for p in (2, 4):
-        r = run_for_result(worker_cmd("allreduce", p, mpiexec), f"allreduce {p}", PROG, **kw)
-        res["allreduce"][str(p)] = r
-        print(f"  allreduce {p} ranks: " + ", ".join(
-            f"{b >> 10} KiB {s * 1e3:.3f} ms" for b, s in zip(r["bytes"], r["seconds"], strict=True)
-        ) + f" ({disturbance(r)})", flush=True)  # fmt: skip
-    res["rma"] = run_for_result(worker_cmd("rma", 2, mpiexec), "rma", PROG, **kw)
-    print(f"  rma: {disturbance(res['rma'])}", flush=True)
-    res["apply_s_per_param"] = apply_s_per_param(args.ps_rule)
-    res["momentum_s_per_param"] = apply_s_per_param("momentum")
-    common = ["--data", args.data, "--model", args.model, "--batch-size", str(args.batch),
-              "--epochs", "100", "--max-steps", str(args.steps), "--threads", "1",
-              "--log-every", str(args.steps)]  # fmt: skip
-    jobs = [("sync", r, r, []) for r in args.sync_ranks]
-    jobs += [("downpour", r, r + 1, ["--shards", "1", "--ps-rule", args.ps_rule])
-             for r in args.downpour_replicas]  # fmt: skip
-    for rep in range(args.repeats):  # in order, then in reverse order
-        for algo, reps, procs, extra in jobs if rep % 2 == 0 else jobs[::-1]:
-            run = _driver.run_train(
-                PROG, f"scale-{algo}{reps}", procs, ["--algo", algo, *common, *extra],
-                f"{algo} R={reps}", mpiexec, runs_dir=args.runs_dir, **kw,
-            )  # fmt: skip
-            s = run["summary"]
-            res["runs"].append({"algo": algo, "replicas": reps, "procs": procs,
-                                "samples_per_s": s["samples_per_s"], "n_params": s["n_params"],
-                                "clean": run.get("clean", True)})  # fmt: skip
-            print(f"  {algo} R={reps}: {s['samples_per_s']:,.0f} samples/s "
-                  f"({disturbance(run)})", flush=True)  # fmt: skip
-    return res
+    models = list(dict.fromkeys([*args.models, args.val_model]))
+    raw: dict = {"meta": meta, "compute": [], "allreduce": [], "rma": [], "validate": []}
+    for model in [m for _ in range(args.compute_repeats) for m in models]:
+        data = args.val_data if model == args.val_model else args.data
+        extra = ["--model", model, "--data", data, "--batch", str(args.batch),
+                 "--steps", str(args.steps), "--warmup", str(args.warmup)]  # fmt: skip
+        r = run_for_result(worker_cmd(mpiexec, 1, "compute", extra), f"compute {model}", PROG,
+                           **kw)  # fmt: skip
+        r["data"] = data
+        raw["compute"].append(r)
+        print(f"  compute {model} ({Path(data).stem}): fwd+bwd {r['fwd_bwd_s'] * 1e3:.2f} ms, "
+              f"sgd {r['sgd_s'] * 1e3:.2f} ms / {r['batch']} samples ({disturbance(r)})",
+              flush=True)  # fmt: skip
+    for p in args.ranks:
+        r = run_for_result(worker_cmd(mpiexec, p, "allreduce", []), f"allreduce P={p}", PROG,
+                           **kw)  # fmt: skip
+        raw["allreduce"].append(r)
+        print(f"  allreduce P={p}: {r['times_s'][0] * 1e6:.0f} us .. "
+              f"{r['times_s'][-1] * 1e3:.2f} ms ({disturbance(r)})", flush=True)  # fmt: skip
+    r = run_for_result(worker_cmd(mpiexec, 2, "rma", []), "rma", PROG, **kw)
+    raw["rma"].append(r)
+    print(f"  rma: fetch {r['fetch_s'][-1] * 1e3:.2f} ms, push {r['push_s'][-1] * 1e3:.2f} ms "
+          f"at 16 MiB ({disturbance(r)})", flush=True)  # fmt: skip
+    for algo, rep, procs, flags in val_configs(args):
+        what = f"{algo} R={rep}"
+        r = _driver.run_train(PROG, f"scale-{algo}", procs, flags, what, mpiexec,
+                              runs_dir=None, **kw)  # fmt: skip
+        r.pop("records", None)
+        r.update(algo=algo, replicas=rep)
+        raw["validate"].append(r)
+        print(f"  {what}: {r['summary']['samples_per_s']:,.0f} samples/s ({disturbance(r)})",
+              flush=True)  # fmt: skip
+        import shutil
 
-
-def runs_by_config(runs: list[dict]) -> list[dict]:
-    """One entry per (algo, replicas): the median samples/s over its undisturbed runs
-    (all of them if none was undisturbed), in first-seen order."""
-    out: dict[tuple, dict] = {}
-    for r in runs:
-        out.setdefault((r["algo"], r["replicas"]), {**r, "all": []})["all"].append(r)
-    for e in out.values():
-        used = [r for r in e["all"] if r["clean"]] or e["all"]
-        e["samples_per_s"] = med(r["samples_per_s"] for r in used)
-        e["used"] = f"{len(used)}/{len(e['all'])}"
-    return sorted(out.values(), key=lambda e: (e["algo"] != "sync", e["replicas"]))
-
-
-def fitted(res: dict):
-    """(allreduce p2p link from the 2-rank fit, fetch link, push link, compute s/sample,
-    the per-ranks effective allreduce fits) from :func:`measure`'s figures."""
-    from hpcnet.perfmodel import Link, fit_link
-
-    eff = {int(p): fit_link(r["bytes"], r["seconds"]) for p, r in res["allreduce"].items()}
-    two = eff[2]  # ring at 2 ranks: 2 alpha + n / beta
-    p2p = Link(two.alpha_s / 2, two.beta_Bps)
-    rma = res["rma"]
-    fetch, push = fit_link(rma["bytes"], rma["get"]), fit_link(rma["bytes"], rma["put"])
-    one = [r for r in runs_by_config(res["runs"]) if r["algo"] == "sync" and r["replicas"] == 1]
-    compute = 1.0 / one[0]["samples_per_s"]
-    return p2p, fetch, push, compute, eff
-
-
-def report(res: dict, args: argparse.Namespace) -> list[dict]:
-    """Prints the fits, the validation table and the cluster predictions; returns the
-    validation rows."""
-    from hpcnet import perfmodel as pm
-
-    p2p, fetch, push, compute, eff = fitted(res)
-    n_params = res["runs"][0]["n_params"]
-    # a Downpour replica does not update: the shard does (sync's update measured alone)
-    replica = compute - n_params * res["momentum_s_per_param"] / args.batch
-    cores = res["meta"]["machine"]["cpus"]
-    here = pm.Machine(cores_per_node=cores, ranks_per_node=64, link=p2p)
-    table_head(f"{'what':<34} {'alpha us':>9} {'beta GB/s':>10}", "fits: alpha + n / beta")
-    for p, link in sorted(eff.items()):
-        print(f"{f'allreduce, {p} ranks (effective)':<34} {link.alpha_s * 1e6:>9.1f} "
-              f"{link.beta_Bps / 1e9:>10.2f}")  # fmt: skip
-    for name, link in (("p2p link (from 2-rank ring)", p2p), ("fetch: Get + Flush", fetch),
-                       ("push: Put + Flush", push)):  # fmt: skip
-        print(f"{name:<34} {link.alpha_s * 1e6:>9.1f} {link.beta_Bps / 1e9:>10.2f}")
-    print(f"compute: {compute * 1e6:.1f} us/sample (1-rank sync run, {args.model}); without "
-          f"the momentum update ({res['momentum_s_per_param'] * 1e9:.2f} ns/parameter): "
-          f"{replica * 1e6:.1f}; shard update ({args.ps_rule}): "
-          f"{res['apply_s_per_param'] * 1e9:.2f} ns/parameter")  # fmt: skip
-    rows = []
-    ar4 = res["allreduce"].get("4")
-    if ar4:  # the allreduce model itself, at 4 ranks, from the 2-rank fit
-        for b, s in zip(ar4["bytes"], ar4["seconds"], strict=True):
-            if b >= 1 << 20:
-                rows.append({"what": f"allreduce {b >> 20} MiB, 4 ranks (ms)",
-                             "pred": here.allreduce_s(b, 4) * 1e3, "meas": s * 1e3})  # fmt: skip
-    for r in runs_by_config(res["runs"]):
-        n = r["n_params"]
-        if r["algo"] == "sync":
-            pr = pm.predict_sync(compute, args.batch, r["replicas"], n, here)
-        else:
-            pr = pm.predict_downpour(replica, args.batch, r["replicas"], 1, n, here, fetch, push,
-                                     res["apply_s_per_param"])  # fmt: skip
-        rows.append({"what": f"{r['algo']} R={r['replicas']} ({r['procs']} ranks), samples/s",
-                     "pred": pr.samples_per_s, "meas": r["samples_per_s"],
-                     "bound": f"{pr.bound}; runs {r['used']}"})  # fmt: skip
-    table_head(f"{'validation on this machine':<44} {'predicted':>10} {'measured':>10} "
-               f"{'error':>7}  bound", f"validation ({cores} cores)")  # fmt: skip
-    for row in rows:
-        row["error"] = row["pred"] / row["meas"] - 1
-        print(f"{row['what']:<44} {row['pred']:>10,.1f} {row['meas']:>10,.1f} "
-              f"{row['error']:>+7.0%}  {row.get('bound', '')}")  # fmt: skip
-    cluster(args, compute, replica, n_params, fetch, push, res["apply_s_per_param"])
-    published()
-    return rows
-
-
-def cluster(args, compute, replica, n_params: int, fetch, push, apply_s: float) -> None:
-    """Predictions for the cluster of the flags."""
-    from hpcnet import perfmodel as pm
-
-    link = pm.Link(args.latency, args.bandwidth)
-    m = pm.Machine(args.cores_per_node, args.ranks_per_node, link, args.nic_bandwidth,
-                   intra=pm.Link(fetch.alpha_s, fetch.beta_Bps))  # fmt: skip
-    table_head(
-        f"{'replicas':>8} {'sync samples/s':>15} {'eff':>5} {'downpour S':>10} "
-        f"{'samples/s':>11} {'eff':>5}  bound",
-        f"cluster: {args.model} ({n_params:,} parameters), {args.cores_per_node} cores and "
-        f"{args.ranks_per_node} ranks per node, latency {args.latency * 1e6:g} us, "
-        f"{args.bandwidth / 1e9:g} GB/s links, NIC {args.nic_bandwidth / 1e9:g} GB/s",
-    )
-    for r in args.predict_replicas:
-        s = pm.predict_sync(compute, args.batch, r, n_params, m)
-        shards = max(1, r // 8)
-        net = pm.Link(args.latency + fetch.alpha_s, args.bandwidth)
-        d = pm.predict_downpour(replica, args.batch, r, shards, n_params, m, net, net, apply_s)
-        print(f"{r:>8} {s.samples_per_s:>15,.0f} {s.efficiency:>5.2f} {shards:>10} "
-              f"{d.samples_per_s:>11,.0f} {d.efficiency:>5.2f}  {d.bound}")  # fmt: skip
-
-
-PUBLISHED = """
-Published figures beside the model (assumptions in brackets; the model's inputs are
-public or stated, not fitted to the result):"""
-
-
-def published() -> None:
-    """The model against DistBelief (Dean et al. 2012, Fig. 3) and Goyal et al. 2017."""
-    from hpcnet import perfmodel as pm
-
-    print(PUBLISHED)
-    table_head(f"{'case':<58} {'reported':>9} {'model':>13}", None)
-    # Goyal et al. 2017: ResNet-50 (25.6 M parameters), 32 images per GPU, 8 GPUs per
-    # server, 50 Gbit/s Ethernet; [P100 ~4.3 ms per image fwd+bwd; NVLink ~20 GB/s
-    # within a server; 10 us latency]; efficiency of 256 GPUs relative to 8.
-    eth = pm.Link(10e-6, 50e9 / 8)
-    gpu = pm.Machine(8, 8, eth, 50e9 / 8, intra=pm.Link(5e-6, 20e9))
-    e8 = pm.predict_sync(4.3e-3, 32, 8, 25_600_000, gpu).samples_per_s / 8
-    e256 = pm.predict_sync(4.3e-3, 32, 256, 25_600_000, gpu).samples_per_s / 256
-    print(f"{'Goyal 2017: ResNet-50, 256 GPUs vs 8, scaling efficiency':<58} "
-          f"{'~0.90':>9} {e256 / e8:>13.2f}")  # fmt: skip
-    # DistBelief, Fig. 3, model parallelism on 2012 machines [16 cores each; achieved
-    # speed unknown to us: 20 and 100 GFLOP/s; 1 Gbit/s Ethernet, 100 us; minibatch 100].
-    gbe = pm.Link(100e-6, 125e6)
-    for name, reported, params, parts, boundary, msgs in (
-        # speech: 42 M parameters, 5 fully connected layers of ~2560: a partition sends
-        # and receives the other partitions' activations, ~ 5 x 2560 x 4 B per sample
-        ("DistBelief speech (42 M, fully connected), 8 machines", "~2.2x", 42e6, 8,
-         5 * 2560 * 4 * 7 / 8, 5 * 7),
-        # image: 1.7 G parameters, locally connected: only borders cross; [1 % of the
-        # ~10 M activations of a sample, 4 neighbours]
-        ("DistBelief image (1.7 G, locally connected), 81 machines", ">12x", 1.7e9, 81,
-         0.01 * 10e6 * 4, 3 * 4),
-    ):  # fmt: skip
-        machine = pm.Machine(16, 1, gbe)
-        got = [
-            pm.predict_model_parallel(6 * params / flops, 100, parts, boundary, msgs, machine)
-            for flops in (20e9, 100e9)
-        ]
-        speedups = " / ".join(f"{g.efficiency * parts:.1f}x" for g in got)
-        print(f"{name:<58} {reported:>9} {speedups:>13}")
-    print(
-        "Goyal: the model's ring allreduce of 102 MB over 32 servers adds ~30 ms to a ~140 ms\n"
-        "  step; they overlap it with backward, which the model does not credit: it agrees\n"
-        "  within a few points and errs low. DistBelief speech: all-to-all activations of\n"
-        "  fully connected layers over 1 GbE dominate from a few machines on, as in Fig. 3;\n"
-        "  the image model's local connectivity keeps boundary traffic small, so the model\n"
-        "  predicts the near-linear speed-up the paper reports. Both DistBelief rows rest\n"
-        "  on guessed per-machine speeds (model at 20 / 100 GFLOP/s per machine) and boundary\n"
-        "  sizes: read them as the shape of the curve (saturation vs scaling), not as a fit."
-    )
+        shutil.rmtree(r["out"], ignore_errors=True)
+    return raw
 
 
 def driver(args: argparse.Namespace) -> None:
     if args.from_json:
-        res = json.loads(Path(args.from_json).read_text())
-        print(f"# {args.from_json}: measured {res['meta']['date']}")
+        whole, raw = _driver.load(args.from_json, PART, PROG)
     else:
-        res = measure(args)
-    rows = report(res, args)
-    if args.json and not args.from_json:
-        res["validation"] = rows
-        Path(args.json).write_text(json.dumps(res, indent=1, default=float))
-        print(f"# raw figures written to {args.json}")
+        args.data = _resolve(args.data)
+        args.val_data = _resolve(args.val_data)
+        raw = measure(args)
+        whole = raw.pop("meta")
+        _driver.save(args.json, whole, PART, raw)
+    tables.report(raw, args, whole["machine"]["cpu"])
 
 
-def ints(spec: str) -> list[int]:
-    return [int(x) for x in spec.split(",") if x]
+def _resolve(name: str) -> str:
+    from hpcnet.data.registry import resolve_data
+
+    return str(resolve_data(name))
+
+
+def _ints(s: str) -> list[int]:
+    return [int(v) for v in s.split(",") if v.strip()]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
-    p.add_argument("--worker", choices=("allreduce", "rma"), help=argparse.SUPPRESS)
-    p.add_argument("--model", default="mlp", help="zoo model of the validation runs")
-    p.add_argument("--data", default="fashion-mnist", help="data set of the validation runs")
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", default="mlp,2conv", type=lambda s: s.split(","),
+                   help="zoo models whose compute per sample is measured")  # fmt: skip
+    p.add_argument("--data", default="digits", help="data set of the compute measurement")
+    p.add_argument("--ranks", default="2,4", type=_ints, help="allreduce world sizes")
     p.add_argument("--batch", type=int, default=32, help="samples per replica per step")
-    p.add_argument("--steps", type=int, default=1500, help="steps per validation run")
-    p.add_argument("--ps-rule", default="adagrad", help="the shards' rule (sgd, adagrad)")
-    p.add_argument("--sync-ranks", type=ints, default=[1, 2, 4], help="sync runs (R)")
-    p.add_argument("--downpour-replicas", type=ints, default=[1, 2, 3],
-                   help="Downpour runs (R replicas + 1 shard)")  # fmt: skip
-    p.add_argument("--latency", type=float, default=5e-6, help="cluster: seconds per message")
-    p.add_argument("--bandwidth", type=float, default=12.5e9, help="cluster: bytes/s per link")
-    p.add_argument("--nic-bandwidth", type=float, default=12.5e9,
-                   help="cluster: bytes/s per node's NIC (0: no limit)")  # fmt: skip
-    p.add_argument("--cores-per-node", type=int, default=32, help="cluster: cores per node")
-    p.add_argument("--ranks-per-node", type=int, default=8, help="cluster: ranks per node")
-    p.add_argument("--predict-replicas", type=ints, default=[1, 8, 64, 256],
-                   help="cluster: replica counts to predict")  # fmt: skip
-    p.add_argument("--runs-dir", default=None, help="where training runs write (default /tmp)")
-    p.add_argument("--timeout", type=float, default=300, help="seconds per job")
-    add_wait_idle(p)
-    p.add_argument("--json", default=None, help="write every raw figure here")
-    p.add_argument("--from-json", default=None, help="measure nothing: report this file again")
-    p.add_argument("--repeats", type=int, default=2, help="runs of every validation job")
-    args = p.parse_args(argv)
-    if 1 not in args.sync_ranks:
-        p.error("--sync-ranks must include 1 (the compute-time calibration run)")
-    return args
+    p.add_argument("--steps", type=int, default=40, help="timed compute steps")
+    p.add_argument("--warmup", type=int, default=5, help="untimed compute steps")
+    p.add_argument("--compute-repeats", type=int, default=3,
+                   help="compute runs per model (median of the undisturbed ones)")  # fmt: skip
+    p.add_argument("--val-model", default="mlp", help="model of the validation runs")
+    p.add_argument("--val-data", default="digits", help="data of the validation runs")
+    p.add_argument("--val-steps", type=int, default=1500, help="--max-steps of each run")
+    p.add_argument("--val-sync", default="1,2,4", type=_ints, help="sync replicas R")
+    p.add_argument("--val-downpour", default="1,2,3", type=_ints,
+                   help="Downpour replicas R (+1 shard rank)")  # fmt: skip
+    p.add_argument("--val-modelpar", default="2", type=_ints,
+                   help="model partitions M of one sync replica (neurons scheme)")  # fmt: skip
+    g = p.add_argument_group("cluster to predict for (the 'cluster' table)")
+    g.add_argument("--latency", type=float, default=20e-6, help="alpha, seconds per message")
+    g.add_argument("--bandwidth", type=float, default=10e9,
+                   help="beta of a link inside a node, bytes/s")  # fmt: skip
+    g.add_argument("--nic-bandwidth", type=float, default=1.25e9,
+                   help="a node's NIC, bytes/s one way (default 10 Gbit/s)")  # fmt: skip
+    g.add_argument("--cores-per-node", type=int, default=16)
+    g.add_argument("--ranks-per-node", type=int, default=1)
+    g.add_argument("--replicas", default="1,2,4,8,16,32,64", type=_ints)
+    g.add_argument("--shards", default="1,4", type=_ints, help="Downpour shards S")
+    g.add_argument("--n-fetch", type=int, default=1)
+    g.add_argument("--n-push", type=int, default=1)
+    add_json_flags(p, "measure nothing: report from an earlier --json file")
+    p.add_argument("--timeout", type=float, default=120, help="seconds per run")
+    p.add_argument("--wait-idle", type=float, default=60, help="seconds to wait for 80%% idle")
+    p.add_argument("--repeats", type=int, default=1, help=argparse.SUPPRESS)
+    p.add_argument("--worker", choices=("compute", "allreduce", "rma"), help=argparse.SUPPRESS)
+    p.add_argument("--model", help=argparse.SUPPRESS)
+    return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
-    os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    dispatch(parse_args(argv), driver, allreduce=worker_allreduce, rma=worker_rma)
+    dispatch(
+        parse_args(argv), driver, compute=worker_compute, allreduce=worker_allreduce,
+        rma=worker_rma,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
     main()

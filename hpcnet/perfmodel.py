@@ -1,23 +1,27 @@
-"""A cost model of hpcnet's training: samples/s and scaling efficiency of a layout.
+"""A cost model of hpcnet's three ways to scale: sync allreduce, Downpour, model parallelism.
 
-Communication follows the alpha-beta (Hockney) model: a message of n bytes costs
-``alpha + n / beta`` seconds (alpha: latency, s; beta: bandwidth, bytes/s), fitted
-from measurements by :func:`fit_link`. Collectives follow Thakur, Rabenseifner and
-Gropp, "Optimization of Collective Communication Operations in MPICH" (IJHPCA 2005),
-sec. 4: ring allreduce (reduce-scatter + allgather) ``2 (p-1) alpha + 2 (p-1)/p n /
-beta`` (bandwidth-optimal, Patarasuk & Yuan 2009) and binomial-tree reduce +
-broadcast ``2 ceil(log2 p) (alpha + n / beta)``; MPICH takes the cheaper one.
+Pure arithmetic (no MPI, no NumPy): every function takes times in seconds, sizes in
+bytes, bandwidths in bytes/s and returns seconds or samples/s, so the tests can check
+it against hand-computed values. ``benchmarks/scale_model.py`` fits its inputs on one
+machine (compute per sample, allreduce and RMA alpha/beta) and compares its
+predictions with measured runs and with published figures.
 
-Compute is a measured time per sample of one replica on one core, scaled by
-oversubscription: ``ranks_on_node / cores`` when more ranks than cores share a node.
-Downpour adds the parameter shards' limits (Dean et al., NIPS 2012, sec. 4.1): each
-shard's NIC carries every replica's fetches and pushes of its slice, its core applies
-every push, and on an oversubscribed node the shards' applies take cores from the
-replicas. Model parallelism (sec. 3) splits compute M ways and pays the activations
-that cross partition boundaries, forward and backward.
+Communication follows the alpha-beta (Hockney) model: sending ``n`` bytes over one
+link costs ``alpha + n / beta`` (alpha: latency, seconds; beta: bandwidth, bytes/s).
 
-All functions are pure; ``benchmarks/scale_model.py`` (``python -m hpcnet bench
-scale``) measures the inputs here and checks the predictions against real runs.
+Sources:
+
+* Allreduce: Thakur, Rabenseifner & Gropp, "Optimization of collective
+  communication operations in MPICH", IJHPCA 19(1), 2005, sec. 4.5 (recursive
+  doubling, Rabenseifner's reduce-scatter + allgather, binomial trees) and
+  Patarasuk & Yuan, "Bandwidth optimal all-reduce algorithms for clusters of
+  workstations", JPDC 69(2), 2009 (the ring reaches the lower bound
+  2 (p-1)/p n/beta). Reduction arithmetic (gamma) is left out.
+* Downpour: Dean et al., "Large Scale Distributed Deep Networks", NIPS 2012,
+  sec. 4.1 (replicas fetch every n_fetch steps, push every n_push steps; each
+  parameter shard holds 1/S of the parameters).
+* Model parallelism: Dean et al. 2012, sec. 3 and Fig. 3 (a model's layers split
+  over M machines; only activations crossing a partition boundary are sent).
 """
 
 from __future__ import annotations
@@ -25,211 +29,294 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import numpy as np
+FLOAT32 = 4  # bytes
 
 
 @dataclass(frozen=True)
-class Link:
-    """alpha-beta cost of one message: ``alpha_s + nbytes / beta_Bps`` seconds."""
+class Cluster:
+    """The machines a run is predicted for.
 
-    alpha_s: float  # latency, seconds
-    beta_Bps: float  # bandwidth, bytes/s
-
-    def time(self, nbytes: float) -> float:
-        """Seconds to move ``nbytes`` bytes in one message."""
-        return self.alpha_s + nbytes / self.beta_Bps
-
-
-def fit_link(nbytes, seconds) -> Link:
-    """Least-squares fit of ``seconds = alpha + nbytes / beta`` in relative error (each
-    point weighted by 1 / seconds, so small messages set alpha rather than vanish
-    beside the large ones); alpha clipped at 0.
-
-    Args:
-        nbytes: message sizes, bytes (at least two distinct).
-        seconds: the measured time of each, seconds.
-    Raises:
-        ValueError: fewer than two distinct sizes, or time not growing with size.
+    Attributes:
+        latency: alpha, seconds per message on a link.
+        bandwidth: beta, bytes/s of one link between two ranks (inside a node: the
+            shared-memory or NVLink copy rate).
+        nic_bandwidth: bytes/s of a node's network interface, one direction
+            (0: the same as ``bandwidth``; only used when ranks span nodes).
+        nic_latency: alpha between nodes, seconds (0: the same as ``latency``).
+        cores_per_node: processes a node runs at full speed; more ranks than cores
+            share them, and compute slows by ranks / cores.
+        ranks_per_node: ranks placed on each node.
     """
-    n, t = np.asarray(nbytes, np.float64), np.asarray(seconds, np.float64)
-    if len(np.unique(n)) < 2:
-        raise ValueError("fit_link: needs at least two distinct message sizes")
-    slope, alpha = np.polyfit(n, t, 1, w=1.0 / t)
-    if slope <= 0:
-        raise ValueError(f"fit_link: time does not grow with size (slope {slope:.3g} s/B)")
-    return Link(max(0.0, float(alpha)), float(1.0 / slope))
+
+    latency: float
+    bandwidth: float
+    nic_bandwidth: float = 0.0
+    nic_latency: float = 0.0
+    cores_per_node: int = 1 << 30
+    ranks_per_node: int = 1
+
+    @property
+    def nic_bw(self) -> float:
+        return self.nic_bandwidth or self.bandwidth
+
+    @property
+    def nic_alpha(self) -> float:
+        return self.nic_latency or self.latency
 
 
-def allreduce_s(nbytes: float, ranks: int, link: Link, algorithm: str = "auto") -> float:
-    """Seconds for an allreduce of ``nbytes`` over ``ranks`` ranks (Thakur et al. 2005).
+def oversubscription(ranks: int, cluster: Cluster) -> float:
+    """How much slower one rank computes because ranks share cores: max(1, busy ranks on
+    a node / cores per node) (>= 1; 1 when every rank has a core)."""
+    on_node = min(ranks, cluster.ranks_per_node)
+    return max(1.0, on_node / cluster.cores_per_node)
 
-    Args:
-        algorithm: ``ring``, ``tree`` or ``auto`` (the cheaper, as MPICH chooses).
-    Raises:
-        ValueError: unknown algorithm.
-    """
-    if ranks <= 1:
+
+# --------------------------------------------------------------------------- allreduce
+
+
+def ring_allreduce_s(n_bytes: float, p: int, alpha: float, beta: float) -> float:
+    """Ring allreduce (reduce-scatter then allgather, p-1 steps each) of ``n_bytes`` on
+    ``p`` ranks: 2 (p-1) alpha + 2 (p-1)/p n/beta seconds (Patarasuk & Yuan 2009; the
+    same cost as Rabenseifner's algorithm's bandwidth term, Thakur et al. 2005)."""
+    if p <= 1:
         return 0.0
-    ring = 2 * (ranks - 1) * link.alpha_s + 2 * (ranks - 1) / ranks * nbytes / link.beta_Bps
-    tree = 2 * math.ceil(math.log2(ranks)) * link.time(nbytes)
-    if algorithm == "ring":
-        return ring
-    if algorithm == "tree":
-        return tree
-    if algorithm == "auto":
-        return min(ring, tree)
-    raise ValueError(f"allreduce algorithm {algorithm!r}: choose ring, tree or auto")
+    return 2 * (p - 1) * alpha + 2 * (p - 1) / p * n_bytes / beta
 
 
-@dataclass(frozen=True)
-class Machine:
-    """Where the ranks run: nodes of ``cores_per_node`` cores holding
-    ``ranks_per_node`` ranks, ``link`` between nodes, ``intra`` within one (None: the
-    same as ``link``), ``nic_Bps`` bytes/s per node shared by its ranks (0: no limit).
-    Within a node, communication is memory copies and sums done by the ranks' own
-    cores, so it slows with oversubscription like compute does."""
+def tree_allreduce_s(n_bytes: float, p: int, alpha: float, beta: float) -> float:
+    """Binomial-tree reduce then broadcast of ``n_bytes`` on ``p`` ranks:
+    2 ceil(log2 p) (alpha + n/beta) seconds (Thakur et al. 2005, sec. 4.5)."""
+    if p <= 1:
+        return 0.0
+    return 2 * math.ceil(math.log2(p)) * (alpha + n_bytes / beta)
 
-    cores_per_node: int
-    ranks_per_node: int
-    link: Link
-    nic_Bps: float = 0.0
-    intra: Link | None = None
 
-    def oversubscription(self, ranks: int) -> float:
-        """How many ranks share a core, >= 1, for a job of ``ranks`` ranks."""
-        return max(1.0, min(ranks, self.ranks_per_node) / self.cores_per_node)
+def allreduce_s(n_bytes: float, p: int, alpha: float, beta: float) -> tuple[float, str]:
+    """The cheaper of the ring and the tree for ``n_bytes`` on ``p`` ranks, and its name
+    (MPICH picks by message size much the same way: trees/recursive doubling for short
+    messages, where latency rules; bandwidth-optimal algorithms for long ones)."""
+    ring = ring_allreduce_s(n_bytes, p, alpha, beta)
+    tree = tree_allreduce_s(n_bytes, p, alpha, beta)
+    return (ring, "ring") if ring <= tree else (tree, "tree")
 
-    def link_for(self, ranks: int) -> Link:
-        """The link a job of ``ranks`` ranks communicates over: within a node when it
-        fits in one, else between nodes, its bandwidth capped by the node's NIC (a ring
-        ordered by node crosses each NIC once per step, so the NIC is not divided)."""
-        if ranks <= self.ranks_per_node:
-            return self.intra or self.link
-        beta = self.link.beta_Bps
-        if self.nic_Bps > 0:
-            beta = min(beta, self.nic_Bps)
-        return Link(self.link.alpha_s, beta)
 
-    def allreduce_s(self, nbytes: float, ranks: int, algorithm: str = "auto") -> float:
-        """:func:`allreduce_s` over :meth:`link_for` ``ranks``; within one node times the
-        oversubscription (the copies and sums are the ranks' own work)."""
-        t = allreduce_s(nbytes, ranks, self.link_for(ranks), algorithm)
-        return t * self.oversubscription(ranks) if ranks <= self.ranks_per_node else t
+def cluster_allreduce_s(n_bytes: float, p: int, cluster: Cluster) -> float:
+    """Allreduce of ``n_bytes`` over ``p`` ranks placed ``ranks_per_node`` to a node.
+
+    One node: :func:`allreduce_s` on the link. Several nodes: hierarchical (as Goyal
+    et al. 2017, sec. 4, and NCCL do): reduce-scatter and allgather inside each node
+    (ring, link bandwidth) around an allreduce between the nodes of each rank's
+    1/ranks_per_node slice; all slices cross the one NIC, so the inter-node part moves
+    2 (N-1)/N n bytes through it (N nodes).
+
+    Returns:
+        seconds.
+    """
+    rpn = min(cluster.ranks_per_node, p)
+    nodes = math.ceil(p / rpn)
+    if nodes <= 1:
+        return allreduce_s(n_bytes, p, cluster.latency, cluster.bandwidth)[0]
+    intra = ring_allreduce_s(n_bytes, rpn, cluster.latency, cluster.bandwidth)
+    inter, _ = allreduce_s(n_bytes, nodes, cluster.nic_alpha, cluster.nic_bw)
+    return intra + inter
+
+
+# --------------------------------------------------------------------------- sync
 
 
 @dataclass(frozen=True)
 class Prediction:
-    """A layout's predicted step (seconds, per replica) and throughput."""
+    """A predicted configuration.
 
+    Attributes:
+        step_s: seconds per step of one replica.
+        samples_per_s: all replicas together.
+        efficiency: samples_per_s / (replicas x one replica's samples/s alone).
+        bound: what limits it (``compute``, ``allreduce``, ``replica``, ``shard NIC``,
+            ``shard apply``, ``cores``, ``link``).
+    """
+
+    step_s: float
     samples_per_s: float
-    step_s: float  # one replica's step, seconds
-    compute_s: float  # of which compute
-    comm_s: float  # of which communication (what is not hidden)
-    efficiency: float  # samples/s over (replicas x one replica alone on its own core)
-    bound: str  # what limits it: compute, allreduce, fetch/push, shard NIC, shard apply, cores
+    efficiency: float
+    bound: str
 
 
 def predict_sync(
     compute_s_per_sample: float,
     batch: int,
-    replicas: int,
     n_params: int,
-    machine: Machine,
-    algorithm: str = "auto",
+    replicas: int,
+    cluster: Cluster,
+    overlap: float = 0.0,
+    step_overhead_s: float = 0.0,
 ) -> Prediction:
-    """``sync``: each step computes ``batch`` samples per replica, then allreduces the
-    float32 gradient (4 n_params bytes)."""
-    over = machine.oversubscription(replicas)
-    compute = compute_s_per_sample * batch * over
-    comm = machine.allreduce_s(4.0 * n_params, replicas, algorithm)
-    step = compute + comm
-    sps = replicas * batch / step
-    alone = replicas / compute_s_per_sample
-    return Prediction(
-        sps, step, compute, comm, sps / alone, "allreduce" if comm > compute else "compute"
-    )
+    """Synchronous data parallelism: step = compute(batch) x oversubscription +
+    (1 - overlap) x allreduce(4 n_params bytes) + the parameter update (counted in
+    ``compute_s_per_sample``).
+
+    Args:
+        compute_s_per_sample: seconds of forward + backward + update per sample on one
+            rank with a core of its own.
+        batch: samples per replica per step.
+        n_params: float32 parameters (the allreduced gradient).
+        replicas: R ranks, one replica each.
+        cluster: the machines.
+        overlap: fraction of the allreduce hidden behind backward (0..1).
+        step_overhead_s: seconds of CPU work per step outside the model and the
+            communication (the training loop: batches, metrics, Python); it slows
+            with oversubscription like compute.
+    """
+    compute = compute_s_per_sample * batch + step_overhead_s
+    comm = (1.0 - overlap) * cluster_allreduce_s(FLOAT32 * n_params, replicas, cluster)
+    over = oversubscription(replicas, cluster)
+    step = compute * over + comm
+    bound = "allreduce" if comm > compute * over else "cores" if over > 1 else "compute"
+    return Prediction(step, replicas * batch / step, compute / step, bound)
+
+
+# --------------------------------------------------------------------------- Downpour
+
+
+@dataclass(frozen=True)
+class RmaCost:
+    """Alpha-beta fits of one-sided calls between a replica and a shard (seconds,
+    bytes/s): ``fetch`` is ``Get`` + ``Flush``, ``push`` is ``Accumulate`` + ``Flush``,
+    plus the shard's update rule in seconds per float32 (``apply_s_per_float``)."""
+
+    fetch_alpha: float
+    fetch_beta: float
+    push_alpha: float
+    push_beta: float
+    apply_s_per_float: float
 
 
 def predict_downpour(
     compute_s_per_sample: float,
     batch: int,
+    n_params: int,
     replicas: int,
     shards: int,
-    n_params: int,
-    machine: Machine,
-    fetch: Link,
-    push: Link,
-    apply_s_per_param: float,
+    rma: RmaCost,
+    cluster: Cluster,
     n_fetch: int = 1,
     n_push: int = 1,
+    shared_cores: bool = False,
+    step_overhead_s: float = 0.0,
 ) -> Prediction:
-    """Downpour: R replicas each fetch the parameters every ``n_fetch`` steps and push
-    gradients every ``n_push`` steps to S shards (n_params / S floats each), whose
-    core applies each push (``apply_s_per_param`` seconds per parameter).
-    ``compute_s_per_sample`` is a replica's: forward and backward, without the update
-    (the shards do it).
+    """Downpour: R replicas, S parameter shards of n_params / S floats each.
 
-    The replica's step is its compute plus its share of fetch and push (``fetch``,
-    ``push``: measured on one shard; the S shards are served in parallel). The rate is
-    capped by each shard's NIC share (every replica's bytes to and from it), by each
-    shard's core (every push applied), and, when replicas and shards together
-    oversubscribe one node, by the node's cores (compute, the copies of fetch and
-    push, and the applies share them).
+    A replica's step: compute(batch) + (fetch of all shards) / n_fetch + (push to all
+    shards) / n_push, the shards reached one after the other (hpcnet's client does).
+    A shard serves every replica: per replica step it sends 4 n/S / n_fetch bytes,
+    receives 4 n/S / n_push bytes through its NIC and applies 1 / n_push updates of
+    n/S floats. Replicas run at min(R / replica step, 1 / shard time per replica
+    step) steps/s: saturation where R x (bytes per step) / S passes the NIC's bandwidth
+    or R x apply / n_push passes a shard's core.
+
+    With ``shared_cores`` (all R + S ranks on one node of ``cores_per_node`` cores,
+    as on the validation machine) there is no NIC between replica and shard (a fetch
+    is the replica's own copy out of shared memory), but more ranks than cores slow
+    every rank's CPU work, the replicas' compute and the shard's apply, by
+    (R + S) / cores: a replica waiting for its push slot polls and stays runnable, so
+    all ranks compete; and the node's cores bound the total CPU work, compute +
+    apply / n_push per replica step.
+
+    ``step_overhead_s`` is added to a replica's compute, as in :func:`predict_sync`.
+
+    Returns:
+        the prediction; ``efficiency`` against R x one replica alone with a free shard.
     """
-    ranks = replicas + shards
-    piece = 4.0 * n_params / shards  # bytes a shard serves per fetch or push
-    compute = compute_s_per_sample * batch
-    comm = fetch.time(piece) / n_fetch + push.time(piece) / n_push
-    if ranks > machine.ranks_per_node and machine.nic_Bps > 0:  # the replica's own NIC share
-        comm = max(comm, 4.0 * n_params * (1 / n_fetch + 1 / n_push) * machine.ranks_per_node
-                   / machine.nic_Bps)  # fmt: skip
-    limits = {"fetch/push": 1.0 / (compute + comm)}
-    apply_per_step = replicas / n_push * (n_params / shards) * apply_s_per_param
-    limits["shard apply"] = 1.0 / apply_per_step if apply_per_step > 0 else math.inf
-    if ranks > machine.ranks_per_node and machine.nic_Bps > 0:
-        shard_bytes = replicas * piece * (1 / n_fetch + 1 / n_push)
-        limits["shard NIC"] = machine.nic_Bps / machine.ranks_per_node / shard_bytes
-    on_node = min(ranks, machine.ranks_per_node)
-    if on_node > machine.cores_per_node:  # compute and applies share the node's cores
-        cpu_per_step = replicas * (compute + comm) + shards * apply_per_step
-        limits["cores"] = machine.cores_per_node / cpu_per_step
-    bound = min(limits, key=limits.get)
-    rate = limits[bound]  # steps/s of each replica
-    step = 1.0 / rate
-    sps = replicas * batch * rate
-    alone = replicas / compute_s_per_sample
-    if bound == "fetch/push" and comm < compute:
-        bound = "compute"
-    return Prediction(sps, step, compute, step - compute, sps / alone, bound)
+    part = FLOAT32 * n_params / shards  # bytes per shard
+    fetch = shards * (rma.fetch_alpha + part / rma.fetch_beta) / n_fetch
+    push = shards * (rma.push_alpha + part / rma.push_beta) / n_push
+    compute = compute_s_per_sample * batch + step_overhead_s
+    alone = compute + fetch + push
+    apply = rma.apply_s_per_float * n_params / shards / n_push  # s per replica step
+    nic = part * (1.0 / n_fetch + 1.0 / n_push) / cluster.nic_bw  # s per replica step
+    over = 1.0
+    if shared_cores:
+        over = max(1.0, (replicas + shards) / cluster.cores_per_node)
+        nic = 0.0
+    step = compute * over + fetch + push
+    apply_wall = apply * over
+    bounds = {
+        "replica": replicas / step,
+        "shard apply": 1.0 / apply_wall if apply_wall > 0 else math.inf,
+        "shard NIC": 1.0 / nic if nic > 0 else math.inf,
+    }
+    if shared_cores:
+        cpu = compute + rma.apply_s_per_float * n_params / n_push
+        bounds["cores"] = cluster.cores_per_node / cpu
+    bound = min(bounds, key=bounds.get)
+    steps_per_s = bounds[bound]
+    return Prediction(
+        replicas / steps_per_s, steps_per_s * batch, steps_per_s * alone / replicas, bound
+    )
 
 
-def predict_model_parallel(
+# --------------------------------------------------------------------------- model parallelism
+
+
+def predict_modelpar(
     compute_s_per_sample: float,
     batch: int,
     partitions: int,
     boundary_bytes_per_sample: float,
     messages_per_step: int,
-    machine: Machine,
-    parallel_fraction: float = 1.0,
+    cluster: Cluster,
+    imbalance: float = 1.0,
 ) -> Prediction:
-    """One replica split into M partitions (DistBelief sec. 3): the parallel fraction of
-    compute runs M ways (Amdahl), and each step moves ``boundary_bytes_per_sample`` x
-    batch bytes across partition boundaries forward and again backward, in
-    ``messages_per_step`` messages (each paying the link's latency).
+    """Model parallelism, one replica on M partitions (Dean et al. 2012, sec. 3):
+    step = compute(batch) / M x imbalance + messages x alpha + batch x bytes / beta,
+    over the NIC when the partitions sit on separate nodes (``ranks_per_node`` 1),
+    else over the link; oversubscribed cores slow the compute as elsewhere.
 
     Args:
-        boundary_bytes_per_sample: bytes one partition sends and receives per sample
-            per direction (for fully connected layers: the other partitions'
-            activations; for locally connected ones: only the borders).
+        boundary_bytes_per_sample: bytes one partition sends (= receives; full duplex)
+            per sample, forward and backward together, for this M.
+        messages_per_step: exchanges per step that each pay the latency.
+        imbalance: the slowest partition's share of compute x M (1: an even split).
+
+    Returns:
+        the prediction; ``efficiency`` is speed-up / M, speed-up = samples_per_s x
+        compute_s_per_sample.
     """
-    link = machine.link_for(partitions)
-    serial = compute_s_per_sample * batch
-    compute = serial * ((1 - parallel_fraction) + parallel_fraction / partitions)
-    compute *= machine.oversubscription(partitions)
-    comm = 0.0
-    if partitions > 1:
-        comm = 2 * (messages_per_step * link.alpha_s
-                    + boundary_bytes_per_sample * batch / link.beta_Bps)  # fmt: skip
-    step = compute + comm
-    bound = "boundary" if comm > compute else "compute"
-    return Prediction(batch / step, step, compute, comm, serial / step / partitions, bound)
+    compute = compute_s_per_sample * batch
+    if partitions <= 1:
+        return Prediction(compute, batch / compute, 1.0, "compute")
+    apart = cluster.ranks_per_node == 1
+    alpha = cluster.nic_alpha if apart else cluster.latency
+    beta = cluster.nic_bw if apart else cluster.bandwidth
+    comp = compute / partitions * imbalance * oversubscription(partitions, cluster)
+    comm = messages_per_step * alpha + batch * boundary_bytes_per_sample / beta
+    step = comp + comm
+    speedup = compute / step
+    return Prediction(
+        step, batch / step, speedup / partitions, "compute" if comp >= comm else "link"
+    )
+
+
+def fc_boundary_bytes(widths: list[int], partitions: int) -> float:
+    """Bytes one partition sends per sample when every fully connected layer is split by
+    neurons over M partitions: each layer's output slice (width / M floats) goes to the
+    M - 1 others forward, and its input-gradient slice back; the input of the first
+    layer is replicated (Dean et al. 2012, Fig. 1: edges crossing machines).
+
+    Args:
+        widths: the hidden layers' widths whose activations cross partitions.
+    """
+    m = partitions
+    return 2 * sum(FLOAT32 * w / m * (m - 1) for w in widths)
+
+
+def halo_bytes(side: int, maps: int, halo: int, layers: int, partitions: int) -> float:
+    """Bytes one partition sends per sample when locally connected layers on a
+    side x side map (``maps`` channels) are split into a sqrt(M) x sqrt(M) grid of
+    tiles: a halo of ``halo`` pixels along the 4 tile edges, forward and backward,
+    per layer (Dean et al. 2012, sec. 3: locally connected models need little
+    cross-machine traffic)."""
+    if partitions <= 1:
+        return 0.0
+    tile = side / math.sqrt(partitions)
+    return 2 * layers * 4 * halo * tile * maps * FLOAT32

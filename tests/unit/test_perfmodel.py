@@ -1,9 +1,4 @@
-"""The cost model of ``hpcnet.perfmodel`` against hand-computed values.
-
-Each expected figure is worked out in the comment beside it from the formulas'
-sources (Thakur, Rabenseifner & Gropp 2005 for the allreduce; Dean et al. 2012 for
-Downpour's shard limits), so a changed formula fails here.
-"""
+"""The scaling cost model (hpcnet/perfmodel.py) against hand-computed values."""
 
 import math
 
@@ -11,99 +6,151 @@ import pytest
 
 from hpcnet import perfmodel as pm
 
-
-def test_fit_link_recovers_alpha_and_beta():
-    alpha, beta = 20e-6, 5e9
-    sizes = [4096, 65536, 1 << 20, 16 << 20]
-    link = pm.fit_link(sizes, [alpha + n / beta for n in sizes])
-    assert link.alpha_s == pytest.approx(alpha, rel=1e-6)
-    assert link.beta_Bps == pytest.approx(beta, rel=1e-6)
+ALPHA, BETA = 1e-5, 1e9  # 10 us, 1 GB/s
 
 
-def test_fit_link_refuses_what_it_cannot_fit():
-    with pytest.raises(ValueError, match="two distinct"):
-        pm.fit_link([4096, 4096], [1e-5, 2e-5])
-    with pytest.raises(ValueError, match="does not grow"):
-        pm.fit_link([4096, 1 << 20], [1e-3, 1e-5])
+def test_ring_and_tree_formulas_by_hand():
+    # p = 4, 1 MB: ring 2*3*1e-5 + 2*3/4*1e6/1e9 = 6e-5 + 1.5e-3
+    assert pm.ring_allreduce_s(1e6, 4, ALPHA, BETA) == pytest.approx(1.56e-3)
+    # tree: 2*log2(4)*(1e-5 + 1e-3) = 4 * 1.01e-3
+    assert pm.tree_allreduce_s(1e6, 4, ALPHA, BETA) == pytest.approx(4.04e-3)
+    # p = 5 rounds log2 up: 2*3*(alpha + n/beta)
+    assert pm.tree_allreduce_s(1e6, 5, ALPHA, BETA) == pytest.approx(6 * 1.01e-3)
+    assert pm.ring_allreduce_s(1e6, 1, ALPHA, BETA) == 0.0
+    assert pm.tree_allreduce_s(1e6, 1, ALPHA, BETA) == 0.0
 
 
-def test_allreduce_ring_and_tree_by_hand():
-    link = pm.Link(1e-5, 1e9)  # 10 us, 1 GB/s
-    n = 8e6  # 8 MB
-    # ring, p = 4: 2 * 3 * 10 us + 2 * 3/4 * 8 ms = 0.06 ms + 12 ms
-    assert pm.allreduce_s(n, 4, link, "ring") == pytest.approx(12.06e-3)
-    # tree, p = 4: 2 * log2(4) * (10 us + 8 ms) = 4 * 8.01 ms
-    assert pm.allreduce_s(n, 4, link, "tree") == pytest.approx(32.04e-3)
-    assert pm.allreduce_s(n, 4, link) == pytest.approx(12.06e-3)  # auto: the cheaper
-    # small message, p = 64: ring pays 126 latencies, tree 12: tree wins
-    small = 8.0
-    ring = 2 * 63 * 1e-5 + 2 * 63 / 64 * small / 1e9
-    tree = 2 * 6 * (1e-5 + small / 1e9)
-    assert tree < ring and pm.allreduce_s(small, 64, link) == pytest.approx(tree)
-    assert pm.allreduce_s(n, 1, link) == 0.0
-    with pytest.raises(ValueError, match="choose ring"):
-        pm.allreduce_s(n, 4, link, "butterfly")
+def test_tree_wins_small_messages_ring_wins_large():
+    # 64 ranks, 8 bytes: ring 126 alpha, tree 12 alpha
+    t, name = pm.allreduce_s(8, 64, ALPHA, BETA)
+    assert name == "tree" and t == pytest.approx(12 * (ALPHA + 8 / BETA))
+    t, name = pm.allreduce_s(1e8, 64, ALPHA, BETA)
+    assert name == "ring" and t == pytest.approx(126 * ALPHA + 2 * 63 / 64 * 0.1)
 
 
-def test_sync_alone_is_efficiency_one_and_oversubscription_halves_it():
-    m = pm.Machine(cores_per_node=2, ranks_per_node=8, link=pm.Link(0.0, 1e12))
-    one = pm.predict_sync(1e-4, 32, 1, 1000, m)
-    assert one.samples_per_s == pytest.approx(1e4) and one.efficiency == pytest.approx(1.0)
-    # 4 ranks on 2 cores, a free network: each rank computes at half speed
-    four = pm.predict_sync(1e-4, 32, 4, 1000, m)
-    assert four.compute_s == pytest.approx(2 * 32e-4)
-    assert four.efficiency == pytest.approx(0.5, rel=1e-3)
+def test_hierarchical_allreduce_crosses_the_nic_once_per_node():
+    c = pm.Cluster(latency=ALPHA, bandwidth=10e9, nic_bandwidth=1e9, ranks_per_node=8)
+    n = 1e8
+    # 16 ranks = 2 nodes: intra ring on 8 at 10 GB/s + inter ring on 2 nodes at 1 GB/s
+    intra = 2 * 7 * ALPHA + 2 * 7 / 8 * n / 10e9
+    inter = min(2 * ALPHA + n / 1e9, 2 * (ALPHA + n / 1e9))
+    assert pm.cluster_allreduce_s(n, 16, c) == pytest.approx(intra + inter)
+    # one node: no NIC at all
+    assert pm.cluster_allreduce_s(n, 8, c) == pytest.approx(intra)
 
 
-def test_sync_across_nodes_uses_the_network_and_its_nic():
-    link = pm.Link(5e-6, 10e9)
-    m = pm.Machine(cores_per_node=8, ranks_per_node=8, link=link, nic_Bps=2e9,
-                   intra=pm.Link(1e-6, 50e9))  # fmt: skip
-    n_params, r = 25_000_000, 64
-    got = pm.predict_sync(1e-3, 32, r, n_params, m)
-    # ring over 64 ranks at the NIC's 2 GB/s: 2*63*5 us + 2*63/64 * 100 MB / 2 GB/s
-    want_comm = 2 * 63 * 5e-6 + 2 * 63 / 64 * 4 * n_params / 2e9
-    assert got.comm_s == pytest.approx(want_comm)
-    assert got.step_s == pytest.approx(32e-3 + want_comm)
-    within = pm.predict_sync(1e-3, 32, 8, n_params, m)  # one node: the intra link
-    assert within.comm_s == pytest.approx(2 * 7 * 1e-6 + 2 * 7 / 8 * 1e8 / 50e9)
+def test_sync_efficiency_is_one_alone_and_falls_with_replicas():
+    c = pm.Cluster(latency=ALPHA, bandwidth=BETA)
+    one = pm.predict_sync(1e-3, 32, 1_000_000, 1, c)
+    assert one.efficiency == 1.0 and one.step_s == pytest.approx(0.032)
+    assert one.samples_per_s == pytest.approx(1000.0)
+    effs = [pm.predict_sync(1e-3, 32, 1_000_000, r, c).efficiency for r in (1, 2, 4, 8, 16)]
+    assert all(a > b for a, b in zip(effs, effs[1:], strict=False))
+    # R = 2: ring 2 alpha + 4e6/1e9 = 4.02 ms over a 32 ms step
+    two = pm.predict_sync(1e-3, 32, 1_000_000, 2, c)
+    assert two.step_s == pytest.approx(0.032 + 2e-5 + 4e-3)
+    assert two.samples_per_s == pytest.approx(64 / two.step_s)
 
 
-def test_downpour_limits_kick_in_where_the_arithmetic_says():
-    link = pm.Link(0.0, 1e9)  # 1 GB/s, no latency
-    m = pm.Machine(cores_per_node=16, ranks_per_node=1, link=link, nic_Bps=1e9)
-    n = 1_000_000  # 4 MB of parameters
-    # one replica, one shard: step = compute 32 ms + fetch 4 ms + push 4 ms
-    one = pm.predict_downpour(1e-3, 32, 1, 1, n, m, link, link, 0.0)
-    assert one.step_s == pytest.approx(40e-3) and one.bound == "compute"
-    # 100 replicas, 1 shard: its NIC moves 100 * 8 MB per replica step at 1 GB/s:
-    # 0.8 s a step, slower than the replicas' 40 ms
-    many = pm.predict_downpour(1e-3, 32, 100, 1, n, m, link, link, 0.0)
-    assert many.bound == "shard NIC" and many.step_s == pytest.approx(0.8)
-    # 10 shards: each moves a tenth: 80 ms a step, still the NIC
-    ten = pm.predict_downpour(1e-3, 32, 100, 10, n, m, link, link, 0.0)
-    assert ten.step_s == pytest.approx(0.08) and ten.samples_per_s > many.samples_per_s
-    # apply bound: 100 replicas x 1 M parameters x 10 ns = 1 s per step at one shard
-    slow = pm.predict_downpour(1e-3, 32, 100, 1, n, pm.Machine(16, 128, link), link, link, 1e-8)
-    assert slow.bound == "shard apply" and slow.step_s == pytest.approx(1.0)
+def test_sync_oversubscribed_cores_slow_compute():
+    c = pm.Cluster(latency=0.0, bandwidth=math.inf, cores_per_node=2, ranks_per_node=8)
+    assert pm.predict_sync(1e-3, 10, 100, 2, c).step_s == pytest.approx(0.01)
+    p4 = pm.predict_sync(1e-3, 10, 100, 4, c)
+    assert p4.step_s == pytest.approx(0.02) and p4.bound == "cores"
+    # the same samples/s as 2 ranks: the 2 cores are the limit
+    assert p4.samples_per_s == pytest.approx(2000.0)
 
 
-def test_downpour_on_an_oversubscribed_node_shares_the_cores():
-    m = pm.Machine(cores_per_node=2, ranks_per_node=8, link=pm.Link(0.0, 1e12))
-    free = pm.Link(0.0, 1e15)
-    # 3 replicas + 1 shard on 2 cores: 3 x 3.2 ms compute + 3 x 1 M x 1 ns apply = 12.6 ms
-    # of CPU per replica step on 2 cores: 6.3 ms a step
-    got = pm.predict_downpour(1e-4, 32, 3, 1, 1_000_000, m, free, free, 1e-9)
-    assert got.bound == "cores"
-    assert got.step_s == pytest.approx((3 * 3.2e-3 + 3e-3) / 2, rel=1e-5)  # + 8 ns of copies
+def test_sync_overlap_hides_allreduce():
+    c = pm.Cluster(latency=ALPHA, bandwidth=BETA)
+    full = pm.predict_sync(1e-3, 32, 1_000_000, 4, c)
+    half = pm.predict_sync(1e-3, 32, 1_000_000, 4, c, overlap=0.5)
+    comm = pm.ring_allreduce_s(4e6, 4, ALPHA, BETA)
+    assert full.step_s - half.step_s == pytest.approx(comm / 2)
 
 
-def test_model_parallel_amdahl_and_boundary():
-    m = pm.Machine(cores_per_node=16, ranks_per_node=1, link=pm.Link(1e-4, 1e8))
-    # serial 1 s a step; 4 partitions: 0.25 s + 2 * (3 * 100 us + 1 MB / 100 MB/s) = 0.2706
-    got = pm.predict_model_parallel(1e-2, 100, 4, 1e4, 3, m)
-    assert got.step_s == pytest.approx(0.25 + 2 * (3e-4 + 1e6 / 1e8))
-    assert got.efficiency * 4 == pytest.approx(1.0 / got.step_s)  # speed-up
-    half = pm.predict_model_parallel(1e-2, 100, 4, 0.0, 0, m, parallel_fraction=0.5)
-    assert half.step_s == pytest.approx(0.5 + 0.125)  # Amdahl
-    assert math.isclose(pm.predict_model_parallel(1e-2, 100, 1, 1e4, 3, m).step_s, 1.0)
+RMA = pm.RmaCost(1e-5, 1e9, 1e-5, 1e9, 1e-9)  # 1 ns per float to apply
+
+
+def test_downpour_replica_bound_below_saturation():
+    c = pm.Cluster(latency=ALPHA, bandwidth=BETA)
+    # 1 M params, 1 shard: fetch = push = 1e-5 + 4e6/1e9 = 4.01 ms; compute 32 ms
+    p = pm.predict_downpour(1e-3, 32, 1_000_000, 1, 1, RMA, c)
+    assert p.step_s == pytest.approx(0.032 + 2 * 4.01e-3)
+    assert p.bound == "replica" and p.efficiency == pytest.approx(1.0)
+
+
+def test_downpour_shard_nic_saturates_where_the_arithmetic_says():
+    c = pm.Cluster(latency=ALPHA, bandwidth=BETA)
+    # per replica step the shard's NIC moves 4e6 (fetch) + 4e6 (push) bytes = 8 ms;
+    # a replica step takes 40.02 ms, so the NIC saturates past R = 40.02 / 8 = 5.0
+    step = 0.032 + 2 * 4.01e-3
+    below = pm.predict_downpour(1e-3, 32, 1_000_000, 5, 1, RMA, c)
+    above = pm.predict_downpour(1e-3, 32, 1_000_000, 6, 1, RMA, c)
+    assert below.bound == "replica" and below.samples_per_s == pytest.approx(5 * 32 / step)
+    assert above.bound == "shard NIC" and above.samples_per_s == pytest.approx(32 / 8e-3)
+    assert above.efficiency < 1.0
+    # a second shard halves the bytes per shard: 6 replicas fit again
+    assert pm.predict_downpour(1e-3, 32, 1_000_000, 6, 2, RMA, c).bound == "replica"
+    # n_fetch = n_push = 4 quarter the shard's bytes
+    assert pm.predict_downpour(1e-3, 32, 1_000_000, 6, 1, RMA, c, 4, 4).bound == "replica"
+
+
+def test_downpour_shard_apply_and_shared_cores_bounds():
+    c = pm.Cluster(latency=0.0, bandwidth=math.inf, cores_per_node=2)
+    slow = pm.RmaCost(0.0, math.inf, 0.0, math.inf, 1e-8)  # 10 ms per 1 M-float push
+    p = pm.predict_downpour(1e-4, 10, 1_000_000, 4, 1, slow, c)  # replica step 1 ms
+    assert p.bound == "shard apply" and p.samples_per_s == pytest.approx(10 / 0.01)
+    fast = pm.RmaCost(0.0, math.inf, 0.0, math.inf, 0.0)
+    q = pm.predict_downpour(1e-3, 10, 1000, 3, 1, fast, c, shared_cores=True)
+    # 3 replicas + 1 shard on 2 cores: each 10 ms compute takes 20 ms: 150 steps/s
+    assert q.bound == "replica" and q.samples_per_s == pytest.approx(1500.0)
+    assert q.efficiency == pytest.approx(0.5)
+    # the shard's apply slows by the same factor: 1 ms -> 2 ms a push, 500 pushes/s
+    slow1 = pm.RmaCost(0.0, math.inf, 0.0, math.inf, 1e-6)  # 1 ms per 1000-float push
+    r = pm.predict_downpour(1e-5, 10, 1000, 3, 1, slow1, c, shared_cores=True)
+    assert r.bound == "shard apply" and r.samples_per_s == pytest.approx(5000.0)
+    # on one node there is no NIC: a tiny bandwidth does not bound it
+    thin = pm.Cluster(latency=0.0, bandwidth=1.0, cores_per_node=2)
+    assert pm.predict_downpour(1e-3, 10, 1000, 1, 1, fast, thin, shared_cores=True).bound == (
+        "replica"
+    )
+
+
+def test_modelpar_ideal_split_and_link_bound():
+    c = pm.Cluster(latency=1e-4, bandwidth=1e8, nic_bandwidth=1e8, ranks_per_node=1)
+    assert pm.predict_modelpar(1e-3, 10, 1, 0.0, 0, c).efficiency == 1.0
+    # M = 4: 10 ms / 4 + 2 messages x 0.1 ms + 10 x 1e4 B / 1e8 = 2.5 + 0.2 + 1.0 ms
+    p = pm.predict_modelpar(1e-3, 10, 4, 1e4, 2, c)
+    assert p.step_s == pytest.approx(3.7e-3)
+    assert p.efficiency == pytest.approx(0.01 / 3.7e-3 / 4)
+    # fully connected boundaries: 2 x (4 * 2560 / 8 * 7) bytes per layer
+    assert pm.fc_boundary_bytes([2560], 8) == pytest.approx(2 * 4 * 2560 * 7 / 8)
+    assert pm.halo_bytes(200, 8, 9, 3, 1) == 0.0
+    assert pm.halo_bytes(100, 1, 1, 1, 4) == pytest.approx(2 * 4 * 50 * 4)
+
+
+def test_step_overhead_counts_as_compute():
+    c = pm.Cluster(latency=0.0, bandwidth=math.inf, cores_per_node=2, ranks_per_node=8)
+    # 1 ms compute + 1 ms overhead per step; 4 ranks on 2 cores: 4 ms a step
+    p = pm.predict_sync(1e-4, 10, 100, 4, c, step_overhead_s=1e-3)
+    assert p.step_s == pytest.approx(4e-3)
+    fast = pm.RmaCost(0.0, math.inf, 0.0, math.inf, 0.0)
+    q = pm.predict_downpour(1e-4, 10, 100, 1, 1, fast, c, step_overhead_s=1e-3)
+    assert q.step_s == pytest.approx(2e-3)
+
+
+def test_bench_scale_is_registered_and_its_help_works():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from hpcnet.cli import BENCHMARKS
+
+    assert BENCHMARKS["scale"] == "scale_model"
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "scale_model.py"
+    out = subprocess.run(
+        [sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert "--nic-bandwidth" in out.stdout and "--from-json" in out.stdout

@@ -1,0 +1,217 @@
+"""``scale_model.py``'s fits and tables: from its raw figures (measured now or read from
+``--json``) to the alpha-beta fits, the validation table, the cluster prediction and
+the published-figures comparison. The arithmetic itself is :mod:`hpcnet.perfmodel`.
+Not part of hpcnet; ``scale_model.py`` imports it as it imports ``_common``."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from hpcnet import perfmodel as pm
+
+
+def fit_line(sizes, times) -> tuple[float, float]:
+    """``t = alpha + n / beta`` by least squares weighted by 1 / t (relative error, so
+    small messages decide alpha and large ones beta). Returns (alpha s, beta bytes/s)."""
+    x, t = np.asarray(sizes, np.float64), np.asarray(times, np.float64)
+    slope, alpha = np.polyfit(x, t, 1, w=1.0 / t)
+    return float(alpha), float(1.0 / slope)
+
+
+def fit_ring(runs: list[dict]) -> tuple[float, float]:
+    """Link alpha, beta from allreduce times at several world sizes P, fitted to the
+    ring/Rabenseifner cost ``2 (P-1) alpha + 2 (P-1)/P n / beta`` (Thakur et al. 2005)
+    by least squares weighted by 1 / t. Returns (alpha s, beta bytes/s)."""
+    rows, ts = [], []
+    for r in runs:
+        p = r["world_size"]
+        for n, t in zip(r["sizes"], r["times_s"], strict=True):
+            rows.append([2 * (p - 1) / t, 2 * (p - 1) / p * n / t])
+            ts.append(1.0)  # t / t: each equation divided by its own time
+    (alpha, inv_beta), *_ = np.linalg.lstsq(np.array(rows), np.array(ts), rcond=None)
+    return float(alpha), float(1.0 / inv_beta)
+
+
+def fits(raw: dict) -> dict:
+    """Every fit of one measurement: per-P allreduce lines, the joint ring fit, RMA
+    fetch and push lines, Adagrad apply seconds per float, compute per model."""
+    ar = {r["world_size"]: fit_line(r["sizes"], r["times_s"]) for r in raw["allreduce"]}
+    rma = raw["rma"][0]
+    apply = np.polyfit(np.asarray(rma["sizes"]) / 4, rma["apply_s"], 1)[0]
+    return {
+        "allreduce_per_p": ar,
+        "link": fit_ring(raw["allreduce"]),
+        "fetch": fit_line(rma["sizes"], rma["fetch_s"]),
+        "push": fit_line(rma["sizes"], rma["push_s"]),
+        "apply_s_per_float": float(apply),
+        "compute": {
+            m: _median_compute(raw["compute"], m)
+            for m in dict.fromkeys(c["model"] for c in raw["compute"])
+        },  # fmt: skip
+    }
+
+
+def _median_compute(runs: list[dict], model: str) -> dict:
+    """One model's compute run with the medians over its undisturbed runs (all runs if
+    none was undisturbed) of forward + backward and SGD seconds."""
+    every = [c for c in runs if c["model"] == model]
+    used = [c for c in every if c.get("clean", True)] or every
+    return {
+        **used[0],
+        "fwd_bwd_s": float(np.median([c["fwd_bwd_s"] for c in used])),
+        "sgd_s": float(np.median([c["sgd_s"] for c in used])),
+        "runs": f"{len(used)}/{len(every)}",
+    }
+
+
+def _us(s: float) -> str:
+    return f"{s * 1e6:.1f} us"
+
+
+def _gbs(b: float) -> str:
+    return f"{b / 1e9:.2f} GB/s"
+
+
+def print_fits(f: dict, cpu: str) -> None:
+    print(f"\n## fit on this machine ({cpu}, {os.cpu_count()} CPUs)")
+    print("| what | alpha (latency) | beta (bandwidth) |\n| --- | ---: | ---: |")
+    for p, (a, b) in sorted(f["allreduce_per_p"].items()):
+        print(f"| Allreduce P={p}, t = alpha + n/beta | {_us(a)} | {_gbs(b)} |")
+    a, b = f["link"]
+    print(f"| Allreduce, all P, ring 2(P-1) alpha + 2(P-1)/P n/beta | {_us(a)} | {_gbs(b)} |")
+    for k, what in (("fetch", "RMA fetch: Get + Flush"), ("push", "RMA push: Put + Flush")):
+        print(f"| {what} | {_us(f[k][0])} | {_gbs(f[k][1])} |")
+    print(f"| Adagrad apply at the shard | | {f['apply_s_per_float'] * 1e9:.2f} ns/float |")
+    print("\n| model | data | parameters | fwd+bwd ms/sample | SGD ms/step | samples/s (1 rank) |")
+    print("| --- | --- | ---: | ---: | ---: | ---: |")
+    for m, c in f["compute"].items():
+        per = (c["fwd_bwd_s"] + c["sgd_s"]) / c["batch"]
+        print(f"| {m} | {c['data'].rsplit('/', 1)[-1]} | {c['n_params']:,} | "
+              f"{c['fwd_bwd_s'] / c['batch'] * 1e3:.3f} | {c['sgd_s'] * 1e3:.2f} | "
+              f"{1 / per:,.0f} |")  # fmt: skip
+
+
+def here(f: dict) -> pm.Cluster:
+    """This machine as a :class:`~hpcnet.perfmodel.Cluster`: one node, the fitted link,
+    its CPUs as cores."""
+    a, b = f["link"]
+    return pm.Cluster(latency=a, bandwidth=b, cores_per_node=os.cpu_count() or 1,
+                      ranks_per_node=1 << 20)  # fmt: skip
+
+
+def rma_cost(f: dict) -> pm.RmaCost:
+    return pm.RmaCost(*f["fetch"], *f["push"], f["apply_s_per_float"])
+
+
+def dense_widths(model: str, shape) -> list[int]:
+    """Output widths of ``model``'s dense layers (all split by neurons)."""
+    from hpcnet.nn.zoo import build_model
+
+    return [layer.units for layer in build_model(model, tuple(shape), 10).layers
+            if hasattr(layer, "units")]  # fmt: skip
+
+
+def predict_here(
+    f: dict, algo: str, replicas: int, model: str, overhead: float = 0.0, shape=(1, 8, 8)
+) -> pm.Prediction:
+    """The model's prediction for this machine (``overhead``: the training loop's
+    seconds per step outside the model and communication)."""
+    c = f["compute"][model]
+    batch, n = c["batch"], c["n_params"]
+    if algo == "sync":
+        per = (c["fwd_bwd_s"] + c["sgd_s"]) / batch
+        return pm.predict_sync(per, batch, n, replicas, here(f), step_overhead_s=overhead)
+    if algo == "modelpar":  # ``replicas`` is M here; the loop's cost is not split
+        per = (c["fwd_bwd_s"] + c["sgd_s"]) / batch
+        widths = dense_widths(model, shape)
+        p = pm.predict_modelpar(per, batch, replicas, pm.fc_boundary_bytes(widths, replicas),
+                                2 * len(widths), here(f))  # fmt: skip
+        step = p.step_s + overhead
+        return pm.Prediction(step, batch / step, p.efficiency, p.bound)
+    # Downpour: the replica does no update of its own; the shard applies Adagrad.
+    return pm.predict_downpour(c["fwd_bwd_s"] / batch, batch, n, replicas, 1, rma_cost(f),
+                               here(f), shared_cores=True, step_overhead_s=overhead)  # fmt: skip
+
+
+def loop_overhead(f: dict, raw: dict, model: str) -> float:
+    """Seconds per step ``python -m hpcnet train`` spends outside forward, backward and
+    the update (batches, metrics, Python), from the sync R = 1 run (the calibration):
+    its measured step time minus the compute worker's. 0 without such a run."""
+    c = f["compute"][model]
+    for r in raw["validate"]:
+        if r["algo"] == "sync" and r["replicas"] == 1:
+            step = c["batch"] / r["summary"]["samples_per_s"]
+            return max(0.0, step - c["fwd_bwd_s"] - c["sgd_s"])
+    return 0.0
+
+
+def print_validation(f: dict, raw: dict, model: str) -> None:
+    over = loop_overhead(f, raw, model)
+    print(f"\n## validation: python -m hpcnet train, {model}, batch "
+          f"{f['compute'][model]['batch']}, this machine ({os.cpu_count()} cores); training "
+          f"loop's own cost {over * 1e3:.3f} ms/step (from sync R=1)")  # fmt: skip
+    print("| configuration | ranks | bound | predicted, model + comm only | predicted | "
+          "measured samples/s | error | other jobs |\n"
+          "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |")  # fmt: skip
+    for r in raw["validate"]:
+        shape = r["summary"].get("input_shape", (1, 8, 8))
+        bare = predict_here(f, r["algo"], r["replicas"], model, 0.0, shape)
+        pred = predict_here(f, r["algo"], r["replicas"], model, over, shape)
+        meas = r["summary"]["samples_per_s"]
+        name = {"sync": f"sync R={r['replicas']}", "downpour": f"downpour S=1 R={r['replicas']}",
+                "modelpar": f"model parallel M={r['replicas']}"}[r["algo"]]  # fmt: skip
+        err = (pred.samples_per_s - meas) / meas
+        calib = r["algo"] == "sync" and r["replicas"] == 1
+        flag = " (calibration)" if calib else " !" if abs(err) > 0.25 else ""
+        print(f"| {name} | {r['procs']} | {pred.bound} | {bare.samples_per_s:,.0f} | "
+              f"{pred.samples_per_s:,.0f} | {meas:,.0f} | {err:+.0%}{flag} | "
+              f"{r['cpu_others_during'] or 0:.0%} |")  # fmt: skip
+    print(
+        "error = (predicted - measured) / measured; '!' beyond the 25 % target; sync R=1 "
+        "sets the loop's cost, so its error is 0 by construction"
+    )
+
+
+def print_cluster(f: dict, args) -> None:
+    cl = pm.Cluster(latency=args.latency, bandwidth=args.bandwidth,
+                    nic_bandwidth=args.nic_bandwidth, cores_per_node=args.cores_per_node,
+                    ranks_per_node=args.ranks_per_node)  # fmt: skip
+    print(f"\n## prediction for a cluster: alpha {_us(args.latency)}, link {_gbs(args.bandwidth)}"
+          f", NIC {_gbs(args.nic_bandwidth)}, {args.cores_per_node} cores and "
+          f"{args.ranks_per_node} ranks per node; compute per sample as measured here; "
+          f"Downpour n_fetch {args.n_fetch}, n_push {args.n_push}")  # fmt: skip
+    # A replica and its shards on different nodes: fetch and push cross the NIC.
+    nic = min(args.nic_bandwidth, args.bandwidth)
+    rma = pm.RmaCost(args.latency, nic, args.latency, nic, f["apply_s_per_float"])
+    head = "| model | R | sync samples/s (eff.) |" + "".join(
+        f" downpour S={s} samples/s (eff., bound) |" for s in args.shards
+    )
+    print(head + "\n|" + " --- |" * (3 + len(args.shards)))
+    for m, c in f["compute"].items():
+        batch, n = c["batch"], c["n_params"]
+        for r in args.replicas:
+            sy = pm.predict_sync((c["fwd_bwd_s"] + c["sgd_s"]) / batch, batch, n, r, cl)
+            cells = [f"{sy.samples_per_s:,.0f} ({sy.efficiency:.2f})"]
+            for s in args.shards:
+                d = pm.predict_downpour(c["fwd_bwd_s"] / batch, batch, n, r, s, rma, cl,
+                                        args.n_fetch, args.n_push)  # fmt: skip
+                cells.append(f"{d.samples_per_s:,.0f} ({d.efficiency:.2f}, {d.bound})")
+            print(f"| {m} | {r} | " + " | ".join(cells) + " |")
+    print(
+        "Compute per sample and the shard's Adagrad apply rate are this machine's; fetch "
+        "and push cross the NIC (alpha --latency); no training-loop cost."
+    )
+
+
+def report(raw: dict, args, cpu: str) -> None:
+    """Prints every table of one measurement (``cpu``: the CPU model it ran on)."""
+    f = fits(raw)
+    print_fits(f, cpu)
+    if raw["validate"]:
+        print_validation(f, raw, args.val_model)
+    print_cluster(f, args)
+    from _published import print_published
+
+    print_published()
