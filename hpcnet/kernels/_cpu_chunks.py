@@ -77,7 +77,8 @@ def run_chunks(n: int, chunk: int, work) -> None:
         Whatever ``work`` raised (the first), after every thread has stopped.
     """
     global _pool, _pool_threads
-    threads = min(numba.get_num_threads(), -(-n // chunk))
+    size = numba.get_num_threads()  # the pool's; fewer run when there are fewer chunks
+    threads = min(size, -(-n // chunk))
     bounds = [(b0, min(n, b0 + chunk)) for b0 in range(0, n, chunk)]
     if threads <= 1:
         s = _my_scratch()
@@ -85,11 +86,11 @@ def run_chunks(n: int, chunk: int, work) -> None:
             work(b0, b1, s)
         return
     with _lock:
-        if _pool is None or _pool_threads != threads:
+        if _pool is None or _pool_threads != size:
             if _pool is not None:
                 _pool.shutdown()
-            _pool = ThreadPoolExecutor(threads, thread_name_prefix="hpcnet-chunks")
-            _pool_threads = threads
+            _pool = ThreadPoolExecutor(size, thread_name_prefix="hpcnet-chunks")
+            _pool_threads = size
     todo = iter(bounds)
     take = threading.Lock()
 
