@@ -181,7 +181,7 @@ def predict_sync(
 @dataclass(frozen=True)
 class RmaCost:
     """Alpha-beta fits of one-sided calls between a replica and a shard (seconds,
-    bytes/s): ``fetch`` is ``Get`` + ``Flush``, ``push`` is ``Accumulate`` + ``Flush``,
+    bytes/s): ``fetch`` is ``Get`` + ``Flush``, ``push`` is ``Put`` + ``Flush``,
     plus the shard's update rule in seconds per float32 (``apply_s_per_float``)."""
 
     fetch_alpha: float

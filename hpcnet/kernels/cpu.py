@@ -74,9 +74,8 @@ def conv2d_forward(x, w, b, stride, pad, groups=1):
         y = np.empty((n, o, oh, ow), np.float32)
         _conv.direct_forward(xp, w, b, y)
         return y, ("direct", xp)
-    m = _winograd_tile(k, stride, c, o, groups, oh, ow)
-    if m:
-        return _winograd_forward(x, w, b, pad, m, oh, ow)
+    if _winograd_tile(k, stride, c, o, groups, oh, ow):
+        return _winograd_forward(x, w, b, pad, oh, ow)
     xp = POOL.take((n, groups, h + 2 * pad, wd + 2 * pad, cg))  # (N, G, Hp, Wp, C/G)
     _conv.pad_grouped(x, pad, groups, xp)
     cols = POOL.take((groups, n * oh * ow, rows))  # (G, N*OH*OW, K*K*C/G)
@@ -144,27 +143,31 @@ def conv2d_backward(dy, x_shape, cache, w, stride, pad, dw, db, groups=1, need_d
     return dx
 
 
-def _winograd_plan(x_shape, w, pad, oh, ow):
-    """(m, tiles along H, tiles along W, padded (Hp, Wp), (AT, G, BT)) of a convolution."""
-    o, c, k, _ = w.shape
+def _winograd_plan(n, c, w, oh, ow):
+    """(m, tiles along H, tiles along W, padded (Hp, Wp), G, samples per chunk) of the
+    Winograd convolution of n samples of c channels by w (O, C, K, K) to OH x OW (the
+    transforms by A^T and B^T are written out in :mod:`hpcnet.kernels._cpu_winograd`;
+    only G is applied as a matrix)."""
+    o, _, k, _ = w.shape
     m = _wino.TILE_FOR_KERNEL[k]
     th, tw = _wino.tiles(oh, m), _wino.tiles(ow, m)
-    return m, th, tw, (th * m + k - 1, tw * m + k - 1), _wino.winograd_matrices(m, k)
+    _, g, _ = _wino.winograd_matrices(m, k)
+    chunk = _chunks.samples_per_chunk(n, 36 * th * tw * max(c, o) * 4)  # V or M per sample
+    return m, th, tw, (th * m + k - 1, tw * m + k - 1), g, chunk
 
 
-def _winograd_forward(x, w, b, pad, m, oh, ow):
+def _winograd_forward(x, w, b, pad, oh, ow):
     """The Winograd path of :func:`conv2d_forward` (same arguments and result).
 
     V (36, T, C) is kept for the backward; M is made and consumed chunk by chunk of
     samples (:func:`hpcnet.kernels._cpu_chunks.run_chunks`), so it stays in cache."""
     n, c = x.shape[:2]
     o = w.shape[0]
-    m, th, tw, (hp, wp), (at, g, bt) = _winograd_plan(x.shape, w, pad, oh, ow)
+    m, th, tw, (hp, wp), g, chunk = _winograd_plan(n, c, w, oh, ow)
     per = th * tw  # tiles per sample
     v = POOL.take((36, n * per, c))  # (36, T, C)
     u = _wino.filter_transform(w, g)  # (36, C, O)
     y = np.empty((n, o, oh, ow), np.float32)
-    chunk = _chunks.samples_per_chunk(n, 36 * per * max(c, o) * 4)
 
     def work(b0, b1, scratch):
         xp = scratch.get("xp", (b1 - b0, hp, wp, c))  # (n_c, Hp, Wp, C), zero border
@@ -187,14 +190,12 @@ def _winograd_backward(dy, x_shape, cache, w, pad, dw, db, need_dx):
     n, c, h, wd = x_shape
     o = w.shape[0]
     oh, ow = dy.shape[2], dy.shape[3]
-    m, th, tw, (hp, wp), (at, g, bt) = _winograd_plan(x_shape, w, pad, oh, ow)
+    m, th, tw, (hp, wp), g, chunk = _winograd_plan(n, c, w, oh, ow)
     per = th * tw
     dy = np.ascontiguousarray(dy)
     np.sum(dy, axis=(0, 2, 3), out=db)
     dx = np.empty((n, c, h, wd), np.float32) if need_dx else None
     ut = u.transpose(0, 2, 1)  # (36, O, C)
-    chunk = _chunks.samples_per_chunk(n, 36 * per * max(c, o) * 4)
-
     n_chunks = -(-n // chunk)
     du = np.empty((n_chunks, *u.shape), np.float32)  # (chunks, 36, C, O)
 
