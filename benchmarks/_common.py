@@ -495,3 +495,17 @@ def idle_target(comm) -> None:
     backoff = Backoff(first=20e-6, cap=1e-3)
     while not req.Test():
         backoff.sleep()
+
+
+def fit_alpha_beta(sizes, times) -> tuple[float, float]:
+    """Least-squares fit of t = alpha + bytes / beta, weighted by 1 / t (relative error,
+    so the small messages decide alpha and the large ones beta).
+
+    Returns:
+        (alpha seconds, beta bytes/second).
+    """
+    import numpy as np
+
+    x, t = np.asarray(sizes, np.float64), np.asarray(times, np.float64)
+    slope, alpha = np.polyfit(x, t, 1, w=1.0 / t)
+    return float(alpha), float(1.0 / slope)

@@ -8,16 +8,9 @@ from __future__ import annotations
 import os
 
 import numpy as np
+from _common import fit_alpha_beta
 
 from hpcnet import perfmodel as pm
-
-
-def fit_line(sizes, times) -> tuple[float, float]:
-    """``t = alpha + n / beta`` by least squares weighted by 1 / t (relative error, so
-    small messages decide alpha and large ones beta). Returns (alpha s, beta bytes/s)."""
-    x, t = np.asarray(sizes, np.float64), np.asarray(times, np.float64)
-    slope, alpha = np.polyfit(x, t, 1, w=1.0 / t)
-    return float(alpha), float(1.0 / slope)
 
 
 def fit_ring(runs: list[dict]) -> tuple[float, float]:
@@ -37,14 +30,14 @@ def fit_ring(runs: list[dict]) -> tuple[float, float]:
 def fits(raw: dict) -> dict:
     """Every fit of one measurement: per-P allreduce lines, the joint ring fit, RMA
     fetch and push lines, Adagrad apply seconds per float, compute per model."""
-    ar = {r["world_size"]: fit_line(r["sizes"], r["times_s"]) for r in raw["allreduce"]}
+    ar = {r["world_size"]: fit_alpha_beta(r["sizes"], r["times_s"]) for r in raw["allreduce"]}
     rma = raw["rma"][0]
     apply = np.polyfit(np.asarray(rma["sizes"]) / 4, rma["apply_s"], 1)[0]
     return {
         "allreduce_per_p": ar,
         "link": fit_ring(raw["allreduce"]),
-        "fetch": fit_line(rma["sizes"], rma["fetch_s"]),
-        "push": fit_line(rma["sizes"], rma["push_s"]),
+        "fetch": fit_alpha_beta(rma["sizes"], rma["fetch_s"]),
+        "push": fit_alpha_beta(rma["sizes"], rma["push_s"]),
         "apply_s_per_float": float(apply),
         "compute": {
             m: _median_compute(raw["compute"], m)

@@ -64,6 +64,7 @@ from _common import (
     disturbance,
     emit,
     env_info,
+    fit_alpha_beta,
     med,
     model_worker,
     mpi_worker,
@@ -290,18 +291,6 @@ def step_cmd(mpiexec: str, cfg: tuple[str, str, int, str], args: argparse.Namesp
         "--batch", str(args.batch), "--steps", str(args.steps), "--warmup", str(args.warmup),
         "--micro-batches", str(args.micro_batches), "--data", args.data, "--wait", wait,
     ]  # fmt: skip
-
-
-def fit_alpha_beta(sizes: list[int], times: list[float]) -> tuple[float, float]:
-    """Least-squares fit of t = alpha + bytes / beta, weighted by 1 / t (relative error,
-    so the small messages decide alpha and the large ones beta).
-
-    Returns:
-        (alpha seconds, beta bytes/second).
-    """
-    x, t = np.asarray(sizes, np.float64), np.asarray(times, np.float64)
-    slope, alpha = np.polyfit(x, t, 1, w=1.0 / t)
-    return float(alpha), float(1.0 / slope)
 
 
 def summarize(runs: list[dict]) -> dict[tuple[str, str, int], dict]:
