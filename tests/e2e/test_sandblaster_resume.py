@@ -46,8 +46,10 @@ def _assert_goes_on(out: Path, whole: list[float], at: int, before: list[float])
     assert len(before) == at + 1 and len(losses) > len(before)
     assert all(b <= a for a, b in zip(losses, losses[1:], strict=False)), losses
     # the end of the uninterrupted run, up to the units' summation order, which L-BFGS
-    # amplifies (seen: 4e-4 relative); the history forgotten, it ended 74 % higher
-    assert abs(losses[-1] - whole[-1]) <= 0.02 * whole[-1], (losses[-1], whole[-1])
+    # amplifies: ten local resumes ended within 0.5 % of it, one CI run 7 % below it
+    # (0.0401 vs 0.0432: a line search took another branch); the history forgotten,
+    # it ended 74 % higher, which this bound still refuses
+    assert abs(losses[-1] - whole[-1]) <= 0.25 * whole[-1], (losses[-1], whole[-1])
 
 
 @pytest.fixture(scope="module")
