@@ -323,14 +323,15 @@ def relu_backward(dy, y):
 @njit(inline="always")
 def _pow_neg(s, beta):  # pragma: no cover - compiled
     # s ** -beta; the paper's beta = 0.75 as 1/sqrt(s) * sqrt(1/sqrt(s)), which vectorises
-    # (a general power is a scalar libm call per element).
+    # (a general power is a scalar libm call per element). Its callers use
+    # error_model="numpy": Python's division-by-zero check would keep the loop scalar.
     if beta == 0.75:
         r = np.float32(1.0) / np.sqrt(s)
         return r * np.sqrt(r)
     return s ** np.float32(-beta)
 
 
-@njit(parallel=True, cache=True, fastmath=True)
+@njit(parallel=True, cache=True, fastmath=True, error_model="numpy")  # see _pow_neg
 def _lrn_fwd(x, size, alpha, beta, k):  # pragma: no cover - compiled
     n, c, hw = x.shape
     y = np.empty_like(x)
@@ -353,7 +354,7 @@ def _lrn_fwd(x, size, alpha, beta, k):  # pragma: no cover - compiled
     return y, s
 
 
-@njit(parallel=True, cache=True, fastmath=True)
+@njit(parallel=True, cache=True, fastmath=True, error_model="numpy")  # see _pow_neg
 def _lrn_bwd(dy, x, y, s, size, alpha, beta):  # pragma: no cover - compiled
     n, c, hw = x.shape
     dx = np.empty_like(x)

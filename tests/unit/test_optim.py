@@ -56,6 +56,29 @@ def test_adagrad_matches_the_numpy_formula():
     assert_close(p1, p2, rtol=1e-5, scale=1e-6)
 
 
+def test_adagrad_is_the_float32_formula_bit_for_bit():
+    """The vectorised pass (Numba's numpy error model) computes the same IEEE float32
+    operations, in the same order, as NumPy: equal bits, zeros and tiny values included."""
+    from hpcnet.kernels._cpu_optim import adagrad_update_zero
+
+    n = 10_007  # not a multiple of any vector width: the loop's tail is checked too
+    rng = np.random.default_rng(3)
+    p = rng.standard_normal(n).astype(np.float32)
+    a = np.zeros(n, np.float32)
+    p_ref, a_ref = p.copy(), a.copy()
+    lr, eps = np.float32(0.05), np.float32(1e-8)
+    for k in range(3):
+        g = (rng.standard_normal(n) * 10.0 ** rng.integers(-20, 3, n)).astype(np.float32)
+        g[k::7] = 0.0  # a zero gradient on a zero accumulator: 0 / eps
+        g_ref = g.copy()
+        a_ref = a_ref + g_ref * g_ref
+        p_ref = p_ref - lr * g_ref / (np.sqrt(a_ref) + eps)
+        adagrad_update_zero(p, g, a, lr, eps)
+        assert not g.any()  # the slot emptied in the same pass
+    np.testing.assert_array_equal(a, a_ref)
+    np.testing.assert_array_equal(p, p_ref)
+
+
 @pytest.mark.parametrize("name,cls", [("sgd", SGD), ("adagrad", Adagrad)])
 def test_make_rule_by_name(name, cls):
     rule = make_rule(name, 7)
