@@ -15,11 +15,21 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-# Numba's OpenMP layer spin-waits after each parallel region and starves
-# OpenBLAS's threads (measured: 2conv step 270 -> 470 samples/s with workqueue
-# on 2 cores). A user's NUMBA_THREADING_LAYER still wins.
+# Threading layer: OpenMP, spinning briefly after each parallel region. Numba's
+# `workqueue` layer costs ~0.1 ms to start a parallel loop (a ReLU of 4 K floats:
+# 0.116 ms, against 0.0035 ms under OpenMP): lenet and small batches paid it a dozen
+# times a step. OpenMP's default spin after a region (GOMP_SPINCOUNT 300000) starves
+# OpenBLAS's threads on the same cores (2conv 270 -> 470 samples/s when we moved to
+# workqueue); a short spin keeps both (bench layers, 2 threads, samples/s hpcnet:
+# workqueue / omp default / spin 3000: mlp@256 26,865 / 17,979 / 37,193, lenet@64
+# 6,448 / 12,109 / 11,659, 2conv@64 1,241 / 995 / 1,498). Where libgomp is missing
+# Numba falls back to workqueue. A user's NUMBA_THREADING_LAYER, GOMP_SPINCOUNT or
+# OMP_WAIT_POLICY wins; libgomp reads them when Numba first loads it, after this.
 if "NUMBA_THREADING_LAYER" not in os.environ:
-    numba.config.THREADING_LAYER = "workqueue"
+    numba.config.THREADING_LAYER = "default"
+    numba.config.THREADING_LAYER_PRIORITY = ["omp", "workqueue", "tbb"]
+if "GOMP_SPINCOUNT" not in os.environ and "OMP_WAIT_POLICY" not in os.environ:
+    os.environ["GOMP_SPINCOUNT"] = "3000"
 
 from hpcnet.kernels import _cpu_chunks as _chunks  # noqa: E402
 from hpcnet.kernels import _cpu_conv as _conv  # noqa: E402
@@ -226,11 +236,15 @@ def conv2d_release(cache) -> None:
         POOL.give(buf)
 
 
+# The parallel kernels write into arrays the caller allocated with NumPy: an array
+# allocated inside a parallel Numba function cost ~0.1 ms a call here, and a large one
+# misses NumPy's huge pages (ReLU of 131 K floats 0.106 -> 0.011 ms, of 18 M 30 -> 6 ms).
+
+
 @njit(parallel=True, cache=True)
-def _maxpool_fwd(x, k, stride, oh, ow):  # pragma: no cover - compiled
+def _maxpool_fwd(x, k, stride, y, arg):  # pragma: no cover - compiled
     n, c, h, w = x.shape
-    y = np.empty((n, c, oh, ow), np.float32)
-    arg = np.empty((n, c, oh, ow), np.int64)
+    oh, ow = y.shape[2], y.shape[3]
     for nc in prange(n * c):
         b = nc // c
         ci = nc % c
@@ -248,20 +262,18 @@ def _maxpool_fwd(x, k, stride, oh, ow):  # pragma: no cover - compiled
                             bi = ih * w + iw
                 y[b, ci, i, j] = best
                 arg[b, ci, i, j] = bi
-    return y, arg
 
 
 @njit(parallel=True, cache=True)
-def _maxpool_bwd(dy, arg, h, w):  # pragma: no cover - compiled
+def _maxpool_bwd(dy, arg, dx):  # pragma: no cover - compiled
     n, c, oh, ow = dy.shape
-    dx = np.zeros((n, c, h * w), np.float32)
     for nc in prange(n * c):
         b = nc // c
         ci = nc % c
+        dx[b, ci] = 0.0
         for i in range(oh):
             for j in range(ow):
                 dx[b, ci, arg[b, ci, i, j]] += dy[b, ci, i, j]
-    return dx.reshape(n, c, h, w)
 
 
 def maxpool2d_forward(x, k, stride):
@@ -273,32 +285,34 @@ def maxpool2d_forward(x, k, stride):
     """
     n, c, h, wd = x.shape
     oh, ow = conv_out_size(h, k, stride, 0), conv_out_size(wd, k, stride, 0)
-    return _maxpool_fwd(x, k, stride, oh, ow)
+    y = np.empty((n, x.shape[1], oh, ow), np.float32)
+    arg = np.empty(y.shape, np.int64)
+    _maxpool_fwd(x, k, stride, y, arg)
+    return y, arg
 
 
 def maxpool2d_backward(dy, argmax, x_shape):
     """Routes each gradient to its window's argmax; returns dx (N, C, H, W) float32."""
-    return _maxpool_bwd(np.ascontiguousarray(dy), argmax, x_shape[2], x_shape[3])
+    n, c, h, w = x_shape
+    dx = np.empty((n, c, h * w), np.float32)
+    _maxpool_bwd(np.ascontiguousarray(dy), argmax, dx)
+    return dx.reshape(x_shape)
 
 
 PARALLEL_MIN_SIZE = 1 << 16  # elements below which elementwise ops skip Numba's threads
 
 
 @njit(parallel=True, cache=True)
-def _relu_fwd(x):  # pragma: no cover - compiled
-    y = np.empty_like(x)
+def _relu_fwd(x, y):  # pragma: no cover - compiled
     for i in prange(x.size):
         v = x[i]
         y[i] = v if v > 0 else np.float32(0.0)
-    return y
 
 
 @njit(parallel=True, cache=True)
-def _relu_bwd(dy, y):  # pragma: no cover - compiled
-    dx = np.empty_like(dy)
+def _relu_bwd(dy, y, dx):  # pragma: no cover - compiled
     for i in prange(dy.size):
         dx[i] = dy[i] if y[i] > 0 else np.float32(0.0)
-    return dx
 
 
 def relu_forward(x):
@@ -309,15 +323,20 @@ def relu_forward(x):
     """
     if x.size < PARALLEL_MIN_SIZE:
         return np.maximum(x, np.float32(0.0))
-    return _relu_fwd(np.ascontiguousarray(x).reshape(-1)).reshape(x.shape)
+    x = np.ascontiguousarray(x)
+    y = np.empty_like(x)
+    _relu_fwd(x.reshape(-1), y.reshape(-1))
+    return y
 
 
 def relu_backward(dy, y):
     """dy where the forward output y was positive, else 0."""
     if dy.size < PARALLEL_MIN_SIZE:  # (np.where is 10x slower than this product)
         return np.multiply(dy, y > 0, dtype=np.float32)
-    flat = _relu_bwd(np.ascontiguousarray(dy).reshape(-1), np.ascontiguousarray(y).reshape(-1))
-    return flat.reshape(dy.shape)
+    dy = np.ascontiguousarray(dy)
+    dx = np.empty_like(dy)
+    _relu_bwd(dy.reshape(-1), np.ascontiguousarray(y).reshape(-1), dx.reshape(-1))
+    return dx
 
 
 @njit(inline="always")
@@ -332,10 +351,8 @@ def _pow_neg(s, beta):  # pragma: no cover - compiled
 
 
 @njit(parallel=True, cache=True, fastmath=True, error_model="numpy")  # see _pow_neg
-def _lrn_fwd(x, size, alpha, beta, k):  # pragma: no cover - compiled
+def _lrn_fwd(x, size, alpha, beta, k, y, s):  # pragma: no cover - compiled
     n, c, hw = x.shape
-    y = np.empty_like(x)
-    s = np.empty_like(x)
     half = size // 2
     a32, k32 = np.float32(alpha), np.float32(k)
     for nc in prange(n * c):
@@ -351,27 +368,28 @@ def _lrn_fwd(x, size, alpha, beta, k):  # pragma: no cover - compiled
             sc = k32 + a32 * srow[p]
             srow[p] = sc
             yrow[p] = xrow[p] * _pow_neg(sc, beta)
-    return y, s
 
 
 @njit(parallel=True, cache=True, fastmath=True, error_model="numpy")  # see _pow_neg
-def _lrn_bwd(dy, x, y, s, size, alpha, beta):  # pragma: no cover - compiled
+def _lrn_bwd(dy, x, y, s, size, alpha, beta, dx, t, accs):  # pragma: no cover - compiled
     n, c, hw = x.shape
-    dx = np.empty_like(x)
     half = size // 2
     f = np.float32(2.0 * alpha * beta)
     for b in prange(n):
-        t = dy[b] * y[b] / s[b]  # (C, HW): each channel's term of the window sums
+        tb = t[b]  # (C, HW): each channel's term of the window sums
         for ci in range(c):
-            acc = np.zeros(hw, np.float32)
+            for p in range(hw):
+                tb[ci, p] = dy[b, ci, p] * y[b, ci, p] / s[b, ci, p]
+        acc = accs[b]
+        for ci in range(c):
+            acc[:] = 0.0
             for j in range(max(0, ci - half), min(c, ci + half + 1)):
-                tj = t[j]
+                tj = tb[j]
                 for p in range(hw):
                     acc[p] += tj[p]
             srow, xrow, dyrow, dxrow = s[b, ci], x[b, ci], dy[b, ci], dx[b, ci]
             for p in range(hw):
                 dxrow[p] = dyrow[p] * _pow_neg(srow[p], beta) - f * xrow[p] * acc[p]
-    return dx
 
 
 def lrn_forward(x, size, alpha, beta, k):
@@ -383,7 +401,9 @@ def lrn_forward(x, size, alpha, beta, k):
         (y, scale): both (N, C, H, W) float32.
     """
     n, c, h, w = x.shape
-    y, s = _lrn_fwd(np.ascontiguousarray(x).reshape(n, c, h * w), size, alpha, beta, k)
+    y = np.empty((n, c, h * w), np.float32)
+    s = np.empty_like(y)
+    _lrn_fwd(np.ascontiguousarray(x).reshape(n, c, h * w), size, alpha, beta, k, y, s)
     return y.reshape(x.shape), s.reshape(x.shape)
 
 
@@ -394,7 +414,11 @@ def lrn_backward(dy, x, y, scale, size, alpha, beta, k):
     def flat(a):
         return np.ascontiguousarray(a).reshape(n, c, h * w)
 
-    return _lrn_bwd(flat(dy), flat(x), flat(y), flat(scale), size, alpha, beta).reshape(x.shape)
+    dx = np.empty((n, c, h * w), np.float32)
+    t = np.empty_like(dx)  # scratch: dy * y / scale
+    accs = np.empty((n, h * w), np.float32)  # scratch: one window sum per sample
+    _lrn_bwd(flat(dy), flat(x), flat(y), flat(scale), size, alpha, beta, dx, t, accs)
+    return dx.reshape(x.shape)
 
 
 def dropout_forward(x, mask):
