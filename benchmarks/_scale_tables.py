@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
-from _common import fit_alpha_beta
+from _common import clean_runs, fit_alpha_beta, med
 
 from hpcnet import perfmodel as pm
 
@@ -128,14 +128,34 @@ def predict_here(
                                here(f), shared_cores=True, step_overhead_s=overhead)  # fmt: skip
 
 
+def validation_runs(raw: dict) -> list[dict]:
+    """The validation runs grouped by configuration, in first-run order: one dict per
+    (algo, replicas) with ``runs`` (all of them), ``used`` (the undisturbed ones, or all
+    if none was) and ``samples_per_s`` (the median of ``used``; min and max in
+    ``spread``). A --json file from before repeats existed gives one run each."""
+    groups: dict[tuple[str, int], list[dict]] = {}
+    for r in raw["validate"]:
+        groups.setdefault((r["algo"], r["replicas"]), []).append(r)
+    out = []
+    for (algo, replicas), runs in groups.items():
+        used = clean_runs(runs)
+        rates = [r["summary"]["samples_per_s"] for r in used]
+        out.append({
+            "algo": algo, "replicas": replicas, "procs": runs[0]["procs"], "runs": runs,
+            "used": used, "samples_per_s": med(rates), "spread": (min(rates), max(rates)),
+            "others": max(r["cpu_others_during"] or 0.0 for r in used),
+        })  # fmt: skip
+    return out
+
+
 def loop_overhead(f: dict, raw: dict, model: str) -> float:
     """Seconds per step ``python -m hpcnet train`` spends outside forward, backward and
-    the update (batches, metrics, Python), from the sync R = 1 run (the calibration):
-    its measured step time minus the compute worker's. 0 without such a run."""
+    the update (batches, metrics, Python), from the sync R = 1 runs (the calibration):
+    their median step time minus the compute worker's. 0 without such a run."""
     c = f["compute"][model]
-    for r in raw["validate"]:
-        if r["algo"] == "sync" and r["replicas"] == 1:
-            step = c["batch"] / r["summary"]["samples_per_s"]
+    for g in validation_runs(raw):
+        if g["algo"] == "sync" and g["replicas"] == 1:
+            step = c["batch"] / g["samples_per_s"]
             return max(0.0, step - c["fwd_bwd_s"] - c["sgd_s"])
     return 0.0
 
@@ -146,24 +166,27 @@ def print_validation(f: dict, raw: dict, model: str) -> None:
           f"{f['compute'][model]['batch']}, this machine ({os.cpu_count()} cores); training "
           f"loop's own cost {over * 1e3:.3f} ms/step (from sync R=1)")  # fmt: skip
     print("| configuration | ranks | bound | predicted, model + comm only | predicted | "
-          "measured samples/s | error | other jobs |\n"
-          "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |")  # fmt: skip
-    for r in raw["validate"]:
-        shape = r["summary"].get("input_shape", (1, 8, 8))
+          "measured samples/s (median) | min-max | runs | error | other jobs |\n"
+          "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")  # fmt: skip
+    for r in validation_runs(raw):
+        shape = r["runs"][0]["summary"].get("input_shape", (1, 8, 8))
         bare = predict_here(f, r["algo"], r["replicas"], model, 0.0, shape)
         pred = predict_here(f, r["algo"], r["replicas"], model, over, shape)
-        meas = r["summary"]["samples_per_s"]
+        meas = r["samples_per_s"]
+        lo, hi = r["spread"]
         name = {"sync": f"sync R={r['replicas']}", "downpour": f"downpour S=1 R={r['replicas']}",
                 "modelpar": f"model parallel M={r['replicas']}"}[r["algo"]]  # fmt: skip
         err = (pred.samples_per_s - meas) / meas
         calib = r["algo"] == "sync" and r["replicas"] == 1
         flag = " (calibration)" if calib else " !" if abs(err) > 0.25 else ""
         print(f"| {name} | {r['procs']} | {pred.bound} | {bare.samples_per_s:,.0f} | "
-              f"{pred.samples_per_s:,.0f} | {meas:,.0f} | {err:+.0%}{flag} | "
-              f"{r['cpu_others_during'] or 0:.0%} |")  # fmt: skip
+              f"{pred.samples_per_s:,.0f} | {meas:,.0f} | {lo:,.0f}-{hi:,.0f} | "
+              f"{len(r['used'])}/{len(r['runs'])} | {err:+.0%}{flag} | "
+              f"{r['others']:.0%} |")  # fmt: skip
     print(
         "error = (predicted - measured) / measured; '!' beyond the 25 % target; sync R=1 "
-        "sets the loop's cost, so its error is 0 by construction"
+        "sets the loop's cost, so its error is 0 by construction; measured: the median of "
+        "the undisturbed runs (runs: used/all; other jobs: the most any used run saw)"
     )
 
 

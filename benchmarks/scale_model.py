@@ -224,8 +224,13 @@ def measure(args) -> dict:
     raw["rma"].append(r)
     print(f"  rma: fetch {r['fetch_s'][-1] * 1e3:.2f} ms, push {r['push_s'][-1] * 1e3:.2f} ms "
           f"at 16 MiB ({disturbance(r)})", flush=True)  # fmt: skip
-    for algo, rep, procs, flags in val_configs(args):
-        what = f"{algo} R={rep}"
+    # every configuration once, then again (A B C A B C): a slow minute on a shared
+    # machine then costs each configuration one run, not one configuration all of its
+    configs = val_configs(args)
+    for repeat, (algo, rep, procs, flags) in [
+        (k, c) for k in range(args.val_repeats) for c in configs
+    ]:
+        what = f"{algo} R={rep}" + (f" (repeat {repeat})" if args.val_repeats > 1 else "")
         r = _driver.run_train(PROG, f"scale-{algo}", procs, flags, what, mpiexec,
                               runs_dir=None, **kw)  # fmt: skip
         r.pop("records", None)
@@ -280,6 +285,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="Downpour replicas R (+1 shard rank)")  # fmt: skip
     p.add_argument("--val-modelpar", default="2", type=_ints,
                    help="model partitions M of one sync replica (neurons scheme)")  # fmt: skip
+    p.add_argument("--val-repeats", type=int, default=3,
+                   help="runs of each validation configuration (median of the undisturbed "
+                        "ones)")  # fmt: skip
     g = p.add_argument_group("cluster to predict for (the 'cluster' table)")
     g.add_argument("--latency", type=float, default=20e-6, help="alpha, seconds per message")
     g.add_argument("--bandwidth", type=float, default=10e9,

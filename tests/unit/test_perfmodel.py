@@ -154,3 +154,32 @@ def test_bench_scale_is_registered_and_its_help_works():
     )
     assert out.returncode == 0, out.stderr
     assert "--nic-bandwidth" in out.stdout and "--from-json" in out.stdout
+
+
+def test_bench_scale_takes_the_median_of_the_undisturbed_validation_runs():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    try:
+        import _scale_tables as tables
+    finally:
+        sys.path.pop(0)
+
+    def run(algo, r, rate, clean=True):
+        return {"algo": algo, "replicas": r, "procs": r, "clean": clean,
+                "cpu_others_during": 0.0 if clean else 0.5,
+                "summary": {"samples_per_s": rate}}  # fmt: skip
+
+    raw = {"validate": [
+        run("sync", 1, 100.0), run("sync", 2, 150.0), run("sync", 1, 90.0),
+        run("sync", 2, 10.0, clean=False), run("sync", 1, 120.0), run("sync", 2, 170.0),
+    ]}  # fmt: skip
+    groups = tables.validation_runs(raw)
+    assert [(g["algo"], g["replicas"]) for g in groups] == [("sync", 1), ("sync", 2)]
+    assert groups[0]["samples_per_s"] == 100.0 and groups[0]["spread"] == (90.0, 120.0)
+    # the disturbed run is left out: the median of 150 and 170, not of 10, 150, 170
+    assert groups[1]["samples_per_s"] == 160.0 and len(groups[1]["used"]) == 2
+    # a configuration whose runs were all disturbed still reports them all
+    only = tables.validation_runs({"validate": [run("downpour", 1, 5.0, clean=False)]})
+    assert only[0]["samples_per_s"] == 5.0 and only[0]["others"] == 0.5
