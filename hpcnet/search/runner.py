@@ -160,10 +160,14 @@ def _run_trial(
     from hpcnet.run.preempt import STOP_REQUESTED, Preempted
 
     out: dict[str, Any] = {"status": "completed", "metric": None, "steps": None, "reason": ""}
-    comm = group.Dup()  # a failed trial may leave requests pending on it: never reused
-    comm.Set_name(f"search trial {trial.id}")
     t0 = time.monotonic()
+    comm = None
     try:
+        # a failed trial may leave requests pending on its communicator: never reused.
+        # Inside the try: a group rank dying just now makes Dup itself fail (ULFM), which
+        # is this trial's failure; the agreement after it retires the group (seen in CI)
+        comm = group.Dup()
+        comm.Set_name(f"search trial {trial.id}")
         with _alarm(trial_timeout):
             overrides = {**fixed, **trial.params}
             if train_fn is None:
@@ -191,7 +195,7 @@ def _run_trial(
     except (HpcnetError, Exception) as e:  # noqa: BLE001  a trial's failure is a result
         out.update(status="failed", reason=_one_line(e))
     out["wall_s"] = time.monotonic() - t0
-    if out["status"] == "completed":
+    if out["status"] == "completed" and comm is not None:
         comm.Free()
     return out
 
