@@ -286,7 +286,7 @@ def maxpool2d_forward(x, k, stride):
     """
     n, c, h, wd = x.shape
     oh, ow = conv_out_size(h, k, stride, 0), conv_out_size(wd, k, stride, 0)
-    y = np.empty((n, x.shape[1], oh, ow), np.float32)
+    y = np.empty((n, c, oh, ow), np.float32)
     arg = np.empty(y.shape, np.int64)
     _maxpool_fwd(x, k, stride, y, arg)
     return y, arg
