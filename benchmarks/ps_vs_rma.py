@@ -8,8 +8,11 @@ driver waits to be idle before every run (and whose other jobs' CPU it measures 
 * ``hpcnet``: :func:`hpcnet.ps.windows.create_shard_windows`, a
   :class:`~hpcnet.ps.shard.ShardService` (rule ``sgd``) on rank 0, a
   :class:`~hpcnet.ps.client.ShardClient` on rank 1 timing ``fetch`` and ``push`` per
-  call, with a simulated compute gap (``--gap``, 20 ms of sleep) between them so the
-  shard has applied the previous push, as in training;
+  call, with a simulated compute gap (``--gap``, 20 ms) between them so the shard
+  has applied the previous push, as in training. ``--gap-kind spin`` (the default)
+  keeps the replica's CPU busy through the gap, as a computing replica's is;
+  ``sleep`` idles it, and then the first MPI calls after the gap pay a wake-up of
+  ~0.05-0.1 ms on a virtual machine, which dominates a 100 K call;
 * ``raw``: one ``MPI.Win.Allocate`` window of the same bytes (same info hints) on
   rank 0, which sits in a sleeping ``Ibarrier`` + ``Test`` poll loop; rank 1 holds
   ``Lock_all`` for the whole loop and times ``Get`` + ``Flush`` and, on alternate
@@ -54,6 +57,15 @@ PS_SIDES = ("hpcnet", "raw")
 
 
 # --------------------------------------------------------------------------- worker
+def _gap(args: argparse.Namespace) -> None:
+    """The replica's compute between a fetch and a push: ``args.gap`` seconds, busy
+    (``spin``: the CPU stays awake, as a computing replica's does) or idle (``sleep``)."""
+    if args.gap_kind == "sleep":
+        time.sleep(args.gap)
+        return
+    end = time.perf_counter() + args.gap
+    while time.perf_counter() < end:
+        pass
 
 
 def worker_ps(args: argparse.Namespace) -> None:
@@ -80,6 +92,7 @@ def worker_ps(args: argparse.Namespace) -> None:
                 "iters": args.iters,
                 "warmup": args.warmup,
                 "gap_s": args.gap,
+                "gap_kind": args.gap_kind,
                 "calls_s": calls[1],  # the replica's (origin's) per-call times
                 "shard": shards[0],
             }
@@ -111,7 +124,7 @@ def _ps_hpcnet(comm, n, grads, params, args) -> tuple[dict | None, dict | None]:
             t0 = time.perf_counter()
             client.fetch(params)
             t1 = time.perf_counter()
-            time.sleep(args.gap)  # the replica computes; the shard applies the last push
+            _gap(args)  # the replica computes; the shard applies the last push
             w0 = client.stats.push_wait_s
             t2 = time.perf_counter()
             client.push(grads, 1, 0.0, 0, 0)
@@ -150,7 +163,7 @@ def _ps_raw(comm, n, grads, params, args) -> tuple[dict | None, dict | None]:
             win.Get(params, 0, (0, n, MPI.FLOAT))
             win.Flush(0)
             t1 = time.perf_counter()
-            time.sleep(args.gap)
+            _gap(args)
             t2 = time.perf_counter()
             if i % 2:  # hpcnet's push is a Put (a client's own, empty slot)
                 win.Put(grads, 0, (0, n, MPI.FLOAT))
@@ -175,7 +188,7 @@ def run_ps(side: str, n: int, args, mpiexec: str) -> dict:
     cmd = [
         mpiexec, "-n", "2", sys.executable, str(Path(__file__).resolve()),
         "--worker", "ps", "--side", side, "--n", str(n), "--iters", str(args.ps_iters),
-        "--warmup", str(args.ps_warmup), "--gap", str(args.gap),
+        "--warmup", str(args.ps_warmup), "--gap", str(args.gap), "--gap-kind", args.gap_kind,
     ]  # fmt: skip
     return run_for_result(
         cmd, f"ps {side} n={n}", PROG, timeout=args.timeout, wait_idle=args.wait_idle
@@ -308,6 +321,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ps-iters", type=int, default=100, help="timed fetch+push pairs per run")
     p.add_argument("--ps-warmup", type=int, default=10, help="untimed pairs first")
     p.add_argument("--gap", type=float, default=0.02, help="seconds of simulated compute")
+    p.add_argument(
+        "--gap-kind",
+        choices=("spin", "sleep"),
+        default="spin",
+        help="the replica's CPU through the gap: busy (spin, as while computing) or idle",
+    )
     _driver.add_timeout_flags(p)
     # worker (internal)
     p.add_argument("--worker", choices=("ps",), help=argparse.SUPPRESS)

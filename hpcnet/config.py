@@ -108,6 +108,9 @@ class PSConfig:
     warm_start_steps: int = 0  # replica 0 trains alone for this many steps first
     replica_timeout: float = 60.0  # seconds without a heartbeat before a replica is lost
     read_own_writes: bool = False  # wait for own pushes to be applied before each fetch
+    # inbox slots per client at each shard: 2 lets a replica push while the shard still
+    # applies its previous push (double buffering, twice the inbox memory); 1 = wait
+    inbox_slots: int = 2
     # bounded staleness (SSP, Ho et al. 2013): a replica at step c waits until every live
     # replica has reached c - max_staleness; -1 = none (plain Downpour), 0 = lock-step
     max_staleness: int = -1
@@ -187,6 +190,7 @@ FLAGS: dict[str, tuple[str, str, str]] = {
     "--ps-rule": ("ps", "rule", "downpour: update rule at the shards: sgd | adagrad"),
     "--warm-start-steps": ("ps", "warm_start_steps", "downpour: replica 0 trains alone first"),
     "--replica-timeout": ("ps", "replica_timeout", "downpour: seconds of silence = lost"),
+    "--inbox-slots": ("ps", "inbox_slots", "downpour: inbox slots per replica at a shard: 1 | 2"),
     "--read-own-writes": (
         "ps",
         "read_own_writes",
@@ -468,6 +472,7 @@ def validate(cfg: Config) -> None:
     need(p.rule in ("sgd", "adagrad"), "ps", "rule", "choose sgd or adagrad")
     need(p.warm_start_steps >= 0, "ps", "warm_start_steps", "must be >= 0")
     need(p.replica_timeout > 0, "ps", "replica_timeout", "must be > 0 seconds")
+    need(p.inbox_slots in (1, 2), "ps", "inbox_slots", "choose 1 or 2")
     need(p.max_staleness >= -1, "ps", "max_staleness", "must be >= 0 steps (-1: none)")
     only_for(
         "downpour", p.max_staleness == -1, "ps", "max_staleness", "bounded staleness is Downpour's"

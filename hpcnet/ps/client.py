@@ -8,7 +8,7 @@ protocol and the consistency guarantees.
 
 Bytes per operation, for S shards and n parameters in total: a fetch moves
 ``4 n`` bytes of parameters plus ``56 S`` of counters (heartbeat, head, ACK); a push
-moves ``4 n`` bytes of gradients plus ``104 S`` of counters (the slot check's 48
+moves ``4 n`` bytes of gradients plus ``112 S`` of counters (the slot check's 48
 when it is not skipped).
 
 Round trips (a ``Flush`` that waits; flushes of two windows back to back count once)
@@ -20,8 +20,10 @@ per shard, before issue 14 -> now:
   read the head first (2).
 * push: 3 -> 2 or 3. The slot check (ACK and head in one ``Flush``; it was an ACK
   read, then a head read when the slot was busy) is skipped when the last ACK read
-  already equals the pushes sent; then the gradient and its counters; then READY
-  (with a ``Get`` of the head riding along).
+  already shows the slot empty: with two inbox slots per client (the default), when
+  the shard had applied the push before last by the last fetch, which is the usual
+  case; then the gradient and its counters; then READY (with a ``Get`` of the head
+  riding along).
 
 A client is a replica, or with model parallelism one partition of it: its own
 inbox slot and counter block, ``client = replica * M + partition`` (see
@@ -116,7 +118,7 @@ class ShardClient:
         self._heads = np.zeros((n, W.HEAD), np.float64)
         self._lb = np.full(n, -1, np.int64)
         self._ack_buf = np.zeros(n, np.float64)
-        self.acks = np.full(n, -1, np.int64)  # -1: unknown, the first push reads it
+        self.acks = np.full(n, -(2**40), np.int64)  # unknown: the first push reads it
         self._one = np.ones(1, np.float64)
         # one counter block per shard: an Accumulate's origin buffer must stay as it is
         # until its Flush, and the blocks differ (BASE_VERSION)
@@ -199,25 +201,28 @@ class ShardClient:
             self._add(sw, W.HEARTBEAT, 1.0)
             sw.ctrl_win.Flush(sw.owner)
 
-    def _wait_applied(self, sw: W.ShardWindows) -> float:
-        """Waits, with heartbeats, until shard ``sw`` has consumed all of this client's
-        pushes; returns the seconds waited. Sets ``stopped`` if the shard finished.
+    def _wait_applied(self, sw: W.ShardWindows, pending: int = 0) -> float:
+        """Waits, with heartbeats, until at most ``pending`` of this client's pushes
+        are not yet consumed by shard ``sw`` (0: all applied; ``sw.slots - 1``: the slot
+        of the next push is empty); returns the seconds waited. Sets ``stopped`` if the
+        shard finished.
 
-        No communication when the ACK last read already equals the pushes sent (ACK
-        only grows, and only this client's pushes fill its slot).
+        No communication when the ACK last read already shows it (ACK only grows, and
+        only this client's pushes fill its slots).
 
         Raises:
             TimeoutError: the shard did not take the push within ``wait_timeout`` seconds.
         """
+        i = sw.shard
 
         def taken() -> bool:
             head = self._read_head(sw)  # the ACK and the head in one round trip
-            if self.acks[sw.shard] >= self.sent[sw.shard]:
+            if self.acks[i] + pending >= self.sent[i]:
                 return True
             return head[W.STOP] > 0  # a finished shard takes no more
 
-        if self.acks[sw.shard] >= self.sent[sw.shard]:
-            return 0.0  # the slot is known empty
+        if self.acks[i] + pending >= self.sent[i]:
+            return 0.0  # known without asking
 
         t = time.perf_counter()
         poll_until(
@@ -303,8 +308,8 @@ class ShardClient:
         (steps, loss sum, correct, samples) since the last push.
 
         Round trips per shard: the slot check (this client's ACK and the head, one
-        ``Flush``), skipped when the last read ACK already equals the pushes sent (the
-        slot is known empty); the gradient and counters (inbox and ctrl flushed back to
+        ``Flush``), skipped when the last read ACK already shows this push's slot
+        empty; the gradient and counters (inbox and ctrl flushed back to
         back); READY, with a ``Get`` of the head in the same epoch. READY is raised only
         after the gradient's ``Flush``: the shard never sees a half-written push.
 
@@ -317,18 +322,19 @@ class ShardClient:
         to = [i for i, sw in enumerate(self.shards) if self.skip[i] == 0]
         self.skip[self.skip > 0] -= 1
         targets = [self.shards[i] for i in to if self.pieces[i]]
-        for sw in targets:
-            self.stats.push_wait_s += self._wait_applied(sw)
+        for sw in targets:  # the slot of this push is empty
+            self.stats.push_wait_s += self._wait_applied(sw, pending=sw.slots - 1)
         if self.stopped:
             self.stats.push_s += time.perf_counter() - t
             return
         for i in to:
             sw, f = self.shards[i], self._fields[i]
-            slot = self.client * sw.n - sw.lo
+            k = int(self.sent[i])  # this push's number at shard i
+            slot = sw.slot(self.client, k) - sw.lo
             for a, b in self.pieces[i]:  # the slot is this client's and empty: a Put
                 sw.inbox_win.Put(grads[a:b], sw.owner, (slot + a, b - a, MPI.FLOAT))
             f[:] = 0.0
-            f[W.BASE_VERSION - W.BASE_VERSION] = self.versions[i] if self.pieces[i] else 0
+            f[k % sw.slots] = self.versions[i] if self.pieces[i] else 0  # its BASE_VERSION
             f[W.HEARTBEAT - W.BASE_VERSION] = 1.0
             if self.report_stats:
                 f[W.STEPS - W.BASE_VERSION] = steps

@@ -3,18 +3,20 @@
 The shard's unit is the *client*: one replica partition, ``client = replica * M +
 partition`` (one client per replica without model parallelism; see
 :mod:`hpcnet.ps.windows`). How a push is consumed exactly once: client c owns
-inbox slot c and the two counters READY[c] (written only by the client, += 1 per
-completed push) and ACK[c] (written only by the shard). The client pushes only
-when ``ACK[c] == pushes it has sent`` (the slot is empty; read now, or known from an
-earlier read: ACK only grows and only client c fills slot c): it ``Put``s its
-gradient into the empty slot (nobody else writes it, so no accumulate is needed:
-a 400 KB ``Put`` costs half an ``Accumulate`` on MPICH's shared memory),
-``Flush``es (the data is complete at the shard), then adds 1 to READY[c] and
-flushes again. The shard applies slot c
-when ``READY[c] > ACK[c]``, zeroes the slot, and only then sets
-``ACK[c] = READY[c]``. So a slot is never written while the shard reads it,
-never read twice, and never skipped: pushes applied == pushes sent, per
-client (tested).
+K inbox slots (:mod:`hpcnet.ps.windows`; K = 2 by default) and the two counters
+READY[c] (written only by the client, += 1 per completed push) and ACK[c]
+(written only by the shard). Push number k of client c (counted from 0) goes to
+c's slot ``k % K``, and only when ``ACK[c] > k - K`` (push k - K, the slot's last
+occupant, was consumed; read now, or known from an earlier read: ACK only grows
+and only client c fills c's slots): it ``Put``s its gradient into the empty slot
+(nobody else writes it, so no accumulate is needed: a 400 KB ``Put`` costs half
+an ``Accumulate`` on MPICH's shared memory), ``Flush``es (the data is complete at
+the shard), then adds 1 to READY[c] and flushes again. The shard applies c's
+pushes in order: when ``READY[c] > ACK[c]`` it applies push ``ACK[c]`` from slot
+``ACK[c] % K``, zeroes the slot, and only then adds 1 to ACK[c]. So a slot is
+never written while the shard reads it, never read twice, and never skipped:
+pushes applied == pushes sent, per client (tested). With K = 2 a client that
+fetched after its last push usually knows its next slot empty without asking.
 
 Consistency hpcnet guarantees (and what it does not):
 
@@ -178,14 +180,18 @@ class ShardService:
         self.stats.version = state["version"]
 
     def _apply(self, c: int, params, inbox, ctrl) -> None:
-        n = self.sw.n
-        slot = inbox[c * n : (c + 1) * n]
+        """Applies client ``c``'s oldest pending push (number ACK[c]) and empties its slot."""
+        sw = self.sw
+        k = int(ctrl[W.field(c, W.ACK)])
+        at = sw.slot(c, k)
+        slot = inbox[at : at + sw.n]
+        base = W.field(c, W.BASE_VERSION + k % sw.slots)
         version = int(ctrl[W.VERSION])
-        stale = version - int(ctrl[W.field(c, W.BASE_VERSION)])
+        stale = version - int(ctrl[base])
         t = time.perf_counter()
         self.rule.step_and_zero(params, slot, self.lr_at(version))  # one pass: apply, empty
         self.stats.apply_s += time.perf_counter() - t
-        ctrl[W.field(c, W.BASE_VERSION)] = 0.0
+        ctrl[base] = 0.0
         ctrl[W.VERSION] = version + 1
         ctrl[W.APPLIED] += 1
         ctrl[W.field(c, W.ACK)] += 1.0  # last: the slot is empty again

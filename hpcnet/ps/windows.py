@@ -7,9 +7,12 @@ contend; shared/DESIGN.md, "Known MPI pitfalls"):
 
 * ``param``  (n_s,) float32: the shard's slice ``[lo, hi)`` of the flat parameter
   vector. Clients ``Get`` it; the shard updates it in place.
-* ``inbox``  (C * n_s,) float32: one slot per client. Client c ``Put``s its
-  accumulated gradient into slot c once the shard has consumed the last one
-  (only c writes slot c), the shard consumes it.
+* ``inbox``  (C * K * n_s,) float32: K slots per client (``--inbox-slots``, default
+  :data:`SLOTS` = 2). Client c ``Put``s its k-th push (counted from 0) into its
+  slot ``k % K`` once the shard has consumed push ``k - K`` (only c writes c's
+  slots), and the shard consumes c's pushes in order. With two slots a client may
+  push while the shard still applies its previous push (double buffering: it
+  waits only when it is two pushes ahead), at twice the inbox memory.
 * ``ctrl``   float64 counters (exact integers up to 2**53): a head
   (:data:`VERSION`, :data:`STOP`, ...) and a block per client
   (:data:`READY`, :data:`ACK`, ...). Clients only ``Accumulate(SUM)`` into it
@@ -47,18 +50,22 @@ HEAD = 5
 # per-client block, at HEAD + c * PER_CLIENT
 READY = 0  # pushes client c has completed into its inbox slot (client: += 1)
 ACK = 1  # pushes of client c the shard has consumed (shard writes)
-BASE_VERSION = 2  # VERSION of this shard the pending push was computed on (client: += v)
-DONE = 3  # 1.0 when client c has finished its work (client: += 1)
-HEARTBEAT = 4  # client c's liveness counter (client: += 1 at each fetch and push)
-STEPS = 5  # training steps client c has completed (client: += steps at each push)
-LOSS = 6  # sum of client c's per-sample training losses, for progress lines
-CORRECT = 7  # correctly classified training samples of client c
-SAMPLES = 8  # training samples client c has processed
-SIGNAL = 9  # signal number client c's replica got (client: += signum, once)
+# VERSION of this shard the pending push in slot k was computed on (client: += v;
+# the shard zeroes it when it empties the slot), at BASE_VERSION + k, k < MAX_SLOTS
+BASE_VERSION = 2
+MAX_SLOTS = 2
+DONE = 4  # 1.0 when client c has finished its work (client: += 1)
+HEARTBEAT = 5  # client c's liveness counter (client: += 1 at each fetch and push)
+STEPS = 6  # training steps client c has completed (client: += steps at each push)
+LOSS = 7  # sum of client c's per-sample training losses, for progress lines
+CORRECT = 8  # correctly classified training samples of client c
+SAMPLES = 9  # training samples client c has processed
+SIGNAL = 10  # signal number client c's replica got (client: += signum, once)
 # SSP (--max-staleness, :mod:`hpcnet.ps.ssp`), at shard 0 only:
-CLOCK = 10  # steps client c's replica has completed (partition 0: += new steps, each step)
-LOST = 11  # 1.0 while the shard counts client c lost (shard writes; 0.0 if it comes back)
-PER_CLIENT = 12
+CLOCK = 11  # steps client c's replica has completed (partition 0: += new steps, each step)
+LOST = 12  # 1.0 while the shard counts client c lost (shard writes; 0.0 if it comes back)
+PER_CLIENT = 13
+SLOTS = 2  # inbox slots per client by default (--inbox-slots)
 
 
 def ctrl_size(n_clients: int) -> int:
@@ -123,21 +130,27 @@ class ShardWindows:
     owner: int  # world rank of the shard
     lo: int
     hi: int
-    n_clients: int  # inbox slots and counter blocks: replicas x partitions
+    n_clients: int  # counter blocks: replicas x partitions
     param_win: MPI.Win
     inbox_win: MPI.Win
     ctrl_win: MPI.Win
+    slots: int = SLOTS  # inbox slots per client
 
     @property
     def n(self) -> int:
         return self.hi - self.lo
+
+    def slot(self, client: int, push: int) -> int:
+        """Offset (elements) in the inbox of the slot holding ``client``'s push number
+        ``push`` (counted from 0 over the run)."""
+        return (client * self.slots + push % self.slots) * self.n
 
     @property
     def windows(self) -> tuple[MPI.Win, MPI.Win, MPI.Win]:
         return (self.param_win, self.inbox_win, self.ctrl_win)
 
     def local_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(params (n,) float32, inbox (C*n,) float32, ctrl float64) views of this
+        """(params (n,) float32, inbox (C*K*n,) float32, ctrl float64) views of this
         rank's window memory (meaningful on the owner only)."""
         return (
             np.frombuffer(self.param_win.tomemory(), np.float32),
@@ -161,14 +174,24 @@ class ShardWindows:
 
 
 def create_shard_windows(
-    comm: MPI.Intracomm, shard_ranks: list[int], ranges: list[tuple[int, int]], n_clients: int
+    comm: MPI.Intracomm,
+    shard_ranks: list[int],
+    ranges: list[tuple[int, int]],
+    n_clients: int,
+    slots: int = SLOTS,
 ) -> list[ShardWindows]:
-    """Creates every shard's windows (3 per shard, in shard order), each with an inbox
-    slot and a counter block for each of ``n_clients`` clients.
+    """Creates every shard's windows (3 per shard, in shard order), each with ``slots``
+    inbox slots and a counter block for each of ``n_clients`` clients.
 
     Collective over ``comm``: every rank must call it with the same arguments.
-    Memory is allocated (and zeroed) only on each window's shard rank.
+    Memory is allocated (and zeroed) only on each window's shard rank: per shard of n
+    parameters, ``4 n (1 + n_clients * slots)`` bytes plus the counters.
+
+    Raises:
+        LayoutError: ``slots`` is not 1 .. :data:`MAX_SLOTS`.
     """
+    if not 1 <= slots <= MAX_SLOTS:
+        raise LayoutError(f"--inbox-slots {slots}: must be 1 .. {MAX_SLOTS}")
     rank = comm.Get_rank()
     out = []
     info = window_info()
@@ -176,12 +199,12 @@ def create_shard_windows(
         mine = rank == owner
         n = hi - lo
         wins = []
-        for count, itemsize in ((n, 4), (n_clients * n, 4), (ctrl_size(n_clients), 8)):
+        for count, itemsize in ((n, 4), (n_clients * slots * n, 4), (ctrl_size(n_clients), 8)):
             w = MPI.Win.Allocate(count * itemsize if mine else 0, itemsize, info, comm)
             if mine:
                 np.frombuffer(w.tomemory(), np.uint8)[:] = 0
             wins.append(w)
-        out.append(ShardWindows(s, owner, lo, hi, n_clients, *wins))
+        out.append(ShardWindows(s, owner, lo, hi, n_clients, *wins, slots=slots))
     info.Free()
     comm.Barrier()  # every window zeroed before anyone reaches into it
     return out

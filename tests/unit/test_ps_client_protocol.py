@@ -59,12 +59,13 @@ class FakeWin:
 
 
 class HandShard:
-    """One shard with one client; its parameters all equal its version."""
+    """One shard with one client and ``slots`` inbox slots; its parameters all equal its
+    version."""
 
-    def __init__(self, rng):
-        self.rng = rng
+    def __init__(self, rng, slots):
+        self.rng, self.slots = rng, slots
         self.params = np.zeros(N, np.float32)
-        self.inbox = np.zeros(N, np.float32)
+        self.inbox = np.zeros(N * slots, np.float32)
         self.ctrl = np.zeros(W.ctrl_size(1), np.float64)
         self.errors: list[str] = []
         self.ready_seen = 0
@@ -73,18 +74,22 @@ class HandShard:
     def ack(self) -> int:
         return int(self.ctrl[W.field(0, W.ACK)])
 
+    def slot(self, k: int) -> np.ndarray:
+        """The slot push k goes to (independent of ShardWindows.slot)."""
+        return self.inbox[(k % self.slots) * N : (k % self.slots + 1) * N]
+
     def check(self):
         ready = int(self.ctrl[W.field(0, W.READY)])
         if ready > self.ready_seen:  # just announced: its gradient must be there, whole
             self.ready_seen = ready
-            if not np.array_equal(self.inbox, grad(ready - 1)):
+            if not np.array_equal(self.slot(ready - 1), grad(ready - 1)):
                 self.errors.append(f"push {ready - 1} announced before its gradient was in")
 
     def maybe_apply(self):
         if self.rng.random() < 0.3 and self.ctrl[W.field(0, W.READY)] > self.ack:
-            if not np.array_equal(self.inbox, grad(self.ack)):
+            if not np.array_equal(self.slot(self.ack), grad(self.ack)):
                 self.errors.append(f"push {self.ack}: slot holds something else")
-            self.inbox[:] = 0.0
+            self.slot(self.ack)[:] = 0.0
             self.ctrl[W.VERSION] += 1
             self.params[:] = self.ctrl[W.VERSION]
             self.ctrl[W.field(0, W.ACK)] += 1
@@ -94,18 +99,19 @@ def grad(k: int) -> np.ndarray:
     return np.full(N, k + 1, np.float32)
 
 
-def make(seed):
-    shard = HandShard(np.random.default_rng(seed))
+def make(seed, slots):
+    shard = HandShard(np.random.default_rng(seed), slots)
     mems = ((shard.params, "param"), (shard.inbox, "inbox"), (shard.ctrl, "ctrl"))
     wins = [FakeWin(m, name, shard) for m, name in mems]
-    sw = W.ShardWindows(0, 0, 0, N, 1, *wins)
+    sw = W.ShardWindows(0, 0, 0, N, 1, *wins, slots=slots)
     return shard, ShardClient([sw], 0, wait_timeout=10.0)
 
 
 @pytest.mark.parametrize("seed", range(8))
 @pytest.mark.parametrize("n_fetch", [1, 3])
-def test_invariants_hold_when_operations_complete_late_and_out_of_order(seed, n_fetch):
-    shard, client = make(seed)
+@pytest.mark.parametrize("slots", [1, 2])
+def test_invariants_hold_when_operations_complete_late_and_out_of_order(seed, n_fetch, slots):
+    shard, client = make(seed, slots)
     params = np.zeros(N, np.float32)
     pushes = 30
     for k in range(pushes):

@@ -86,14 +86,16 @@ class _Shared:
 
 
 def _setup(run: Run) -> _Shared:
-    """Collective: the shards' windows (one inbox slot per client = replica x partition),
-    which clients touch which shard, the parameters in the shards' windows (initial, or a
-    resumed run's shard state), and a barrier: the shards hold them before any replica
-    fetches."""
+    """Collective: the shards' windows (``--inbox-slots`` slots per client = replica x
+    partition), which clients touch which shard, the parameters in the shards' windows
+    (initial, or a resumed run's shard state), and a barrier: the shards hold them before
+    any replica fetches."""
     model, layout, comm, cfg = run.model, run.layout, run.comm, run.cfg
     with same_on_every_rank():
         ranges = W.shard_ranges(model.n_params, layout.shards, [a for _, a, _ in model.segments])
-    windows = W.create_shard_windows(comm, layout.shard_ranks, ranges, layout.n_clients)
+    windows = W.create_shard_windows(
+        comm, layout.shard_ranks, ranges, layout.n_clients, slots=cfg.ps.inbox_slots
+    )
     # which clients push to which shard (a partition pushes only where its parameters are)
     owned = allgather_objects(run.part.owned if run.part else None, comm)
     by_client, client_ranks = {}, {}
