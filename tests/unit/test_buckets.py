@@ -49,11 +49,11 @@ def test_plan_sizes():
     assert plan_buckets([], 0, 100) == []
 
 
-@pytest.mark.parametrize("name", ["digits_cnn", "towers"])
+@pytest.mark.parametrize("name", ["digits_cnn", "towers", "mlp"])  # mlp: Flatten first
 def test_backward_reports_final_gradients_last_layer_first(name):
     # on_grad_ready(lo) must mean grads[lo:] are final: snapshot them then and compare
     # with the gradients at the end of backward (the vector starts as NaN).
-    shape = (1, 8, 8) if name == "digits_cnn" else (1, 28, 28)
+    shape = (1, 28, 28) if name == "towers" else (1, 8, 8)
     m = build_model(name, shape, 10)
     m.init(0)
     rng = np.random.default_rng(0)

@@ -79,17 +79,33 @@ def test_buffers_are_reused_between_steps():
     assert len(free) == 2
 
 
-def test_model_gradients_equal_with_and_without_first_layer_input_gradient():
+@pytest.mark.parametrize("lead", ["conv", "flatten+dense"])
+def test_model_gradients_equal_with_and_without_first_layer_input_gradient(lead):
+    """The first layer with parameters computes no input gradient, and the
+    parameterless layers before it no backward at all (Flatten before an MLP's first
+    dense layer); the parameter gradients equal every layer's full backward's."""
     from hpcnet.kernels import get_backend
     from hpcnet.nn.layers import Conv2D, Dense, Flatten, ReLU
     from hpcnet.nn.model import Model
 
+    class Counted(Dense):
+        dx_passes = 0
+
+        def backward(self, dy, backend, need_dx=True):
+            Counted.dx_passes += need_dx
+            return super().backward(dy, backend, need_dx)
+
     be = get_backend("cpu")
-    model = Model([Conv2D(6, 3, padding=1), ReLU(), Flatten(), Dense(3)], (2, 5, 5))
+    if lead == "conv":
+        layers = [Conv2D(6, 3, padding=1), ReLU(), Flatten(), Dense(3)]
+    else:
+        layers = [Flatten(), Counted(7), ReLU(), Dense(3)]
+    model = Model(layers, (2, 5, 5))
     model.init(1)
     x, y = rand(4, 2, 5, 5), RNG.integers(0, 3, 4)
-    model.loss_and_grad(x, y, be)  # first layer: backward_params
+    model.loss_and_grad(x, y, be)  # first layer with parameters: backward_params
     fast = model.grads.copy()
+    assert Counted.dx_passes == 0  # the MLP's first dense layer: no input gradient
     logits = model.forward(x, be, train=True)
     _, d = be.softmax_xent(logits, y)
     for layer in reversed(model.layers):  # every layer's full backward
