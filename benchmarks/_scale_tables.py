@@ -31,10 +31,32 @@ def fits(raw: dict) -> dict:
     """Every fit of one measurement: per-P allreduce lines, the joint ring fit, RMA
     fetch and push lines, Adagrad apply seconds per float, compute per model."""
     ar = {r["world_size"]: fit_alpha_beta(r["sizes"], r["times_s"]) for r in raw["allreduce"]}
+    ours = {  # hpcnet's own allreduce (a --json file from before it was timed has none)
+        r["world_size"]: fit_alpha_beta(r["sizes"], r["hpcnet_s"])
+        for r in raw["allreduce"]
+        if "hpcnet_s" in r
+    }
     rma = raw["rma"][0]
     apply = np.polyfit(np.asarray(rma["sizes"]) / 4, rma["apply_s"], 1)[0]
+    exchange = None
+    if raw.get("exchange"):
+        e = raw["exchange"][0]
+        exchange = fit_alpha_beta(e["sizes"], e["times_s"]["exchange"])
+    partition = {}
+    for m in sorted({r["world_size"] for r in raw.get("partition", [])}):
+        used = clean_runs([r for r in raw["partition"] if r["world_size"] == m])
+        partition[m] = {
+            # the slowest partition's, the median over runs
+            "compute_s": med(max(r["compute_cpu_ms"]) for r in used) / 1e3,
+            "exchanges": max(used[0]["n_coll"]) + max(used[0]["n_recv"]),
+            "bytes": max(max(used[0]["sent"]), max(used[0]["recv"])),
+        }
     return {
+        "slowdown": slowdown(raw.get("shared", [])),
         "allreduce_per_p": ar,
+        "allreduce_hpcnet_per_p": ours,
+        "exchange": exchange,
+        "partition": partition,
         "link": fit_ring(raw["allreduce"]),
         "fetch": fit_alpha_beta(rma["sizes"], rma["fetch_s"]),
         "push": fit_alpha_beta(rma["sizes"], rma["push_s"]),
@@ -44,6 +66,32 @@ def fits(raw: dict) -> dict:
             for m in dict.fromkeys(c["model"] for c in raw["compute"])
         },  # fmt: skip
     }
+
+
+def slowdown(runs: list[dict]) -> tuple[float, ...]:
+    """``Cluster.slowdown`` from the runs of k ranks computing at once (in the order
+    they ran: k = 1, 2, ... once per repeat): each run's slowest-rank wall time per
+    step over that of the k = 1 run of the same repeat (minutes apart at most, so a
+    host whose speed drifts over a session cancels out), the median over repeats (the
+    undisturbed pairs, or all if none was), never below 1 (a rank does not compute
+    faster for company; below 1 is the host's noise); as far as k runs on without a
+    gap, () without a k = 1 run."""
+    alone = [r for r in runs if r["ranks"] == 1]
+    ratios: dict[int, list[tuple[float, bool]]] = {}
+    for r in runs:
+        seen = [o for o in runs[: runs.index(r)] if o["ranks"] == r["ranks"]]
+        if len(seen) < len(alone):
+            base = alone[len(seen)]  # the k = 1 run of this repeat
+            clean = r["clean"] and base["clean"]
+            ratios.setdefault(r["ranks"], []).append(
+                (r["step_wall_s"] / base["step_wall_s"], clean)
+            )
+    out, k = [], 1
+    while k in ratios:
+        used = [x for x, ok in ratios[k] if ok] or [x for x, _ in ratios[k]]
+        out.append(max(1.0, med(used)))
+        k += 1
+    return tuple(out)
 
 
 def _median_compute(runs: list[dict], model: str) -> dict:
@@ -74,8 +122,14 @@ def print_fits(f: dict, cpu: str) -> None:
         print(f"| Allreduce P={p}, t = alpha + n/beta | {_us(a)} | {_gbs(b)} |")
     a, b = f["link"]
     print(f"| Allreduce, all P, ring 2(P-1) alpha + 2(P-1)/P n/beta | {_us(a)} | {_gbs(b)} |")
+    for p, (a, b) in sorted(f["allreduce_hpcnet_per_p"].items()):
+        print(f"| hpcnet allreduce_mean_ (Iallreduce, spin then sleep) P={p} | {_us(a)} | "
+              f"{_gbs(b)} |")  # fmt: skip
     for k, what in (("fetch", "RMA fetch: Get + Flush"), ("push", "RMA push: Put + Flush")):
         print(f"| {what} | {_us(f[k][0])} | {_gbs(f[k][1])} |")
+    if f["exchange"]:
+        a, b = f["exchange"]
+        print(f"| hpcnet Exchange.allgather, 2 ranks (bytes received) | {_us(a)} | {_gbs(b)} |")
     print(f"| Adagrad apply at the shard | | {f['apply_s_per_float'] * 1e9:.2f} ns/float |")
     print("\n| model | data | parameters | fwd+bwd ms/sample | SGD ms/step | samples/s (1 rank) |")
     print("| --- | --- | ---: | ---: | ---: | ---: |")
@@ -84,6 +138,17 @@ def print_fits(f: dict, cpu: str) -> None:
         print(f"| {m} | {c['data'].rsplit('/', 1)[-1]} | {c['n_params']:,} | "
               f"{c['fwd_bwd_s'] / c['batch'] * 1e3:.3f} | {c['sgd_s'] * 1e3:.2f} | "
               f"{1 / per:,.0f} |")  # fmt: skip
+    if f["slowdown"]:
+        cells = ", ".join(f"k={k}: {x:.2f}x" for k, x in enumerate(f["slowdown"], 1))
+        print(f"\nk ranks computing at once (no communication), each one's step against one "
+              f"rank alone: {cells} (ranks / cores would say "
+              + ", ".join(f"{max(1.0, k / (os.cpu_count() or 1)):.2f}x"
+                          for k in range(1, len(f["slowdown"]) + 1)) + ")")  # fmt: skip
+    for m, part in sorted(f["partition"].items()):
+        print(f"\nPartitioned (neurons, M={m}, 1 thread a rank): the slowest partition computes "
+              f"{part['compute_s'] * 1e3:.3f} ms a step (CPU time outside the exchanges) and "
+              f"takes part in {part['exchanges']} exchanges of {part['bytes']:,} bytes a step "
+              "together")  # fmt: skip
 
 
 def here(f: dict) -> pm.Cluster:
@@ -91,7 +156,7 @@ def here(f: dict) -> pm.Cluster:
     its CPUs as cores."""
     a, b = f["link"]
     return pm.Cluster(latency=a, bandwidth=b, cores_per_node=os.cpu_count() or 1,
-                      ranks_per_node=1 << 20)  # fmt: skip
+                      ranks_per_node=1 << 20, slowdown=f.get("slowdown", ()))  # fmt: skip
 
 
 def rma_cost(f: dict) -> pm.RmaCost:
@@ -115,12 +180,27 @@ def predict_here(
     batch, n = c["batch"], c["n_params"]
     if algo == "sync":
         per = (c["fwd_bwd_s"] + c["sgd_s"]) / batch
-        return pm.predict_sync(per, batch, n, replicas, here(f), step_overhead_s=overhead)
+        ours = f.get("allreduce_hpcnet_per_p", {}).get(replicas)  # measured at this P
+        t = ours[0] + pm.FLOAT32 * n / ours[1] if ours else None
+        return pm.predict_sync(per, batch, n, replicas, here(f), step_overhead_s=overhead,
+                               allreduce_time_s=t)  # fmt: skip
     if algo == "modelpar":  # ``replicas`` is M here; the loop's cost is not split
         per = (c["fwd_bwd_s"] + c["sgd_s"]) / batch
-        widths = dense_widths(model, shape)
-        p = pm.predict_modelpar(per, batch, replicas, pm.fc_boundary_bytes(widths, replicas),
-                                2 * len(widths), here(f))  # fmt: skip
+        part = f.get("partition", {}).get(replicas)
+        if part and f.get("exchange"):
+            # measured: the slowest partition's compute (+ its 1/M of the update) and
+            # its exchanges, each costing the fitted alpha + bytes / beta of hpcnet's
+            # allgather
+            a, b = f["exchange"]
+            link = pm.Cluster(latency=a, bandwidth=b, cores_per_node=os.cpu_count() or 1,
+                              ranks_per_node=1 << 20, slowdown=f.get("slowdown", ()))  # fmt: skip
+            mine = part["compute_s"] + c["sgd_s"] / replicas
+            p = pm.predict_modelpar(per, batch, replicas, part["bytes"] / batch,
+                                    part["exchanges"], link, partition_compute_s=mine)  # fmt: skip
+        else:  # Amdahl's best case and the allreduce's link
+            widths = dense_widths(model, shape)
+            p = pm.predict_modelpar(per, batch, replicas, pm.fc_boundary_bytes(widths, replicas),
+                                    2 * len(widths), here(f))  # fmt: skip
         step = p.step_s + overhead
         return pm.Prediction(step, batch / step, p.efficiency, p.bound)
     # Downpour: the replica does no update of its own; the shard applies Adagrad.

@@ -7,9 +7,18 @@ to be idle (other jobs' CPU measured from /proc/stat, as in the other benchmarks
    SGD with momentum; 1 rank x 1 thread, ``cpu`` backend, ``--data`` rows); blocking
    ``MPI.Allreduce`` of float32 on COMM_WORLD against bytes and world size, fitted to
    the ring formula ``2 (P-1) alpha + 2 (P-1)/P n/beta`` by weighted least squares
-   (also per P as ``alpha + n/beta``); RMA ``Get`` + ``Flush`` (fetch) and
-   ``Put`` + ``Flush`` (push) between 1 shard rank and 1 client, and the
-   shard's Adagrad apply per float, each fitted as ``alpha + n/beta``;
+   (also per P as ``alpha + n/beta``), and hpcnet's own allreduce (``Iallreduce``
+   completed by spinning on ``Test``, then sleeping: what ``--algo sync`` waits for)
+   per P as ``alpha + n/beta``, which the validation uses at the P it measured; RMA
+   ``Get`` + ``Flush`` (fetch) and ``Put`` + ``Flush`` (push) between 1 shard rank
+   and 1 client, and the shard's Adagrad apply per float, each fitted as
+   ``alpha + n/beta``; how much k ranks computing at once slow each other (k copies of
+   the validation model, no communication, wall time per step over one alone: the
+   node's measured slowdown, used in place of ranks / cores); for model parallelism,
+   the validation model split over M ranks (``modelpar_bench.py``'s step worker: the
+   slowest partition's CPU time outside the exchanges, and its exchanges and bytes
+   per step) and hpcnet's activation allgather (``Exchange.allgather``) fitted as
+   ``alpha + n/beta`` (``modelpar_bench.py --worker alphabeta``);
 2. **validate**: real ``python -m hpcnet train`` runs on ``--val-data`` (the shipped
    digits) with ``--val-model``: sync with R = 1, 2, 4 ranks, Downpour with 1
    shard + R = 1, 2, 3 replicas and one replica split over M = 2 partitions,
@@ -61,13 +70,20 @@ SIZES = [4 << 10, 16 << 10, 64 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20]  # 
 
 
 def worker_compute(args: argparse.Namespace) -> None:
-    """1 rank: times forward + backward and the momentum SGD step of ``args.model``."""
+    """Every rank, 1 thread each, no communication: times forward + backward and the
+    momentum SGD step of ``args.model`` (medians per step), and the wall time of all
+    timed steps together, the ranks starting at once (a barrier): with k ranks on the
+    node, its slowest rank's wall time per step over one rank's alone is how much
+    sharing the node slows compute (``Cluster.slowdown``). Rank 0 prints."""
     from hpcnet.optim.sgd import SGD
 
     w = model_worker(args.model, args.data, N_BATCHES * args.batch, args.batch, 1, SEED, False)
     opt = SGD(w.model.n_params, momentum=0.9)
     fb, sgd = [], []
     for s in range(args.warmup + args.steps):
+        if s == args.warmup:
+            w.comm.Barrier()
+            start = time.perf_counter()
         t0 = time.perf_counter()
         w.model.loss_and_grad(w.xs[s % len(w.xs)], w.ys[s % len(w.ys)], w.backend)
         t1 = time.perf_counter()
@@ -76,15 +92,19 @@ def worker_compute(args: argparse.Namespace) -> None:
         if s >= args.warmup:
             fb.append(t1 - t0)
             sgd.append(t2 - t1)
-    emit(
-        {
-            "model": args.model,
-            "n_params": w.model.n_params,
-            "batch": args.batch,
-            "fwd_bwd_s": float(np.median(fb)),
-            "sgd_s": float(np.median(sgd)),
-        }
-    )
+    walls = w.comm.gather((time.perf_counter() - start) / args.steps, root=0)
+    if w.rank == 0:
+        emit(
+            {
+                "model": args.model,
+                "n_params": w.model.n_params,
+                "batch": args.batch,
+                "ranks": w.world_size,
+                "fwd_bwd_s": float(np.median(fb)),
+                "sgd_s": float(np.median(sgd)),
+                "step_wall_s": max(walls),  # the slowest rank's, per step
+            }
+        )
 
 
 def _reps(nbytes: int) -> int:
@@ -92,26 +112,37 @@ def _reps(nbytes: int) -> int:
 
 
 def worker_allreduce(args: argparse.Namespace) -> None:
-    """Every rank of COMM_WORLD: blocking ``Allreduce(SUM)`` of float32 per size; the
-    median over repetitions of the slowest rank's time (a barrier before each)."""
+    """Every rank of COMM_WORLD, float32 per size: raw blocking ``Allreduce(SUM)``
+    (``times_s``) and hpcnet's :func:`~hpcnet.comm.allreduce_mean_` (``hpcnet_s``: the
+    ``Iallreduce`` that ``--algo sync`` completes by spinning on ``Test``, then
+    sleeping; what a training step waits for); the median over repetitions of the
+    slowest rank's time (a barrier before each)."""
     from mpi4py import MPI
 
+    from hpcnet.comm import allreduce_mean_
+
     comm, _ = mpi_worker(threads=1)
-    out = []
+    out: dict[str, list[float]] = {"raw": [], "hpcnet": []}
     for nbytes in SIZES:
-        buf = np.ones(nbytes // 4, np.float32)
+        buf = np.ones(nbytes // 4, np.float32)  # the mean of ones stays ones
         res = np.empty_like(buf)
-        times = []
-        for i in range(_reps(nbytes) + 3):
-            comm.Barrier()
-            t0 = time.perf_counter()
-            comm.Allreduce(buf, res, op=MPI.SUM)
-            if i >= 3:
-                times.append(time.perf_counter() - t0)
-        slowest = np.max(comm.gather(times, root=0) or [times], axis=0)
-        out.append(float(np.median(slowest)))
+        for kind, times in (("raw", []), ("hpcnet", [])):
+            for i in range(_reps(nbytes) + 3):
+                comm.Barrier()
+                t0 = time.perf_counter()
+                if kind == "raw":
+                    comm.Allreduce(buf, res, op=MPI.SUM)
+                else:
+                    allreduce_mean_(buf, comm)
+                if i >= 3:
+                    times.append(time.perf_counter() - t0)
+            slowest = np.max(comm.gather(times, root=0) or [times], axis=0)
+            out[kind].append(float(np.median(slowest)))
     if comm.Get_rank() == 0:
-        emit({"world_size": comm.Get_size(), "sizes": SIZES, "times_s": out})
+        emit(
+            {"world_size": comm.Get_size(), "sizes": SIZES, "times_s": out["raw"],
+             "hpcnet_s": out["hpcnet"]}
+        )  # fmt: skip
 
 
 def worker_rma(args: argparse.Namespace) -> None:
@@ -214,12 +245,42 @@ def measure(args) -> dict:
         print(f"  compute {model} ({Path(data).stem}): fwd+bwd {r['fwd_bwd_s'] * 1e3:.2f} ms, "
               f"sgd {r['sgd_s'] * 1e3:.2f} ms / {r['batch']} samples ({disturbance(r)})",
               flush=True)  # fmt: skip
+    for k in [k for _ in range(args.compute_repeats) for k in args.shared_ranks]:
+        # k copies of the validation model computing at once, no communication
+        extra = ["--model", args.val_model, "--data", args.val_data, "--batch", str(args.batch),
+                 "--steps", str(args.shared_steps), "--warmup", str(args.warmup)]  # fmt: skip
+        r = run_for_result(worker_cmd(mpiexec, k, "compute", extra), f"shared k={k}", PROG, **kw)
+        raw.setdefault("shared", []).append(r)
+        print(f"  {k} ranks computing at once: {r['step_wall_s'] * 1e3:.3f} ms a step "
+              f"(slowest) ({disturbance(r)})", flush=True)  # fmt: skip
     for p in args.ranks:
         r = run_for_result(worker_cmd(mpiexec, p, "allreduce", []), f"allreduce P={p}", PROG,
                            **kw)  # fmt: skip
         raw["allreduce"].append(r)
         print(f"  allreduce P={p}: {r['times_s'][0] * 1e6:.0f} us .. "
               f"{r['times_s'][-1] * 1e3:.2f} ms ({disturbance(r)})", flush=True)  # fmt: skip
+    mp = str(Path(__file__).with_name("modelpar_bench.py"))
+    for m in [m for _ in range(args.compute_repeats) for m in args.val_modelpar if m > 1]:
+        # the slowest partition's compute, alone on its core (modelpar_bench's step
+        # worker: process CPU time outside the exchanges), and its exchanges per step
+        cmd = [mpiexec, "-n", str(m), sys.executable, mp, "--worker", "step", "--model",
+               args.val_model, "--scheme", "neurons", "--threads", "1", "--batch",
+               str(args.batch), "--steps", str(args.partition_steps), "--warmup",
+               str(args.warmup), "--data", args.val_data, "--wait", "polling"]  # fmt: skip
+        r = run_for_result(cmd, f"partition M={m}", PROG, **kw)
+        r.pop("step_s", None)
+        raw.setdefault("partition", []).append(r)
+        print(f"  partition M={m}: compute {max(r['compute_cpu_ms']):.3f} ms a step (slowest), "
+              f"{max(r['n_coll'])} exchanges, {max(r['sent']):,} bytes sent "
+              f"({disturbance(r)})", flush=True)  # fmt: skip
+    if any(m > 1 for m in args.val_modelpar):
+        # hpcnet's activation allgather (Exchange, polling wait) against bytes, 2 ranks
+        r = run_for_result([mpiexec, "-n", "2", sys.executable, mp, "--worker", "alphabeta"],
+                           "exchange allgather", PROG, **kw)  # fmt: skip
+        raw["exchange"] = [r]
+        print(f"  exchange allgather: {r['times_s']['exchange'][0] * 1e6:.0f} us .. "
+              f"{r['times_s']['exchange'][-1] * 1e3:.2f} ms ({disturbance(r)})",
+              flush=True)  # fmt: skip
     r = run_for_result(worker_cmd(mpiexec, 2, "rma", []), "rma", PROG, **kw)
     raw["rma"].append(r)
     print(f"  rma: fetch {r['fetch_s'][-1] * 1e3:.2f} ms, push {r['push_s'][-1] * 1e3:.2f} ms "
@@ -276,7 +337,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=40, help="timed compute steps")
     p.add_argument("--warmup", type=int, default=5, help="untimed compute steps")
     p.add_argument("--compute-repeats", type=int, default=3,
-                   help="compute runs per model (median of the undisturbed ones)")  # fmt: skip
+                   help="runs of each compute, shared-node and partition measurement "
+                        "(median of the undisturbed ones)")  # fmt: skip
     p.add_argument("--val-model", default="mlp", help="model of the validation runs")
     p.add_argument("--val-data", default="digits", help="data of the validation runs")
     p.add_argument("--val-steps", type=int, default=1500, help="--max-steps of each run")
@@ -285,6 +347,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="Downpour replicas R (+1 shard rank)")  # fmt: skip
     p.add_argument("--val-modelpar", default="2", type=_ints,
                    help="model partitions M of one sync replica (neurons scheme)")  # fmt: skip
+    p.add_argument("--shared-ranks", default="1,2,3,4", type=_ints,
+                   help="k ranks computing at once, for the measured slowdown")  # fmt: skip
+    p.add_argument("--shared-steps", type=int, default=400,
+                   help="timed steps of each of those runs")  # fmt: skip
+    p.add_argument("--partition-steps", type=int, default=200,
+                   help="timed steps of the partitioned model (its compute fit)")  # fmt: skip
     p.add_argument("--val-repeats", type=int, default=3,
                    help="runs of each validation configuration (median of the undisturbed "
                         "ones)")  # fmt: skip

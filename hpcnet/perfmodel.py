@@ -46,6 +46,12 @@ class Cluster:
         cores_per_node: processes a node runs at full speed; more ranks than cores
             share them, and compute slows by ranks / cores.
         ranks_per_node: ranks placed on each node.
+        slowdown: measured, where known: ``slowdown[k - 1]`` is how many times longer
+            one rank's compute step takes while k ranks compute at once on a node
+            (wall time per step of k simultaneous copies over one alone; it includes
+            what ranks / cores leaves out: caches refilled after every switch between
+            ranks sharing a core, shared memory bandwidth, hyperthreads). Empty, or k
+            beyond it: max(1, k / cores).
     """
 
     latency: float
@@ -54,6 +60,7 @@ class Cluster:
     nic_latency: float = 0.0
     cores_per_node: int = 1 << 30
     ranks_per_node: int = 1
+    slowdown: tuple[float, ...] = ()
 
     @property
     def nic_bw(self) -> float:
@@ -65,9 +72,18 @@ class Cluster:
 
 
 def oversubscription(ranks: int, cluster: Cluster) -> float:
-    """How much slower one rank computes because ranks share cores: max(1, busy ranks on
-    a node / cores per node) (>= 1; 1 when every rank has a core)."""
-    on_node = min(ranks, cluster.ranks_per_node)
+    """How much slower one rank computes because ranks share a node: the measured
+    ``cluster.slowdown`` for the busy ranks on a node where it is known, else
+    max(1, busy ranks on a node / cores per node) (1 when every rank has a core)."""
+    return node_slowdown(min(ranks, cluster.ranks_per_node), cluster)
+
+
+def node_slowdown(on_node: int, cluster: Cluster) -> float:
+    """How much slower one rank computes while ``on_node`` ranks compute on its node:
+    ``cluster.slowdown[on_node - 1]`` where measured, else max(1, on_node / cores)."""
+    on_node = max(1, on_node)
+    if on_node <= len(cluster.slowdown):
+        return float(cluster.slowdown[on_node - 1])
     return max(1.0, on_node / cluster.cores_per_node)
 
 
@@ -150,6 +166,7 @@ def predict_sync(
     cluster: Cluster,
     overlap: float = 0.0,
     step_overhead_s: float = 0.0,
+    allreduce_time_s: float | None = None,
 ) -> Prediction:
     """Synchronous data parallelism: step = compute(batch) x oversubscription +
     (1 - overlap) x allreduce(4 n_params bytes) + the parameter update (counted in
@@ -166,12 +183,20 @@ def predict_sync(
         step_overhead_s: seconds of CPU work per step outside the model and the
             communication (the training loop: batches, metrics, Python); it slows
             with oversubscription like compute.
+        allreduce_time_s: seconds of the gradient allreduce measured for exactly
+            ``replicas`` ranks on these machines (e.g. alpha + n/beta fitted to the
+            training's own allreduce at that world size, which includes how its ranks
+            wait and any sharing of cores); None: the cluster's ring/tree cost
+            (:func:`cluster_allreduce_s`).
     """
     compute = compute_s_per_sample * batch + step_overhead_s
-    comm = (1.0 - overlap) * cluster_allreduce_s(FLOAT32 * n_params, replicas, cluster)
+    if allreduce_time_s is None:
+        allreduce_time_s = cluster_allreduce_s(FLOAT32 * n_params, replicas, cluster)
+    comm = (1.0 - overlap) * allreduce_time_s if replicas > 1 else 0.0
     over = oversubscription(replicas, cluster)
     step = compute * over + comm
-    bound = "allreduce" if comm > compute * over else "cores" if over > 1 else "compute"
+    shared = min(replicas, cluster.ranks_per_node) > cluster.cores_per_node
+    bound = "allreduce" if comm > compute * over else "cores" if shared else "compute"
     return Prediction(step, replicas * batch / step, compute / step, bound)
 
 
@@ -218,9 +243,10 @@ def predict_downpour(
     as on the validation machine) there is no NIC between replica and shard (a fetch
     is the replica's own copy out of shared memory), but more ranks than cores slow
     every rank's CPU work, the replicas' compute and the shard's apply, by
-    (R + S) / cores: a replica waiting for its push slot polls and stays runnable, so
-    all ranks compete; and the node's cores bound the total CPU work, compute +
-    apply / n_push per replica step.
+    :func:`node_slowdown` of R + S ranks ((R + S) / cores unless measured): a
+    replica waiting for its push slot polls and stays runnable, so all ranks compete;
+    and the node's cores bound the total CPU work, compute + apply / n_push per
+    replica step.
 
     ``step_overhead_s`` is added to a replica's compute, as in :func:`predict_sync`.
 
@@ -236,7 +262,7 @@ def predict_downpour(
     nic = part * (1.0 / n_fetch + 1.0 / n_push) / cluster.nic_bw  # s per replica step
     over = 1.0
     if shared_cores:
-        over = max(1.0, (replicas + shards) / cluster.cores_per_node)
+        over = node_slowdown(replicas + shards, cluster)
         nic = 0.0
     step = compute * over + fetch + push
     apply_wall = apply * over
@@ -266,17 +292,26 @@ def predict_modelpar(
     messages_per_step: int,
     cluster: Cluster,
     imbalance: float = 1.0,
+    partition_compute_s: float | None = None,
 ) -> Prediction:
     """Model parallelism, one replica on M partitions (Dean et al. 2012, sec. 3):
     step = compute(batch) / M x imbalance + messages x alpha + batch x bytes / beta,
     over the NIC when the partitions sit on separate nodes (``ranks_per_node`` 1),
     else over the link; oversubscribed cores slow the compute as elsewhere.
 
+    ``compute / M x imbalance`` is Amdahl's best case: a partition's narrower matrix
+    products run at the full rate and nothing is left unsplit (per-layer overheads,
+    the replicated loss). Where the slowest partition's compute has been measured,
+    pass it as ``partition_compute_s``.
+
     Args:
         boundary_bytes_per_sample: bytes one partition sends (= receives; full duplex)
             per sample, forward and backward together, for this M.
         messages_per_step: exchanges per step that each pay the latency.
         imbalance: the slowest partition's share of compute x M (1: an even split).
+        partition_compute_s: seconds of forward + backward (+ its share of the update)
+            of the slowest partition per step, on a core of its own; replaces
+            ``compute / M x imbalance``.
 
     Returns:
         the prediction; ``efficiency`` is speed-up / M, speed-up = samples_per_s x
@@ -288,7 +323,9 @@ def predict_modelpar(
     apart = cluster.ranks_per_node == 1
     alpha = cluster.nic_alpha if apart else cluster.latency
     beta = cluster.nic_bw if apart else cluster.bandwidth
-    comp = compute / partitions * imbalance * oversubscription(partitions, cluster)
+    if partition_compute_s is None:
+        partition_compute_s = compute / partitions * imbalance
+    comp = partition_compute_s * oversubscription(partitions, cluster)
     comm = messages_per_step * alpha + batch * boundary_bytes_per_sample / beta
     step = comp + comm
     speedup = compute / step

@@ -130,6 +130,38 @@ def test_modelpar_ideal_split_and_link_bound():
     assert pm.halo_bytes(100, 1, 1, 1, 4) == pytest.approx(2 * 4 * 50 * 4)
 
 
+def test_measured_allreduce_and_partition_compute_replace_the_formulas():
+    c = pm.Cluster(latency=ALPHA, bandwidth=BETA, cores_per_node=2, ranks_per_node=8)
+    # sync, 4 ranks on 2 cores: 1 ms of compute doubles, then the measured 3 ms allreduce
+    # (the ring formula would give 6 alpha + 1.5 x 4e5 B / 1 GB/s = 0.66 ms)
+    p = pm.predict_sync(1e-4, 10, 100_000, 4, c, allreduce_time_s=3e-3)
+    assert p.step_s == pytest.approx(2e-3 + 3e-3)
+    ring = pm.predict_sync(1e-4, 10, 100_000, 4, c)
+    assert ring.step_s == pytest.approx(2e-3 + 6 * ALPHA + 1.5 * 4e5 / BETA)
+    # a lone replica allreduces nothing, whatever was measured
+    assert pm.predict_sync(1e-4, 10, 100, 1, c, allreduce_time_s=3e-3).step_s == 1e-3
+    # model parallel: the measured 0.8 ms partition in place of the even 1 ms / 2
+    apart = pm.Cluster(latency=1e-4, bandwidth=1e8, ranks_per_node=1)
+    q = pm.predict_modelpar(1e-4, 10, 2, 1e3, 3, apart, partition_compute_s=0.8e-3)
+    assert q.step_s == pytest.approx(0.8e-3 + 3e-4 + 10 * 1e3 / 1e8)
+    even = pm.predict_modelpar(1e-4, 10, 2, 1e3, 3, apart)
+    assert even.step_s == pytest.approx(0.5e-3 + 3e-4 + 10 * 1e3 / 1e8)
+
+
+def test_a_measured_slowdown_replaces_ranks_over_cores():
+    c = pm.Cluster(latency=0.0, bandwidth=math.inf, cores_per_node=2, ranks_per_node=8,
+                   slowdown=(1.0, 1.1, 1.8, 2.4))  # fmt: skip
+    assert pm.oversubscription(4, c) == 2.4 and pm.oversubscription(2, c) == 1.1
+    assert pm.oversubscription(6, c) == 3.0  # beyond what was measured: 6 / 2
+    assert pm.oversubscription(0, c) == 1.0
+    # sync, 4 ranks: 1 ms of compute x 2.4 (ranks / cores would say x 2)
+    assert pm.predict_sync(1e-4, 10, 100, 4, c).step_s == pytest.approx(2.4e-3)
+    # Downpour on shared cores: 3 replicas + 1 shard are 4 ranks
+    fast = pm.RmaCost(0.0, math.inf, 0.0, math.inf, 0.0)
+    d = pm.predict_downpour(1e-4, 10, 100, 3, 1, fast, c, shared_cores=True)
+    assert d.step_s == pytest.approx(2.4e-3) and d.bound == "replica"
+
+
 def test_step_overhead_counts_as_compute():
     c = pm.Cluster(latency=0.0, bandwidth=math.inf, cores_per_node=2, ranks_per_node=8)
     # 1 ms compute + 1 ms overhead per step; 4 ranks on 2 cores: 4 ms a step
@@ -183,3 +215,37 @@ def test_bench_scale_takes_the_median_of_the_undisturbed_validation_runs():
     # a configuration whose runs were all disturbed still reports them all
     only = tables.validation_runs({"validate": [run("downpour", 1, 5.0, clean=False)]})
     assert only[0]["samples_per_s"] == 5.0 and only[0]["others"] == 0.5
+
+
+def test_bench_scale_slowdown_pairs_each_run_with_its_repeats_lone_rank():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    try:
+        import _scale_tables as tables
+    finally:
+        sys.path.pop(0)
+
+    def run(k, wall, clean=True):
+        return {"ranks": k, "step_wall_s": wall, "clean": clean}
+
+    # the host runs 1.5x slower in the second repeat: each k is set against its own
+    # repeat's lone rank, so k = 2 is 1.1x and k = 3 2.0x in both
+    runs = [run(1, 1.0), run(2, 1.1), run(3, 2.0), run(4, 2.6),
+            run(1, 1.5), run(2, 1.65), run(3, 3.0), run(4, 3.6)]  # fmt: skip
+    got = tables.slowdown(runs)
+    assert got == pytest.approx((1.0, 1.1, 2.0, 2.5))  # k = 4: median of 2.6 and 2.4
+    # a gap in k ends the tuple; no lone-rank run, no slowdown
+    assert tables.slowdown([r for r in runs if r["ranks"] != 3]) == pytest.approx((1.0, 1.1))
+    assert tables.slowdown([r for r in runs if r["ranks"] != 1]) == ()
+    # the host's speed changing between repeats: the median of the paired ratios (1.5,
+    # 1.05, 1.1 -> 1.1), not the ratio of the medians (2.1 / 2.0 = 1.05)
+    drift = [run(1, 1.0), run(2, 1.5), run(1, 2.0), run(2, 2.1), run(1, 3.0), run(2, 3.3)]
+    assert tables.slowdown(drift) == pytest.approx((1.0, 1.1))
+    # faster in company is the host's noise: never below 1
+    assert tables.slowdown([run(1, 1.0), run(2, 0.9)]) == (1.0, 1.0)
+    # a disturbed pair is left out when an undisturbed one exists
+    assert tables.slowdown([run(1, 1.0), run(2, 5.0, clean=False), run(1, 1.0), run(2, 1.2)]) == (
+        pytest.approx((1.0, 1.2))
+    )
