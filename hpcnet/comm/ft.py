@@ -24,6 +24,7 @@ the survivors (:func:`shrink`).
 
 from __future__ import annotations
 
+import functools
 import os
 
 import numpy as np
@@ -39,6 +40,7 @@ _FAILURE = tuple(
 )
 
 
+@functools.cache  # ~3 us a call otherwise, and enabled() runs at every fetch
 def mpi_library() -> str:
     """The MPI library's first line of ``MPI_Get_library_version``, e.g. ``MPICH
     Version: 5.0.2`` or ``Open MPI v5.0.11, ...``."""
