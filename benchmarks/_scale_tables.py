@@ -79,9 +79,9 @@ def slowdown(runs: list[dict]) -> tuple[float, ...]:
     alone = [r for r in runs if r["ranks"] == 1]
     ratios: dict[int, list[tuple[float, bool]]] = {}
     for r in runs:
-        seen = [o for o in runs[: runs.index(r)] if o["ranks"] == r["ranks"]]
-        if len(seen) < len(alone):
-            base = alone[len(seen)]  # the k = 1 run of this repeat
+        repeat = len(ratios.get(r["ranks"], []))  # runs of this k before this one
+        if repeat < len(alone):
+            base = alone[repeat]  # the k = 1 run of this repeat
             clean = r["clean"] and base["clean"]
             ratios.setdefault(r["ranks"], []).append(
                 (r["step_wall_s"] / base["step_wall_s"], clean)

@@ -259,14 +259,16 @@ def measure(args) -> dict:
         raw["allreduce"].append(r)
         print(f"  allreduce P={p}: {r['times_s'][0] * 1e6:.0f} us .. "
               f"{r['times_s'][-1] * 1e3:.2f} ms ({disturbance(r)})", flush=True)  # fmt: skip
+    import modelpar_bench
+
     mp = str(Path(__file__).with_name("modelpar_bench.py"))
+    part = argparse.Namespace(batch=args.batch, steps=args.partition_steps, warmup=args.warmup,
+                              micro_batches=0, data=args.val_data)  # fmt: skip
     for m in [m for _ in range(args.compute_repeats) for m in args.val_modelpar if m > 1]:
         # the slowest partition's compute, alone on its core (modelpar_bench's step
-        # worker: process CPU time outside the exchanges), and its exchanges per step
-        cmd = [mpiexec, "-n", str(m), sys.executable, mp, "--worker", "step", "--model",
-               args.val_model, "--scheme", "neurons", "--threads", "1", "--batch",
-               str(args.batch), "--steps", str(args.partition_steps), "--warmup",
-               str(args.warmup), "--data", args.val_data, "--wait", "polling"]  # fmt: skip
+        # worker, 1 thread a rank: process CPU time outside the exchanges), and its
+        # exchanges per step
+        cmd = modelpar_bench.step_cmd(mpiexec, (args.val_model, "neurons", m, "polling"), part)
         r = run_for_result(cmd, f"partition M={m}", PROG, **kw)
         r.pop("step_s", None)
         raw.setdefault("partition", []).append(r)

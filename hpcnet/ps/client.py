@@ -111,7 +111,6 @@ class ShardClient:
         n = len(shards)
         self.sent = np.array(sent or [0] * n, np.int64)  # per shard
         self.skip = np.array(skip or [0] * n, np.int64)
-        self._skipping = bool(self.skip.any())  # any push still to hold back (resume)
         self.versions = np.zeros(len(shards), np.int64)  # per shard, at the last fetch
         # per shard: the head as last read, the version in it (a lower bound of any
         # parameters Got after that read: VERSION only grows; -1: none read yet), this
@@ -318,13 +317,12 @@ class ShardClient:
                 regroups (REGROUP; seen after this push was announced, so it counts).
         """
         t = time.perf_counter()
-        if self._skipping:
+        if self.skip.any():
             # a resumed run's repeated push that a shard applied before the restart: not again
             to = [i for i in range(len(self.shards)) if self.skip[i] == 0]
             self.skip[self.skip > 0] -= 1
-            self._skipping = bool(self.skip.any())
             targets = [self.shards[i] for i in to if self.pieces[i]]
-        else:  # every push but those: no NumPy here (right after compute, each call is cold)
+        else:  # every push but those: every shard this client moves pieces of
             to, targets = range(len(self.shards)), self.touched
         for sw in targets:  # the slot of this push is empty
             self.stats.push_wait_s += self._wait_applied(sw, pending=sw.slots - 1)
