@@ -16,6 +16,7 @@ from hpcnet.data.loader import normalize
 from hpcnet.kernels import get_backend
 from hpcnet.nn.zoo import build_model
 from tests.close import assert_flat_close
+from tests.mpi.ranks import first_ranks
 
 B = 16
 
@@ -133,10 +134,17 @@ def _cfg(out, **algo):
 @pytest.mark.mpi(min_size=2)
 @pytest.mark.timeout(240)
 def test_sync_run_with_buckets_trains_as_one_allreduce(comm, shared_tmp):
-    one = train(_cfg(shared_tmp / "one"), comm, verbose=False)
-    bkt = train(_cfg(shared_tmp / "bkt", bucket_mb=0.05), comm, verbose=False)
-    model = build_model("digits_cnn", (1, 8, 8), 10)
-    assert_flat_close(bkt["_params"], one["_params"], model, what="--bucket-mb 0.05 vs 0")
+    # Two replicas: each element's sum is a + b, the same bits in whatever order MPI
+    # adds (float addition commutes), so the runs must agree bit for bit. With more
+    # replicas the order of a 3- or 4-term sum may differ with the message size, and 12
+    # steps can carry that rounding into a ReLU switch (issue 31).
+    sub = first_ranks(comm, 2)
+    if sub is None:
+        return
+    one = train(_cfg(shared_tmp / "one"), sub, verbose=False)
+    bkt = train(_cfg(shared_tmp / "bkt", bucket_mb=0.05), sub, verbose=False)
+    assert np.array_equal(bkt["_params"], one["_params"]), "--bucket-mb 0.05 vs 0"
     assert bkt["allreduces"] == 2 * one["allreduces"] == 2 * one["steps"]
-    everyone = comm.allgather(bkt["_params"][:1000])  # replicas stay identical
+    everyone = sub.allgather(bkt["_params"][:1000])  # replicas stay identical
     assert all(np.array_equal(everyone[0], p) for p in everyone)
+    sub.Free()

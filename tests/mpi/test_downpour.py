@@ -27,11 +27,11 @@ def _cfg(out, **kv):
     return load_config(None, base)
 
 
-def _serial(rule, steps, lr, batch=32, seed=0):
+def _serial(rule, steps, lr, batch=32, seed=0, model_name="digits_cnn"):
     """Serial SGD / Adagrad over the batches one replica of one would see."""
     path = open_dataset(_digits()).path
     info = open_dataset(path)
-    model = build_model("digits_cnn", info.image_shape, info.num_classes)
+    model = build_model(model_name, info.image_shape, info.num_classes)
     model.init(seed)
     be = get_backend("cpu")
     accum = np.full(model.n_params, 0.1, np.float32)
@@ -69,16 +69,27 @@ def test_one_shard_one_replica_equals_serial(comm, shared_tmp, rule, lr):
     sub = first_ranks(comm, 2)
     if sub is None:
         return
+    # softmax regression: 25 steps of float32 rounding (the shard's fused update against
+    # NumPy's) cannot meet a ReLU switch that would move a CNN's gradients by percent
+    # (issue 31); what is tested is the flat vector's round trip through the shard
     cfg = _cfg(
         shared_tmp / rule,
-        **{"ps.rule": rule, "optim.lr": lr, "run.max_steps": 25, "ps.read_own_writes": True},
+        **{
+            "model.name": "linear",
+            "ps.rule": rule,
+            "optim.lr": lr,
+            "run.max_steps": 25,
+            "ps.read_own_writes": True,
+        },
     )
     s = train(cfg, sub, verbose=False)
     sub.Free()
     assert s["pushes_sent"] == 25 and s["pushes_applied_per_shard"] == [25]
     assert s["staleness"]["max"] == 0  # read-own-writes with one replica: never stale
-    ref = _serial(rule, 25, lr)
-    assert not np.allclose(ref, _serial(rule, 1, lr))  # the run moved the parameters
+    ref = _serial(rule, 25, lr, model_name="linear")
+    assert not np.allclose(ref, _serial(rule, 1, lr, model_name="linear"))  # it moved
+    # one push fewer or applied twice moves the result by ~1/25 of the training
+    assert not np.allclose(ref, _serial(rule, 24, lr, model_name="linear"), rtol=2e-4)
     assert_close(s["_params"], ref, rtol=2e-4, scale=2e-5)
 
 

@@ -82,8 +82,12 @@ def test_pipeline_equals_serial_model(comm, name, m_parts):
         params, g = part.pack(model.params), part.pack(model.grads)
         opt.step(params, g, 0.05)
         part.unpack(params, model.params)
-    part.assemble(model.params)
-    assert_flat_close(model.params, ref.params, ref, what="parameters")
+        got = part.assemble(model.params.copy())
+        assert_flat_close(got, ref.params, ref, what="parameters")
+        # the next step starts from the reference's state, so float32 rounding is not
+        # carried into a ReLU switch that would move the gradients by percent (issue 31)
+        model.params[:] = ref.params
+        opt.velocity[:] = part.pack(opt_ref.velocity)
     assert not np.array_equal(ref.params, build_model(name, SHAPE, K).params)
     assert part.steps == 3
     sub.Free()
