@@ -14,7 +14,7 @@ import sys
 
 from hpcnet import __version__
 from hpcnet.errors import AlreadyFinished, HpcnetError
-from hpcnet.run.preempt import Preempted
+from hpcnet.run.preempt import Preempted, PreemptionWatch
 
 SUBCOMMANDS = ("train", "data", "info", "bench", "plot", "export", "search", "launch", "grow")
 # ``python -m hpcnet bench NAME [ARGS]`` runs benchmarks/SCRIPT.py ARGS (a source checkout);
@@ -396,7 +396,15 @@ def main(argv: list[str] | None = None) -> None:
     try:
         with same_on_every_rank():  # parsing and config checks communicate nothing
             args = build_parser().parse_args(argv)
-        code = args.func(args)
+        # SIGUSR1/SIGTERM (Slurm's --signal, a preemption) outside the training loop: noted,
+        # never a rank killed mid-MPI; the run that starts after it stops at its first step
+        # boundary, checkpointed (hpcnet.run.preempt); after the end it changes nothing
+        outer = PreemptionWatch() if argv[0] in ("train", "search") else None
+        try:
+            code = args.func(args)
+        finally:
+            if outer is not None:
+                outer.close()
     except AlreadyFinished as e:  # raised alike on every rank: not an error
         from hpcnet.comm import world_rank
 

@@ -25,7 +25,13 @@ hpcnet_job() {
     # shellcheck disable=SC2086  # HPCNET_LAUNCH and HPCNET_EXTRA are word lists
     ${HPCNET_LAUNCH:-srun} python -m hpcnet train "$@" \
         --threads "${SLURM_CPUS_PER_TASK:-1}" "${where[@]}" ${HPCNET_EXTRA:-}
-    local status=$?
+    _hpcnet_requeue_on_signal $? "$out"
+}
+
+# After a run or search that stopped for SIGUSR1 (138) or SIGTERM (143), checkpointed:
+# requeue the job (it resumes OUT when it starts again); returns the status it was given.
+_hpcnet_requeue_on_signal() {
+    local status=$1 out=$2
     if [ "$status" -eq 138 ] || [ "$status" -eq 143 ]; then
         echo "hpcnet-job: stopped by a signal, checkpointed in $out; requeueing" >&2
         if [ -n "${SLURM_JOB_ID:-}" ] && command -v scontrol >/dev/null; then
@@ -35,8 +41,9 @@ hpcnet_job() {
     return "$status"
 }
 
-# A search (python -m hpcnet search FLAGS): the search directory is OUT; a requeued job
-# continues it with --resume.
+# A search (python -m hpcnet search FLAGS): the search directory is OUT; on SIGUSR1 or
+# SIGTERM it checkpoints its running trials and stops (138/143, requeued); a requeued job
+# continues it with --resume (finished trials stay finished, stopped ones resume).
 hpcnet_search() {
     local out=${OUT:-runs/search-${SLURM_JOB_ID:-local}}
     local again=()
@@ -46,4 +53,5 @@ hpcnet_search() {
     # shellcheck disable=SC2086  # HPCNET_LAUNCH and HPCNET_EXTRA are word lists
     ${HPCNET_LAUNCH:-srun} python -m hpcnet search "$@" --out "$out" "${again[@]}" \
         -- --threads "${SLURM_CPUS_PER_TASK:-1}" ${HPCNET_EXTRA:-}
+    _hpcnet_requeue_on_signal $? "$out"
 }

@@ -40,7 +40,14 @@ class Preempted(Exception):
 
 class PreemptionWatch:
     """Notes SIGTERM/SIGUSR1 while installed (main thread only; elsewhere it watches
-    nothing). ``signum`` is the first signal seen, 0 for none."""
+    nothing). ``signum`` is the first signal seen, 0 for none.
+
+    Watches nest: ``python -m hpcnet train`` and ``search`` install one for the whole
+    command (so a signal during setup or after the run's end never kills a rank in the
+    middle of MPI), a search one for its loop, each run one for its training. A watch
+    starts with the signal an enclosing one has seen, and hands the signal it saw to
+    the enclosing one when it closes.
+    """
 
     def __init__(self):
         self.signum = 0
@@ -48,6 +55,11 @@ class PreemptionWatch:
         if threading.current_thread() is threading.main_thread():
             for s in SIGNALS:
                 self._old[s] = signal.signal(s, self._note)
+                outer = getattr(self._old[s], "__self__", None)
+                if isinstance(outer, PreemptionWatch) and outer.signum in SIGNALS:
+                    # asked to stop before this watch began (a run's setup, a search
+                    # between trials): the run stops at its first step boundary
+                    self.signum = self.signum or outer.signum
 
     def _note(self, signum, frame) -> None:
         if not self.signum:
@@ -59,7 +71,11 @@ class PreemptionWatch:
         self._note(STOP_REQUESTED, None)
 
     def close(self) -> None:
-        """Puts the previous handlers back."""
+        """Puts the previous handlers back, and hands a signal seen to the previous
+        handler when that is a Python function (an enclosing watch: a search whose
+        trial this run is), so a signal that came as the run ended is not lost."""
         for s, old in self._old.items():
             signal.signal(s, old)
+        if self.signum in self._old and callable(self._old[self.signum]):
+            self._old[self.signum](self.signum, None)
         self._old.clear()

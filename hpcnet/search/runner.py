@@ -55,8 +55,10 @@ from hpcnet.comm import Backoff, bcast_object, gather_objects, poll_until
 from hpcnet.comm.watchdog import current_timeout
 from hpcnet.comm.world import root_then_bcast
 from hpcnet.errors import ConfigError, HpcnetError, RankLost
+from hpcnet.run.preempt import PreemptionWatch
 from hpcnet.search import faults
 from hpcnet.search.early_stop import progress_key
+from hpcnet.search.preemption import SearchPreempted, group_signal, resumable_trial
 from hpcnet.search.scheduler import (
     TAG_ANSWER,
     TAG_ASK,
@@ -152,9 +154,13 @@ def _run_trial(
     metric: str,
     trial_timeout: float | None,
     on_progress=None,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Runs one trial on every rank of ``group``; returns this rank's outcome.
-    ``on_progress(record) -> stop?``: early stopping, asked on the run's rank 0."""
+    ``on_progress(record) -> stop?``: early stopping, asked on the run's rank 0.
+    ``resume``: continue the trial from the checkpoint in ``trial_dir`` (a search
+    stopped by a signal, :mod:`hpcnet.search.preemption`). Status ``preempted`` (with
+    ``signum``): a SIGUSR1/SIGTERM stopped it, checkpointed."""
     from hpcnet.algos import train
     from hpcnet.config import load_config
     from hpcnet.run.preempt import STOP_REQUESTED, Preempted
@@ -171,7 +177,10 @@ def _run_trial(
         with _alarm(trial_timeout):
             overrides = {**fixed, **trial.params}
             if train_fn is None:
-                cfg = load_config(config_file, {**overrides, "run.out": str(trial_dir)})
+                where = {"run.out": str(trial_dir)}
+                if resume:
+                    where["run.resume"] = str(trial_dir)
+                cfg = load_config(config_file, {**overrides, **where})
                 metrics = train(cfg, comm, verbose=False, on_progress=on_progress)
                 metrics.pop("_params", None)
             else:
@@ -187,9 +196,10 @@ def _run_trial(
         elif any(isinstance(v, float) and not math.isfinite(v) for v in losses):
             out.update(status="failed", reason="the loss became NaN")
     except Preempted as e:
-        if e.signum != STOP_REQUESTED:
-            raise  # a real SIGTERM/SIGUSR1: the search itself stops
-        out.update(status="stopped", steps=e.step)  # early stopping (metric: the leader's)
+        if e.signum != STOP_REQUESTED:  # a real SIGTERM/SIGUSR1: the search stops
+            out.update(status="preempted", steps=e.step, signum=e.signum)
+        else:
+            out.update(status="stopped", steps=e.step)  # early stopping (the leader's metric)
     except TrialTimeout:
         out.update(status="failed", reason=f"past its trial timeout ({trial_timeout:g} s)")
     except (HpcnetError, Exception) as e:  # noqa: BLE001  a trial's failure is a result
@@ -212,20 +222,27 @@ def _trial_in_group(
     early_stop: str,
     run: Callable,
     group_lost: Callable[[str], list[int]],
-) -> tuple[dict | None, list[int]]:
-    """Runs ``trial`` on every rank of group ``g`` (``run(trial, on_progress)``: this
-    rank's outcome) and gathers the outcomes on its leader. Collective over ``group``.
+    can_resume: bool = True,
+) -> tuple[dict | None, list[int], int]:
+    """Runs ``trial`` on every rank of group ``g`` (``run(trial, on_progress, resume)``:
+    this rank's outcome) and gathers the outcomes on its leader. Collective over
+    ``group``.
 
     Returns:
-        The trial's record (a dict, on the leader; None elsewhere), and the ranks of
-        the group that died (fault tolerance: agreed after the trial; then no record,
-        the scheduler records the trial failed).
+        The trial's record (a dict, on the leader; None elsewhere and when a signal
+        stopped the trial), the ranks of the group that died (fault tolerance: agreed
+        after the trial; then no record, the scheduler records the trial failed), and
+        the signal that stopped the trial (0: none; every rank of the group).
     """
     trial_dir = out / "trials" / f"{trial.id:04d}"
-    if leader and trial_dir.exists():  # a resumed search re-runs an unfinished trial
-        shutil.rmtree(trial_dir)
-    if leader:
+    resume = False
+    if leader and trial_dir.exists():  # a resumed search: the trial was not finished
+        resume = can_resume and resumable_trial(trial_dir)  # stopped by a signal
+        if not resume:
+            shutil.rmtree(trial_dir)  # killed: run it again
+    if leader and not resume:
         trial_dir.mkdir(parents=True)
+    resume = bcast_object(resume, group, what="the trial's checkpoint check")
     started = time.time()
     last: list[float] = []  # the progress values the leader reported
 
@@ -237,18 +254,20 @@ def _trial_in_group(
         answer = _ask(sched, ("progress", g, trial.id, rec["step"], value), answer_timeout, out)
         return answer[0] != "go"
 
-    mine = run(trial, on_progress if early_stop != "none" else None)
+    mine = run(trial, on_progress if early_stop != "none" else None, resume)
     dead = group_lost(f"after trial {trial.id}")
     if dead:
-        return None, dead
+        return None, dead, 0
     try:
         outcomes = gather_objects(mine, group, what="the trial's outcome")
+        stopped = [o.get("signum", 0) for o in outcomes or [] if o["status"] == "preempted"]
+        signum = bcast_object(max(stopped, default=0), group, what="the trial's stop")
     except MPI.Exception as e:  # (fault tolerance) a rank died since the agreement
         if not faults.is_failure(e):
             raise
-        return None, group_lost("live ranks")
-    if not leader:
-        return None, []
+        return None, group_lost("live ranks"), 0
+    if not leader or signum:
+        return None, [], signum
     bad = [o for o in outcomes if o["status"] == "failed"]
     first = bad[0] if bad else outcomes[0]
     record = asdict(
@@ -266,7 +285,7 @@ def _trial_in_group(
             ended=time.time(),
         )
     )
-    return record, []
+    return record, [], 0
 
 
 def _prepare_dir(out: Path, settings: dict[str, Any], resume: bool):
@@ -404,10 +423,14 @@ def run_search(
     def group_lost(what: str) -> list[int]:  # collective over the group's live ranks
         return faults.lost_in_group(group, base, answer_timeout, f"search group {g}: {what}")
 
+    watch = PreemptionWatch()  # a signal between trials; a trial's own run notes its own
+    stop_signal = 0  # SIGUSR1/SIGTERM: the search stops (hpcnet.search.preemption)
     while True:
         dead: list[int] = []
         try:
-            answer = _ask(sched, ("next", g, record), answer_timeout, out) if leader else None
+            stop_signal = stop_signal or group_signal(watch.signum, group)
+            ask = ("preempted", g, record, stop_signal) if stop_signal else ("next", g, record)
+            answer = _ask(sched, ask, answer_timeout, out) if leader else None
             record = None
             answer = bcast_object(answer, group, what="the search's next trial")
         except MPI.Exception as e:  # (fault tolerance) a rank of the group died
@@ -421,8 +444,9 @@ def run_search(
         if kind == "lost":
             lost_error = RankLost(answer[1])
             break
-        if kind in ("done", "abort"):
+        if kind in ("done", "abort", "preempted"):
             error = answer[1] if kind == "abort" else None
+            stop_signal = answer[1] if kind == "preempted" else stop_signal
             break
         if kind == "wait":
             time.sleep(WAIT_S)
@@ -430,13 +454,13 @@ def run_search(
         if kind == "retire":
             dead = group_lost("live ranks")
         else:
-            record, dead = _trial_in_group(
+            record, dead, stop_signal = _trial_in_group(
                 answer[1], group, g, out, leader, sched, key, answer_timeout, early_stop,
-                lambda trial, on_progress: _run_trial(
+                lambda trial, on_progress, resume: _run_trial(
                     trial, group, out / "trials" / f"{trial.id:04d}", fixed or {},
-                    config_file, train_fn, metric, trial_timeout, on_progress,
+                    config_file, train_fn, metric, trial_timeout, on_progress, resume,
                 ),
-                group_lost,
+                group_lost, can_resume=train_fn is None,
             )  # fmt: skip
         if dead or kind == "retire":
             try:
@@ -446,15 +470,17 @@ def run_search(
                 break
             error = abort[1] if abort else None
             break
+    watch.close()
     if thread is not None:
         thread.join()
         if scheduler.error is not None:
             error = _one_line(scheduler.error)
         records = scheduler.records
+        stop_signal = scheduler.preempted
     if lost_error is not None:  # every live rank raises it; nothing more to agree
         raise lost_error
     end, lost = faults.end_comm(comm, current_timeout())
-    records = bcast_object(records, end, what="the search's results")
+    records, stop_signal = bcast_object((records, stop_signal), end, what="the search's results")
     if end is not comm:
         end.Free()
     if not lost:  # a Free is collective over a communicator that holds a dead rank
@@ -462,4 +488,6 @@ def run_search(
         sched.Free()
     if error:
         raise RuntimeError(f"search: the scheduler failed: {error}")
+    if stop_signal:
+        raise SearchPreempted(stop_signal, out, len(records))
     return records

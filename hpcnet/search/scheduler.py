@@ -5,7 +5,10 @@ Messages (pickled, on the scheduler's own communicator: tag :data:`TAG_ASK` to r
 ``("wait",)``, ``("done",)``, ``("abort", why)``; ``("progress", group, trial, step,
 value)`` -> ``("go",)`` or ``("stop",)`` (early stopping); under fault tolerance also
 ``("retired", group, dead)`` -> ``("wait",)``, ``("done",)`` or ``("lost", why)``, and
-``("retire",)`` to a leader whose group lost a rank (:mod:`hpcnet.search.faults`).
+``("retire",)`` to a leader whose group lost a rank (:mod:`hpcnet.search.faults`);
+``("preempted", group, record, signal)`` -> ``("preempted", signal)`` from a group
+that got SIGUSR1/SIGTERM, and that answer to every later ``next``
+(:mod:`hpcnet.search.preemption`).
 The policy is in :mod:`hpcnet.search.runner`'s docstring.
 """
 
@@ -118,6 +121,7 @@ class Scheduler:
         self.error: BaseException | None = None
         self.t0 = time.monotonic()
         self.finished_here = 0
+        self.preempted = 0  # the signal that stops the search (hpcnet.search.preemption)
 
     def serve(self) -> None:
         """Answers until every group has been told ``done`` (or an error: every later
@@ -139,6 +143,12 @@ class Scheduler:
                     answer = ("abort", str(self.error))
                 elif msg[0] == "retired":
                     answer = self._retired(source, *msg[1:])
+                elif msg[0] == "preempted":  # a group got SIGUSR1/SIGTERM: all stop
+                    _, group, record, signum = msg
+                    if record is not None:
+                        self._finished(TrialRecord(**record))
+                    self.preempted = self.preempted or signum
+                    answer = ("preempted", self.preempted)
                 elif self.fatal:  # a running trial stops; a group's next question ends it
                     if msg[0] == "next" and msg[2] is not None and msg[1] not in self.retired:
                         self._finished(TrialRecord(**msg[2]))  # kept for --resume
@@ -151,7 +161,7 @@ class Scheduler:
             if msg[0] == "retired":
                 if answer[0] != "wait":
                     self.waiting.discard(source)
-            elif answer[0] in ("done", "abort", "lost"):
+            elif answer[0] in ("done", "abort", "lost", "preempted"):
                 self.done_groups.add(msg[1])
             try:
                 self.comm.send(answer, dest=source, tag=TAG_ANSWER)
@@ -254,6 +264,8 @@ class Scheduler:
             return ("retire",)
         if record is not None:
             self._finished(TrialRecord(**record))
+        if self.preempted:  # another group got a signal: this one stops too
+            return ("preempted", self.preempted)
         trial = self.strategy.ask()
         if trial is not None:
             self.running[trial.id] = group

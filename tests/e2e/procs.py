@@ -13,7 +13,12 @@ def rank_pid(out: Path, rank: int) -> int | None:
     for proc in Path("/proc").iterdir():
         try:
             argv = (proc / "cmdline").read_bytes().split(b"\0")
-            if argv[0] != sys.executable.encode() or str(out).encode() not in argv:
+            # this Python, by its path or (a job script's `python` found on PATH) its name
+            python = argv[0] == sys.executable.encode() or Path(argv[0].decode()).name in (
+                "python",
+                "python3",
+            )
+            if not python or str(out).encode() not in argv:
                 continue
             if want & set((proc / "environ").read_bytes().split(b"\0")):
                 return int(proc.name)

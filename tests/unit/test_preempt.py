@@ -1,0 +1,59 @@
+"""PreemptionWatch: SIGUSR1/SIGTERM noted, not fatal, and passed between nested watches
+(a command's, a search's, a run's)."""
+
+import os
+import signal
+
+import pytest
+
+from hpcnet.run.preempt import STOP_REQUESTED, PreemptionWatch
+
+
+@pytest.mark.parametrize("signum", [signal.SIGUSR1, signal.SIGTERM])
+def test_a_signal_is_noted_and_the_old_handler_comes_back(signum):
+    before = signal.getsignal(signum)
+    watch = PreemptionWatch()
+    os.kill(os.getpid(), signum)  # would end this process without the watch
+    assert watch.signum == signum
+    watch.close()
+    assert signal.getsignal(signum) == before
+
+
+def test_a_watch_starts_with_the_signal_its_enclosing_watch_saw():
+    # a signal during a run's setup: the run (the inner watch) stops at its first step
+    outer = PreemptionWatch()
+    try:
+        os.kill(os.getpid(), signal.SIGUSR1)
+        inner = PreemptionWatch()
+        assert inner.signum == signal.SIGUSR1
+        inner.close()
+    finally:
+        outer.close()
+
+
+def test_a_closing_watch_hands_its_signal_to_the_enclosing_one():
+    # a signal that came as a search's trial ended: the search (outer) must see it
+    outer = PreemptionWatch()
+    try:
+        inner = PreemptionWatch()
+        assert inner.signum == 0
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert inner.signum == signal.SIGTERM and outer.signum == 0
+        inner.close()
+        assert outer.signum == signal.SIGTERM
+    finally:
+        outer.close()
+
+
+def test_a_stop_request_stays_with_its_own_run():
+    # early stopping of one trial is no signal to the search around it
+    outer = PreemptionWatch()
+    try:
+        inner = PreemptionWatch()
+        inner.request_stop()
+        assert inner.signum == STOP_REQUESTED
+        inner.close()
+        assert outer.signum == 0
+        assert PreemptionWatch().signum == 0
+    finally:
+        outer.close()
