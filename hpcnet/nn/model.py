@@ -2,7 +2,7 @@
 
 All parameters live in ``model.params`` ((n_params,) float32, contiguous) and
 all gradients in ``model.grads`` (same shape); every layer's weights are views
-into them (shared/DESIGN.md, "The flat parameter vector"). So an allreduce is
+into them (docs/design.md, "The flat parameter vector"). So an allreduce is
 one call on ``grads``, a parameter-shard range is a slice, and a checkpoint is
 one dataset.
 """
