@@ -21,7 +21,8 @@ at step ``s``, so every side sees the same data in the same order.
 Warm-up steps (Numba compilation, first-touch allocation, oneDNN primitive caches)
 are excluded. The sides run in the order A B A B within each repeat (hpcnet, torch,
 hpcnet, torch) and the table reports the median over repeats: the second vCPU of
-this project's machines does not always deliver (shared/PEERS.md).
+this project's machines does not always deliver (in one probe, 11 % of samples ran 2
+threads no faster than 1).
 
 Usage::
 

@@ -1,4 +1,4 @@
-"""Ranks -> roles (shared/DESIGN.md, "Roles").
+"""Ranks -> roles (docs/design.md, "Roles").
 
 A :class:`Layout` says which world rank is a coordinator, a parameter shard or
 a partition of a model replica. It is computed from the world size and the

@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""The fault-tolerance scenarios of README's "Surviving a killed process", measured.
+"""The fault-tolerance scenarios of docs/operations.md, "Surviving a killed process",
+measured (the table is benchmarks/fault_tolerance.md).
 
 Each scenario is a real job on the digits data; once training is under way (progress
 records in OUT/metrics.jsonl) one rank is SIGKILLed by its pid (found in /proc from its
@@ -17,7 +18,7 @@ OUT/summary.json and the job's output and prints one markdown table row per scen
 
 Every job runs under a timeout (``--timeout``, seconds); a job that hangs is killed
 (its whole process group) and reported as ``hung``, never stalls the script. Exit
-status 0 when every scenario did what README says, 1 otherwise, 2 for bad arguments.
+status 0 when every scenario did what the docs say, 1 otherwise, 2 for bad arguments.
 Run the code of a checkout other than the venvs' editable install with PYTHONPATH
 (passed to every rank, spawned ones too, through the environment).
 """
@@ -57,7 +58,7 @@ class Scenario:
         records: progress records to wait for before the kill (or the grow request).
         launch: run through ``python -m hpcnet launch -n N`` instead of ``mpiexec``.
         grow: ``python -m hpcnet grow OUT -n grow`` instead of a kill (0: none).
-        expect_rc: the exit status README promises.
+        expect_rc: the exit status the docs promise.
     """
 
     name: str
@@ -283,7 +284,7 @@ def timings(res: dict) -> tuple[float | None, str, float | None, str]:
 
 
 def ok(res: dict) -> bool:
-    """Whether the exit status is the one README promises."""
+    """Whether the exit status is the one the docs promise."""
     return res.get("rc") == res["expect_rc"] and "problem" not in res
 
 
@@ -383,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _print(records: list[dict]) -> int:
     """Prints the table and the runs' ``hpcnet:`` lines; 0 when every run did what
-    README says, else 1."""
+    the docs say, else 1."""
     by_name = {s.name: s for s in SCENARIOS}
     print("\n" + HEADER)
     print("\n".join(row(by_name[r["name"]], r) for r in records))

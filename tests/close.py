@@ -7,7 +7,7 @@ the result: an element that cancels to nearly zero can carry an absolute error
 of the size of the tensor's large elements times float32's epsilon times the
 number of terms. So the absolute tolerance is scaled by the reference tensor's
 magnitude (``atol = scale * max|ref|``), per tensor, never a bare constant that
-holds on one machine only (STYLE.md, "Tolerances scaled by the reference").
+holds on one machine only (docs/development.md, "Float tolerances").
 
 Every test using these must still be able to fail: a dropped micro-batch, a
 swapped partition or a missing allreduce changes the result by percent, far

@@ -38,7 +38,7 @@ def _arrive(comm: MPI.Comm, what: str) -> None:
 
 @dataclass
 class RoleComms:
-    """The sub-communicators one rank takes part in (shared/DESIGN.md, "Roles").
+    """The sub-communicators one rank takes part in (docs/design.md, "Roles").
 
     Attributes:
         world: the library communicator (all ranks).

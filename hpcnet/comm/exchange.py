@@ -1,6 +1,6 @@
 """Activation exchange between the partitions of one model replica (model parallelism).
 
-:class:`Exchange` wraps ``replica_comm`` (shared/DESIGN.md, "Roles") with the few
+:class:`Exchange` wraps ``replica_comm`` (docs/design.md, "Roles") with the few
 operations a partitioned model needs, and counts the bytes each rank moves:
 
 - :meth:`Exchange.allgather` — every partition holds a slice of an activation along

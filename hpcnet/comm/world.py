@@ -4,7 +4,7 @@ This package is the only code that touches raw MPI. hpcnet never
 communicates on ``COMM_WORLD`` itself: :func:`library_comm` is a ``Dup`` of it,
 so a user's own messages cannot match ours.
 
-Error policy (shared/DESIGN.md, "Faults and bad input"):
+Error policy (docs/design.md, "Faults and bad input"):
 
 * a user error found identically on every rank (bad flag, layout, data file
   checked by rank 0 and broadcast) -> rank 0 prints one line, every rank

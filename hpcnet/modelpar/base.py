@@ -147,7 +147,7 @@ class PartitionedModel:
         """One forward and backward pass of the whole replica.
 
         Args:
-            x: (N, *input_shape) float32, the same batch on every partition.
+            x: ``(N, *input_shape)`` float32, the same batch on every partition.
             y: (N,) int64 labels.
         Returns:
             (loss, correct), the same on every partition (see ``Model.loss_and_grad``).
@@ -167,7 +167,7 @@ class PartitionedModel:
         raise NotImplementedError
 
     def forward(self, x: np.ndarray, backend, train: bool = False) -> np.ndarray:
-        """x (N, *input_shape) float32 -> logits (N, K) float32, on every partition.
+        """x ``(N, *input_shape)`` float32 -> logits (N, K) float32, on every partition.
         Collective over the replica's partitions."""
         raise NotImplementedError
 

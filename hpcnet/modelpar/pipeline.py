@@ -326,7 +326,7 @@ class PipelinePartition(PartitionedModel):
         return None
 
     def forward(self, x, backend, train=False):
-        """x (N, *input_shape) float32 -> logits (N, K) float32 on every partition (the
+        """x ``(N, *input_shape)`` float32 -> logits (N, K) float32 on every partition (the
         last stage broadcasts them). Collective over the replica's partitions, which all
         pass the same x (only its length matters past the first stage)."""
         logits = self._stage_forward(x, backend, train)

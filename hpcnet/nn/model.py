@@ -2,7 +2,7 @@
 
 All parameters live in ``model.params`` ((n_params,) float32, contiguous) and
 all gradients in ``model.grads`` (same shape); every layer's weights are views
-into them (shared/DESIGN.md, "The flat parameter vector"). So an allreduce is
+into them (docs/design.md, "The flat parameter vector"). So an allreduce is
 one call on ``grads``, a parameter-shard range is a slice, and a checkpoint is
 one dataset.
 """
@@ -144,7 +144,7 @@ class Model:
             d.rng.bit_generator.state = st
 
     def forward(self, x: np.ndarray, backend, train: bool = False) -> np.ndarray:
-        """x (N, *input_shape) float32 -> logits (N, K) float32 (on the host)."""
+        """x ``(N, *input_shape)`` float32 -> logits (N, K) float32 (on the host)."""
         self._upload(backend)
         out = self._forward(x, backend, train)
         return out if isinstance(out, np.ndarray) else out.copy_to_host()
@@ -169,7 +169,7 @@ class Model:
         """One forward and backward pass; fills ``self.grads``.
 
         Args:
-            x: (N, *input_shape) float32. y: (N,) int64 labels.
+            x: ``(N, *input_shape)`` float32. y: (N,) int64 labels.
             train: training mode (dropout on); False gives the deterministic
                 objective's gradient (batch methods such as L-BFGS).
             on_grad_ready: if given, called as ``on_grad_ready(lo)`` after each

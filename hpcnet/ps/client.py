@@ -1,9 +1,9 @@
 """The client's side of the parameter server: fetch parameters, push gradients.
 
 Only one-sided operations (``Get``, ``Put``, ``Accumulate``, ``Flush``) inside one
-``Lock_all`` epoch per window that lasts the whole run (shared/DESIGN.md:
-MPICH stalls ~100 ms per ``Lock``/``Unlock`` while the target computes, not
-with ``Flush`` inside a long epoch). See :mod:`hpcnet.ps.shard` for the push
+``Lock_all`` epoch per window that lasts the whole run (docs/design.md, "Known MPI
+pitfalls": MPICH stalls ~100 ms per ``Lock``/``Unlock`` while the target computes,
+not with ``Flush`` inside a long epoch). See :mod:`hpcnet.ps.shard` for the push
 protocol and the consistency guarantees.
 
 Bytes per operation, for S shards and n parameters in total: a fetch moves

@@ -3,7 +3,7 @@
 Every parameter shard ``s`` owns three windows, each created collectively over
 the library communicator with memory only at the shard's rank (one window
 per shard and purpose: MPI serialises accumulates per window, so shards do not
-contend; shared/DESIGN.md, "Known MPI pitfalls"):
+contend; docs/design.md, "Known MPI pitfalls"):
 
 * ``param``  (n_s,) float32: the shard's slice ``[lo, hi)`` of the flat parameter
   vector. Clients ``Get`` it; the shard updates it in place.
@@ -111,7 +111,8 @@ def shard_ranges(
 
 def window_info() -> MPI.Info:
     """The hints of every parameter-server window: accumulates need no ordering and use
-    one op (SUM), which lets MPI skip their ordering cost (DESIGN.md, MPI pitfalls)."""
+    one op (SUM), which lets MPI skip their ordering cost (docs/design.md, "Known MPI
+    pitfalls")."""
     info = MPI.Info.Create()
     info.Set("accumulate_ordering", "none")
     info.Set("accumulate_ops", "same_op")

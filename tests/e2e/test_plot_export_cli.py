@@ -157,18 +157,19 @@ def test_plot_and_export_errors_are_one_line_exit_2(runs, tmp_path):
     _one_line_exit_2(p, "PyTorch", "--format npz")
 
 
-def _readme_section_blocks(lang: str) -> list[str]:
-    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+def _docs_section_blocks(lang: str) -> list[str]:
+    """The code blocks of the "Plots and export" section of docs/results.md."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "results.md").read_text()
     section = text.split("## Plots and export\n", 1)[1].split("\n## ", 1)[0]
     return re.findall(rf"```{lang}\n(.*?)\n```", section, re.S)
 
 
-def test_readme_plot_and_export_commands_run(runs, tmp_path):
-    """The README's commands with runs/A, runs/B standing for the two real runs (those
+def test_docs_plot_and_export_commands_run(runs, tmp_path):
+    """The docs' commands with runs/A, runs/B standing for the two real runs (those
     needing PyTorch only where it is installed)."""
     sync, downpour = runs
     has_torch = importlib.util.find_spec("torch") is not None
-    (commands,) = _readme_section_blocks("sh")
+    (commands,) = _docs_section_blocks("sh")
     wrote = []
     for line in commands.splitlines():
         argv = shlex.split(line.split("#", 1)[0])
@@ -184,7 +185,7 @@ def test_readme_plot_and_export_commands_run(runs, tmp_path):
     assert (tmp_path / "cmp.png").read_bytes().startswith(PNG_MAGIC)
     if not has_torch:
         return
-    (snippet,) = _readme_section_blocks("python")
+    (snippet,) = _docs_section_blocks("python")
     code = "import torch\nx = torch.zeros((2, 1, 8, 8))\n" + snippet.replace("runs/A", str(sync))
     p = subprocess.run(
         [sys.executable, "-c", code + "\nassert logits.shape == (2, 10)"],
