@@ -7,11 +7,13 @@ Build (from the repository root; CI builds it in scripts/test.sh, warnings as er
 Pages are MyST Markdown. The API reference (api.md) is generated from the docstrings
 (Google style) by autosummary, recursively over the ``hpcnet`` package, so a module
 added, moved or renamed appears without editing any page. The ``train`` flag table
-(cli.md) is generated from ``hpcnet.config.FLAGS`` by the local extension in _ext/.
+(cli.md) is generated from the declared options (hpcnet.options) by the local
+extension in _ext/.
 """
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 
@@ -50,6 +52,9 @@ myst_enable_extensions = ["colon_fence"]
 # ``ignore-module-all``: an object is documented once, in the module that defines it,
 # not again in every module that re-exports it in ``__all__``.
 autosummary_generate = True
+# made afresh at every build: a page left from a module since moved or renamed would be
+# an orphan (a warning, so an error under -W)
+shutil.rmtree(Path(__file__).with_name("_autosummary"), ignore_errors=True)
 autodoc_default_options = {
     "members": True,
     "show-inheritance": True,

@@ -15,6 +15,7 @@ import sys
 from hpcnet import __version__
 from hpcnet.errors import AlreadyFinished, HpcnetError
 from hpcnet.run.preempt import Preempted, PreemptionWatch
+from hpcnet.tools.parser import Parser
 
 SUBCOMMANDS = ("train", "data", "info", "bench", "plot", "export", "search", "launch", "grow")
 # ``python -m hpcnet bench NAME [ARGS]`` runs benchmarks/SCRIPT.py ARGS (a source checkout);
@@ -33,27 +34,19 @@ BENCHMARKS = {
 }
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is an HpcnetError (one line, exit 2, every rank)."""
-
-    def error(self, message: str):
-        from hpcnet.errors import ConfigError
-
-        raise ConfigError(f"{self.prog}: {message}")
-
-
 def build_parser() -> argparse.ArgumentParser:
+    import hpcnet.algos  # noqa: F401  the built-in algorithms declare their options
     from hpcnet.config import add_train_flags
     from hpcnet.data.cli import add_data_parser
-    from hpcnet.run.cli import add_export_parser, add_plot_parser
+    from hpcnet.tools.cli import add_export_parser, add_plot_parser
 
-    p = _Parser(
+    p = Parser(
         prog="python -m hpcnet",
         description="DistBelief-style distributed training "
         "on MPI. Start with mpiexec -n N python -m hpcnet [train] ...",
     )
     p.add_argument("--version", action="version", version=f"hpcnet {__version__}")
-    sub = p.add_subparsers(dest="command", parser_class=_Parser)
+    sub = p.add_subparsers(dest="command", parser_class=Parser)
     t = sub.add_parser("train", help="train a model (the default subcommand)")
     add_train_flags(t)
     t.add_argument(
@@ -99,47 +92,31 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-SEARCH_DEFAULTS = {
-    "strategy": "grid",
-    "group_size": 1,
-    "out": "runs/search",
-    "trials": 10,
-    "population": 10,
-    "generations": 3,
-    "crossover": 0.7,
-    "mutation": 0.5,
-    "metric": "test_accuracy",
-    "direction": "max",
-    "early_stop": "none",
-    "trial_timeout": 0.0,
-    "seed": 0,
-}
-
-
 def _add_search_parser(sub) -> None:
+    import hpcnet.search  # noqa: F401  the built-in strategies declare their options
+    from hpcnet.search.settings import SEARCH
+    from hpcnet.search.strategy import get_strategy, strategy_names
+
     s = sub.add_parser(
         "search",
         help="hyper-parameter search: trials are training runs on rank groups",
-        description="Grid, random or differential-evolution search over train's config "
-        "keys; each trial is a run on a group of --group-size ranks. Defaults come from "
-        "the SPACE file's [search] table, then: "
-        + ", ".join(f"{k}={v}" for k, v in SEARCH_DEFAULTS.items())
-        + ". Flags after -- are train flags every trial shares.",
+        description="Search over train's config keys with a registered strategy ("
+        + "; ".join(f"{n}: {get_strategy(n).doc}" for n in strategy_names())
+        + "); each trial is a run on a group of --group-size ranks. A setting comes from "
+        "its flag, else the SPACE file's [search] table, else its default. Flags after -- "
+        "are train flags every trial shares.",
     )
     s.add_argument("--space", required=True, metavar="SPACE.toml", help="the search space")
-    s.add_argument("--strategy", choices=("grid", "random", "de"))
-    s.add_argument("--group-size", type=int, metavar="G", help="ranks per trial")
-    s.add_argument("--out", metavar="DIR", help="the search directory")
-    s.add_argument("--trials", type=int, metavar="K", help="random search: trials")
-    s.add_argument("--population", type=int, metavar="P", help="DE: population")
-    s.add_argument("--generations", type=int, metavar="T", help="DE: generations after the first")
-    s.add_argument("--crossover", type=float, metavar="CR", help="DE: crossover rate")
-    s.add_argument("--mutation", type=float, metavar="F", help="DE: differential weight")
-    s.add_argument("--metric", help="summary key to optimise (default test_accuracy)")
-    s.add_argument("--direction", choices=("max", "min"))
-    s.add_argument("--early-stop", choices=("none", "median", "asha"))
-    s.add_argument("--trial-timeout", type=float, metavar="S", help="seconds per trial (0: none)")
-    s.add_argument("--seed", type=int)
+    for o in SEARCH.options():  # the search's settings, then each strategy's own
+        choices = "{" + ",".join(map(str, o.choices)) + "}"
+        s.add_argument(
+            o.flag,
+            dest=o.name,
+            type=o.type,
+            default=None,
+            metavar=choices if o.choices else o.type.__name__.upper(),
+            help=f"{o.help} [default {o.default!r}]",
+        )
     s.add_argument("--config", metavar="FILE.toml", help="train config every trial starts from")
     s.add_argument("--resume", action="store_true", help="continue the search in --out")
     s.add_argument("train_args", nargs=argparse.REMAINDER, help="-- then train flags")
@@ -150,74 +127,60 @@ def _cmd_search(args) -> int:
     from hpcnet import search
     from hpcnet.comm import library_comm, same_on_every_rank
     from hpcnet.config import add_train_flags
-    from hpcnet.errors import ConfigError
+    from hpcnet.search.settings import SEARCH, resolve
+    from hpcnet.search.strategy import get_strategy
 
     with same_on_every_rank():
         space = search.Space.load(args.space)
-        unknown = set(space.search) - set(SEARCH_DEFAULTS)
-        if unknown:
-            raise ConfigError(f"{args.space}: unknown [search] key(s) {', '.join(sorted(unknown))}")
-        opts = {
-            k: getattr(args, k) if getattr(args, k) is not None else space.search.get(k, v)
-            for k, v in SEARCH_DEFAULTS.items()
-        }
+        given = {o.name: getattr(args, o.name) for o in SEARCH.options()}
+        name = given["strategy"] or space.search.get("strategy") or "grid"
+        entry = get_strategy(name)
         rest = [a for a in args.train_args if a != "--"]
-        tp = _Parser(prog="python -m hpcnet search ... --")
+        tp = Parser(prog="python -m hpcnet search ... --")
         add_train_flags(tp)
         tp.add_argument("--dry-run", action="store_true")  # as train's: check, train nothing
         targs = tp.parse_args(rest)
         fixed = {k: v for k, v in vars(targs).items() if v is not None and "." in k}
-        config_file = args.config or targs.config
+        settings = resolve(
+            {**given, "strategy": name, "config_file": args.config or targs.config,
+             "resume": args.resume},
+            space.search,
+            strategy_options=entry.options,
+            origin=str(args.space),
+        )  # fmt: skip
     if targs.dry_run:
-        _search_dry_run(space, opts, fixed, config_file)
+        _search_dry_run(space, settings, fixed)
         return 0
-    search.run(
-        space,
-        opts["strategy"],
-        fixed=fixed,
-        comm=library_comm(),
-        group_size=opts["group_size"],
-        out=opts["out"],
-        metric=opts["metric"],
-        direction=opts["direction"],
-        trials=opts["trials"],
-        population=opts["population"],
-        generations=opts["generations"],
-        crossover=opts["crossover"],
-        mutation=opts["mutation"],
-        seed=opts["seed"],
-        trial_timeout=opts["trial_timeout"] or None,
-        config_file=config_file,
-        resume=args.resume,
-        early_stop=opts["early_stop"],
-    )
+    search.run(space, settings=settings, fixed=fixed, comm=library_comm())
     return 0
 
 
-def _search_dry_run(space, opts: dict, fixed: dict, config_file: str | None) -> None:
+def _search_dry_run(space, settings, fixed: dict) -> None:
     """Checks the space, every grid point's config and layout on a group, prints the plan."""
+    from hpcnet.algos import get_algorithm
     from hpcnet.comm import library_comm, same_on_every_rank
     from hpcnet.config import load_config
     from hpcnet.errors import ConfigError
     from hpcnet.layout import layout_for
+    from hpcnet.search.strategy import get_strategy
 
     comm = library_comm()
-    size, gs = comm.Get_size(), opts["group_size"]
+    size, gs = comm.Get_size(), settings.group_size
     with same_on_every_rank():
         if gs < 1 or size % gs:
             raise ConfigError(f"--group-size {gs}: {size} ranks do not split into groups of it")
         space.validate()
-        points = space.grid() if opts["strategy"] == "grid" else []
+        points = space.grid() if settings.strategy == "grid" else []
         for params in points:
-            layout_for(load_config(config_file, {**space.fixed, **fixed, **params}), gs)
+            cfg = load_config(settings.config_file, {**space.fixed, **fixed, **params})
+            layout_for(cfg, gs, get_algorithm(cfg.algo.name))
+        total = get_strategy(settings.strategy).make(space, settings).total
     if comm.Get_rank() == 0:
-        n = {"grid": len(points), "random": opts["trials"]}.get(
-            opts["strategy"], opts["population"] * (opts["generations"] + 1)
-        )
+        n = total if total is not None else "?"
         print(
             f"hpcnet search: {size} ranks in {size // gs} group(s) of {gs}; strategy "
-            f"{opts['strategy']}, {n} trials over {space.describe()}; metric {opts['metric']} "
-            f"({opts['direction']}); results would go to {opts['out']}"
+            f"{settings.strategy}, {n} trials over {space.describe()}; metric "
+            f"{settings.metric} ({settings.direction}); results would go to {settings.out}"
         )
         print("dry run: nothing trained")
 
@@ -266,6 +229,7 @@ def _cmd_info(args) -> int:
     import numba
     from mpi4py import MPI
 
+    from hpcnet.algos import get_algorithm
     from hpcnet.comm import library_comm, same_on_every_rank
     from hpcnet.kernels import cuda_available
     from hpcnet.layout import layout_for
@@ -273,19 +237,17 @@ def _cmd_info(args) -> int:
     cfg = _config_from(args)
     comm = library_comm()
     with same_on_every_rank():
-        layout = layout_for(cfg, comm.Get_size())
+        layout = layout_for(cfg, comm.Get_size(), get_algorithm(cfg.algo.name))
     if comm.Get_rank() == 0:
         import os
 
         from threadpoolctl import threadpool_info
 
-        from hpcnet.algos import get_algorithm
-
         algo = get_algorithm(cfg.algo.name)
         print(f"hpcnet {__version__}")
         print(f"algorithm: {algo.name}: {algo.doc}")
-        if algo.flags:
-            print(f"  its flags: {' '.join(algo.flags)}")
+        if algo.all_flags:
+            print(f"  its flags: {' '.join(algo.all_flags)}")
         print(f"layout: {layout.describe()}")
         for rank, role in layout.table():
             print(f"  rank {rank:>3}: {role}")
@@ -376,7 +338,7 @@ def main(argv: list[str] | None = None) -> None:
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["launch"]:  # the launcher is no MPI process: it starts mpiexec
-        from hpcnet.run.launch import main as launch
+        from hpcnet.tools.launch import main as launch
 
         try:
             sys.exit(launch(argv[1:]))
@@ -384,7 +346,7 @@ def main(argv: list[str] | None = None) -> None:
             sys.stderr.write(f"hpcnet: error: {e}\n")
             sys.exit(e.exit_code)
     from hpcnet.kernels import set_blas_env_defaults
-    from hpcnet.run.launch import note_rank
+    from hpcnet.run.ranks import note_rank
 
     set_blas_env_defaults()  # before anything loads NumPy (and its OpenBLAS)
     note_rank()  # for a launcher watching the ranks (python -m hpcnet launch)

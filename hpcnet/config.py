@@ -1,11 +1,14 @@
-"""Run configuration: frozen dataclasses <- TOML file <- command-line flags.
+"""Run configuration: declared options <- TOML file <- command-line flags.
 
-A config has one section per concern (``[run]``, ``[data]``, ``[model]``,
-``[optim]``, ``[algo]``). Every field can be set in the TOML file and
-overridden by a typed flag (see :data:`FLAGS`); unknown keys, wrong types and
-out-of-range values are :class:`hpcnet.errors.ConfigError` naming the file or
-flag. Validation uses no MPI, so every rank rejects a bad config the same way
-before any communication.
+A config has one section per concern (``[run]``, ``[data]``, ``[model]``, ``[optim]``,
+``[algo]``, and the sections algorithms add: Downpour's ``[ps]``, Sandblaster's
+``[lbfgs]``, ...). The options are declared by the code that reads them
+(:mod:`hpcnet.options`); this module declares the ones every run has and assembles
+the rest: the section objects, ``--help`` (:func:`add_train_flags`), loading
+(:func:`load_config`) and checking (:func:`validate`). Unknown keys, wrong types and
+out-of-range values are :class:`hpcnet.errors.ConfigError` naming the file or flag.
+Validation uses no MPI, so every rank rejects a bad config the same way before any
+communication.
 """
 
 from __future__ import annotations
@@ -14,13 +17,14 @@ import argparse
 import dataclasses
 import os
 import sys
-from dataclasses import dataclass, field, fields
+from dataclasses import field
 from pathlib import Path
 from typing import Any
 
 import tomli_w
 
 from hpcnet.errors import ConfigError
+from hpcnet.options import Option, declare, flag_for, option, options, rules, section, sections
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -28,299 +32,198 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 
-@dataclass(frozen=True)
-class RunConfig:
-    """How long and where: epochs, batch, seed, output, compute."""
+section("run", "how long and where: epochs, batch, seed, output, compute, checkpoints")
+section("data", "which dataset: a path to an hpcnet .h5 file or a known name")
+section("model", "which model")
+section("optim", "SGD settings and the large-minibatch rules of Goyal et al. 2017")
+section("algo", "the training algorithm and the roles its ranks take")
 
-    epochs: int = 30
-    max_steps: int = 0  # 0 = no limit; else stop after this many steps (smoke runs)
-    batch_size: int = 32  # per replica, samples
-    seed: int = 0
-    out: str = ""  # "" = runs/<timestamp>
-    backend: str = "auto"
-    threads: int = 0  # compute threads per rank; 0 = cores / ranks on this node
-    log_every: int = 0  # steps between progress lines; 0 = ~20 lines per run, >= 1 per epoch
-    verbose: bool = False  # print the whole resolved config at start (it is always in OUT)
-    checkpoint_every: int = (
-        0  # steps between checkpoints (OUT/checkpoint.h5); 0 = the final one only
-    )
-    checkpoint_every_s: float = 0.0  # seconds between checkpoints (rank 0's clock); 0 = off
-    keep_checkpoints: int = 2  # checkpoints kept in OUT (the newest is OUT/checkpoint.h5)
-    resume: str = ""  # continue the run in this OUT from its newest checkpoint
-    resume_fallback: bool = False  # with resume: fall back to an older intact checkpoint
-    timeout: float = 300.0  # seconds any rank may wait for another (the watchdog), > 0
-    tensorboard: bool = True  # also write OUT/tb/ event files (when tensorboardX is installed)
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    """Which dataset: a path to an hpcnet .h5 file or a known name."""
-
-    name: str = "digits"
-    augment: bool = False  # random crop (zero padding crop_pad) + horizontal flip, training only
-    crop_pad: int = 2  # pixels of padding on each side for the random crop
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """Which zoo model; ``auto`` picks the dataset's default."""
-
-    name: str = "auto"
-
-
-@dataclass(frozen=True)
-class OptimConfig:
-    """SGD settings and the large-minibatch rules of Goyal et al. 2017."""
-
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    lr_scaling: str = "none"  # none | linear
-    reference_batch: int = 256  # samples; the batch at which lr is the base lr under linear scaling
-    warmup_epochs: float = 0.2
-    lr_schedule: str = "cosine"  # constant | cosine (decay to 0 at the end of the run)
-
-
-@dataclass(frozen=True)
-class AlgoConfig:
-    """The training algorithm: ``sync`` (allreduce of gradients every step) or
-    ``avg`` (parameter averaging every ``avg_every`` local steps)."""
-
-    name: str = "sync"
-    avg_every: int = 8
-    shards: int = 1  # downpour: parameter shard ranks
-    replicas: int = 0  # downpour: replica ranks; 0 = all ranks that are not shards
-    partitions: int = 1  # model parallelism: ranks per replica (Dean et al. 2012, sec. 3)
-    partition_scheme: str = "neurons"  # neurons (split every layer) | pipeline (layer groups)
-    micro_batches: int = 0  # pipeline: micro-batches per batch (GPipe); 0 = 2 x partitions
-    # sync: MiB per gradient bucket, each allreduced as soon as backward has produced it
-    # (overlap, as DDP's buckets); 0 = one allreduce of the whole vector after backward
-    bucket_mb: float = 0.0
-
-
-@dataclass(frozen=True)
-class PSConfig:
-    """Downpour's parameter server (Dean et al. 2012, sec. 4.1)."""
-
-    n_fetch: int = 1  # steps between parameter fetches
-    n_push: int = 1  # steps between gradient pushes
-    rule: str = "adagrad"  # update rule at the shards: sgd | adagrad
-    warm_start_steps: int = 0  # replica 0 trains alone for this many steps first
-    replica_timeout: float = 60.0  # seconds without a heartbeat before a replica is lost
-    read_own_writes: bool = False  # wait for own pushes to be applied before each fetch
-    # inbox slots per client at each shard: 2 lets a replica push while the shard still
-    # applies its previous push (double buffering, twice the inbox memory); 1 = wait
-    inbox_slots: int = 2
-    # bounded staleness (SSP, Ho et al. 2013): a replica at step c waits until every live
-    # replica has reached c - max_staleness; -1 = none (plain Downpour), 0 = lock-step
-    max_staleness: int = -1
+_ge0 = (lambda v: v >= 0), "must be >= 0"
+declare(
+    Option("algo.name", "sync", "training algorithm (python -m hpcnet info --algo NAME shows "
+           "its layout)", flag="--algo"),
+    Option("algo.shards", 1, "parameter shard ranks (algorithms with shards)",
+           check=_ge0[0], must=_ge0[1]),
+    Option("algo.replicas", 0, "replica ranks (algorithms with shards; 0: all other ranks)",
+           check=_ge0[0], must="must be >= 0 (0: all non-shard ranks)"),
+    Option("algo.partitions", 1, "model parallelism: ranks per replica (M; Dean et al. 2012, "
+           "sec. 3)", check=lambda v: v >= 1, must="must be >= 1"),
+    owner="hpcnet.config (the layout)",
+)  # fmt: skip
+declare(
+    Option("model.name", "auto", "model (mlp, wide_mlp, lenet, 2conv, digits_cnn, linear, "
+           "alexnet, towers) or auto (the dataset's default)", flag="--model"),
+    owner="hpcnet.config",
+)  # fmt: skip
+declare(
+    Option("data.name", "digits", "an hpcnet .h5 file, or digits | fashion-mnist",
+           flag="--data", check=bool, must="must name a file or a dataset"),
+    Option("data.augment", False, "random crop and horizontal flip of training images"),
+    Option("data.crop_pad", 2, "augment: zero padding (pixels) for the random crop",
+           check=_ge0[0], must="must be >= 0 pixels"),
+    owner="hpcnet.config",
+)  # fmt: skip
+declare(
+    Option("run.epochs", 30, "passes over the training data",
+           check=lambda v: v >= 1, must="must be >= 1"),
+    Option("run.max_steps", 0, "stop after this many steps (0: no limit)",
+           check=_ge0[0], must="must be >= 0 (0: no limit)"),
+    Option("run.batch_size", 32, "samples per replica per step",
+           check=lambda v: v >= 1, must="must be >= 1"),
+    Option("run.seed", 0, "seed for initialisation, shuffling and dropout",
+           check=_ge0[0], must=_ge0[1]),
+    Option("run.out", "", "output directory (default runs/<timestamp>)"),
+    Option("run.backend", "auto", "compute backend", choices=("auto", "cpu", "cuda")),
+    Option("run.threads", 0, "compute threads per rank (0: cores / local ranks)",
+           check=_ge0[0], must="must be >= 0 (0: automatic)"),
+    Option("run.log_every", 0, "steps between progress lines (0: ~20 per run, at least 1 "
+           "per epoch)", check=_ge0[0], must="must be >= 0 (0: automatic)"),
+    Option("run.verbose", False, "print the whole resolved config at start (it is always in "
+           "OUT/config.toml)"),
+    Option("run.checkpoint_every", 0, "steps between checkpoints in OUT/checkpoint.h5 (0: "
+           "only the final one)", check=_ge0[0], must="must be >= 0 steps (0: final only)"),
+    Option("run.checkpoint_every_s", 0.0, "seconds between checkpoints, as agreed at a step "
+           "boundary (0: off)", check=_ge0[0], must="must be >= 0 seconds (0: off)"),
+    Option("run.keep_checkpoints", 2, "checkpoints kept in OUT (>= 1)",
+           check=lambda v: v >= 1, must="must be >= 1"),
+    Option("run.resume", "", "continue the run in this OUT from its newest checkpoint"),
+    Option("run.resume_fallback", False, "with --resume: use the newest intact checkpoint if "
+           "the newest is damaged"),
+    Option("run.timeout", 300.0, "watchdog: seconds a rank may wait for another before the "
+           "job ends with a stall report naming it (exit 124; 3x for the first step)",
+           check=lambda v: v > 0, must="must be > 0 seconds"),
+    Option("run.tensorboard", True, "write TensorBoard event files in OUT/tb (needs the "
+           "tensorboard extra)"),
+    owner="hpcnet.config",
+)  # fmt: skip
+declare(
+    Option("optim.lr", 0.05, "base learning rate", check=lambda v: v > 0, must="must be > 0"),
+    Option("optim.momentum", 0.9, "SGD momentum in [0, 1)",
+           check=lambda v: 0 <= v < 1, must="must be in [0, 1)"),
+    Option("optim.weight_decay", 0.0, "L2 weight decay", check=_ge0[0], must=_ge0[1]),
+    Option("optim.lr_scaling", "none", "linear: lr x total batch / --reference-batch "
+           "(Goyal et al. 2017)", choices=("none", "linear")),
+    Option("optim.reference_batch", 256, "total batch at which lr is the base lr",
+           check=lambda v: v >= 1, must="must be >= 1"),
+    Option("optim.warmup_epochs", 0.2, "epochs of gradual linear lr warmup",
+           check=_ge0[0], must=_ge0[1]),
+    Option("optim.lr_schedule", "cosine", "after warmup: constant, or cosine decay to 0 "
+           "(Loshchilov & Hutter 2017)", choices=("constant", "cosine")),
+    owner="hpcnet.config",
+)  # fmt: skip
 
 
-@dataclass(frozen=True)
-class LBFGSConfig:
-    """Sandblaster L-BFGS (Dean et al. 2012, sec. 4.2)."""
-
-    m: int = 10  # (s, y) pairs kept
-    unit_size: int = 0  # rows per work unit; 0 = a tenth of a replica's share
-    units_per_push: int = 4  # kept units a replica sums before pushing to the shards
-    batch: int = 0  # rows per evaluation pass; 0 = the whole training split
+_CLASSES: dict[tuple, type] = {}
 
 
-@dataclass(frozen=True)
-class FaultConfig:
-    """Injected faults, for tests and demos."""
+def section_classes() -> dict[str, type]:
+    """``{section: frozen dataclass}`` of the options declared now (the classes are made
+    anew when more options are declared, e.g. by an algorithm registered later)."""
+    out = {}
+    for name in sections():
+        opts = tuple(o for o in options() if o.section == name)
+        if not opts:
+            continue
+        cls = _CLASSES.get(opts)
+        if cls is None:
+            cls = dataclasses.make_dataclass(
+                f"{name.capitalize()}Config",
+                [(o.name, o.type, field(default=o.default)) for o in opts],
+                frozen=True,
+            )
+            cls.__doc__ = sections()[name]
+            _CLASSES[opts] = cls
+        out[name] = cls
+    return out
 
-    fail_replica: int = -1  # replica index that stops; -1 = none
-    fail_at_step: int = 0  # ... after this many of its steps (work units for sandblaster)
-    slow_replica: int = -1  # replica index made slower; -1 = none
-    slow_factor: float = 1.0  # ... by this factor
-    # under fault tolerance (mpiexec --with-ft ulfm): spawn a new process for each one
-    # that died, which joins the run (downpour)
-    replace_lost: bool = False
-    # downpour: the most replicas the run may grow to on request (python -m hpcnet grow
-    # OUT); 0 = the run never adds replicas
-    max_replicas: int = 0
 
-
-@dataclass(frozen=True)
 class Config:
-    run: RunConfig = field(default_factory=RunConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    algo: AlgoConfig = field(default_factory=AlgoConfig)
-    ps: PSConfig = field(default_factory=PSConfig)
-    lbfgs: LBFGSConfig = field(default_factory=LBFGSConfig)
-    faults: FaultConfig = field(default_factory=FaultConfig)
+    """A resolved run configuration: one frozen section object per TOML section, whose
+    attributes are that section's options (``cfg.run.epochs``, ``cfg.algo.name``).
+
+    ``Config()`` holds every declared option's default; ``Config(run={"epochs": 3})``
+    or ``Config(run=section_object)`` sets some. Immutable (:func:`replace` makes a
+    changed copy); equal when every value is.
+
+    Raises:
+        TypeError: a section that no declared option belongs to.
+    """
+
+    def __init__(self, **given: Any):
+        classes = section_classes()
+        unknown = sorted(set(given) - set(classes))
+        if unknown:
+            raise TypeError(f"Config: no options are declared in section(s) {unknown}")
+        for name, cls in classes.items():
+            value = given.get(name)
+            if value is None:
+                value = cls()
+            elif isinstance(value, dict):
+                value = cls(**value)
+            elif not isinstance(value, cls):  # a section object of an older class
+                value = cls(**dataclasses.asdict(value))
+            object.__setattr__(self, name, value)
+        object.__setattr__(self, "_sections", tuple(classes))
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise dataclasses.FrozenInstanceError(f"cannot assign to field {name!r}")
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Config) and self.to_dict() == other.to_dict()
+
+    def __hash__(self) -> int:
+        return hash(self.to_toml())
+
+    def __repr__(self) -> str:
+        return f"Config({', '.join(f'{s}={getattr(self, s)!r}' for s in self._sections)})"
+
+    def __reduce__(self):
+        return (_from_dict, (self.to_dict(),))
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
-        return dataclasses.asdict(self)
+        """``{section: {option: value}}``."""
+        return {s: dataclasses.asdict(getattr(self, s)) for s in self._sections}
 
     def to_toml(self) -> str:
         """The resolved config as TOML text (loadable with ``--config``)."""
         return tomli_w.dumps(self.to_dict())
 
 
-# flag -> (section, field, help). Types come from the dataclass fields.
-FLAGS: dict[str, tuple[str, str, str]] = {
-    "--algo": (
-        "algo",
-        "name",
-        "training algorithm: sync | avg | downpour | sandblaster (python -m hpcnet info "
-        "--algo NAME shows its layout)",
-    ),
-    "--avg-every": ("algo", "avg_every", "avg: local steps between parameter averages"),
-    "--bucket-mb": (
-        "algo",
-        "bucket_mb",
-        "sync: MiB per gradient bucket, each allreduced while backward goes on "
-        "(0: one allreduce after backward)",
-    ),
-    "--shards": ("algo", "shards", "downpour: parameter shard ranks"),
-    "--replicas": ("algo", "replicas", "downpour: replica ranks (0: all non-shard ranks)"),
-    "--partitions": ("algo", "partitions", "model parallelism: ranks per replica (M)"),
-    "--partition-scheme": (
-        "algo",
-        "partition_scheme",
-        "model parallelism: neurons (split each layer) | pipeline (layer groups)",
-    ),
-    "--micro-batches": ("algo", "micro_batches", "pipeline: micro-batches per batch (0: 2 M)"),
-    "--n-fetch": ("ps", "n_fetch", "downpour: steps between parameter fetches"),
-    "--n-push": ("ps", "n_push", "downpour: steps between gradient pushes"),
-    "--ps-rule": ("ps", "rule", "downpour: update rule at the shards: sgd | adagrad"),
-    "--warm-start-steps": ("ps", "warm_start_steps", "downpour: replica 0 trains alone first"),
-    "--replica-timeout": ("ps", "replica_timeout", "downpour: seconds of silence = lost"),
-    "--inbox-slots": ("ps", "inbox_slots", "downpour: inbox slots per replica at a shard: 1 | 2"),
-    "--read-own-writes": (
-        "ps",
-        "read_own_writes",
-        "downpour: fetch only after own pushes are applied",
-    ),
-    "--max-staleness": (
-        "ps",
-        "max_staleness",
-        "downpour: bounded staleness (SSP): a replica waits until every live replica is at "
-        "most this many steps behind it (0: lock-step; -1: none, plain Downpour)",
-    ),
-    "--lbfgs-m": ("lbfgs", "m", "sandblaster: L-BFGS history pairs"),
-    "--unit-size": ("lbfgs", "unit_size", "sandblaster: rows per work unit (0: auto)"),
-    "--units-per-push": ("lbfgs", "units_per_push", "sandblaster: units summed per push"),
-    "--lbfgs-batch": ("lbfgs", "batch", "sandblaster: rows per evaluation pass (0: all)"),
-    "--slow-replica": ("faults", "slow_replica", "make this replica slower (-1: none)"),
-    "--slow-factor": ("faults", "slow_factor", "... by this factor"),
-    "--fail-replica": ("faults", "fail_replica", "make this replica stop (-1: none)"),
-    "--fail-at-step": ("faults", "fail_at_step", "... after this many of its steps"),
-    "--replace-lost": (
-        "faults",
-        "replace_lost",
-        "downpour under mpiexec --with-ft ulfm: a new process replaces each that died",
-    ),
-    "--max-replicas": (
-        "faults",
-        "max_replicas",
-        "downpour: the run may grow to this many replicas when asked (python -m hpcnet grow "
-        "OUT); 0: never",
-    ),
-    "--model": (
-        "model",
-        "name",
-        "zoo model (mlp, wide_mlp, lenet, 2conv, digits_cnn, linear, alexnet, towers) or auto",
-    ),
-    "--data": ("data", "name", "an hpcnet .h5 file, or digits | fashion-mnist"),
-    "--augment": ("data", "augment", "random crop and horizontal flip of training images"),
-    "--crop-pad": ("data", "crop_pad", "augment: zero padding (pixels) for the random crop"),
-    "--epochs": ("run", "epochs", "passes over the training data"),
-    "--max-steps": ("run", "max_steps", "stop after this many steps (0: no limit)"),
-    "--batch-size": ("run", "batch_size", "samples per replica per step"),
-    "--seed": ("run", "seed", "seed for initialisation, shuffling and dropout"),
-    "--out": ("run", "out", "output directory (default runs/<timestamp>)"),
-    "--backend": ("run", "backend", "compute backend: auto | cpu | cuda"),
-    "--threads": ("run", "threads", "compute threads per rank (0: cores / local ranks)"),
-    "--log-every": (
-        "run",
-        "log_every",
-        "steps between progress lines (0: ~20 per run, at least 1 per epoch)",
-    ),
-    "--verbose": ("run", "verbose", "print the whole resolved config at start"),
-    "--checkpoint-every": (
-        "run",
-        "checkpoint_every",
-        "steps between checkpoints in OUT/checkpoint.h5 (0: only the final one)",
-    ),
-    "--checkpoint-every-s": (
-        "run",
-        "checkpoint_every_s",
-        "seconds between checkpoints, as agreed at a step boundary (0: off)",
-    ),
-    "--keep-checkpoints": ("run", "keep_checkpoints", "checkpoints kept in OUT (>= 1)"),
-    "--resume": ("run", "resume", "continue the run in this OUT from its newest checkpoint"),
-    "--tensorboard": (
-        "run",
-        "tensorboard",
-        "write TensorBoard event files in OUT/tb (needs the tensorboard extra; default on)",
-    ),
-    "--resume-fallback": (
-        "run",
-        "resume_fallback",
-        "with --resume: use the newest intact checkpoint if the newest is damaged",
-    ),
-    "--timeout": (
-        "run",
-        "timeout",
-        "watchdog: seconds a rank may wait for another before the job ends with a stall "
-        "report naming it (exit 124; 3x for the first step)",
-    ),
-    "--lr": ("optim", "lr", "base learning rate"),
-    "--momentum": ("optim", "momentum", "SGD momentum in [0, 1)"),
-    "--weight-decay": ("optim", "weight_decay", "L2 weight decay"),
-    "--lr-scaling": ("optim", "lr_scaling", "none | linear (Goyal et al. 2017)"),
-    "--reference-batch": ("optim", "reference_batch", "total batch at which lr is the base lr"),
-    "--warmup-epochs": ("optim", "warmup_epochs", "epochs of gradual linear lr warmup"),
-    "--lr-schedule": ("optim", "lr_schedule", "after warmup: constant | cosine (decay to 0)"),
-}
-
-_SECTION_CLASSES = {
-    "run": RunConfig,
-    "data": DataConfig,
-    "model": ModelConfig,
-    "optim": OptimConfig,
-    "algo": AlgoConfig,
-    "ps": PSConfig,
-    "lbfgs": LBFGSConfig,
-    "faults": FaultConfig,
-}
+def _from_dict(d: dict[str, dict[str, Any]]) -> Config:
+    return Config(**d)
 
 
-def _field_type(section: str, name: str) -> type:
-    for f in fields(_SECTION_CLASSES[section]):
-        if f.name == name:
-            return {"int": int, "float": float, "str": str, "bool": bool}[
-                f.type if isinstance(f.type, str) else f.type.__name__
-            ]
-    raise KeyError(name)
+def _help(o: Option) -> str:
+    choices = f" ({' | '.join(map(str, o.choices))})" if o.choices else ""
+    default = "on" if o.default is True else "off" if o.default is False else repr(o.default)
+    return f"{o.help}{choices} [default {default}; [{o.section}] {o.name}]"
 
 
 def add_train_flags(parser: argparse.ArgumentParser) -> None:
-    """Adds ``--config`` and every flag of :data:`FLAGS` to ``parser`` (default: unset)."""
+    """Adds ``--config`` and every declared option's flag to ``parser``, one argument
+    group per section (default: unset, so a config file's value is not overridden)."""
     parser.add_argument("--config", metavar="FILE.toml", help="TOML config file; flags override it")
-    for flag, (section, name, help_) in FLAGS.items():
-        typ = _field_type(section, name)
-        if typ is bool:  # --flag / --no-flag
-            parser.add_argument(
-                flag,
-                dest=f"{section}.{name}",
+    groups = {name: parser.add_argument_group(f"[{name}]", doc) for name, doc in sections().items()}
+    for o in options():
+        group = groups[o.section]
+        if o.type is bool:  # --flag / --no-flag
+            group.add_argument(
+                o.flag,
+                dest=o.key,
                 default=None,
                 action=argparse.BooleanOptionalAction,
-                help=help_,
+                help=_help(o),
             )
             continue
-        parser.add_argument(
-            flag,
-            dest=f"{section}.{name}",
-            type=typ,
+        group.add_argument(
+            o.flag,
+            dest=o.key,
+            type=o.type,
             default=None,
-            metavar=typ.__name__.upper(),
-            help=help_,
+            metavar="{" + ",".join(map(str, o.choices)) + "}"
+            if o.choices
+            else o.type.__name__.upper(),
+            help=_help(o),
         )
 
 
@@ -342,32 +245,48 @@ def read_toml(path: str | os.PathLike, kind: str = "config file") -> dict[str, A
         raise ConfigError(f"{path}: cannot read {kind}: {e.strerror}") from None
 
 
+_HINT = "options are declared by the modules that read them: import hpcnet.algos for all"
+
+
+def _typed(key: str, value: Any, where: str) -> Any:
+    """``value`` as option ``key``'s type (an int where a float is wanted becomes one).
+
+    Raises:
+        ConfigError: the wrong type; ``where`` starts the message (a file, a flag).
+    """
+    typ = option(key).type
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, typ) or (isinstance(value, bool) and typ is not bool):
+        section, name = key.split(".", 1)
+        raise ConfigError(f"{where}: [{section}] {name} must be {typ.__name__}, got {value!r}")
+    return value
+
+
 def _load_toml(path: str) -> dict[str, dict[str, Any]]:
     doc = read_toml(path)
+    known = section_classes()
     out: dict[str, dict[str, Any]] = {}
-    for section, table in doc.items():
-        if section not in _SECTION_CLASSES or not isinstance(table, dict):
+    for name, table in doc.items():
+        if name not in known or not isinstance(table, dict):
             raise ConfigError(
-                f"{path}: unknown section [{section}]; expected one of "
-                f"{', '.join('[' + s + ']' for s in _SECTION_CLASSES)}"
+                f"{path}: unknown section [{name}]; expected one of "
+                f"{', '.join('[' + s + ']' for s in known)} ({_HINT})"
             )
         for key, value in table.items():
             try:
-                typ = _field_type(section, key)
+                option(f"{name}.{key}")
             except KeyError:
-                raise ConfigError(f"{path}: unknown key {key!r} in [{section}]") from None
-            if typ is float and isinstance(value, int) and not isinstance(value, bool):
-                value = float(value)
-            if not isinstance(value, typ) or (isinstance(value, bool) and typ is not bool):
-                raise ConfigError(
-                    f"{path}: [{section}] {key} must be {typ.__name__}, got {value!r}"
-                )
-            out.setdefault(section, {})[key] = value
+                raise ConfigError(f"{path}: unknown key {key!r} in [{name}]") from None
+            out.setdefault(name, {})[key] = _typed(f"{name}.{key}", value, path)
     return out
 
 
 def load_config(config_file: str | None = None, overrides: dict[str, Any] | None = None) -> Config:
     """Builds and validates a Config from defaults, a TOML file, then flag overrides.
+
+    The options known are those declared (:mod:`hpcnet.options`) by the modules
+    imported so far; ``import hpcnet.algos`` declares every built-in one.
 
     Args:
         config_file: path of a TOML file, or None.
@@ -377,139 +296,44 @@ def load_config(config_file: str | None = None, overrides: dict[str, Any] | None
         ConfigError: unreadable file, unknown key, wrong type or invalid value.
     """
     values = _load_toml(config_file) if config_file else {}
+    known = section_classes()
     for key, value in (overrides or {}).items():
         if value is None or "." not in key:
             continue
-        section, name = key.split(".", 1)
-        if section in _SECTION_CLASSES:
-            values.setdefault(section, {})[name] = value
-    cfg = Config(**{s: cls(**values.get(s, {})) for s, cls in _SECTION_CLASSES.items()})
+        name, field_name = key.split(".", 1)
+        if name not in known:
+            continue
+        try:
+            option(key)
+        except KeyError:
+            raise ConfigError(f"{key}: no such option in [{name}] ({_HINT})") from None
+        values.setdefault(name, {})[field_name] = _typed(key, value, flag_for(key))
+    cfg = Config(**values)
     validate(cfg)
     return cfg
 
 
-def _flag_for(section: str, name: str) -> str:
-    for flag, (s, n, _) in FLAGS.items():
-        if (s, n) == (section, name):
-            return flag
-    return f"[{section}] {name}"
-
-
 def validate(cfg: Config) -> None:
-    """Checks values that types alone do not; raises ConfigError naming the flag."""
+    """Checks every option's value (its ``choices`` and ``check``), then the declared
+    whole-config rules (:func:`hpcnet.options.rule`).
 
-    def need(ok: bool, section: str, name: str, what: str) -> None:
-        if not ok:
-            value = getattr(getattr(cfg, section), name)
-            raise ConfigError(f"{_flag_for(section, name)} {value!r}: {what}")
-
-    from hpcnet.algos import algorithm_names, get_algorithm  # the registry (sits above)
-
-    r, o, a = cfg.run, cfg.optim, cfg.algo
-    names = algorithm_names()
-    need(a.name in names, "algo", "name", f"unknown algorithm; choose one of {', '.join(names)}")
-    need(a.avg_every >= 1, "algo", "avg_every", "must be >= 1")
-    need(r.epochs >= 1, "run", "epochs", "must be >= 1")
-    need(r.max_steps >= 0, "run", "max_steps", "must be >= 0 (0: no limit)")
-    need(r.batch_size >= 1, "run", "batch_size", "must be >= 1")
-    need(r.seed >= 0, "run", "seed", "must be >= 0")
-    need(r.threads >= 0, "run", "threads", "must be >= 0 (0: automatic)")
-    need(r.log_every >= 0, "run", "log_every", "must be >= 0 (0: automatic)")
-    need(r.backend in ("auto", "cpu", "cuda"), "run", "backend", "choose auto, cpu or cuda")
-    need(r.checkpoint_every >= 0, "run", "checkpoint_every", "must be >= 0 steps (0: final only)")
-    need(r.checkpoint_every_s >= 0, "run", "checkpoint_every_s", "must be >= 0 seconds (0: off)")
-    need(r.keep_checkpoints >= 1, "run", "keep_checkpoints", "must be >= 1")
-    need(r.timeout > 0, "run", "timeout", "must be > 0 seconds")
-    need(
-        not (r.resume or r.checkpoint_every or r.checkpoint_every_s)
-        or get_algorithm(a.name).resumable,
-        "run",
-        "resume"
-        if r.resume
-        else "checkpoint_every"
-        if r.checkpoint_every
-        else "checkpoint_every_s",
-        f"{a.name} cannot checkpoint its state or resume yet (only its final parameters are saved)",
-    )
-    need(o.lr > 0, "optim", "lr", "must be > 0")
-    need(0 <= o.momentum < 1, "optim", "momentum", "must be in [0, 1)")
-    need(o.weight_decay >= 0, "optim", "weight_decay", "must be >= 0")
-    need(o.lr_scaling in ("none", "linear"), "optim", "lr_scaling", "choose none or linear")
-    need(o.reference_batch >= 1, "optim", "reference_batch", "must be >= 1")
-    need(o.warmup_epochs >= 0, "optim", "warmup_epochs", "must be >= 0")
-    need(
-        o.lr_schedule in ("constant", "cosine"), "optim", "lr_schedule", "choose constant or cosine"
-    )
-    need(bool(cfg.data.name), "data", "name", "must name a file or a dataset")
-    need(cfg.data.crop_pad >= 0, "data", "crop_pad", "must be >= 0 pixels")
-    p, f = cfg.ps, cfg.faults
-
-    def only_for(algo: str, unset: bool, section: str, key: str, whose: str) -> None:
-        """A setting of one algorithm's, left at its default by the others."""
-        need(unset or a.name == algo, section, key, f"{whose} (--algo {algo}), not {a.name}'s")
-
-    need(a.bucket_mb >= 0, "algo", "bucket_mb", "must be >= 0 MiB (0: one allreduce)")
-    only_for("sync", a.bucket_mb == 0, "algo", "bucket_mb", "gradient buckets are sync's")
-    need(a.shards >= 0, "algo", "shards", "must be >= 0")
-    need(a.replicas >= 0, "algo", "replicas", "must be >= 0 (0: all non-shard ranks)")
-    need(a.partitions >= 1, "algo", "partitions", "must be >= 1")
-    need(
-        a.partition_scheme in ("neurons", "pipeline"),
-        "algo",
-        "partition_scheme",
-        "choose neurons or pipeline",
-    )
-    need(a.micro_batches >= 0, "algo", "micro_batches", "must be >= 0 (0: 2 x partitions)")
-    need(
-        a.partitions == 1 or get_algorithm(a.name).supports_partitions,
-        "algo",
-        "partitions",
-        f"{a.name} does not split replicas yet; use "
-        + ", ".join(n for n in names if get_algorithm(n).supports_partitions),
-    )
-    need(p.n_fetch >= 1, "ps", "n_fetch", "must be >= 1")
-    need(p.n_push >= 1, "ps", "n_push", "must be >= 1")
-    need(p.rule in ("sgd", "adagrad"), "ps", "rule", "choose sgd or adagrad")
-    need(p.warm_start_steps >= 0, "ps", "warm_start_steps", "must be >= 0")
-    need(p.replica_timeout > 0, "ps", "replica_timeout", "must be > 0 seconds")
-    need(p.inbox_slots in (1, 2), "ps", "inbox_slots", "choose 1 or 2")
-    need(p.max_staleness >= -1, "ps", "max_staleness", "must be >= 0 steps (-1: none)")
-    only_for(
-        "downpour", p.max_staleness == -1, "ps", "max_staleness", "bounded staleness is Downpour's"
-    )
-    need(
-        p.max_staleness == -1 or p.warm_start_steps == 0,
-        "ps",
-        "max_staleness",
-        "cannot be combined with --warm-start-steps (replica 0 would wait for the others "
-        "while they wait for its warm start); drop one of them",
-    )
-    need(f.fail_replica >= -1, "faults", "fail_replica", "must be a replica index or -1")
-    need(f.fail_at_step >= 0, "faults", "fail_at_step", "must be >= 0")
-    need(f.slow_replica >= -1, "faults", "slow_replica", "must be a replica index or -1")
-    need(f.slow_factor >= 1.0, "faults", "slow_factor", "must be >= 1")
-    need(f.max_replicas >= 0, "faults", "max_replicas", "must be >= 0 (0: never grow)")
-    only_for(
-        "downpour", f.max_replicas == 0, "faults", "max_replicas", "adding replicas is Downpour's"
-    )
-    need(
-        f.max_replicas == 0 or a.partitions == 1,
-        "faults",
-        "max_replicas",
-        "cannot grow a run whose replicas are split (--partitions)",
-    )
-    lb = cfg.lbfgs
-    need(lb.m >= 1, "lbfgs", "m", "must be >= 1")
-    need(lb.unit_size >= 0, "lbfgs", "unit_size", "must be >= 0 (0: automatic)")
-    need(lb.units_per_push >= 1, "lbfgs", "units_per_push", "must be >= 1")
-    need(lb.batch >= 0, "lbfgs", "batch", "must be >= 0 (0: all rows)")
+    Raises:
+        ConfigError: the first bad value, naming its flag, what was found and what is
+            wanted.
+    """
+    for o in options():
+        value = getattr(getattr(cfg, o.section), o.name)
+        what = o.problem(value)
+        if what:
+            raise ConfigError(f"{o.flag} {value!r}: {what}")
+    for check in rules():
+        check(cfg)
 
 
 def replace(cfg: Config, **sections: dict[str, Any]) -> Config:
     """A copy of ``cfg`` with some fields changed, e.g. ``replace(cfg, run={"out": "x"})``."""
-    return dataclasses.replace(
-        cfg, **{s: dataclasses.replace(getattr(cfg, s), **kv) for s, kv in sections.items()}
-    )
+    changed = {s: dataclasses.replace(getattr(cfg, s), **kv) for s, kv in sections.items()}
+    return Config(**{s: changed.get(s, getattr(cfg, s)) for s in cfg.to_dict()})
 
 
 def save_config(cfg: Config, path: Path) -> None:

@@ -149,36 +149,28 @@ class LayoutRule:
 
 def make_layout(
     world_size: int,
-    algo: str,
+    algorithm,
     *,
     shards: int = 0,
     replicas: int = 0,
     partitions: int = 1,
-    rule: LayoutRule | None = None,
 ) -> Layout:
-    """The layout of ``world_size`` ranks for ``algo``.
+    """The layout of ``world_size`` ranks for ``algorithm``.
 
-    The algorithm's :class:`LayoutRule` (from the registry in :mod:`hpcnet.algos`
-    unless ``rule`` is given) says which roles it has. Without shards or a
+    ``algorithm`` (an :class:`hpcnet.algos.Algorithm`, or anything with a ``name`` and
+    a ``layout`` :class:`LayoutRule`) says which roles it has. Without shards or a
     coordinator (``sync``, ``avg``) every rank group of ``partitions`` ranks is a
     replica. Otherwise the coordinator(s) come first, then ``shards`` parameter
     shards, then ``replicas`` replicas (0: as many as the other ranks hold).
 
     Raises:
-        LayoutError: unknown algorithm, or the world size does not fit, with how many
-            ranks each role needs.
+        LayoutError: the world size does not fit, with how many ranks each role needs.
     """
     if world_size < 1:
         raise LayoutError(f"world size {world_size}: need at least 1 rank")
     if partitions < 1:
         raise LayoutError(f"--partitions {partitions}: must be >= 1")
-    if rule is None:
-        from hpcnet.algos import get_algorithm  # the registry (imported late: it sits above)
-
-        try:
-            rule = get_algorithm(algo).layout
-        except Exception as e:
-            raise LayoutError(f"--algo {algo!r}: no layout for this algorithm ({e})") from None
+    algo, rule = algorithm.name, algorithm.layout
     if not rule.coordinators and not rule.shards:
         if world_size % partitions:
             raise LayoutError(
@@ -202,9 +194,10 @@ def make_layout(
     return Layout(world_size, algo, rule.coordinators, shards, replicas, partitions)
 
 
-def layout_for(cfg, world_size: int) -> Layout:
-    """The layout a run config asks for on ``world_size`` ranks (see :func:`make_layout`)."""
+def layout_for(cfg, world_size: int, algorithm) -> Layout:
+    """The layout a run config asks for on ``world_size`` ranks, for the algorithm it
+    names (``algorithm``, as :func:`make_layout` takes it)."""
     a = cfg.algo
     return make_layout(
-        world_size, a.name, shards=a.shards, replicas=a.replicas, partitions=a.partitions
+        world_size, algorithm, shards=a.shards, replicas=a.replicas, partitions=a.partitions
     )

@@ -23,3 +23,8 @@ def fashion_idx_dir() -> Path:
             "(apt-get install dataset-fashion-mnist)"
         )
     return FASHION_IDX
+
+
+# Every built-in algorithm declares its own options (hpcnet.options) when it registers;
+# load_config knows the options of the modules imported so far.
+import hpcnet.algos  # noqa: E402, F401

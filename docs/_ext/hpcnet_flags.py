@@ -1,9 +1,10 @@
-"""``hpcnet-train-flags``: the ``train`` flag table, generated from ``hpcnet.config.FLAGS``.
+"""``hpcnet-train-flags``: the ``train`` flag table, generated from the declared options.
 
-Each row comes from one entry of ``FLAGS`` (flag -> section, field, help) and from the
-field's type and default in the section's dataclass, so the table in the docs is the
-table ``train --help`` prints and cannot drift from it. One table per TOML section, in
-the order of :class:`hpcnet.config.Config`'s fields; within a section, ``FLAGS`` order.
+Each row is one :class:`hpcnet.options.Option` (flag, ``section.name`` key, type,
+default, help, allowed values, who declared it), as ``train --help`` prints them, so the
+table in the docs cannot drift from the code. ``hpcnet.algos`` is imported first: the
+built-in algorithms declare their own options when they register. One table per TOML
+section, in declaration order.
 
 Usage in a MyST page::
 
@@ -13,30 +14,32 @@ Usage in a MyST page::
 
 from __future__ import annotations
 
-import dataclasses
-
 from docutils import nodes
 from docutils.parsers.rst import Directive
 
 
 def _rows() -> dict[str, list[tuple[str, str, str, str, str]]]:
-    """Section -> [(flag, TOML key, type, default, meaning)], sections in Config order."""
-    from hpcnet import config
+    """Section -> [(flag, TOML key, type, default, meaning)], sections in declaration order."""
+    import hpcnet.algos  # noqa: F401  every built-in algorithm declares its options
+    from hpcnet import options
 
-    sections = [f.name for f in dataclasses.fields(config.Config)]
-    classes = {f.name: f.default_factory for f in dataclasses.fields(config.Config)}
-    by_section: dict[str, list[tuple[str, str, str, str, str]]] = {s: [] for s in sections}
-    for flag, (section, name, help_) in config.FLAGS.items():
-        field = {f.name: f for f in dataclasses.fields(classes[section])}[name]
-        default = field.default
-        # the annotation, as argparse gets it (a string: config.py postpones annotations)
-        typ = field.type if isinstance(field.type, str) else field.type.__name__
-        if typ == "bool":  # argparse.BooleanOptionalAction: --flag / --no-flag
+    by_section: dict[str, list[tuple[str, str, str, str, str]]] = {
+        s: [] for s in options.sections()
+    }
+    for o in options.options():
+        flag = o.flag
+        if o.type is bool:  # argparse.BooleanOptionalAction: --flag / --no-flag
             flag = f"{flag}, --no-{flag[2:]}"
-            shown = "on" if default else "off"
+            shown = "on" if o.default else "off"
         else:
-            shown = repr(default) if default == "" else str(default)
-        by_section[section].append((flag, f"{section}.{name}", typ, shown, help_))
+            shown = repr(o.default) if o.default == "" else str(o.default)
+        meaning = o.help
+        if o.choices:
+            meaning += f" ({' | '.join(map(str, o.choices))})"
+        owner = options.owner(o.key)
+        if owner.startswith("algorithm "):
+            meaning += f" [{owner}]"
+        by_section[o.section].append((flag, o.key, o.type.__name__, shown, meaning))
     return {s: rows for s, rows in by_section.items() if rows}
 
 

@@ -17,6 +17,7 @@ from mpi4py import MPI
 from hpcnet.algos.registry import register
 from hpcnet.algos.synchronous import synchronous_algorithm
 from hpcnet.comm import allreduce_mean_
+from hpcnet.options import Option
 
 
 class ParameterAveraging:
@@ -66,6 +67,14 @@ register(
         "avg",
         "parameter averaging every --avg-every local steps (Zinkevich et al. 2010)",
         lambda run: ParameterAveraging(run.comms.data_comm, run.cfg.algo.avg_every),
-        flags=("--avg-every",),
+        options=(
+            Option(
+                "algo.avg_every",
+                8,
+                "avg: local steps between parameter averages",
+                check=lambda v: v >= 1,
+                must="must be >= 1",
+            ),
+        ),
     )
 )

@@ -15,6 +15,7 @@ from typing import Any
 
 from mpi4py import MPI
 
+from hpcnet.algos.registry import get_algorithm
 from hpcnet.algos.resume import check_resumable, find_resume_checkpoint
 from hpcnet.algos.warmup import compile_kernels
 from hpcnet.comm import (
@@ -66,7 +67,7 @@ def check_run(cfg: Config, comm: MPI.Intracomm) -> tuple[Layout, Backend, Datase
         HpcnetError (every rank, same message): what does not fit.
     """
     with same_on_every_rank():  # config-only checks, before any communication
-        layout = layout_for(cfg, comm.Get_size())
+        layout = layout_for(cfg, comm.Get_size(), get_algorithm(cfg.algo.name))
         backend = get_backend(cfg.run.backend)
     info = root_then_bcast(lambda: open_dataset(resolve_data(cfg.data.name)), comm)
     model_name = cfg.model.name

@@ -14,11 +14,12 @@ from __future__ import annotations
 import numpy as np
 from mpi4py import MPI
 
-from hpcnet.algos.registry import register
+from hpcnet.algos.registry import only_for, register
 from hpcnet.algos.synchronous import synchronous_algorithm
 from hpcnet.comm import allreduce_mean_
 from hpcnet.comm.buckets import BYTES_PER_MB, BucketAllreduce, plan_buckets
 from hpcnet.nn.model import Model
+from hpcnet.options import Option, rule
 
 
 class SyncSGD:
@@ -94,6 +95,20 @@ register(
         "synchronous SGD: gradients averaged over replicas every step (one Allreduce, or "
         "buckets overlapped with backward: --bucket-mb)",
         _policy,
-        flags=("--bucket-mb",),
+        options=(
+            Option(
+                "algo.bucket_mb",
+                0.0,
+                "sync: MiB per gradient bucket, each allreduced while backward goes on "
+                "(0: one allreduce after backward)",
+                check=lambda v: v >= 0,
+                must="must be >= 0 MiB (0: one allreduce)",
+            ),
+        ),
     )
 )
+
+
+@rule("hpcnet.algos.sync")
+def _buckets_are_syncs(cfg) -> None:
+    only_for(cfg, "sync", "algo.bucket_mb", "gradient buckets are sync's")

@@ -32,6 +32,7 @@ from hpcnet.comm import allreduce_sum, watchdog
 from hpcnet.layout import LayoutRule
 from hpcnet.optim.schedules import scaled_lr
 from hpcnet.optim.sgd import SGD
+from hpcnet.options import Option
 from hpcnet.run.preempt import Preempted
 
 
@@ -189,16 +190,22 @@ def describe(run: Run) -> str:
 
 
 def synchronous_algorithm(
-    name: str, doc: str, make_policy: Callable[[Run], Policy], flags: tuple[str, ...] = ()
+    name: str,
+    doc: str,
+    make_policy: Callable[[Run], Policy],
+    flags: tuple[str, ...] = (),
+    options: tuple[Option, ...] = (),
 ) -> Algorithm:
     """An algorithm whose every rank group is a replica running :func:`replica_program`
     with the policy ``make_policy(run)``; register it with
-    :func:`hpcnet.algos.register`."""
+    :func:`hpcnet.algos.register`, which declares its ``options`` (the policy reads
+    them from ``run.cfg``)."""
     return Algorithm(
         name=name,
         doc=doc,
         layout=LayoutRule(),
         programs={"replica": replica_program(make_policy)},
+        options=options,
         flags=flags,
         describe=describe,
         resumable=True,

@@ -98,7 +98,7 @@ _ACTIVE: Watchdog | None = None
 def start(comm: MPI.Intracomm, timeout: float, role_of: Callable[[int], str]) -> Watchdog:
     """Makes a :class:`Watchdog` over ``comm`` the active one (collective over ``comm``)."""
     global _ACTIVE
-    from hpcnet.run.launch import note_rank
+    from hpcnet.run.ranks import note_rank
 
     note_rank(role_of(comm.Get_rank()))  # a launcher's line names the role of a rank that dies
     _ACTIVE = Watchdog(comm, timeout, role_of)

@@ -19,6 +19,24 @@ from __future__ import annotations
 from hpcnet.comm.exchange import Exchange
 from hpcnet.modelpar.base import PartitionedModel
 from hpcnet.nn.model import Model
+from hpcnet.options import Option, declare
+
+declare(
+    Option(
+        "algo.partition_scheme",
+        "neurons",
+        "model parallelism: split each layer's neurons and channels, or layer groups (GPipe)",
+        choices=("neurons", "pipeline"),
+    ),
+    Option(
+        "algo.micro_batches",
+        0,
+        "pipeline: micro-batches per batch (0: 2 x partitions)",
+        check=lambda v: v >= 0,
+        must="must be >= 0 (0: 2 x partitions)",
+    ),
+    owner="hpcnet.modelpar",
+)
 
 SCHEMES = ("neurons", "pipeline")
 

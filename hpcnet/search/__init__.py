@@ -22,27 +22,31 @@ objective (``config``: the fixed and the trial's keys).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import Any
 
 from mpi4py import MPI
 
-from hpcnet.search.early_stop import EARLY_STOP
+from hpcnet.search import strategies as _strategies  # noqa: F401  registers grid, random, de
 from hpcnet.search.runner import TrainFn, TrialRecord, run_search
+from hpcnet.search.settings import SearchSettings, resolve
 from hpcnet.search.space import Space
-from hpcnet.search.strategies import DifferentialEvolution, Grid, Random
+from hpcnet.search.strategy import Strategy, get_strategy, register_strategy, strategy_names
 
 __all__ = [
+    "SearchSettings",
     "Space",
+    "Strategy",
     "TrialRecord",
     "differential_evolution",
     "grid",
     "random",
+    "register_strategy",
     "run",
+    "strategy_names",
 ]
-
-STRATEGIES = ("grid", "random", "de")
 
 
 def _space(space: Space | dict | str | os.PathLike, fixed: dict | None) -> Space:
@@ -55,32 +59,34 @@ def _space(space: Space | dict | str | os.PathLike, fixed: dict | None) -> Space
 
 def run(
     space: Space | dict | str | os.PathLike,
-    strategy: str = "grid",
+    strategy: str | Strategy | None = None,
+    settings: SearchSettings | None = None,
     *,
     fixed: dict[str, Any] | None = None,
     comm: MPI.Intracomm | None = None,
-    group_size: int = 1,
-    out: str | os.PathLike = "runs/search",
     train_fn: TrainFn | None = None,
-    metric: str = "test_accuracy",
-    direction: str = "max",
-    trials: int = 10,
-    population: int = 10,
-    generations: int = 3,
-    crossover: float = 0.7,
-    mutation: float = 0.5,
-    seed: int = 0,
-    trial_timeout: float | None = None,
-    config_file: str | None = None,
-    resume: bool = False,
-    verbose: bool = True,
-    early_stop: str = "none",
+    **changes: Any,
 ) -> list[TrialRecord]:
-    """Runs a search with the strategy called ``strategy`` (``grid``, ``random``,
-    ``de``). Collective over ``comm``; see :func:`hpcnet.search.runner.run_search`.
+    """Runs a search. Collective over ``comm`` (default: hpcnet's world); see
+    :func:`hpcnet.search.runner.run_search`.
 
+    Args:
+        space: a :class:`Space`, a dict of axes, or a SPACE.toml path.
+        strategy: a registered strategy's name (``grid``, ``random``, ``de``, or one
+            registered with :func:`hpcnet.search.strategy.register_strategy`), or a
+            strategy object (ask/tell, :class:`hpcnet.search.strategy.Strategy`); None:
+            ``settings.strategy`` (default ``grid``).
+        settings: how the search runs; None: the declared defaults
+            (:mod:`hpcnet.search.settings`).
+        fixed: train config keys every trial shares (beside the space's ``[fixed]``).
+        comm: the ranks of the search.
+        train_fn: ``train_fn(config, comm) -> metrics`` instead of hpcnet training.
+        **changes: settings to change (``group_size=2``, ``out="runs/de"``) and the
+            strategy's own options (``trials=20``, ``population=8``).
+    Returns:
+        Every finished trial's record (every rank).
     Raises:
-        ConfigError: a bad space or setting (one line, the same on every rank).
+        ConfigError: a bad space, setting or option (one line, the same on every rank).
     """
     from hpcnet.comm import library_comm, same_on_every_rank
     from hpcnet.errors import ConfigError
@@ -89,70 +95,45 @@ def run(
     with same_on_every_rank():  # nothing communicated yet: the same error everywhere
         sp = _space(space, fixed)
         fixed = {**sp.fixed, **(fixed or {})}
-        if direction not in ("max", "min"):
-            raise ConfigError(f"--direction {direction!r}: choose max or min")
-        if early_stop not in EARLY_STOP:
-            raise ConfigError(f"--early-stop {early_stop!r}: choose one of {', '.join(EARLY_STOP)}")
-        if early_stop != "none" and train_fn is not None:
+        base = dataclasses.asdict(settings) if settings is not None else {}
+        given = {**base.pop("options", {}), **base, **changes}
+        if strategy is None or isinstance(strategy, str):
+            entry = get_strategy(strategy or given.get("strategy") or "grid")
+            given["strategy"] = entry.name
+        else:  # an object: its own options are its business
+            entry = None
+            given.pop("strategy", None)
+        if "out" in given:
+            given["out"] = str(given["out"])
+        resolved = resolve(given, strategy_options=entry.options if entry else ())
+        if entry is None:
+            name = getattr(strategy, "name", type(strategy).__name__)
+            resolved = dataclasses.replace(resolved, strategy=name)
+        if resolved.early_stop != "none" and train_fn is not None:
             raise ConfigError(
-                f"--early-stop {early_stop}: needs trials that are hpcnet runs (their progress "
-                "records), not a train_fn"
+                f"--early-stop {resolved.early_stop}: needs trials that are hpcnet runs (their "
+                "progress records), not a train_fn"
             )
         if train_fn is None:
             sp.validate()
-        if strategy == "grid":
-            strat = Grid(sp, direction=direction)
-            options: dict[str, Any] = {}
-        elif strategy == "random":
-            if trials < 1:
-                raise ConfigError(f"--trials {trials}: need at least 1")
-            strat = Random(sp, trials=trials, seed=seed, direction=direction)
-            options = {"trials": trials, "seed": seed}
-        elif strategy == "de":
-            strat = DifferentialEvolution(
-                sp,
-                population=population,
-                generations=generations,
-                crossover=crossover,
-                mutation=mutation,
-                seed=seed,
-                direction=direction,
-            )
-            options = {
-                "population": population,
-                "generations": generations,
-                "crossover": crossover,
-                "mutation": mutation,
-                "seed": seed,
-            }
-        else:
-            raise ConfigError(f"--strategy {strategy!r}: choose one of {', '.join(STRATEGIES)}")
-    settings = {
-        "strategy": strategy,
-        "options": options,
+        strat = entry.make(sp, resolved) if entry is not None else strategy
+    saved = {
+        "strategy": resolved.strategy,
+        "options": entry.saved_options(resolved) if entry else {},
         "space": sp.describe(),
         "fixed": {k: v for k, v in sorted(fixed.items())},
-        "metric": metric,
-        "direction": direction,
-        "early_stop": early_stop,
+        "metric": resolved.metric,
+        "direction": resolved.direction,
+        "early_stop": resolved.early_stop,
         "objective": "train" if train_fn is None else getattr(train_fn, "__name__", "train_fn"),
-        "group_size": group_size,
+        "group_size": resolved.group_size,
     }
-    records = run_search(
-        strat,
-        comm=comm,
-        group_size=group_size,
-        out=out,
-        settings=settings,
-        fixed=fixed,
-        config_file=config_file,
-        train_fn=train_fn,
-        metric=metric,
-        direction=direction,
-        trial_timeout=trial_timeout,
-        resume=resume,
-        verbose=verbose,
-        early_stop=early_stop,
+    records = run_search(strat, resolved, comm=comm, saved=saved, fixed=fixed, train_fn=train_fn)
+    out, metric, direction, verbose = (
+        Path(resolved.out),
+        resolved.metric,
+        resolved.direction,
+        resolved.verbose,
     )
     if comm.Get_rank() == 0:
         from hpcnet.search.results import table, write_results
@@ -201,33 +182,15 @@ def grid(space, **kw) -> list[TrialRecord]:
     return run(space, "grid", **kw)
 
 
-def random(space, *, trials: int = 10, seed: int = 0, **kw) -> list[TrialRecord]:
-    """``trials`` samples of the space (log ranges log-uniform), fixed by ``seed``."""
-    return run(space, "random", trials=trials, seed=seed, **kw)
+def random(space, **kw) -> list[TrialRecord]:
+    """``trials`` samples of the space (log ranges log-uniform), fixed by ``seed``
+    (keywords as :func:`run` takes them: ``trials=20, seed=1, group_size=2``)."""
+    return run(space, "random", **kw)
 
 
-def differential_evolution(
-    space,
-    *,
-    direction: str = "max",
-    population: int = 10,
-    generations: int = 3,
-    crossover: float = 0.7,
-    mutation: float = 0.5,
-    seed: int = 0,
-    **kw,
-) -> list[TrialRecord]:
+def differential_evolution(space, **kw) -> list[TrialRecord]:
     """DE/rand/1/bin (Storn & Price 1997) over the space's unit-cube encoding:
     ``population`` x (``generations`` + 1) trials, a generation evaluated as groups free
-    up (Hops' ``experiment.evolutionary_search``)."""
-    return run(
-        space,
-        "de",
-        direction=direction,
-        population=population,
-        generations=generations,
-        crossover=crossover,
-        mutation=mutation,
-        seed=seed,
-        **kw,
-    )
+    up (Hops' ``experiment.evolutionary_search``); keywords as :func:`run` takes them
+    (``population``, ``generations``, ``crossover``, ``mutation``, ``seed``, ...)."""
+    return run(space, "de", **kw)

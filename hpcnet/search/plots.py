@@ -20,7 +20,7 @@ trial's ``trials/NNNN/metrics.jsonl``. Written into ``DIR``:
 stopped early is drawn with its last metric but never counts as best.
 
 Needs matplotlib (the ``plot`` extra); the figures use the Agg canvas and never touch
-pyplot's global state, like :mod:`hpcnet.run.plot`.
+pyplot's global state, like :mod:`hpcnet.tools.plot`.
 """
 
 from __future__ import annotations
@@ -36,9 +36,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hpcnet.errors import ResultsError
-from hpcnet.run.plot import require_matplotlib
+from hpcnet.extras import require_matplotlib
 from hpcnet.run.results import METRICS, RunResults, _read_jsonl, read_results
-from hpcnet.search.runner import TrialRecord
+from hpcnet.search.records import TrialRecord
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

@@ -10,7 +10,7 @@ from typing import Any
 
 import tomli_w
 
-from hpcnet.search.runner import TrialRecord, fmt_value
+from hpcnet.search.records import TrialRecord, fmt_value
 
 _STATUS_ORDER = {"completed": 0, "stopped": 1, "failed": 2}
 

@@ -39,7 +39,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import shutil
 import signal
 import threading
@@ -59,15 +58,9 @@ from hpcnet.run.preempt import PreemptionWatch
 from hpcnet.search import faults
 from hpcnet.search.early_stop import progress_key
 from hpcnet.search.preemption import SearchPreempted, group_signal, resumable_trial
-from hpcnet.search.scheduler import (
-    TAG_ANSWER,
-    TAG_ASK,
-    Scheduler,
-    TrialRecord,
-    _one_line,
-    _write_atomic,
-    fmt_value,
-)
+from hpcnet.search.records import TrialRecord, fmt_value, one_line, write_atomic
+from hpcnet.search.scheduler import TAG_ANSWER, TAG_ASK, Scheduler
+from hpcnet.search.settings import SearchSettings
 
 __all__ = ["Scheduler", "TrainFn", "TrialRecord", "fmt_value", "run_search"]
 
@@ -203,7 +196,7 @@ def _run_trial(
     except TrialTimeout:
         out.update(status="failed", reason=f"past its trial timeout ({trial_timeout:g} s)")
     except (HpcnetError, Exception) as e:  # noqa: BLE001  a trial's failure is a result
-        out.update(status="failed", reason=_one_line(e))
+        out.update(status="failed", reason=one_line(e))
     out["wall_s"] = time.monotonic() - t0
     if out["status"] == "completed" and comm is not None:
         comm.Free()
@@ -314,55 +307,46 @@ def _prepare_dir(out: Path, settings: dict[str, Any], resume: bool):
     if meta.exists():
         raise ConfigError(f"--out {out}: holds a search already; --resume continues it")
     (out / "trials").mkdir(parents=True, exist_ok=True)
-    _write_atomic(meta, json.dumps(settings, indent=1))
+    write_atomic(meta, json.dumps(settings, indent=1))
     return [], None
 
 
 def run_search(
     strategy,
+    settings: SearchSettings,
     *,
     comm: MPI.Intracomm,
-    group_size: int,
-    out: str | os.PathLike,
-    settings: dict[str, Any],
+    saved: dict[str, Any],
     fixed: dict[str, Any] | None = None,
-    config_file: str | None = None,
     train_fn: TrainFn | None = None,
-    metric: str = "test_accuracy",
-    direction: str = "max",
-    trial_timeout: float | None = None,
-    resume: bool = False,
-    verbose: bool = True,
     answer_timeout: float = 600.0,
-    early_stop: str = "none",
 ) -> list[TrialRecord]:
     """Runs every trial ``strategy`` hands out on the rank groups of ``comm``.
 
     Collective over ``comm``: every rank calls it with the same arguments.
 
     Args:
-        strategy: the searcher (:mod:`hpcnet.search.strategies`).
-        group_size: ranks per trial; must divide ``comm``'s size.
-        out: the search directory.
-        settings: what defines the search (space, strategy and its options, fixed
-            config, metric): saved, and compared on ``resume``.
+        strategy: the searcher (ask/tell: :class:`hpcnet.search.strategy.Strategy`).
+        settings: how the search runs (:class:`hpcnet.search.settings.SearchSettings`:
+            group size, directory, metric and direction, early stopping, trial
+            timeout, resume, config file).
+        saved: what defines the search (space, strategy and its options, fixed config,
+            metric): saved in ``search.json``, and compared on ``settings.resume``.
         fixed: config keys (``"section.name"``) every trial shares.
-        config_file: a TOML config every trial starts from (fixed and the trial's
-            parameters override it).
         train_fn: ``train_fn(config, comm) -> metrics`` instead of training hpcnet
             (``config``: the fixed and trial keys; collective over ``comm``).
-        metric: the metrics key to optimise; ``direction``: ``max`` or ``min``.
-        trial_timeout: seconds a trial may run (None: no limit).
-        resume: continue the search in ``out`` (finished trials are kept).
-        early_stop: ``none``, ``median`` or ``asha`` (:mod:`hpcnet.search.early_stop`;
-            hpcnet training only, not a ``train_fn``).
         answer_timeout: seconds a leader waits for the scheduler's answer.
     Returns:
         Every finished trial's record (every rank), in the order they finished.
     Raises:
         ConfigError: a group size that does not divide the ranks, MPI without
             threads, a bad or mismatched ``out``.
+        SearchPreempted: SIGUSR1/SIGTERM stopped it (:mod:`hpcnet.search.preemption`).
     """
+    group_size, out, config_file = settings.group_size, settings.out, settings.config_file
+    metric, direction, early_stop = settings.metric, settings.direction, settings.early_stop
+    trial_timeout = settings.trial_timeout or None
+    resume, verbose = settings.resume, settings.verbose
     out = Path(out)
     size, rank = comm.Get_size(), comm.Get_rank()
     if group_size < 1 or size % group_size:
@@ -371,7 +355,7 @@ def run_search(
         raise ConfigError(
             "search: the MPI library gives no MPI_THREAD_MULTIPLE (the scheduler runs in a thread)"
         )
-    records, state = root_then_bcast(lambda: _prepare_dir(out, settings, resume), comm)
+    records, state = root_then_bcast(lambda: _prepare_dir(out, saved, resume), comm)
     if state is not None:
         strategy.restore(state)
     for rec in records:  # killed between a trial's record and the state saved after it
@@ -474,7 +458,7 @@ def run_search(
     if thread is not None:
         thread.join()
         if scheduler.error is not None:
-            error = _one_line(scheduler.error)
+            error = one_line(scheduler.error)
         records = scheduler.records
         stop_signal = scheduler.preempted
     if lost_error is not None:  # every live rank raises it; nothing more to agree

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -26,45 +26,9 @@ from mpi4py import MPI
 from hpcnet.comm import Backoff, ft
 from hpcnet.search import faults
 from hpcnet.search.early_stop import make_rule, progress_key, read_curve
+from hpcnet.search.records import TrialRecord, fmt_value, one_line, write_atomic
 
 TAG_ASK, TAG_ANSWER = 51, 52
-
-
-@dataclass
-class TrialRecord:
-    """One finished trial: a line of ``trials.jsonl``.
-
-    ``status``: ``completed``, ``failed`` (``reason`` says why) or ``stopped`` (early
-    stopping; ``metric`` is its last one). ``wall_s``: seconds; ``started``/``ended``:
-    Unix times; ``group``: the rank group that ran it.
-    """
-
-    id: int
-    params: dict[str, Any]
-    status: str
-    metric: float | None
-    steps: int | None = None
-    wall_s: float = 0.0
-    group: int = 0
-    generation: int = 0
-    reason: str = ""
-    started: float = 0.0
-    ended: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class Scheduler:
@@ -157,7 +121,7 @@ class Scheduler:
                     answer = self._answer(*msg)
             except BaseException as e:  # noqa: BLE001  reported to every group, then raised
                 self.error = e
-                answer = ("abort", _one_line(e))
+                answer = ("abort", one_line(e))
             if msg[0] == "retired":
                 if answer[0] != "wait":
                     self.waiting.discard(source)
@@ -289,7 +253,7 @@ class Scheduler:
             f.write(json.dumps(asdict(rec)) + "\n")
             f.flush()
             os.fsync(f.fileno())
-        _write_atomic(self.out / "state.json", json.dumps(self.strategy.state()))
+        write_atomic(self.out / "state.json", json.dumps(self.strategy.state()))
         if rec.status == "completed":
             from hpcnet.search.results import write_hparams
 
@@ -318,8 +282,3 @@ class Scheduler:
             eta = f", ETA {left:.0f} s"
         of = f"/{total}" if total else ""
         return f"trial {rec.id:4d} [{params}] {what}; {best_text}; {done}{of} done{eta}"
-
-
-def fmt_value(v: Any) -> str:
-    """A parameter value for a progress line or a table (floats to 4 digits)."""
-    return f"{v:.4g}" if isinstance(v, float) else str(v)

@@ -34,47 +34,15 @@ import itertools
 import math
 import os
 from collections.abc import Callable, Iterable
-from dataclasses import fields
-from typing import Any, get_type_hints
+from typing import Any
 
 import numpy as np
 
-from hpcnet.config import Config, load_config, read_toml
+from hpcnet.config import load_config, read_toml
 from hpcnet.errors import ConfigError
+from hpcnet.options import options
+from hpcnet.search.settings import check_table
 
-SEARCH_KEYS = (
-    "strategy",
-    "group_size",
-    "trials",
-    "population",
-    "generations",
-    "crossover",
-    "mutation",
-    "metric",
-    "direction",
-    "early_stop",
-    "trial_timeout",
-    "seed",
-)
-_SEARCH_TYPES: dict[str, tuple[type, ...]] = {
-    "strategy": (str,),
-    "group_size": (int,),
-    "trials": (int,),
-    "population": (int,),
-    "generations": (int,),
-    "crossover": (int, float),
-    "mutation": (int, float),
-    "metric": (str,),
-    "direction": (str,),
-    "early_stop": (str,),
-    "trial_timeout": (int, float),
-    "seed": (int,),
-}
-_SEARCH_CHOICES = {
-    "strategy": ("grid", "random", "de"),
-    "direction": ("max", "min"),
-    "early_stop": ("median", "asha", "none"),
-}
 # Config keys the search itself sets, with what to do instead.
 _RESERVED = {
     "run.out": "the search gives every trial its own DIR/trials/NNNN",
@@ -84,12 +52,11 @@ _RANGE_OPTIONS = ("low", "high", "log", "int", "num")
 
 
 def config_fields() -> dict[str, dict[str, type]]:
-    """``{section: {field: type}}`` of :class:`hpcnet.config.Config` (types: int, float,
-    str, bool): the config keys a space may name."""
-    out = {}
-    for section, cls in get_type_hints(Config).items():
-        hints = get_type_hints(cls)
-        out[section] = {f.name: hints[f.name] for f in fields(cls)}
+    """``{section: {field: type}}`` of the declared options (:mod:`hpcnet.options`;
+    types: int, float, str, bool): the config keys a space may name."""
+    out: dict[str, dict[str, type]] = {}
+    for o in options():
+        out.setdefault(o.section, {})[o.name] = o.type
     return out
 
 
@@ -373,7 +340,7 @@ class Space:
     Attributes:
         axes: one :class:`Categorical` or :class:`Range` per searched config key.
         fixed: ``{"section.name": value}`` every trial shares.
-        search: defaults for the search flags (keys of :data:`SEARCH_KEYS`).
+        search: defaults for the search flags (search options, :mod:`hpcnet.search.settings`).
         origin: the SPACE file's path, or ``space``: what error messages start with.
     """
 
@@ -426,20 +393,7 @@ class Space:
                 raise ConfigError(f"{origin}: [fixed] {key} must be {typ.__name__}, got {value!r}")
             flat_fixed[key] = float(value) if typ is float else value
         search = dict(search or {})
-        for key, value in search.items():
-            if key not in SEARCH_KEYS:
-                raise ConfigError(
-                    f"{origin}: [search] unknown key {key!r}; expected one of "
-                    f"{', '.join(SEARCH_KEYS)}"
-                )
-            if isinstance(value, bool) or not isinstance(value, _SEARCH_TYPES[key]):
-                want = " or ".join(t.__name__ for t in _SEARCH_TYPES[key])
-                raise ConfigError(f"{origin}: [search] {key} must be {want}, got {value!r}")
-            if key in _SEARCH_CHOICES and value not in _SEARCH_CHOICES[key]:
-                raise ConfigError(
-                    f"{origin}: [search] {key} = {value!r}: choose one of "
-                    f"{', '.join(_SEARCH_CHOICES[key])}"
-                )
+        check_table(search, origin)
         return cls(axes, flat_fixed, search, origin=origin)
 
     @classmethod
@@ -489,14 +443,14 @@ class Space:
         try:
             check(dict(self.fixed))
         except ConfigError as e:
-            raise ConfigError(f"{self.origin}: [fixed]: {_one_line(e)}") from None
+            raise ConfigError(f"{self.origin}: [fixed]: {_message(e)}") from None
         for axis in self.axes:
             for value in axis.extremes():
                 try:
                     check({**self.fixed, axis.key: value})
                 except ConfigError as e:
                     raise ConfigError(
-                        f"{self.origin}: {axis.key} = {_fmt(value)}: {_one_line(e)}"
+                        f"{self.origin}: {axis.key} = {_fmt(value)}: {_message(e)}"
                     ) from None
 
     def grid(self) -> list[dict[str, Any]]:
@@ -533,5 +487,7 @@ class Space:
         return text
 
 
-def _one_line(e: BaseException) -> str:
+def _message(e: BaseException) -> str:
+    """What ``train`` would say about a bad config, on one line (its own words: they
+    name the flag)."""
     return " ".join(str(e).split()) or type(e).__name__

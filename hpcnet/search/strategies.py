@@ -1,224 +1,21 @@
-"""Ask/tell searchers over a :class:`~hpcnet.search.space.Space`: grid, random search and
-differential evolution.
-
-The scheduler asks a strategy for the next :class:`Trial` when a rank group is free
-and tells it the trial's metric when the group is done; it never waits on the
-strategy. ``ask()`` returning None means "nothing to hand out until a running trial
-is told" (differential evolution between generations). A failed trial is told
-``None`` (NaN and infinities count as failed too): the worst metric there is.
-
-Reproducibility: every trial a strategy will hand out is fixed by its seed and the
-metrics of earlier generations, never by the order in which results arrive; so a
-search of deterministic trials is the same search however the groups race.
-
-Resume: :meth:`Strategy.state` is JSON-able; :meth:`Strategy.restore` puts every
-trial that was handed out but never told back in the queue, so ``ask()`` hands it
-out again with the same id and params; told trials stay told.
-"""
+"""The built-in search strategies: grid, random search and differential evolution, each
+a :class:`~hpcnet.search.strategy.Strategy` registered by name with its options
+(:func:`~hpcnet.search.strategy.register_strategy`)."""
 
 from __future__ import annotations
 
-import math
+import inspect
 import statistics
-from collections import deque
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from hpcnet.errors import ConfigError
+from hpcnet.options import Option
 from hpcnet.search.space import Space
+from hpcnet.search.strategy import Strategy, Trial, register_strategy
 
-
-@dataclass
-class Trial:
-    """One point of the space to train.
-
-    Attributes:
-        id: 0, 1, ... in the order the strategy made the trials.
-        params: ``{"section.name": value}`` (Python floats, ints and strings).
-        generation: differential evolution's generation (0 for grid and random).
-    """
-
-    id: int
-    params: dict[str, Any] = field(default_factory=dict)
-    generation: int = 0
-
-
-def _metric(value: float | None) -> float | None:
-    """A told metric as a float; None for a failed trial (None, NaN, +-inf)."""
-    if value is None:
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
-
-
-class Strategy:
-    """The ask/tell interface every searcher has; subclasses add trials with
-    :meth:`_add` and may react to results in :meth:`_told`.
-
-    Args:
-        space: what to search.
-        direction: ``max`` or ``min`` (the metric's better side).
-    Raises:
-        ConfigError: an unknown direction.
-    """
-
-    name = "strategy"
-
-    def __init__(self, space: Space, direction: str = "max"):
-        if direction not in ("max", "min"):
-            raise ConfigError(f"--direction {direction!r}: choose max or min")
-        self.space, self.direction = space, direction
-        self._trials: dict[int, Trial] = {}
-        self._metrics: dict[int, float | None] = {}  # told trials
-        self._queue: deque[int] = deque()  # made, not handed out
-        self._running: set[int] = set()  # handed out, not told
-
-    # -- what subclasses define ------------------------------------------------------
-    @property
-    def total(self) -> int | None:
-        """How many trials the whole search runs (None: not known)."""
-        return None
-
-    def _more(self) -> bool:
-        """Whether trials beyond those made so far are still to come."""
-        return False
-
-    def _told(self, trial_id: int) -> None:
-        """Called after every tell (differential evolution's selection)."""
-
-    def _options(self) -> dict[str, Any]:
-        """The constructor's options, saved in the state and checked on restore."""
-        return {"direction": self.direction}
-
-    def _extra_state(self) -> dict[str, Any]:
-        return {}
-
-    def _restore_extra(self, state: dict[str, Any]) -> None:
-        pass
-
-    # -- the interface ---------------------------------------------------------------
-    def _add(self, trial: Trial) -> None:
-        self._trials[trial.id] = trial
-        self._queue.append(trial.id)
-
-    def ask(self) -> Trial | None:
-        """The next trial to run (a copy), or None when there is none until a running
-        trial is told (or none at all: see :attr:`finished`)."""
-        if not self._queue:
-            return None
-        tid = self._queue.popleft()
-        self._running.add(tid)
-        t = self._trials[tid]
-        return Trial(t.id, dict(t.params), t.generation)
-
-    def tell(self, trial_id: int, metric: float | None) -> None:
-        """Records a trial's result: its metric, or None (or NaN) for a failed trial.
-
-        Raises:
-            KeyError: a trial this strategy never made.
-            ValueError: a trial told before.
-        """
-        if trial_id not in self._trials:
-            raise KeyError(f"{self.name}: no trial {trial_id} was made")
-        if trial_id in self._metrics:
-            raise ValueError(f"{self.name}: trial {trial_id} was told already")
-        self._metrics[trial_id] = _metric(metric)
-        self._running.discard(trial_id)
-        if trial_id in self._queue:  # told without being asked (e.g. after a restore)
-            self._queue.remove(trial_id)
-        self._told(trial_id)
-
-    @property
-    def finished(self) -> bool:
-        """Every trial handed out and told, and no more to come."""
-        return not self._queue and not self._running and not self._more()
-
-    @property
-    def running(self) -> list[int]:
-        """Ids of trials handed out and not yet told."""
-        return sorted(self._running)
-
-    def metric(self, trial_id: int) -> float | None:
-        """A told trial's metric (None: failed).
-
-        Raises:
-            KeyError: a trial not told yet.
-        """
-        return self._metrics[trial_id]
-
-    def better(self, a: float | None, b: float | None) -> bool:
-        """Whether metric ``a`` is at least as good as ``b`` (None: failed, the worst;
-        a failed ``a`` is never as good)."""
-        if a is None:
-            return False
-        if b is None:
-            return True
-        return a >= b if self.direction == "max" else a <= b
-
-    def best(self) -> tuple[Trial, float] | None:
-        """The best told trial and its metric (the earliest of ties); None if no trial
-        has succeeded."""
-        best = None
-        for tid in sorted(self._metrics):
-            m = self._metrics[tid]
-            if m is not None and (best is None or not self.better(best[1], m)):
-                best = (self._trials[tid], m)
-        return best
-
-    def trials(self) -> list[Trial]:
-        """Every trial made so far, by id."""
-        return [self._trials[t] for t in sorted(self._trials)]
-
-    def state(self) -> dict[str, Any]:
-        """Everything needed to continue the search, as JSON-able values."""
-        return {
-            "strategy": self.name,
-            "options": self._options(),
-            "trials": [
-                {"id": t.id, "params": t.params, "generation": t.generation} for t in self.trials()
-            ],
-            "metrics": [[tid, m] for tid, m in sorted(self._metrics.items())],
-            **self._extra_state(),
-        }
-
-    def restore(self, state: dict[str, Any]) -> None:
-        """Continues from :meth:`state` (possibly a JSON round trip of it): told trials
-        stay told; every other trial made is queued again, in id order, to be handed
-        out with its id and params.
-
-        Raises:
-            ConfigError: a state saved by another strategy or other options.
-        """
-        if state.get("strategy") != self.name:
-            raise ConfigError(
-                f"search state: saved by strategy {state.get('strategy')!r}, "
-                f"this search is {self.name!r}"
-            )
-        mine = self._options()
-        saved = state.get("options", {})
-        for key, value in mine.items():
-            if saved.get(key) != value:
-                raise ConfigError(
-                    f"search state: saved with {key} = {saved.get(key)!r}, "
-                    f"this search has {value!r}"
-                )
-        self._trials = {
-            int(t["id"]): Trial(int(t["id"]), dict(t["params"]), int(t["generation"]))
-            for t in state["trials"]
-        }
-        self._metrics = {int(tid): _metric(m) for tid, m in state["metrics"]}
-        self._running = set()
-        self._queue = deque(t for t in sorted(self._trials) if t not in self._metrics)
-        self._restore_extra(state)
-
-    @classmethod
-    def from_state(cls, space: Space, state: dict[str, Any]) -> Strategy:
-        """A strategy built with the options saved in ``state``, then restored."""
-        s = cls(space, **state.get("options", {}))
-        s.restore(state)
-        return s
+__all__ = ["DifferentialEvolution", "Grid", "Random", "Strategy", "Trial"]
 
 
 class Grid(Strategy):
@@ -420,3 +217,46 @@ class DifferentialEvolution(Strategy):
         self._pop_ids = [int(t) for t in state["population_ids"]]
         self._gen_x = np.array(state["generation_x"], dtype=np.float64).reshape(-1, d)
         self._summary = [dict(s) for s in state["summary"]]
+
+
+def _default(cls: type, name: str) -> Any:
+    """The default of ``cls``'s constructor argument ``name``: the one place it lives."""
+    return inspect.signature(cls).parameters[name].default
+
+
+register_strategy(
+    "grid",
+    lambda space, s: Grid(space, direction=s.direction),
+    doc="every point of the space's grid once (ranges need num points)",
+)
+register_strategy(
+    "random",
+    lambda space, s: Random(space, trials=s.options["trials"], seed=s.seed, direction=s.direction),
+    doc="trials drawn from the space (log ranges log-uniform), fixed by the seed",
+    options=(
+        Option("search.trials", _default(Random, "trials"), "random search: trials",
+               check=lambda v: v >= 1, must="need at least 1"),
+    ),
+    seeded=True,
+)  # fmt: skip
+register_strategy(
+    "de",
+    lambda space, s: DifferentialEvolution(
+        space, **s.options, seed=s.seed, direction=s.direction
+    ),
+    doc="differential evolution, DE/rand/1/bin (Storn & Price 1997)",
+    options=(
+        Option("search.population", _default(DifferentialEvolution, "population"),
+               "DE: targets per generation", check=lambda v: v >= 4,
+               must="DE needs at least 4 (each target mixes 3 others)"),
+        Option("search.generations", _default(DifferentialEvolution, "generations"),
+               "DE: generations after the first", check=lambda v: v >= 0,
+               must="must be an int >= 0"),
+        Option("search.crossover", _default(DifferentialEvolution, "crossover"),
+               "DE: crossover rate CR", check=lambda v: 0 <= v <= 1, must="must be in [0, 1]"),
+        Option("search.mutation", _default(DifferentialEvolution, "mutation"),
+               "DE: differential weight F", check=lambda v: 0 < v <= 2,
+               must="must be in (0, 2]"),
+    ),
+    seeded=True,
+)  # fmt: skip

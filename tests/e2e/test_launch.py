@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from hpcnet.run.launch import _Filter
+from hpcnet.tools.launch import _Filter
 from tests.e2e.test_cli import MPIEXEC
 
 HYDRA_BANNER = """

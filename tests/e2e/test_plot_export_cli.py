@@ -109,7 +109,7 @@ def test_export_npz_reassembles_the_final_params_and_scores_the_runs_test_accura
 def test_export_torch_gives_the_same_logits(runs, tmp_path):
     torch = pytest.importorskip("torch")
     from hpcnet.nn.torch_equiv import torch_module
-    from hpcnet.run.export import trained_model
+    from hpcnet.tools.export import trained_model
     from tests.close import assert_close
 
     _, downpour = runs

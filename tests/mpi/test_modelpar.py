@@ -11,7 +11,7 @@ says.
 import numpy as np
 import pytest
 
-from hpcnet.algos import train
+from hpcnet.algos import get_algorithm, train
 from hpcnet.algos.sync import SyncSGD
 from hpcnet.comm import split_role_comms
 from hpcnet.comm.exchange import Exchange
@@ -149,7 +149,7 @@ def test_two_replicas_of_two_partitions_equal_one_with_the_doubled_batch(comm, d
     sub = first_ranks(comm, 4)
     if sub is None:
         return
-    layout = make_layout(4, "sync", partitions=2)
+    layout = make_layout(4, get_algorithm("sync"), partitions=2)
     rc = split_role_comms(layout, sub)
     r = rc.role.index
     shape = (1, 8, 8)

@@ -6,6 +6,7 @@ import h5py
 import numpy as np
 import pytest
 
+from hpcnet.algos import get_algorithm
 from hpcnet.errors import CheckpointError
 from hpcnet.run.checkpoint import checkpoints, read_checkpoint, read_rank_state, write_checkpoint
 
@@ -70,18 +71,21 @@ def test_only_downpour_may_resume_with_another_replica_count():
     from hpcnet.errors import CheckpointError
     from hpcnet.layout import layout_for
 
+    def _layout(cfg, n):
+        return layout_for(cfg, n, get_algorithm(cfg.algo.name))
+
     def info(algo, n, **kv):
         cfg = load_config(None, {"algo.name": algo, **kv})
-        return cfg, {"path": "OUT/checkpoint.h5", "layout": layout_for(cfg, n).to_dict(),
+        return cfg, {"path": "OUT/checkpoint.h5", "layout": _layout(cfg, n).to_dict(),
                      "config": cfg.to_toml()}  # fmt: skip
 
     cfg, saved = info("downpour", 3)  # 1 shard + 2 replicas
-    check_resumable(saved, cfg, layout_for(cfg, 4))  # 3 replicas: allowed
+    check_resumable(saved, cfg, _layout(cfg, 4))  # 3 replicas: allowed
     more = load_config(None, {"algo.name": "downpour", "algo.replicas": 3})
-    check_resumable(saved, more, layout_for(more, 4))  # --replicas itself may change
+    check_resumable(saved, more, _layout(more, 4))  # --replicas itself may change
     two = load_config(None, {"algo.name": "downpour", "algo.shards": 2})
     with pytest.raises(CheckpointError, match="only the replica count may change"):
-        check_resumable(saved, two, layout_for(two, 4))  # 2 shards: refused
+        check_resumable(saved, two, _layout(two, 4))  # 2 shards: refused
     cfg, saved = info("sync", 2)
     with pytest.raises(CheckpointError, match="same world size"):
-        check_resumable(saved, cfg, layout_for(cfg, 3))
+        check_resumable(saved, cfg, _layout(cfg, 3))

@@ -2,6 +2,7 @@
 
 import pytest
 
+from hpcnet.algos import get_algorithm
 from hpcnet.config import Config, load_config
 from hpcnet.errors import ConfigError, LayoutError
 from hpcnet.layout import make_layout
@@ -64,7 +65,7 @@ def test_bucket_mb_is_sync_only():
 
 
 def test_layout_sync_every_rank_a_replica():
-    lay = make_layout(4, "sync")
+    lay = make_layout(4, get_algorithm("sync"))
     assert lay.replicas == 4 and [str(lay.role(r)) for r in range(4)] == [
         "replica 0",
         "replica 1",
@@ -73,9 +74,9 @@ def test_layout_sync_every_rank_a_replica():
     ]
     assert "4 replicas" in lay.describe()
     with pytest.raises(LayoutError, match="multiple of 2"):
-        make_layout(3, "sync", partitions=2)
-    with pytest.raises(LayoutError):
-        make_layout(4, "bogus")
+        make_layout(3, get_algorithm("sync"), partitions=2)
+    with pytest.raises(ConfigError, match="unknown algorithm"):
+        get_algorithm("bogus")
 
 
 def test_goyal_linear_scaling_and_warmup():
@@ -99,7 +100,7 @@ def test_cosine_schedule_after_warmup():
 
 
 def test_layout_downpour():
-    lay = make_layout(4, "downpour", shards=1)
+    lay = make_layout(4, get_algorithm("downpour"), shards=1)
     assert (lay.shards, lay.replicas) == (1, 3)
     assert [str(lay.role(r)) for r in range(4)] == [
         "shard 0",
@@ -107,13 +108,13 @@ def test_layout_downpour():
         "replica 1",
         "replica 2",
     ]
-    assert make_layout(5, "downpour", shards=2, replicas=3).replicas == 3
+    assert make_layout(5, get_algorithm("downpour"), shards=2, replicas=3).replicas == 3
     with pytest.raises(LayoutError, match="at least 1 parameter shard"):
-        make_layout(4, "downpour", shards=0)
+        make_layout(4, get_algorithm("downpour"), shards=0)
     with pytest.raises(LayoutError, match="needs 2 ranks, got 1"):
-        make_layout(1, "downpour", shards=1)
+        make_layout(1, get_algorithm("downpour"), shards=1)
     with pytest.raises(LayoutError, match="needs 5 ranks, got 4"):
-        make_layout(4, "downpour", shards=2, replicas=3)
+        make_layout(4, get_algorithm("downpour"), shards=2, replicas=3)
 
 
 def test_shard_ranges_balanced_and_at_boundaries():

@@ -14,7 +14,7 @@ from hpcnet.config import Config, replace
 from hpcnet.errors import CheckpointError, MissingExtra, ResultsError
 from hpcnet.nn.zoo import build_model
 from hpcnet.run.checkpoint import write_checkpoint
-from hpcnet.run.export import export_run, trained_model
+from hpcnet.tools.export import export_run, trained_model
 
 pytestmark = pytest.mark.timeout(60)
 

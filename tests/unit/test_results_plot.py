@@ -119,7 +119,7 @@ def test_labels_tell_runs_with_the_same_folder_name_apart(tmp_path):
 @pytest.fixture
 def plot():
     pytest.importorskip("matplotlib")
-    from hpcnet.run import plot
+    from hpcnet.tools import plot
 
     return plot
 
@@ -189,7 +189,7 @@ def test_algorithm_panels_appear_when_a_run_has_their_data(plot, tmp_path):
 
 
 def test_missing_matplotlib_is_one_clear_error(monkeypatch):
-    from hpcnet.run import plot
+    from hpcnet.tools import plot
 
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib fails
     with pytest.raises(MissingExtra, match=r"pip install -e '\.\[plot\]'"):

@@ -219,7 +219,7 @@ def test_missing_matplotlib_is_one_clear_error(search_dir, monkeypatch):
 def test_the_plot_subcommand_detects_a_search_directory(plots, search_dir, capsys):
     import argparse
 
-    from hpcnet.run.cli import add_plot_parser
+    from hpcnet.tools.cli import add_plot_parser
 
     parser = argparse.ArgumentParser()
     add_plot_parser(parser.add_subparsers())

@@ -51,8 +51,8 @@ def test_a_search_trial_becomes_an_hparams_session(tmp_path):
     # what TensorBoard's HParams tab reads: the trial's parameters and its metric
     from tensorboard.plugins.hparams import plugin_data_pb2
 
+    from hpcnet.search.records import TrialRecord
     from hpcnet.search.results import write_hparams
-    from hpcnet.search.runner import TrialRecord
 
     rec = TrialRecord(id=3, params={"optim.lr": 0.05, "model.name": "mlp"},
                       status="completed", metric=0.9375)  # fmt: skip

@@ -6,6 +6,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from hpcnet.algos import get_algorithm
 from hpcnet.algos.prepare import train_loader
 from hpcnet.config import Config, replace
 from hpcnet.data.format import open_dataset
@@ -16,7 +17,7 @@ from hpcnet.layout import make_layout
 def _prep(augment: bool):
     cfg = replace(Config(), data={"augment": augment, "crop_pad": 3})
     info = open_dataset(resolve_data(cfg.data.name))
-    layout = make_layout(2, "sync")
+    layout = make_layout(2, get_algorithm("sync"))
     return SimpleNamespace(cfg=cfg, info=info, layout=layout)
 
 

@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from hpcnet.algos.downpour.options import OPTIONS
 from hpcnet.algos.downpour.regroup import regroup
 from hpcnet.algos.downpour.replica import run_replica
 from hpcnet.algos.downpour.shard import run_shard
@@ -317,10 +318,8 @@ DOWNPOUR = register(
         "parameter shards over MPI-3 RMA (Dean et al. 2012, sec. 4.1)",
         layout=LayoutRule(shards=True),
         programs={"shard": run_shard, "replica": run_replica},
-        flags=("--n-fetch", "--n-push", "--ps-rule", "--warm-start-steps", "--read-own-writes")
-        + ("--replace-lost",)
-        + ("--max-staleness", "--slow-replica", "--slow-factor")
-        + SHARDED_FLAGS,
+        options=OPTIONS,
+        flags=SHARDED_FLAGS + ("--slow-replica", "--slow-factor"),
         setup=_setup,
         finish=_finish,
         summarise=_summarise,

@@ -61,6 +61,7 @@ from mpi4py import MPI
 from hpcnet.algos.lifecycle import Run
 from hpcnet.algos.registry import SHARDED_FLAGS, Algorithm, register
 from hpcnet.algos.sandblaster.coordinator import Coordinator
+from hpcnet.algos.sandblaster.options import OPTIONS
 from hpcnet.algos.sandblaster.protocol import coordinator_died
 from hpcnet.algos.sandblaster.replica import run_replica
 from hpcnet.comm import allgather_ranges, barrier_polling, ft, same_on_every_rank
@@ -204,9 +205,8 @@ SANDBLASTER = register(
         "with backup tasks (Dean et al. 2012, sec. 4.2)",
         layout=LayoutRule(coordinators=1, shards=True),
         programs={"coordinator": _coordinator, "shard": _shard, "replica": _replica},
-        flags=("--lbfgs-m", "--unit-size", "--units-per-push", "--lbfgs-batch")
-        + ("--slow-replica", "--slow-factor")
-        + SHARDED_FLAGS,
+        options=OPTIONS,
+        flags=SHARDED_FLAGS + ("--slow-replica", "--slow-factor"),
         setup=_setup,
         finish=_finish,
         summarise=_summarise,

@@ -11,7 +11,7 @@ The launcher runs ``MPIEXEC -n N PYTHON -m hpcnet ARGS`` (``MPIEXEC``: ``--mpiex
 else the ``mpiexec`` beside this Python, else the one on ``PATH``) with
 ``HPCNET_LAUNCH_DIR`` set to a fresh directory. Every rank writes
 ``rank-K.json`` there (pid, host, and its role once the layout is known:
-:func:`note_rank`). The launcher watches those pids (``pidfd_open``: the kernel
+:func:`hpcnet.run.ranks.note_rank`). The launcher watches those pids (``pidfd_open``: the kernel
 wakes it when a process ends, so the first death is told apart from hydra's
 clean-up kills, which follow it by milliseconds). It passes the job's stdout and
 stderr through line by line, holds back the MPI library's death banner, and after
@@ -35,7 +35,6 @@ import select
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -44,9 +43,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ENV = "HPCNET_LAUNCH_DIR"
+from hpcnet.run.ranks import ENV
+
 EXIT_RANK_DIED = 3
-_RANK_ENV = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK")
 _HYDRA_TAIL = (
     "YOUR APPLICATION TERMINATED WITH THE EXIT STRING",
     "This typically refers to a problem with your application",
@@ -56,28 +55,6 @@ _SIGNAL_IN = re.compile(r"signal (\d+)")
 _OMPI_NOTICE = re.compile(
     r"process rank (\d+) with PID (\d+) on node (\S+) exited on\s+signal (\d+)", re.S
 )
-
-
-def note_rank(role: str | None = None) -> None:
-    """Writes this process's ``rank-K.json`` for the launcher (nothing without one).
-
-    K is the world rank from the process manager's environment (``PMI_RANK``,
-    ``OMPI_COMM_WORLD_RANK``), so it can be called before MPI starts; ``role``
-    (e.g. ``"replica 1"``) is added once known. Never raises: a launcher that
-    cannot learn a role still prints its line.
-    """
-    where = os.environ.get(ENV)
-    rank = next((os.environ[k] for k in _RANK_ENV if k in os.environ), None)
-    if not where or rank is None:
-        return
-    info = {"rank": int(rank), "pid": os.getpid(), "host": socket.gethostname(), "role": role}
-    path = Path(where) / f"rank-{rank}.json"
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_text(json.dumps(info))
-        os.replace(tmp, path)
-    except OSError:
-        pass
 
 
 @dataclass
@@ -231,15 +208,16 @@ def death_line(held: list[str], deaths: _Deaths, library: str) -> str | None:
     )
     return (
         f"hpcnet: {who} died by signal {sig} ({_signal_name(sig)}); {library} ended the whole "
-        f'job. To survive a killed process, {how} (README: "Surviving a killed process")'
+        f"job. To survive a killed process, {how} "
+        '(docs/operations.md: "Surviving a killed process")'
     )
 
 
 def main(argv: list[str]) -> int:
     """``launch -n N [--mpiexec CMD] [hpcnet args]``; returns the exit status."""
-    from hpcnet.cli import _Parser
+    from hpcnet.tools.parser import Parser
 
-    p = _Parser(
+    p = Parser(
         prog="python -m hpcnet launch",
         description="run 'mpiexec -n N python -m hpcnet ARGS', and name a rank that dies by a "
         "signal in one line instead of the MPI library's banner",

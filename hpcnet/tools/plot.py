@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from hpcnet.errors import MissingExtra
+from hpcnet.extras import require_matplotlib
 from hpcnet.run.results import RunResults, run_labels
 
 if TYPE_CHECKING:
@@ -40,17 +40,6 @@ X_LABELS = {
     "step": "step",
     "time": "time since the run started (s, kernel compilation left out)",
 }
-
-
-def require_matplotlib() -> None:
-    """Raises MissingExtra (one line, exit status 2) when matplotlib is not installed."""
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        raise MissingExtra(
-            "plot needs matplotlib, which is not installed: pip install -e '.[plot]' "
-            "(or pip install matplotlib)"
-        ) from None
 
 
 def _replicas(run: RunResults) -> list[dict[str, Any]]:

@@ -55,7 +55,7 @@ def add_plot_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
 
 def add_export_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Adds ``export`` to a top-level ``add_subparsers()`` object; returns its parser."""
-    from hpcnet.run.export import FORMATS
+    from hpcnet.tools.export import FORMATS
 
     p = subparsers.add_parser(
         "export",
@@ -79,8 +79,8 @@ def add_export_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
 
 
 def _plot(args) -> int:
-    from hpcnet.run.plot import plot_runs, require_matplotlib
     from hpcnet.run.results import read_results
+    from hpcnet.tools.plot import plot_runs, require_matplotlib
 
     require_matplotlib()  # before reading anything: the one missing piece first
     if any((out / "trials.jsonl").is_file() for out in args.out):
@@ -117,7 +117,7 @@ def _plot_search(args) -> int:
 
 
 def _export(args) -> int:
-    from hpcnet.run.export import export_run
+    from hpcnet.tools.export import export_run
 
     print(export_run(args.out, args.format, args.output))
     return 0
