@@ -6,7 +6,7 @@ Each algorithm declares its layout rule, its flags and one program per role
 themselves when this package is imported:
 
 - ``sync`` (:mod:`~hpcnet.algos.sync`), ``avg`` (:mod:`~hpcnet.algos.avg`): the
-  data-parallel replica loop of :mod:`~hpcnet.algos.synchronous`;
+  data-parallel replica loop of :mod:`~hpcnet.algos.data_parallel`;
 - ``downpour`` (:mod:`~hpcnet.algos.downpour`): asynchronous SGD on the parameter
   server of :mod:`hpcnet.ps`;
 - ``sandblaster`` (:mod:`~hpcnet.algos.sandblaster`): batch L-BFGS with a coordinator.

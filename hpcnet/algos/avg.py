@@ -14,14 +14,14 @@ from __future__ import annotations
 import numpy as np
 from mpi4py import MPI
 
+from hpcnet.algos.data_parallel import synchronous_algorithm
 from hpcnet.algos.registry import register
-from hpcnet.algos.synchronous import synchronous_algorithm
 from hpcnet.comm import allreduce_mean_
 from hpcnet.options import Option
 
 
 class ParameterAveraging:
-    """Averaging policy (:mod:`hpcnet.algos.synchronous`).
+    """Averaging policy (:mod:`hpcnet.algos.data_parallel`).
 
     Args:
         data_comm: the replicas' communicator; every replica calls the hooks at

@@ -26,21 +26,19 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import numpy as np
 from mpi4py import MPI
 
 from hpcnet.algos import report
 from hpcnet.algos.budget import StepBudget
+from hpcnet.algos.checkpoints import Checkpoints
+from hpcnet.algos.end_of_run import EndOfRun
 from hpcnet.algos.prepare import Prepared, prepare, train_loader
 from hpcnet.algos.registry import Algorithm, get_algorithm
 from hpcnet.comm import (
     Deadlines,
     allreduce_max_ints,
-    allreduce_sum,
-    barrier_polling,
     bcast_,
     bcast_object,
-    ft,
     gather_objects,
     library_comm,
     set_error_report,
@@ -50,11 +48,10 @@ from hpcnet.comm import (
 from hpcnet.comm.exchange import Exchange
 from hpcnet.comm.messages import Channel
 from hpcnet.config import Config
-from hpcnet.data.loader import BatchLoader, eval_batches
-from hpcnet.errors import RankLost
+from hpcnet.data.loader import BatchLoader
 from hpcnet.modelpar import partition_model
 from hpcnet.optim.schedules import lr_at, scaled_lr
-from hpcnet.run.checkpoint import read_rank_state, write_checkpoint
+from hpcnet.run.checkpoint import write_checkpoint
 from hpcnet.run.metrics import progress_line
 from hpcnet.run.preempt import Preempted, PreemptionWatch
 
@@ -74,7 +71,7 @@ class Regroup(Exception):
         self.carry = carry
 
 
-class Run:
+class Run(Checkpoints, EndOfRun):
     """One training run as this rank sees it: what every role program starts from.
 
     Built collectively by :func:`train` (every rank of ``comm``).
@@ -246,102 +243,6 @@ class Run:
         scheme = self.cfg.algo.partition_scheme
         return f"; {self.layout.partitions} partitions per replica ({scheme})"
 
-    def step_end(self, step: int) -> tuple[bool, int]:
-        """What every rank does after ``step``, agreed: whether it writes a checkpoint
-        (every ``--checkpoint-every`` steps, or once ``--checkpoint-every-s`` seconds of
-        rank 0's clock have passed since the last one) and the signal any rank got
-        (SIGTERM, SIGUSR1; 0: none), after which every rank stops at this step.
-
-        Collective over ``comm`` (one allreduce of two integers): every rank calls it
-        once per step, or it hangs.
-        """
-        by_time = self.rank == 0 and self.due_by_time()
-        signum = self.preempt.signum if self.preempt else 0
-        signum, by_time = allreduce_max_ints(
-            [signum, int(by_time)], self.comm, "step-end allreduce (checkpoint due, stop signal)"
-        )
-        return self._due_by_steps(step) or bool(by_time), signum
-
-    def _due_by_steps(self, step: int) -> bool:
-        every = self.cfg.run.checkpoint_every
-        return every > 0 and step % every == 0
-
-    def due_by_time(self) -> bool:
-        """Whether ``--checkpoint-every-s`` seconds of this rank's clock have passed since
-        the last checkpoint it wrote (or the start)."""
-        every_s = self.cfg.run.checkpoint_every_s
-        return every_s > 0 and time.monotonic() - self._last_checkpoint >= every_s
-
-    def forward_signal(self) -> None:
-        """A rank other than 0: sends the SIGTERM/SIGUSR1 it got (once) to rank 0, whose
-        program stops the run (Sandblaster's coordinator). Never waits: one 8-byte send."""
-        signum = self.preempt.signum if self.preempt else 0
-        if signum and not self._forwarded and self.rank != 0:
-            self._forwarded = signum
-            self._signals.send([signum], 0)
-
-    def signal_heard(self) -> int:
-        """Rank 0: its own SIGTERM/SIGUSR1, or one another rank forwarded (0: none).
-        Never waits."""
-        while (got := self._signals.poll()) is not None:
-            self._heard = self._heard or int(got[1][0])
-        return (self.preempt.signum if self.preempt else 0) or self._heard
-
-    def checkpoint_due(self, step: int) -> bool:
-        """Whether a checkpoint is due after ``step`` by this rank's own count and clock
-        (``--checkpoint-every``, ``--checkpoint-every-s``): for an algorithm one rank
-        drives (Sandblaster's coordinator); :meth:`step_end` agrees it over all ranks."""
-        return self._due_by_steps(step) or self.due_by_time()
-
-    # --- checkpoints -------------------------------------------------------------------
-    def resume_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
-        """This rank's arrays and state from the checkpoint the run resumes from (None:
-        a fresh run). Reads the file itself (a file system every rank sees)."""
-        if self.prep.resume is None:
-            return None
-        return read_rank_state(self.prep.resume["path"], self.rank)
-
-    def save_checkpoint(
-        self, step: int, epoch: int, arrays: dict[str, np.ndarray], state: dict[str, Any]
-    ) -> None:
-        """Writes OUT/checkpoint.h5 with every rank's ``arrays`` (rank 0's must hold
-        ``params``) and JSON-able ``state``. Collective over ``comm``: every rank calls
-        it at the same step, or the gather hangs."""
-        gathered = gather_objects((arrays, state), self.comm, what="gather of the checkpoint")
-        if self.rank == 0:
-            self.write_checkpoint(step, epoch, arrays["params"], gathered)
-        self._last_checkpoint = time.monotonic()
-
-    def write_checkpoint(
-        self,
-        step: int,
-        epoch: float,
-        params: np.ndarray,
-        ranks: list[tuple[dict[str, np.ndarray], dict[str, Any]]],
-    ) -> None:
-        """Rank 0 alone writes OUT/checkpoint.h5 at ``step``: ``params`` ((n_params,)
-        float32) and per world rank its (arrays, JSON-able state), which it collected
-        itself (an asynchronous algorithm: :mod:`hpcnet.ps.checkpoint`)."""
-        write_checkpoint(
-            self.prep.out,
-            params,
-            ranks,
-            self._checkpoint_attrs(step, epoch, final=False),
-            self.cfg.run.keep_checkpoints,
-        )
-        self._last_checkpoint = time.monotonic()
-
-    def _checkpoint_attrs(self, step: int, epoch: float, final: bool) -> dict[str, Any]:
-        return {
-            "step": int(step),
-            "epoch": float(epoch),
-            "final": bool(final),
-            "algo": self.algo.name,
-            "world_size": self.comm.Get_size(),
-            "layout": self.layout.to_dict(),
-            "config": self.cfg.to_toml(),
-        }
-
     def write_record(self, rec: dict[str, Any]) -> None:
         """Rank 0: appends an event record (``{"event": ...}``) to OUT/metrics.jsonl."""
         if self.prep.log is not None:
@@ -351,93 +252,6 @@ class Run:
         """Rank 0 prints ``line`` (when the run is verbose)."""
         if self.prep.log is not None and self.verbose:
             print(line, flush=True)
-
-    # --- the end of a run ----------------------------------------------------------
-    def meet_at_end(self) -> None:
-        """Every rank meets at the end of training: a barrier that sleeps while it waits,
-        with a deadline, running ``on_end_poll`` between tests and once after.
-
-        Under fault tolerance (:mod:`hpcnet.comm.ft`: Open MPI, ``mpiexec --with-ft
-        ulfm``) the live ranks then agree who is left (``MPI_Comm_ishrink``); when a
-        rank died, the run ends over the survivors: ``comm`` becomes their
-        communicator, ``lost`` the starting ranks that died, ``live`` the others.
-
-        Raises:
-            RankLost: a rank died whose role the algorithm cannot go on without.
-            StallError: the others did not arrive within the deadline.
-        """
-        what = f"{self.algo.name} end of run"
-        failed = False
-        try:
-            barrier_polling(self.comm, self.deadlines.end_barrier, what, on_poll=self.on_end_poll)
-        except MPI.Exception as e:  # a rank died (the barrier cannot complete without it)
-            if not (ft.enabled() and ft.is_failure(e)):
-                raise
-            failed = True
-        if ft.enabled():
-            alive = ft.shrink(self.comm, self.deadlines.end_barrier, what + ": live ranks")
-            lost = ft.lost_between(self.comm, alive)
-            if lost:
-                self._go_on_without(lost, alive)
-            else:
-                alive.Free()
-                assert not failed, "the end barrier failed, yet every rank is alive"
-        if self.on_end_poll is not None:
-            self.on_end_poll()
-
-    def _go_on_without(self, lost: list[int], alive: MPI.Intracomm) -> None:
-        roles = {r: self.layout.role(r) for r in lost}
-        named = ", ".join(f"rank {r} ({roles[r]})" for r in lost)
-        cannot = [
-            r
-            for r in lost
-            if roles[r].kind != "replica" or self.layout.partitions > 1 or not self.algo.survives
-        ]
-        if cannot:
-            raise RankLost(
-                f"{named} died; {self.algo.name} cannot go on without "
-                f"{', '.join(str(roles[r]) for r in cannot)}"
-                + (
-                    f": resume from the newest checkpoint with --resume {self.prep.out}"
-                    if self.algo.resumable
-                    else ""
-                )
-            )
-        self.lost = lost
-        self.lost_report += [{"rank": r, "role": str(roles[r])} for r in lost]
-        self.live = [r for r in self.live if r not in lost]
-        self.comm = alive
-        self.rank = alive.Get_rank()
-        self.say(f"{self.algo.name}: {named} died; the run ends on the {len(self.live)} others")
-
-    def live_replicas(self) -> list[int]:
-        """The indices of the replicas alive at the end of the run (all, unless ranks
-        died under fault tolerance)."""
-        return sorted(
-            {self.layout.role(r).index for r in self.live if self.layout.role(r).kind == "replica"}
-        )
-
-    def evaluate(self) -> tuple[float, float]:
-        """Test loss (mean, nats) and accuracy of the final parameters over the whole
-        test split: each replica (each of its partitions) evaluates its own slice of
-        rows, ranks of other roles contribute nothing. Collective over ``comm``."""
-        loss_sum = correct = count = 0.0
-        if self.role.kind == "replica":
-            info = self.info
-            live = self.live_replicas()  # a dead replica's rows: the others share them
-            for x, y in eval_batches(
-                info.path,
-                replica=live.index(self.role.index),
-                n_replicas=len(live),
-                batch_size=max(self.cfg.run.batch_size, 256),
-                mean=info.mean,
-                std=info.std,
-                split="test",
-            ):
-                ls, c = self.net.evaluate(x, y, self.backend)
-                loss_sum, correct, count = loss_sum + ls, correct + c, count + len(y)
-        tot = allreduce_sum(np.array([loss_sum, correct, count]), self.comm)
-        return float(tot[0] / tot[2]), float(tot[1] / tot[2])
 
 
 def train(

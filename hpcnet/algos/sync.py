@@ -14,8 +14,8 @@ from __future__ import annotations
 import numpy as np
 from mpi4py import MPI
 
+from hpcnet.algos.data_parallel import synchronous_algorithm
 from hpcnet.algos.registry import only_for, register
-from hpcnet.algos.synchronous import synchronous_algorithm
 from hpcnet.comm import allreduce_mean_
 from hpcnet.comm.buckets import BYTES_PER_MB, BucketAllreduce, plan_buckets
 from hpcnet.nn.model import Model
@@ -23,7 +23,7 @@ from hpcnet.options import Option, rule
 
 
 class SyncSGD:
-    """Gradient averaging policy (:mod:`hpcnet.algos.synchronous`).
+    """Gradient averaging policy (:mod:`hpcnet.algos.data_parallel`).
 
     Args:
         data_comm: the replicas' communicator; every replica calls the hooks at

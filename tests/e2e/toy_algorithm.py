@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from hpcnet.algos import register
-from hpcnet.algos.synchronous import synchronous_algorithm
+from hpcnet.algos.data_parallel import synchronous_algorithm
 from hpcnet.comm import allreduce_mean_
 from hpcnet.options import Option
 

@@ -1,0 +1,103 @@
+"""The end of a run: every rank meets (surviving ranks that died under fault
+tolerance), and the final parameters are evaluated on the test split. One concern of
+:class:`hpcnet.algos.lifecycle.Run`, which mixes it in; it uses the run's ``comm``,
+``layout``, ``algo``, ``deadlines``, ``role``, ``info``, ``net`` and ``backend``."""
+
+from __future__ import annotations
+
+import numpy as np
+from mpi4py import MPI
+
+from hpcnet.comm import allreduce_sum, barrier_polling, ft
+from hpcnet.data.loader import eval_batches
+from hpcnet.errors import RankLost
+
+
+class EndOfRun:
+    """The end of a :class:`~hpcnet.algos.lifecycle.Run`."""
+
+    def meet_at_end(self) -> None:
+        """Every rank meets at the end of training: a barrier that sleeps while it waits,
+        with a deadline, running ``on_end_poll`` between tests and once after.
+
+        Under fault tolerance (:mod:`hpcnet.comm.ft`: Open MPI, ``mpiexec --with-ft
+        ulfm``) the live ranks then agree who is left (``MPI_Comm_ishrink``); when a
+        rank died, the run ends over the survivors: ``comm`` becomes their
+        communicator, ``lost`` the starting ranks that died, ``live`` the others.
+
+        Raises:
+            RankLost: a rank died whose role the algorithm cannot go on without.
+            StallError: the others did not arrive within the deadline.
+        """
+        what = f"{self.algo.name} end of run"
+        failed = False
+        try:
+            barrier_polling(self.comm, self.deadlines.end_barrier, what, on_poll=self.on_end_poll)
+        except MPI.Exception as e:  # a rank died (the barrier cannot complete without it)
+            if not (ft.enabled() and ft.is_failure(e)):
+                raise
+            failed = True
+        if ft.enabled():
+            alive = ft.shrink(self.comm, self.deadlines.end_barrier, what + ": live ranks")
+            lost = ft.lost_between(self.comm, alive)
+            if lost:
+                self._go_on_without(lost, alive)
+            else:
+                alive.Free()
+                assert not failed, "the end barrier failed, yet every rank is alive"
+        if self.on_end_poll is not None:
+            self.on_end_poll()
+
+    def _go_on_without(self, lost: list[int], alive: MPI.Intracomm) -> None:
+        roles = {r: self.layout.role(r) for r in lost}
+        named = ", ".join(f"rank {r} ({roles[r]})" for r in lost)
+        cannot = [
+            r
+            for r in lost
+            if roles[r].kind != "replica" or self.layout.partitions > 1 or not self.algo.survives
+        ]
+        if cannot:
+            raise RankLost(
+                f"{named} died; {self.algo.name} cannot go on without "
+                f"{', '.join(str(roles[r]) for r in cannot)}"
+                + (
+                    f": resume from the newest checkpoint with --resume {self.prep.out}"
+                    if self.algo.resumable
+                    else ""
+                )
+            )
+        self.lost = lost
+        self.lost_report += [{"rank": r, "role": str(roles[r])} for r in lost]
+        self.live = [r for r in self.live if r not in lost]
+        self.comm = alive
+        self.rank = alive.Get_rank()
+        self.say(f"{self.algo.name}: {named} died; the run ends on the {len(self.live)} others")
+
+    def live_replicas(self) -> list[int]:
+        """The indices of the replicas alive at the end of the run (all, unless ranks
+        died under fault tolerance)."""
+        return sorted(
+            {self.layout.role(r).index for r in self.live if self.layout.role(r).kind == "replica"}
+        )
+
+    def evaluate(self) -> tuple[float, float]:
+        """Test loss (mean, nats) and accuracy of the final parameters over the whole
+        test split: each replica (each of its partitions) evaluates its own slice of
+        rows, ranks of other roles contribute nothing. Collective over ``comm``."""
+        loss_sum = correct = count = 0.0
+        if self.role.kind == "replica":
+            info = self.info
+            live = self.live_replicas()  # a dead replica's rows: the others share them
+            for x, y in eval_batches(
+                info.path,
+                replica=live.index(self.role.index),
+                n_replicas=len(live),
+                batch_size=max(self.cfg.run.batch_size, 256),
+                mean=info.mean,
+                std=info.std,
+                split="test",
+            ):
+                ls, c = self.net.evaluate(x, y, self.backend)
+                loss_sum, correct, count = loss_sum + ls, correct + c, count + len(y)
+        tot = allreduce_sum(np.array([loss_sum, correct, count]), self.comm)
+        return float(tot[0] / tot[2]), float(tot[1] / tot[2])
