@@ -190,14 +190,17 @@ def trial_in_group(
         the signal that stopped the trial (0: none; every rank of the group).
     """
     trial_dir = out / "trials" / f"{trial.id:04d}"
-    resume = False
-    if leader and trial_dir.exists():  # a resumed search: the trial was not finished
-        resume = can_resume and resumable_trial(trial_dir)  # stopped by a signal
-        if not resume:
-            shutil.rmtree(trial_dir)  # killed: run it again
+    # A resumed search meets a trial that was not finished: one a signal stopped goes on
+    # from its checkpoint. Every rank reads the same file and so decides the same, with
+    # no collective here (a rank that died between trials is found by the trial's own
+    # first collective, as a failure of that trial): the leader deletes the directory
+    # only when the checkpoint is absent, final or unreadable, when the others read
+    # "no" too, whether they read before or after it.
+    resume = can_resume and trial_dir.exists() and resumable_trial(trial_dir)
+    if leader and trial_dir.exists() and not resume:
+        shutil.rmtree(trial_dir)  # killed, or finished unrecorded: run it again
     if leader and not resume:
         trial_dir.mkdir(parents=True)
-    resume = bcast_object(resume, group, what="the trial's checkpoint check")
     started = time.time()
     last: list[float] = []  # the progress values the leader reported
 
