@@ -108,13 +108,12 @@ def _add_search_parser(sub) -> None:
     )
     s.add_argument("--space", required=True, metavar="SPACE.toml", help="the search space")
     for o in SEARCH.options():  # the search's settings, then each strategy's own
-        choices = "{" + ",".join(map(str, o.choices)) + "}"
         s.add_argument(
             o.flag,
             dest=o.name,
             type=o.type,
             default=None,
-            metavar=choices if o.choices else o.type.__name__.upper(),
+            metavar=o.metavar,
             help=f"{o.help} [default {o.default!r}]",
         )
     s.add_argument("--config", metavar="FILE.toml", help="train config every trial starts from")
@@ -127,13 +126,13 @@ def _cmd_search(args) -> int:
     from hpcnet import search
     from hpcnet.comm import library_comm, same_on_every_rank
     from hpcnet.config import add_train_flags
-    from hpcnet.search.settings import SEARCH, resolve
+    from hpcnet.search.settings import SEARCH, default, resolve
     from hpcnet.search.strategy import get_strategy
 
     with same_on_every_rank():
         space = search.Space.load(args.space)
         given = {o.name: getattr(args, o.name) for o in SEARCH.options()}
-        name = given["strategy"] or space.search.get("strategy") or "grid"
+        name = given["strategy"] or space.search.get("strategy") or default("strategy")
         entry = get_strategy(name)
         rest = [a for a in args.train_args if a != "--"]
         tp = Parser(prog="python -m hpcnet search ... --")

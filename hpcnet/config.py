@@ -220,9 +220,7 @@ def add_train_flags(parser: argparse.ArgumentParser) -> None:
             dest=o.key,
             type=o.type,
             default=None,
-            metavar="{" + ",".join(map(str, o.choices)) + "}"
-            if o.choices
-            else o.type.__name__.upper(),
+            metavar=o.metavar,
             help=_help(o),
         )
 
@@ -254,12 +252,11 @@ def _typed(key: str, value: Any, where: str) -> Any:
     Raises:
         ConfigError: the wrong type; ``where`` starts the message (a file, a flag).
     """
-    typ = option(key).type
-    if typ is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if not isinstance(value, typ) or (isinstance(value, bool) and typ is not bool):
+    try:
+        value = option(key).typed(value)
+    except TypeError as e:
         section, name = key.split(".", 1)
-        raise ConfigError(f"{where}: [{section}] {name} must be {typ.__name__}, got {value!r}")
+        raise ConfigError(f"{where}: [{section}] {name} {e}") from None
     return value
 
 

@@ -77,6 +77,26 @@ class Option:
     def type(self) -> type:
         return type(self.default)
 
+    @property
+    def metavar(self) -> str:
+        """What ``--help`` shows for its value: ``{a,b}`` for listed choices, else the
+        type (``INT``, ``FLOAT``, ``STR``)."""
+        if self.choices:
+            return "{" + ",".join(map(str, self.choices)) + "}"
+        return self.type.__name__.upper()
+
+    def typed(self, value: Any) -> Any:
+        """``value`` as the option's type: an int where a float is wanted becomes one.
+
+        Raises:
+            TypeError: a value of another type (a bool is no int or float).
+        """
+        if self.type is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, self.type) or (isinstance(value, bool) and self.type is not bool):
+            raise TypeError(f"must be {self.type.__name__}, got {value!r}")
+        return value
+
     def problem(self, value: Any) -> str | None:
         """What is wrong with ``value`` (of the right type), or None."""
         if self.choices and value not in self.choices:

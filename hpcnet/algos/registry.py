@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import hpcnet.config  # noqa: F401  the sections every run has come first, then these
 from hpcnet.errors import ConfigError
 from hpcnet.layout import LayoutRule
-from hpcnet.options import Option, declare, need, rule, section
+from hpcnet.options import Option, declare, need, option, rule, section
 
 if TYPE_CHECKING:  # pragma: no cover
     from hpcnet.algos.lifecycle import Run
@@ -194,8 +194,6 @@ def only_for(cfg, algo: str, key: str, whose: str) -> None:
     Raises:
         ConfigError: it is set for another algorithm, naming the flag and the owner.
     """
-    from hpcnet.options import option
-
     section_name, name = key.split(".", 1)
     unset = getattr(getattr(cfg, section_name), name) == option(key).default
     other = cfg.algo.name

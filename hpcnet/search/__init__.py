@@ -31,7 +31,7 @@ from mpi4py import MPI
 
 from hpcnet.search import strategies as _strategies  # noqa: F401  registers grid, random, de
 from hpcnet.search.runner import TrainFn, TrialRecord, run_search
-from hpcnet.search.settings import SearchSettings, resolve
+from hpcnet.search.settings import SearchSettings, default, resolve
 from hpcnet.search.space import Space
 from hpcnet.search.strategy import Strategy, get_strategy, register_strategy, strategy_names
 
@@ -98,7 +98,7 @@ def run(
         base = dataclasses.asdict(settings) if settings is not None else {}
         given = {**base.pop("options", {}), **base, **changes}
         if strategy is None or isinstance(strategy, str):
-            entry = get_strategy(strategy or given.get("strategy") or "grid")
+            entry = get_strategy(strategy or given.get("strategy") or default("strategy"))
             given["strategy"] = entry.name
         else:  # an object: its own options are its business
             entry = None

@@ -41,7 +41,8 @@ SEARCH.declare(
 )  # fmt: skip
 
 
-def _default(name: str) -> Any:
+def default(name: str) -> Any:
+    """The declared default of search option ``name`` (e.g. ``default("strategy")``)."""
     return SEARCH.option(f"search.{name}").default
 
 
@@ -63,14 +64,14 @@ class SearchSettings:
         verbose: print a line per finished trial and the final table (rank 0).
     """
 
-    strategy: str = field(default_factory=lambda: _default("strategy"))
-    group_size: int = field(default_factory=lambda: _default("group_size"))
-    out: str = field(default_factory=lambda: _default("out"))
-    metric: str = field(default_factory=lambda: _default("metric"))
-    direction: str = field(default_factory=lambda: _default("direction"))
-    early_stop: str = field(default_factory=lambda: _default("early_stop"))
-    trial_timeout: float = field(default_factory=lambda: _default("trial_timeout"))
-    seed: int = field(default_factory=lambda: _default("seed"))
+    strategy: str = field(default_factory=lambda: default("strategy"))
+    group_size: int = field(default_factory=lambda: default("group_size"))
+    out: str = field(default_factory=lambda: default("out"))
+    metric: str = field(default_factory=lambda: default("metric"))
+    direction: str = field(default_factory=lambda: default("direction"))
+    early_stop: str = field(default_factory=lambda: default("early_stop"))
+    trial_timeout: float = field(default_factory=lambda: default("trial_timeout"))
+    seed: int = field(default_factory=lambda: default("seed"))
     options: dict[str, Any] = field(default_factory=dict)
     config_file: str | None = None
     resume: bool = False
@@ -107,11 +108,11 @@ def check_value(name: str, value: Any, origin: str | None = None) -> Any:
         known = ", ".join(o.name for o in SEARCH.options())
         where = f"{origin}: [search]" if origin else "search"
         raise ConfigError(f"{where} unknown key {name!r}; expected one of {known}") from None
-    if o.type is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if not isinstance(value, o.type) or (isinstance(value, bool) and o.type is not bool):
+    try:
+        value = o.typed(value)
+    except TypeError as e:
         where = f"{origin}: [search] {name}" if origin else o.flag
-        raise ConfigError(f"{where} must be {o.type.__name__}, got {value!r}")
+        raise ConfigError(f"{where} {e}") from None
     if name == "strategy" and value not in STRATEGIES:
         raise bad(f"unknown strategy; choose one of {', '.join(STRATEGIES)}")
     what = o.problem(value)
@@ -160,7 +161,7 @@ def resolve(
                 values[name] = value
                 continue
             values[name] = check_value(name, value, source)
-    strategy = values.get("strategy", _default("strategy"))
+    strategy = values.get("strategy", default("strategy"))
     for name, value in given.items():  # a space file may hold several strategies' options
         if value is None or name in COMMON or name in mine:
             continue
