@@ -108,11 +108,8 @@ class Scheduler:
                 elif msg[0] == "retired":
                     answer = self._retired(source, *msg[1:])
                 elif msg[0] == "preempted":  # a group got SIGUSR1/SIGTERM: all stop
-                    _, group, record, signum = msg
-                    if record is not None:
-                        self._finished(TrialRecord(**record))
-                    self.preempted = self.preempted or signum
-                    answer = ("preempted", self.preempted)
+                    self.preempted = self.preempted or msg[3]
+                    answer = self._answer("next", msg[1], msg[2])  # ("preempted", signal)
                 elif self.fatal:  # a running trial stops; a group's next question ends it
                     if msg[0] == "next" and msg[2] is not None and msg[1] not in self.retired:
                         self._finished(TrialRecord(**msg[2]))  # kept for --resume
