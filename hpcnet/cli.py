@@ -108,14 +108,7 @@ def _add_search_parser(sub) -> None:
     )
     s.add_argument("--space", required=True, metavar="SPACE.toml", help="the search space")
     for o in SEARCH.options():  # the search's settings, then each strategy's own
-        s.add_argument(
-            o.flag,
-            dest=o.name,
-            type=o.type,
-            default=None,
-            metavar=o.metavar,
-            help=f"{o.help} [default {o.default!r}]",
-        )
+        o.add_flag(s, o.name, f"{o.help} [default {o.default!r}]")
     s.add_argument("--config", metavar="FILE.toml", help="train config every trial starts from")
     s.add_argument("--resume", action="store_true", help="continue the search in --out")
     s.add_argument("train_args", nargs=argparse.REMAINDER, help="-- then train flags")

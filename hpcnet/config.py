@@ -205,24 +205,7 @@ def add_train_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE.toml", help="TOML config file; flags override it")
     groups = {name: parser.add_argument_group(f"[{name}]", doc) for name, doc in sections().items()}
     for o in options():
-        group = groups[o.section]
-        if o.type is bool:  # --flag / --no-flag
-            group.add_argument(
-                o.flag,
-                dest=o.key,
-                default=None,
-                action=argparse.BooleanOptionalAction,
-                help=_help(o),
-            )
-            continue
-        group.add_argument(
-            o.flag,
-            dest=o.key,
-            type=o.type,
-            default=None,
-            metavar=o.metavar,
-            help=_help(o),
-        )
+        o.add_flag(groups[o.section], o.key, _help(o))
 
 
 def read_toml(path: str | os.PathLike, kind: str = "config file") -> dict[str, Any]:

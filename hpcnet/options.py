@@ -21,6 +21,7 @@ bottom, below everything that declares options.
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -84,6 +85,23 @@ class Option:
         if self.choices:
             return "{" + ",".join(map(str, self.choices)) + "}"
         return self.type.__name__.upper()
+
+    def add_flag(self, parser: Any, dest: str, help: str) -> None:
+        """Adds its flag to an argparse parser or argument group, unset by default (so a
+        config file's value is not overridden): ``--flag VALUE``, or ``--flag`` /
+        ``--no-flag`` for a bool, with the value at ``dest``."""
+        if self.type is bool:
+            parser.add_argument(
+                self.flag,
+                dest=dest,
+                default=None,
+                action=argparse.BooleanOptionalAction,
+                help=help,
+            )
+            return
+        parser.add_argument(
+            self.flag, dest=dest, type=self.type, default=None, metavar=self.metavar, help=help
+        )
 
     def typed(self, value: Any) -> Any:
         """``value`` as the option's type: an int where a float is wanted becomes one.
