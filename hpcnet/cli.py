@@ -143,7 +143,7 @@ def _cmd_search(args) -> int:
     if targs.dry_run:
         _search_dry_run(space, settings, fixed)
         return 0
-    search.run(space, settings=settings, fixed=fixed, comm=library_comm())
+    search.run_search(space, settings=settings, fixed=fixed, comm=library_comm())
     return 0
 
 

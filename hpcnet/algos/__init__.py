@@ -19,6 +19,6 @@ from hpcnet.algos import sync as _sync  # noqa: E402, F401  isort: skip
 from hpcnet.algos import avg as _avg  # noqa: E402, F401  isort: skip
 from hpcnet.algos import downpour as _downpour  # noqa: E402, F401  isort: skip
 from hpcnet.algos import sandblaster as _sandblaster  # noqa: E402, F401  isort: skip
-from hpcnet.algos.lifecycle import Run, train  # noqa: E402  isort: skip
+from hpcnet.algos.lifecycle import TrainingRun, train  # noqa: E402  isort: skip
 
-__all__ = ["Algorithm", "Run", "algorithm_names", "get_algorithm", "register", "train"]
+__all__ = ["Algorithm", "TrainingRun", "algorithm_names", "get_algorithm", "register", "train"]

@@ -1,6 +1,6 @@
 """A run's checkpoints and stop signals: when one is due, agreed by every rank; writing
 and reading OUT/checkpoint.h5 (:mod:`hpcnet.run.checkpoint`). One concern of
-:class:`hpcnet.algos.lifecycle.Run`, which mixes it in; it uses the run's ``comm``,
+:class:`hpcnet.algos.lifecycle.TrainingRun`, which mixes it in; it uses the run's ``comm``,
 ``rank``, ``cfg``, ``prep``, ``preempt``, ``layout`` and ``algo``."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from hpcnet.run.checkpoint import read_rank_state, write_checkpoint
 
 
 class Checkpoints:
-    """Checkpoints and signals of a :class:`~hpcnet.algos.lifecycle.Run`."""
+    """Checkpoints and signals of a :class:`~hpcnet.algos.lifecycle.TrainingRun`."""
 
     def step_end(self, step: int) -> tuple[bool, int]:
         """What every rank does after ``step``, agreed: whether it writes a checkpoint

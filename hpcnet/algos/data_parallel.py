@@ -9,7 +9,7 @@ k steps) and at the end. Its hooks are collective over the replicas'
 ``data_comm`` when they communicate, so every replica must call them at every
 step (same step count everywhere, or an allreduce hangs). After every step the
 replicas also agree whether any of them got SIGTERM/SIGUSR1 (one 8-byte
-allreduce, :meth:`~hpcnet.algos.lifecycle.Run.step_end`): then all write a
+allreduce, :meth:`~hpcnet.algos.lifecycle.TrainingRun.step_end`): then all write a
 checkpoint at that step and stop (:class:`hpcnet.run.preempt.Preempted`).
 ``--checkpoint-every`` and ``--resume`` restore every rank's parameters, momentum
 and Dropout streams, so a resumed run continues bit for bit.
@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from hpcnet.algos.lifecycle import Run
+from hpcnet.algos.lifecycle import TrainingRun
 from hpcnet.algos.registry import Algorithm
 from hpcnet.comm import allreduce_sum, watchdog
 from hpcnet.layout import LayoutRule
@@ -52,17 +52,19 @@ class Policy(Protocol):
     # (called during backward, e.g. to start a bucket's allreduce; whole models only)
 
 
-def replica_program(make_policy: Callable[[Run], Policy]) -> Callable[[Run], dict[str, Any]]:
+def replica_program(
+    make_policy: Callable[[TrainingRun], Policy],
+) -> Callable[[TrainingRun], dict[str, Any]]:
     """The replica program of a synchronous algorithm whose policy ``make_policy(run)``
     builds (once per rank, collectively if it creates communicators)."""
 
-    def program(run: Run) -> dict[str, Any]:
+    def program(run: TrainingRun) -> dict[str, Any]:
         return _train_replica(run, make_policy(run))
 
     return program
 
 
-def _train_replica(run: Run, algo: Policy) -> dict[str, Any]:
+def _train_replica(run: TrainingRun, algo: Policy) -> dict[str, Any]:
     cfg, model, backend, part = run.cfg, run.model, run.backend, run.part
     data_comm, budget = run.comms.data_comm, run.budget
     spe, total_steps, log_every = budget.steps_per_epoch, budget.total_steps, budget.log_every
@@ -167,7 +169,7 @@ def _train_replica(run: Run, algo: Policy) -> dict[str, Any]:
     }
 
 
-def _checkpoint(run: Run, step: int, epoch: int, opt: SGD) -> None:
+def _checkpoint(run: TrainingRun, step: int, epoch: int, opt: SGD) -> None:
     """Saves what resuming at ``step`` needs on every rank: its parameters (with
     partitions: rank 0 also assembles the whole vector), momentum and Dropout streams.
     Collective over the run's communicator (every rank is a replica here)."""
@@ -181,7 +183,7 @@ def _checkpoint(run: Run, step: int, epoch: int, opt: SGD) -> None:
     run.save_checkpoint(step, epoch, arrays, {"step": step, "rng": model.rng_states()})
 
 
-def describe(run: Run) -> str:
+def describe(run: TrainingRun) -> str:
     """The start-up line's part: steps, total batch, the learning rate after warmup."""
     o = run.cfg.optim
     lr = scaled_lr(o.lr, run.total_batch, o.reference_batch, o.lr_scaling)
@@ -192,7 +194,7 @@ def describe(run: Run) -> str:
 def synchronous_algorithm(
     name: str,
     doc: str,
-    make_policy: Callable[[Run], Policy],
+    make_policy: Callable[[TrainingRun], Policy],
     flags: tuple[str, ...] = (),
     options: tuple[Option, ...] = (),
 ) -> Algorithm:

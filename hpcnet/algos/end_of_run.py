@@ -1,6 +1,6 @@
 """The end of a run: every rank meets (surviving ranks that died under fault
 tolerance), and the final parameters are evaluated on the test split. One concern of
-:class:`hpcnet.algos.lifecycle.Run`, which mixes it in; it uses the run's ``comm``,
+:class:`hpcnet.algos.lifecycle.TrainingRun`, which mixes it in; it uses the run's ``comm``,
 ``layout``, ``algo``, ``deadlines``, ``role``, ``info``, ``net`` and ``backend``."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from hpcnet.errors import RankLost
 
 
 class EndOfRun:
-    """The end of a :class:`~hpcnet.algos.lifecycle.Run`."""
+    """The end of a :class:`~hpcnet.algos.lifecycle.TrainingRun`."""
 
     def meet_at_end(self) -> None:
         """Every rank meets at the end of training: a barrier that sleeps while it waits,

@@ -7,12 +7,12 @@ config, and it runs the same stages for every algorithm of the registry
 1. :func:`hpcnet.algos.prepare.prepare`: layout and backend checked with no
    communication, data found and validated by rank 0, model built, output
    directory made, compute threads set, kernels compiled once per node;
-2. :class:`Run`: the role sub-communicators, the step budget, the deadlines;
+2. :class:`TrainingRun`: the role sub-communicators, the step budget, the deadlines;
    rank 0 initialises the flat parameter vector from the seed and broadcasts
    it; replicas of ``--partitions M > 1`` are split into partitions;
 3. the algorithm's ``setup`` (collective: windows, ...);
 4. each rank runs the program of its role; progress records go through
-   :meth:`Run.progress`, one shape for every algorithm;
+   :meth:`TrainingRun.progress`, one shape for every algorithm;
 5. every rank meets (a polling barrier with a deadline), the algorithm's
    ``finish`` leaves the final parameters on every rank, the replicas evaluate
    the test split in slices, and rank 0 writes OUT/metrics.jsonl's test record
@@ -55,9 +55,9 @@ from hpcnet.run.checkpoint import write_checkpoint
 from hpcnet.run.metrics import progress_line
 from hpcnet.run.preempt import Preempted, PreemptionWatch
 
-__all__ = ["Run", "StepBudget", "train"]
+__all__ = ["TrainingRun", "StepBudget", "train"]
 
-TAG_SIGNAL = 41  # a rank's SIGTERM/SIGUSR1 forwarded to rank 0 (Run.forward_signal)
+TAG_SIGNAL = 41  # a rank's SIGTERM/SIGUSR1 forwarded to rank 0 (TrainingRun.forward_signal)
 
 
 class Regroup(Exception):
@@ -71,7 +71,7 @@ class Regroup(Exception):
         self.carry = carry
 
 
-class Run(Checkpoints, EndOfRun):
+class TrainingRun(Checkpoints, EndOfRun):
     """One training run as this rank sees it: what every role program starts from.
 
     Built collectively by :func:`train` (every rank of ``comm``).
@@ -255,7 +255,11 @@ class Run(Checkpoints, EndOfRun):
 
 
 def train(
-    cfg: Config, comm: MPI.Intracomm, verbose: bool = True, on_progress=None
+    cfg: Config,
+    comm: MPI.Intracomm,
+    verbose: bool = True,
+    on_progress=None,
+    time_limit: float | None = None,
 ) -> dict[str, Any]:
     """Trains with the algorithm ``cfg.algo.name`` on every rank of ``comm``.
 
@@ -267,13 +271,17 @@ def train(
             boundary on every rank, checkpointed, as for SIGTERM, and ``train`` raises
             :class:`~hpcnet.run.preempt.Preempted` with ``signum`` ``STOP_REQUESTED``
             (a search's early stopping).
+        time_limit: seconds after which the run stops the same way (checkpointed, at a
+            step boundary every rank agrees on), raising ``Preempted`` with ``signum``
+            ``TIME_LIMIT`` (a search's ``--trial-timeout``); None: no limit.
     Returns:
         The summary dict (every rank gets rank 0's; only rank 0 writes files); the
         final flat parameters ((n_params,) float32) are under ``"_params"``.
     Raises:
         HpcnetError (every rank, same message): bad layout, backend, data or output dir.
     """
-    watch = PreemptionWatch()  # SIGTERM/SIGUSR1: stop at a step boundary, checkpointed
+    # SIGTERM/SIGUSR1 or the time limit: stop at a step boundary, checkpointed
+    watch = PreemptionWatch(time_limit)
     try:
         return _train(cfg, comm, verbose, watch, on_progress)
     finally:
@@ -284,7 +292,7 @@ def train(
 def _train(cfg: Config, comm: MPI.Intracomm, verbose: bool, watch, on_progress) -> dict[str, Any]:
     algo = get_algorithm(cfg.algo.name)
     prep = prepare(cfg, comm, verbose)
-    run = Run(prep, comm, algo, verbose)
+    run = TrainingRun(prep, comm, algo, verbose)
     run.preempt, run.on_progress = watch, on_progress
     if prep.resume is not None:  # where the appended records start again
         run.write_record(
@@ -317,7 +325,7 @@ def join(cfg: Config, verbose: bool = True) -> dict[str, Any]:
         parent = MPI.Comm.Get_parent()
         merged = parent.Merge(high=True)  # with the spawning ranks' Merge
         algo = get_algorithm(cfg.algo.name)
-        run = Run(prepare_joiner(cfg), merged, algo, verbose, joining=True)
+        run = TrainingRun(prepare_joiner(cfg), merged, algo, verbose, joining=True)
         run.spawned.append(parent)
         run.preempt = watch
         run.t_train = time.perf_counter()
@@ -328,7 +336,7 @@ def join(cfg: Config, verbose: bool = True) -> dict[str, Any]:
         watchdog.abandon()
 
 
-def _run_to_end(run: Run) -> dict[str, Any]:
+def _run_to_end(run: TrainingRun) -> dict[str, Any]:
     """The role programs (again after each regroup) and the end of the run."""
     algo, prep, cfg = run.algo, run.prep, run.cfg
     while True:

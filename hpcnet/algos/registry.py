@@ -28,14 +28,14 @@ from hpcnet.layout import LayoutRule
 from hpcnet.options import Option, declare, need, option, rule, section
 
 if TYPE_CHECKING:  # pragma: no cover
-    from hpcnet.algos.lifecycle import Run
+    from hpcnet.algos.lifecycle import TrainingRun
 
 # the flags of every algorithm with parameter shards: the layout and losing replicas
 SHARDED_FLAGS = ("--shards", "--replicas", "--replica-timeout", "--fail-replica", "--fail-at-step")
 
 # role kind ("replica", "shard", "coordinator") -> the program that rank runs; it
 # returns what this rank reports (a small picklable dict), gathered on rank 0.
-RoleProgram = Callable[["Run"], dict[str, Any]]
+RoleProgram = Callable[["TrainingRun"], dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ class Algorithm:
             shard ranges, ...); None: the step budget.
         supports_partitions: whether its replicas may be split (``--partitions``).
         resumable: whether its programs save their state at checkpoints and restore it
-            on ``--resume`` (:meth:`hpcnet.algos.lifecycle.Run.save_checkpoint`).
+            on ``--resume`` (:meth:`hpcnet.algos.lifecycle.TrainingRun.save_checkpoint`).
         survives: whether a run goes on when a replica's process dies (under fault
             tolerance, :mod:`hpcnet.comm.ft`): its programs never wait for one replica
             without a deadline after which they go on without it, and ``finish`` and
@@ -84,14 +84,14 @@ class Algorithm:
     programs: Mapping[str, RoleProgram]
     options: tuple[Option, ...] = ()
     flags: tuple[str, ...] = ()
-    setup: Callable[[Run], Any] | None = None
-    finish: Callable[[Run], None] | None = None
-    summarise: Callable[[Run, list[tuple[str, dict]], float], dict[str, Any]] | None = None
-    describe: Callable[[Run], str] | None = None
+    setup: Callable[[TrainingRun], Any] | None = None
+    finish: Callable[[TrainingRun], None] | None = None
+    summarise: Callable[[TrainingRun, list[tuple[str, dict]], float], dict[str, Any]] | None = None
+    describe: Callable[[TrainingRun], str] | None = None
     supports_partitions: bool = True
     resumable: bool = False
     survives: bool = False
-    regroup: Callable[[Run, dict[str, Any]], None] | None = None
+    regroup: Callable[[TrainingRun, dict[str, Any]], None] | None = None
 
     def __post_init__(self):
         need = {"replica"}

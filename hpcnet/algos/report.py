@@ -9,10 +9,10 @@ from hpcnet.comm import allgather_objects
 from hpcnet.run.metrics import write_summary
 
 if TYPE_CHECKING:
-    from hpcnet.algos.lifecycle import Run
+    from hpcnet.algos.lifecycle import TrainingRun
 
 
-def model_parallel_summary(run: Run) -> dict[str, Any]:
+def model_parallel_summary(run: TrainingRun) -> dict[str, Any]:
     """The partition layout and bytes exchanged per training step (replica 0's
     partitions; every replica does the same work). Collective over ``comm``."""
     mine = None
@@ -32,7 +32,7 @@ def model_parallel_summary(run: Run) -> dict[str, Any]:
     }
 
 
-def base_summary(run: Run) -> dict[str, Any]:
+def base_summary(run: TrainingRun) -> dict[str, Any]:
     """The summary fields every algorithm reports.
 
     ``input_shape`` (C, H, W), ``num_classes`` and the input normalisation
@@ -62,7 +62,7 @@ def base_summary(run: Run) -> dict[str, Any]:
     }
 
 
-def announce(run: Run, details: str) -> None:
+def announce(run: TrainingRun, details: str) -> None:
     """Rank 0: one line describing the run and where its config is (the whole
     resolved config too with ``--verbose``)."""
     prep = run.prep
@@ -80,7 +80,7 @@ def announce(run: Run, details: str) -> None:
     )
 
 
-def report(run: Run, summary: dict[str, Any]) -> None:
+def report(run: TrainingRun, summary: dict[str, Any]) -> None:
     """Rank 0: prints the final line, then writes the test record and summary.json
     (the line first, so the result survives a vanished output directory)."""
     prep = run.prep
@@ -106,7 +106,7 @@ def report(run: Run, summary: dict[str, Any]) -> None:
     write_summary(prep.out, summary)
 
 
-def default_summary(run: Run, results: list[tuple[str, dict]], train_s: float) -> dict:
+def default_summary(run: TrainingRun, results: list[tuple[str, dict]], train_s: float) -> dict:
     """Replica 0's own figures (steps, epochs, samples/s, ...), for algorithms whose
     replicas all take the same steps."""
     return dict(results[run.layout.replica_ranks(0)[0]][1], train_s=train_s)

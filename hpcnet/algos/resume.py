@@ -3,7 +3,7 @@
 Rank 0 picks the checkpoint (:func:`find_resume_checkpoint`, its answer or error
 broadcast to every rank); every rank then checks it against the run's config and
 layout (:func:`check_resumable`), with no communication. The algorithm's programs
-restore their own state (:meth:`hpcnet.algos.lifecycle.Run.resume_state`).
+restore their own state (:meth:`hpcnet.algos.lifecycle.TrainingRun.resume_state`).
 """
 
 from __future__ import annotations

@@ -4,7 +4,9 @@ A :class:`Channel` is a communicator, a tag and a dtype (float64 by default):
 every message on it is one 1-D array of that dtype, sent with the buffer API
 (no pickling), received into an array of exactly the length that arrived. The
 typed messages of a protocol (e.g. :mod:`hpcnet.algos.sandblaster.protocol`)
-``pack()`` themselves into such an array and ``unpack()`` one.
+``pack()`` themselves into such an array and ``unpack()`` one. A :class:`JsonChannel`
+carries small control messages (dicts) as JSON text on the same buffer API: no
+message is ever pickled.
 
 Who calls what: a message sent on a channel must be received on the same
 channel (the same tag) by its destination, with :meth:`Channel.poll` or
@@ -16,6 +18,7 @@ sender on one channel (non-overtaking), and no order between senders.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
 import numpy as np
@@ -111,3 +114,60 @@ class Channel:
         while self.poll() is not None:
             n += 1
         return n
+
+
+class JsonChannel:
+    """Small JSON-able messages (dicts of numbers, strings, lists) over ``comm`` with
+    one ``tag``: each is sent as its UTF-8 JSON text on a ``uint8`` :class:`Channel`
+    (the buffer API; nothing is pickled, so a message never runs code on receipt).
+
+    For a protocol's control messages (a search leader's question, the scheduler's
+    answer), never for arrays of parameters. NumPy scalars are sent as Python numbers;
+    tuples arrive as lists.
+    """
+
+    def __init__(self, comm: MPI.Comm, tag: int):
+        self._bytes = Channel(comm, tag, np.uint8)
+        self.comm, self.tag = comm, tag
+
+    @staticmethod
+    def _encode(message) -> np.ndarray:
+        text = json.dumps(message, default=_plain, allow_nan=True)
+        return np.frombuffer(text.encode(), np.uint8)
+
+    @staticmethod
+    def _decode(buf: np.ndarray):
+        return json.loads(buf.tobytes().decode())
+
+    def send(self, message, dest: int) -> None:
+        """Sends ``message`` to rank ``dest`` (a standard-mode ``Send``, see
+        :meth:`Channel.send`).
+
+        Raises:
+            TypeError: ``message`` holds something JSON cannot write.
+        """
+        self._bytes.send(self._encode(message), dest)
+
+    def poll(self, source: int = ANY_SOURCE):
+        """(the sender's rank, the message) if one has arrived, else None; never waits
+        (:meth:`Channel.poll`)."""
+        got = self._bytes.poll(source)
+        return None if got is None else (got[0], self._decode(got[1]))
+
+    def recv(
+        self, source: int, timeout: float, what: str, backoff: Backoff | None = None, give_up=None
+    ):
+        """Waits (sleeping) for one message from ``source`` and returns it
+        (:meth:`Channel.recv`).
+
+        Raises:
+            StallError: nothing arrived within ``timeout`` seconds; names ``what``.
+        """
+        return self._decode(self._bytes.recv(source, timeout, what, backoff, give_up))
+
+
+def _plain(value):
+    """JSON's fallback: a NumPy scalar or array as Python numbers."""
+    if isinstance(value, np.generic | np.ndarray):
+        return value.tolist()
+    raise TypeError(f"a message holds a {type(value).__name__}, which JSON cannot send")

@@ -55,6 +55,16 @@ class Deadlines:
             for the pushes it was promised (max(timeout, 4 t)).
         compile: a node's ranks wait for its first ranks to compile the kernels
             (max(900, 3 timeout)).
+        scheduler_answer: a search group's leader waits for the scheduler's answer to
+            one question (:mod:`hpcnet.search.protocol`; the scheduler answers at once,
+            so only a dead or stuck scheduler makes this wait long).
+        group_agreement: the live ranks of a search group wait for each other to agree
+            on the ranks it lost (fault tolerance, :mod:`hpcnet.search.faults`).
+
+    Not deadlines: a search group told to wait for a generation asks again, each
+    answer within ``scheduler_answer`` (:func:`search_reask`), for as long as the
+    scheduler answers; a trial's ``--trial-timeout`` is a time limit the trial's run
+    checks at its step boundaries (:class:`hpcnet.run.preempt.PreemptionWatch`).
     """
 
     replica_silence: float = 60.0
@@ -65,6 +75,8 @@ class Deadlines:
     coordinator_reply: float = 600.0
     shard_reply: float = 300.0
     compile: float = 900.0
+    scheduler_answer: float = 600.0
+    group_agreement: float = 600.0
 
     @classmethod
     def of(cls, timeout: float, replica_timeout: float) -> Deadlines:
@@ -79,6 +91,8 @@ class Deadlines:
             coordinator_reply=max(s, 10 * t),
             shard_reply=max(s, 4 * t),
             compile=max(900.0, 3 * s),
+            scheduler_answer=max(s, 600.0),
+            group_agreement=max(s, 600.0),
         )
 
 
@@ -97,6 +111,14 @@ class Backoff:
     def sleep(self) -> None:
         time.sleep(self.delay)
         self.delay = min(self.delay * 2, self.cap)
+
+
+def search_reask() -> Backoff:
+    """The pause between a search group's questions while the scheduler says ``wait``
+    (the generation's last trials run elsewhere) or, for a group that lost a rank,
+    until the search is over: 10 ms doubling to 0.5 s, so a group picks up a trial soon
+    after one is free and an idle group costs no CPU."""
+    return Backoff(first=10e-3, cap=0.5)
 
 
 def poll_until(

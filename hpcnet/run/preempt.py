@@ -2,7 +2,7 @@
 ``--signal=USR1@120``, or on preemption) asks the run to stop cleanly.
 
 The handler only notes the signal; the training loop asks, once per step, whether
-any rank got one (one small allreduce: :meth:`hpcnet.algos.lifecycle.Run.step_end`),
+any rank got one (one small allreduce: :meth:`hpcnet.algos.lifecycle.TrainingRun.step_end`),
 so every rank stops at the same step boundary, writes a checkpoint, and the job
 exits with status ``128 + signal`` (143 for SIGTERM, 138 for SIGUSR1): "checkpointed,
 resume me with ``--resume OUT``".
@@ -12,11 +12,16 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 # not a signal: the code of a stop the program asked for itself (a search's early
 # stopping, :meth:`PreemptionWatch.request_stop`); every rank agrees on it like a signal
 STOP_REQUESTED = 100
+# not a signal either: the run passed the time limit it was given (a search trial's
+# --trial-timeout, :class:`PreemptionWatch` ``time_limit``); agreed like a signal
+TIME_LIMIT = 101
+_NAMES = {STOP_REQUESTED: "a stop request", TIME_LIMIT: "its time limit"}
 
 
 class Preempted(Exception):
@@ -31,7 +36,7 @@ class Preempted(Exception):
     def __init__(self, signum: int, step: int, checkpoint: str):
         self.signum, self.step, self.checkpoint = signum, step, checkpoint
         self.exit_code = 128 + signum
-        name = "a stop request" if signum == STOP_REQUESTED else signal.Signals(signum).name
+        name = _NAMES.get(signum) or signal.Signals(signum).name
         super().__init__(
             f"stopped by {name} after step {step}; checkpoint in {checkpoint}; "
             f"continue with --resume {checkpoint.rsplit('/', 1)[0]} (exit status {self.exit_code})"
@@ -47,10 +52,16 @@ class PreemptionWatch:
     middle of MPI), a search one for its loop, each run one for its training. A watch
     starts with the signal an enclosing one has seen, and hands the signal it saw to
     the enclosing one when it closes.
+
+    Args:
+        time_limit: seconds from now after which the run stops as for a signal
+            (:data:`TIME_LIMIT`; checked wherever ``signum`` is read, i.e. at every
+            step boundary); None: no limit.
     """
 
-    def __init__(self):
-        self.signum = 0
+    def __init__(self, time_limit: float | None = None):
+        self._signum = 0
+        self._until = None if not time_limit else time.monotonic() + float(time_limit)
         self._old: dict[int, object] = {}
         if threading.current_thread() is threading.main_thread():
             for s in SIGNALS:
@@ -59,11 +70,19 @@ class PreemptionWatch:
                 if isinstance(outer, PreemptionWatch) and outer.signum in SIGNALS:
                     # asked to stop before this watch began (a run's setup, a search
                     # between trials): the run stops at its first step boundary
-                    self.signum = self.signum or outer.signum
+                    self._signum = self._signum or outer.signum
+
+    @property
+    def signum(self) -> int:
+        """The first signal seen (or :data:`STOP_REQUESTED`), else :data:`TIME_LIMIT`
+        once the time limit has passed, else 0."""
+        if not self._signum and self._until is not None and time.monotonic() >= self._until:
+            self._signum = TIME_LIMIT
+        return self._signum
 
     def _note(self, signum, frame) -> None:
-        if not self.signum:
-            self.signum = signum
+        if not self._signum:
+            self._signum = signum
 
     def request_stop(self) -> None:
         """Asks the run to stop as a signal would (:data:`STOP_REQUESTED`): every rank
@@ -76,6 +95,6 @@ class PreemptionWatch:
         trial this run is), so a signal that came as the run ended is not lost."""
         for s, old in self._old.items():
             signal.signal(s, old)
-        if self.signum in self._old and callable(self._old[self.signum]):
-            self._old[self.signum](self.signum, None)
+        if self._signum in self._old and callable(self._old[self._signum]):
+            self._old[self._signum](self._signum, None)
         self._old.clear()

@@ -30,10 +30,11 @@ from typing import Any
 from mpi4py import MPI
 
 from hpcnet.search import strategies as _strategies  # noqa: F401  registers grid, random, de
-from hpcnet.search.runner import TrainFn, TrialRecord, run_search
+from hpcnet.search.runner import TrainFn, TrialRecord, search_on_groups
 from hpcnet.search.settings import SearchSettings, default, resolve
 from hpcnet.search.space import Space
 from hpcnet.search.strategy import Strategy, get_strategy, register_strategy, strategy_names
+from hpcnet.search.trials import trial_time_left, trial_timed_out
 
 __all__ = [
     "SearchSettings",
@@ -44,7 +45,9 @@ __all__ = [
     "grid",
     "random",
     "register_strategy",
-    "run",
+    "run_search",
+    "trial_time_left",
+    "trial_timed_out",
     "strategy_names",
 ]
 
@@ -57,7 +60,7 @@ def _space(space: Space | dict | str | os.PathLike, fixed: dict | None) -> Space
     return Space.load(space)
 
 
-def run(
+def run_search(
     space: Space | dict | str | os.PathLike,
     strategy: str | Strategy | None = None,
     settings: SearchSettings | None = None,
@@ -68,7 +71,7 @@ def run(
     **changes: Any,
 ) -> list[TrialRecord]:
     """Runs a search. Collective over ``comm`` (default: hpcnet's world); see
-    :func:`hpcnet.search.runner.run_search`.
+    :func:`hpcnet.search.runner.search_on_groups`.
 
     Args:
         space: a :class:`Space`, a dict of axes, or a SPACE.toml path.
@@ -128,7 +131,9 @@ def run(
         "objective": "train" if train_fn is None else getattr(train_fn, "__name__", "train_fn"),
         "group_size": resolved.group_size,
     }
-    records = run_search(strat, resolved, comm=comm, saved=saved, fixed=fixed, train_fn=train_fn)
+    records = search_on_groups(
+        strat, resolved, comm=comm, saved=saved, fixed=fixed, train_fn=train_fn
+    )
     out, metric, direction, verbose = (
         Path(resolved.out),
         resolved.metric,
@@ -179,18 +184,18 @@ def _plot(out: Path, metric: str, direction: str, verbose: bool) -> None:
 def grid(space, **kw) -> list[TrialRecord]:
     """Every combination of the space's values (ranges need ``num`` points), once each,
     spread over the groups (Hops' ``experiment.launch``)."""
-    return run(space, "grid", **kw)
+    return run_search(space, "grid", **kw)
 
 
 def random(space, **kw) -> list[TrialRecord]:
     """``trials`` samples of the space (log ranges log-uniform), fixed by ``seed``
-    (keywords as :func:`run` takes them: ``trials=20, seed=1, group_size=2``)."""
-    return run(space, "random", **kw)
+    (keywords as :func:`run_search` takes them: ``trials=20, seed=1, group_size=2``)."""
+    return run_search(space, "random", **kw)
 
 
 def differential_evolution(space, **kw) -> list[TrialRecord]:
     """DE/rand/1/bin (Storn & Price 1997) over the space's unit-cube encoding:
     ``population`` x (``generations`` + 1) trials, a generation evaluated as groups free
-    up (Hops' ``experiment.evolutionary_search``); keywords as :func:`run` takes them
+    up (Hops' ``experiment.evolutionary_search``); keywords as :func:`run_search` takes them
     (``population``, ``generations``, ``crossover``, ``mutation``, ``seed``, ...)."""
-    return run(space, "de", **kw)
+    return run_search(space, "de", **kw)

@@ -12,9 +12,10 @@ than world rank 0's does not end the search:
   comes first: it records the trial the group was running as failed, with the reason
   ``rank K died (process failed)``, *retires* the group (no more trials for it; it is
   listed in ``lost_groups.json``) and hands the rest of the search to the other groups;
-- the survivors of a retired group stop training and ask the scheduler every
-  :data:`RETIRED_POLL_S` seconds whether the search is over (each answer within the
-  search's answer deadline, so a dead scheduler is noticed);
+- the survivors of a retired group stop training and ask the scheduler, pausing up
+  to half a second in between, whether the search is over (each answer within the
+  search's answer deadline, so a dead scheduler is noticed:
+  :func:`hpcnet.search.protocol.retire`);
 - the end (the records, ``results.csv``, ``best.toml``) runs over the live ranks
   (:func:`end_comm`).
 
@@ -36,7 +37,6 @@ from mpi4py import MPI
 from hpcnet.comm import ft
 from hpcnet.errors import RankLost
 
-RETIRED_POLL_S = 0.5  # a retired group's survivor asks whether the search is over this often
 LOST_FILE = "lost_groups.json"
 
 

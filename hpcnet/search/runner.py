@@ -18,7 +18,11 @@ answer to its group; every rank of the group runs the trial.
 A trial fails (recorded with a one-line reason; its group takes the next trial)
 when it raises on any of its ranks (a config ``train`` rejects, a stall the
 watchdog ends), when its metric or loss is not finite, or when it runs past
-``trial_timeout`` seconds (a ``SIGALRM`` on every rank of the group interrupts it).
+``trial_timeout`` seconds (hpcnet's training stops itself at its first step boundary
+past it, checkpointed, on every rank of the group; a ``train_fn`` looks at
+:func:`hpcnet.search.trials.trial_time_left`). Every wait has a deadline
+(:class:`hpcnet.comm.waits.Deadlines`: ``scheduler_answer``, ``group_agreement``);
+the messages are JSON (:mod:`hpcnet.search.protocol`).
 
 A rank that dies under fault tolerance (Open MPI, ``mpiexec --with-ft ulfm``) fails
 its group's trial with the reason ``rank K died (process failed)`` and retires the
@@ -31,7 +35,7 @@ atomically after every trial), ``trials/NNNN/`` (each trial's run: config.toml,
 metrics.jsonl, summary.json), and at the end ``results.csv`` and ``best.toml``
 (a config file ``train --config`` accepts); ``lost_groups.json`` when a group retired.
 
-Who calls what: :func:`run_search` is collective over ``comm``.
+Who calls what: :func:`search_on_groups` is collective over ``comm``.
 """
 
 from __future__ import annotations
@@ -39,13 +43,13 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
 from mpi4py import MPI
 
-from hpcnet.comm import bcast_object
+from hpcnet.comm import Deadlines, bcast_object
+from hpcnet.comm.waits import search_reask
 from hpcnet.comm.watchdog import current_timeout
 from hpcnet.comm.world import root_then_bcast
 from hpcnet.errors import ConfigError, RankLost
@@ -53,14 +57,14 @@ from hpcnet.run.preempt import PreemptionWatch
 from hpcnet.search import faults
 from hpcnet.search.early_stop import progress_key
 from hpcnet.search.preemption import SearchPreempted, group_signal
+from hpcnet.search.protocol import answer as protocol_answer
+from hpcnet.search.protocol import ask, question, retire, trial_of
 from hpcnet.search.records import TrialRecord, fmt_value, one_line, write_atomic
 from hpcnet.search.scheduler import Scheduler
 from hpcnet.search.settings import SearchSettings
-from hpcnet.search.trials import TrainFn, ask, retire, run_trial, trial_in_group
+from hpcnet.search.trials import TrainFn, run_trial, trial_in_group
 
-__all__ = ["Scheduler", "TrainFn", "TrialRecord", "fmt_value", "run_search"]
-
-WAIT_S = 0.2  # a group told to wait asks again after this long
+__all__ = ["Scheduler", "TrainFn", "TrialRecord", "fmt_value", "search_on_groups"]
 
 
 def _prepare_dir(out: Path, settings: dict[str, Any], resume: bool):
@@ -93,7 +97,7 @@ def _prepare_dir(out: Path, settings: dict[str, Any], resume: bool):
     return [], None
 
 
-def run_search(
+def search_on_groups(
     strategy,
     settings: SearchSettings,
     *,
@@ -101,7 +105,7 @@ def run_search(
     saved: dict[str, Any],
     fixed: dict[str, Any] | None = None,
     train_fn: TrainFn | None = None,
-    answer_timeout: float = 600.0,
+    deadlines: Deadlines | None = None,
 ) -> list[TrialRecord]:
     """Runs every trial ``strategy`` hands out on the rank groups of ``comm``.
 
@@ -117,7 +121,9 @@ def run_search(
         fixed: config keys (``"section.name"``) every trial shares.
         train_fn: ``train_fn(config, comm) -> metrics`` instead of training hpcnet
             (``config``: the fixed and trial keys; collective over ``comm``).
-        answer_timeout: seconds a leader waits for the scheduler's answer.
+        deadlines: how long a leader waits for the scheduler's answer
+            (``scheduler_answer``) and a group's live ranks for each other
+            (``group_agreement``); None: the defaults.
     Returns:
         Every finished trial's record (every rank), in the order they finished.
     Raises:
@@ -129,6 +135,8 @@ def run_search(
     metric, direction, early_stop = settings.metric, settings.direction, settings.early_stop
     trial_timeout = settings.trial_timeout or None
     resume, verbose = settings.resume, settings.verbose
+    deadlines = deadlines or Deadlines()
+    answer_timeout = deadlines.scheduler_answer
     out = Path(out)
     size, rank = comm.Get_size(), comm.Get_rank()
     if group_size < 1 or size % group_size:
@@ -187,41 +195,48 @@ def run_search(
     base = g * group_size  # the search rank of the group's rank 0
 
     def group_lost(what: str) -> list[int]:  # collective over the group's live ranks
-        return faults.lost_in_group(group, base, answer_timeout, f"search group {g}: {what}")
+        return faults.lost_in_group(
+            group, base, deadlines.group_agreement, f"search group {g}: {what}"
+        )
 
     watch = PreemptionWatch()  # a signal between trials; a trial's own run notes its own
     stop_signal = 0  # SIGUSR1/SIGTERM: the search stops (hpcnet.search.preemption)
+    pause = search_reask()  # between questions while the scheduler says "wait"
     while True:
         dead: list[int] = []
         try:
             stop_signal = stop_signal or group_signal(watch.signum, group)
-            msg = ("preempted", g, record, stop_signal) if stop_signal else ("next", g, record)
+            if stop_signal:
+                msg = question("preempted", g, record=record, signal=stop_signal)
+            else:
+                msg = question("next", g, record=record)
             answer = ask(sched, msg, answer_timeout, out) if leader else None
             record = None
             answer = bcast_object(answer, group, what="the search's next trial")
         except MPI.Exception as e:  # (fault tolerance) a rank of the group died
             if not faults.is_failure(e):
                 raise
-            answer = ("retire",)
+            answer = protocol_answer("retire")
         except RankLost as e:
             lost_error = e
             break
-        kind = answer[0]
+        kind = answer["kind"]
         if kind == "lost":
-            lost_error = RankLost(answer[1])
+            lost_error = RankLost(answer["why"])
             break
         if kind in ("done", "abort", "preempted"):
-            error = answer[1] if kind == "abort" else None
-            stop_signal = answer[1] if kind == "preempted" else stop_signal
+            error = answer["why"] if kind == "abort" else None
+            stop_signal = answer["signal"] if kind == "preempted" else stop_signal
             break
         if kind == "wait":
-            time.sleep(WAIT_S)
+            pause.sleep()
             continue
+        pause.reset()
         if kind == "retire":
             dead = group_lost("live ranks")
         else:
             record, dead, stop_signal = trial_in_group(
-                answer[1], group, g, out, leader, sched, key, answer_timeout, early_stop,
+                trial_of(answer), group, g, out, leader, sched, key, answer_timeout, early_stop,
                 lambda trial, on_progress, resume: run_trial(
                     trial, group, out / "trials" / f"{trial.id:04d}", fixed or {},
                     config_file, train_fn, metric, trial_timeout, on_progress, resume,
@@ -234,7 +249,7 @@ def run_search(
             except RankLost as e:
                 lost_error = e
                 break
-            error = abort[1] if abort else None
+            error = abort["why"] if abort else None
             break
     watch.close()
     if thread is not None:

@@ -1,16 +1,7 @@
 """The search's scheduler: world rank 0 answers the group leaders, in a thread.
 
-Messages (pickled, on the scheduler's own communicator: tag :data:`TAG_ASK` to rank 0,
-:data:`TAG_ANSWER` back): ``("next", group, record)`` -> ``("trial", trial)``,
-``("wait",)``, ``("done",)``, ``("abort", why)``; ``("progress", group, trial, step,
-value)`` -> ``("go",)`` or ``("stop",)`` (early stopping); under fault tolerance also
-``("retired", group, dead)`` -> ``("wait",)``, ``("done",)`` or ``("lost", why)``, and
-``("retire",)`` to a leader whose group lost a rank (:mod:`hpcnet.search.faults`);
-``("preempted", group, record, signal)`` -> ``("preempted", signal)`` from a group
-that got SIGUSR1/SIGTERM, and that answer to every later ``next``
-(:mod:`hpcnet.search.preemption`).
-The policy is in :mod:`hpcnet.search.runner`'s docstring.
-"""
+Its messages (JSON on its own communicator) are :mod:`hpcnet.search.protocol`'s; the
+policy is in :mod:`hpcnet.search.runner`'s docstring."""
 
 from __future__ import annotations
 
@@ -26,9 +17,8 @@ from mpi4py import MPI
 from hpcnet.comm import Backoff, ft
 from hpcnet.search import faults
 from hpcnet.search.early_stop import make_rule, progress_key, read_curve
+from hpcnet.search.protocol import SchedulerLink, answer, trial_json
 from hpcnet.search.records import TrialRecord, fmt_value, one_line, write_atomic
-
-TAG_ASK, TAG_ANSWER = 51, 52
 
 
 class Scheduler:
@@ -47,7 +37,7 @@ class Scheduler:
 
     Under fault tolerance it also retires a group that lost a rank (the dead rank's
     trial recorded failed; :mod:`hpcnet.search.faults`) and ends the search for every
-    group (``("lost", message)``) when its own group (group 0) lost one.
+    group (a ``lost`` answer) when its own group (group 0) lost one.
     """
 
     def __init__(
@@ -86,46 +76,52 @@ class Scheduler:
         self.t0 = time.monotonic()
         self.finished_here = 0
         self.preempted = 0  # the signal that stops the search (hpcnet.search.preemption)
+        self.link = SchedulerLink(comm)
 
     def serve(self) -> None:
         """Answers until every group has been told ``done`` (or an error: every later
         question gets ``abort``) and, under fault tolerance, every live rank of a retired
         group has been told the search is over."""
         backoff = Backoff(first=1e-4, cap=20e-3)
-        status = MPI.Status()
         while len(self.done_groups) < self.n_groups or self.waiting:
             self._check_failures()
-            # ft.iprobe: a dead rank's failure, reported here, is acknowledged
-            if not ft.iprobe(self.comm, MPI.ANY_SOURCE, TAG_ASK, status):
+            # ft.iprobe inside: a dead rank's failure, reported here, is acknowledged
+            got = self.link.questions.poll()
+            if got is None:
                 backoff.sleep()
                 continue
             backoff.reset()
-            source = status.Get_source()
-            msg = self.comm.recv(source=source, tag=TAG_ASK)
+            source, msg = got
+            kind, g = msg["kind"], msg["group"]
             try:
                 if self.error:
-                    answer = ("abort", str(self.error))
-                elif msg[0] == "retired":
-                    answer = self._retired(source, *msg[1:])
-                elif msg[0] == "preempted":  # a group got SIGUSR1/SIGTERM: all stop
-                    self.preempted = self.preempted or msg[3]
-                    answer = self._answer("next", msg[1], msg[2])  # ("preempted", signal)
+                    reply = answer("abort", why=one_line(self.error))
+                elif kind == "retired":
+                    reply = self._retired(source, g, msg["dead"])
+                elif kind == "preempted":  # a group got SIGUSR1/SIGTERM: all stop
+                    self.preempted = self.preempted or msg["signal"]
+                    reply = self._next(g, msg["record"])  # a "preempted" answer
                 elif self.fatal:  # a running trial stops; a group's next question ends it
-                    if msg[0] == "next" and msg[2] is not None and msg[1] not in self.retired:
-                        self._finished(TrialRecord(**msg[2]))  # kept for --resume
-                    answer = ("stop",) if msg[0] == "progress" else ("lost", self.fatal)
+                    if kind == "next" and msg["record"] is not None and g not in self.retired:
+                        self._finished(TrialRecord(**msg["record"]))  # kept for --resume
+                    reply = answer("stop") if kind == "progress" else answer("lost", why=self.fatal)
+                elif kind == "progress":  # a running trial's progress: go on, or stop early
+                    stop = self.rule is not None and self.rule.report(
+                        msg["trial"], msg["step"], msg["value"]
+                    )
+                    reply = answer("stop" if stop else "go")
                 else:
-                    answer = self._answer(*msg)
+                    reply = self._next(g, msg["record"])
             except BaseException as e:  # noqa: BLE001  reported to every group, then raised
                 self.error = e
-                answer = ("abort", one_line(e))
-            if msg[0] == "retired":
-                if answer[0] != "wait":
+                reply = answer("abort", why=one_line(e))
+            if kind == "retired":
+                if reply["kind"] != "wait":
                     self.waiting.discard(source)
-            elif answer[0] in ("done", "abort", "lost", "preempted"):
-                self.done_groups.add(msg[1])
+            elif reply["kind"] in ("done", "abort", "lost", "preempted"):
+                self.done_groups.add(g)
             try:
-                self.comm.send(answer, dest=source, tag=TAG_ANSWER)
+                self.link.answers.send(reply, source)
             except MPI.Exception as e:  # it died since it asked: the next check says so
                 if not faults.is_failure(e):
                     raise
@@ -205,36 +201,33 @@ class Scheduler:
         self._died(g, dead)
         if self.fatal:
             self.waiting.discard(source)
-            return ("lost", self.fatal)
+            return answer("lost", why=self.fatal)
         if len(self.done_groups) < self.n_groups:
             self.waiting.add(source)
-            return ("wait",)
+            return answer("wait")
         self.waiting.discard(source)
-        return ("done",)
+        return answer("done")
 
     def _dir(self, trial_id: int) -> Path:
         return self.out / "trials" / f"{trial_id:04d}"
 
-    def _answer(self, what: str, group: int, *args):
-        if what == "progress":  # a running trial's progress: go on, or stop early
-            trial_id, step, value = args
-            stop = self.rule is not None and self.rule.report(trial_id, step, value)
-            return ("stop",) if stop else ("go",)
-        (record,) = args
+    def _next(self, group: int, record: dict | None) -> dict:
+        """The answer to ``next`` (or ``preempted``): records the trial ``group`` just
+        finished, then hands out the strategy's next trial."""
         if group in self.retired:  # it lost a rank: its trial is recorded already
-            return ("retire",)
+            return answer("retire")
         if record is not None:
             self._finished(TrialRecord(**record))
-        if self.preempted:  # another group got a signal: this one stops too
-            return ("preempted", self.preempted)
+        if self.preempted:  # a group got a signal: this one stops too
+            return answer("preempted", signal=self.preempted)
         trial = self.strategy.ask()
         if trial is not None:
             self.running[trial.id] = group
             self.handed[trial.id] = (trial, time.time())
-            return ("trial", trial)
+            return answer("trial", trial=trial_json(trial))
         if self.strategy.finished or not self.running:
-            return ("done",)
-        return ("wait",)
+            return answer("done")
+        return answer("wait")
 
     def _finished(self, rec: TrialRecord) -> None:
         self.running.pop(rec.id, None)

@@ -6,7 +6,7 @@ options never mix with ``train``'s: the settings every search has are declared h
 and each strategy declares its own when it registers
 (:func:`hpcnet.search.strategy.register_strategy`: random search's ``--trials``,
 differential evolution's ``--population``, ...). The ``search`` subcommand's flags,
-the ``[search]`` table of a space file and :func:`hpcnet.search.run`'s keywords are
+the ``[search]`` table of a space file and :func:`hpcnet.search.run_search`'s keywords are
 all checked against it, and every default lives in the declaration alone. A value
 comes from, in this order: the flag (or keyword), the space file's ``[search]``
 table, the declared default.
@@ -91,7 +91,7 @@ def check_value(name: str, value: Any, origin: str | None = None) -> Any:
 
     Args:
         origin: the space file whose ``[search]`` table holds it; None: a flag or a
-            keyword of :func:`hpcnet.search.run`.
+            keyword of :func:`hpcnet.search.run_search`.
     Raises:
         ConfigError: an unknown option, the wrong type or a bad value, in one line that
             names the file and table, or the flag.

@@ -17,7 +17,7 @@ out again with the same id and params; told trials stay told.
 A new strategy is one class (a :class:`Strategy` subclass, or any object with the same
 methods) and one :func:`register_strategy` call that names it and declares its options
 (:mod:`hpcnet.search.settings`): ``search --strategy NAME``, its flags, a space file's
-``[search]`` table and :func:`hpcnet.search.run` know it from then on (Ray Tune's
+``[search]`` table and :func:`hpcnet.search.run_search` know it from then on (Ray Tune's
 ``Searcher``, Optuna's ask-and-tell).
 """
 

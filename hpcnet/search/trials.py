@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import math
 import shutil
-import signal
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
@@ -21,82 +20,45 @@ from typing import Any
 
 from mpi4py import MPI
 
-from hpcnet.comm import Backoff, bcast_object, gather_objects, poll_until
-from hpcnet.errors import HpcnetError, RankLost
+from hpcnet.comm import bcast_object, gather_objects
+from hpcnet.errors import HpcnetError
 from hpcnet.search import faults
 from hpcnet.search.preemption import resumable_trial
+from hpcnet.search.protocol import ask, question
 from hpcnet.search.records import TrialRecord, one_line
-from hpcnet.search.scheduler import TAG_ANSWER, TAG_ASK
 
 TrainFn = Callable[[dict[str, Any], MPI.Intracomm], dict[str, Any]]
 
 
-class TrialTimeout(Exception):
-    """Raised in a trial's ranks when it runs past ``--trial-timeout``."""
+_trial_ends: list[float] = []  # this rank's running train_fn trial: when it times out
+
+
+def trial_time_left() -> float:
+    """Seconds the trial this rank runs (with ``train_fn``) has left before its
+    ``--trial-timeout``; ``inf`` without a timeout or outside a trial.
+
+    A ``train_fn`` that loops should return once it is <= 0 (``trial_timed_out()``):
+    the trial is recorded failed, past its timeout, either way; one that does not look
+    is recorded so only when it returns. (A trial of hpcnet's own training stops by
+    itself, checkpointed, at the first step boundary past the timeout.)
+    """
+    return _trial_ends[-1] - time.monotonic() if _trial_ends else math.inf
+
+
+def trial_timed_out() -> bool:
+    """Whether the running trial is past its ``--trial-timeout`` (see
+    :func:`trial_time_left`)."""
+    return trial_time_left() <= 0
 
 
 @contextlib.contextmanager
-def _alarm(seconds: float | None) -> Iterator[None]:
-    """Raises :class:`TrialTimeout` in this (main) thread after ``seconds``."""
-    if not seconds:
-        yield
-        return
-
-    def ring(signum, frame):
-        raise TrialTimeout()
-
-    old = signal.signal(signal.SIGALRM, ring)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+def _time_limit(seconds: float | None) -> Iterator[None]:
+    """:func:`trial_time_left` counts down ``seconds`` (None: no limit) inside."""
+    _trial_ends.append(time.monotonic() + seconds if seconds else math.inf)
     try:
         yield
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
-
-
-def ask(sched: MPI.Intracomm, msg: tuple, timeout: float, out: Path) -> tuple:
-    """A group leader's question to the scheduler (world rank 0) and its answer.
-
-    Raises:
-        StallError: no answer within ``timeout`` seconds.
-        RankLost: (fault tolerance) the scheduler died.
-    """
-    try:
-        sched.send(msg, dest=0, tag=TAG_ASK)
-        poll_until(
-            lambda: sched.iprobe(0, TAG_ANSWER),
-            timeout,
-            "the search scheduler's answer",
-            backoff=Backoff(first=1e-4, cap=10e-3),
-        )
-        return sched.recv(source=0, tag=TAG_ANSWER)
-    except MPI.Exception as e:  # from rank 0 only: it died
-        if not faults.is_failure(e):
-            raise
-        raise faults.scheduler_died(sched, out) from None
-
-
-def retire(
-    sched: MPI.Intracomm, g: int, dead: list[int], timeout: float, out: Path
-) -> tuple | None:
-    """A live rank of group ``g``, which lost ``dead``: tells the scheduler, then asks
-    every :data:`~hpcnet.search.faults.RETIRED_POLL_S` seconds until the search is over.
-    Returns None (``done``) or the scheduler's ``abort`` answer.
-
-    Raises:
-        RankLost: the scheduler died, or its own group lost a rank (``lost``).
-    """
-    if 0 in dead:
-        raise faults.scheduler_died(sched, out)
-    while True:
-        answer = ask(sched, ("retired", g, dead), timeout, out)
-        if answer[0] == "lost":
-            raise RankLost(answer[1])
-        if answer[0] == "abort":
-            return answer
-        if answer[0] == "done":
-            return None
-        time.sleep(faults.RETIRED_POLL_S)
+        _trial_ends.pop()
 
 
 def run_trial(
@@ -118,7 +80,7 @@ def run_trial(
     ``signum``): a SIGUSR1/SIGTERM stopped it, checkpointed."""
     from hpcnet.algos import train
     from hpcnet.config import load_config
-    from hpcnet.run.preempt import STOP_REQUESTED, Preempted
+    from hpcnet.run.preempt import STOP_REQUESTED, TIME_LIMIT, Preempted
 
     out: dict[str, Any] = {"status": "completed", "metric": None, "steps": None, "reason": ""}
     t0 = time.monotonic()
@@ -129,17 +91,21 @@ def run_trial(
         # is this trial's failure; the agreement after it retires the group (seen in CI)
         comm = group.Dup()
         comm.Set_name(f"search trial {trial.id}")
-        with _alarm(trial_timeout):
-            overrides = {**fixed, **trial.params}
-            if train_fn is None:
-                where = {"run.out": str(trial_dir)}
-                if resume:
-                    where["run.resume"] = str(trial_dir)
-                cfg = load_config(config_file, {**overrides, **where})
-                metrics = train(cfg, comm, verbose=False, on_progress=on_progress)
-                metrics.pop("_params", None)
-            else:
+        overrides = {**fixed, **trial.params}
+        if train_fn is None:
+            where = {"run.out": str(trial_dir)}
+            if resume:
+                where["run.resume"] = str(trial_dir)
+            cfg = load_config(config_file, {**overrides, **where})
+            metrics = train(
+                cfg, comm, verbose=False, on_progress=on_progress, time_limit=trial_timeout
+            )
+            metrics.pop("_params", None)
+        else:
+            with _time_limit(trial_timeout):
                 metrics = train_fn(dict(overrides), comm)
+            if trial_timeout and time.monotonic() - t0 > trial_timeout:
+                raise Preempted(TIME_LIMIT, metrics.get("steps") or 0, str(trial_dir))
         value = metrics.get(metric)
         if value is None:
             raise ValueError(f"the trial's metrics hold no {metric!r}")
@@ -151,12 +117,13 @@ def run_trial(
         elif any(isinstance(v, float) and not math.isfinite(v) for v in losses):
             out.update(status="failed", reason="the loss became NaN")
     except Preempted as e:
-        if e.signum != STOP_REQUESTED:  # a real SIGTERM/SIGUSR1: the search stops
+        if e.signum == TIME_LIMIT:
+            why = f"past its trial timeout ({trial_timeout:g} s)"
+            out.update(status="failed", steps=e.step, reason=why)
+        elif e.signum != STOP_REQUESTED:  # a real SIGTERM/SIGUSR1: the search stops
             out.update(status="preempted", steps=e.step, signum=e.signum)
         else:
             out.update(status="stopped", steps=e.step)  # early stopping (the leader's metric)
-    except TrialTimeout:
-        out.update(status="failed", reason=f"past its trial timeout ({trial_timeout:g} s)")
     except (HpcnetError, Exception) as e:  # noqa: BLE001  a trial's failure is a result
         out.update(status="failed", reason=one_line(e))
     out["wall_s"] = time.monotonic() - t0
@@ -209,8 +176,13 @@ def trial_in_group(
         if not isinstance(value, int | float):
             return False
         last.append(float(value))
-        answer = ask(sched, ("progress", g, trial.id, rec["step"], value), answer_timeout, out)
-        return answer[0] != "go"
+        got = ask(
+            sched,
+            question("progress", g, trial=trial.id, step=rec["step"], value=value),
+            answer_timeout,
+            out,
+        )
+        return got["kind"] != "go"
 
     mine = run(trial, on_progress if early_stop != "none" else None, resume)
     dead = group_lost(f"after trial {trial.id}")

@@ -83,3 +83,22 @@ def test_node_workers_first_work_while_the_others_wait(comm, workers):
     assert sorted(d[0] for d in ran) == list(range(n)) and {d[1] for d in ran} == {n}
     assert [w for w, _, _ in every].count(True) == n
     assert all(b >= max(d[3] for d in ran) for _, _, b in every)  # none back before all done
+
+
+@pytest.mark.mpi(min_size=2)
+@pytest.mark.timeout(60)
+def test_json_messages_arrive_as_sent_and_nothing_else_is_sent(comm):
+    from hpcnet.comm.messages import JsonChannel
+
+    ch = JsonChannel(comm, tag=77)
+    if comm.rank == 1:
+        ch.send({"kind": "next", "group": 1, "x": np.float32(0.5), "v": np.arange(3)}, 0)
+        with pytest.raises(TypeError, match="set"):
+            ch.send({"bad": {1, 2}}, 0)  # refused before anything leaves
+        ch.send({"kind": "done", "why": "é ✓"}, 0)
+    elif comm.rank == 0:
+        first = ch.recv(1, 30, "test message")
+        assert first == {"kind": "next", "group": 1, "x": 0.5, "v": [0, 1, 2]}
+        assert ch.recv(1, 30, "test message") == {"kind": "done", "why": "é ✓"}
+        assert ch.poll() is None
+    comm.Barrier()

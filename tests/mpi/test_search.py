@@ -90,14 +90,19 @@ def test_failed_trials_are_recorded_and_the_search_completes(comm, shared_tmp):
             raise RuntimeError("boom")
         if lr == 0.03:
             return {"test_accuracy": math.nan}
-        if lr == 0.04:
-            time.sleep(30)  # past the trial timeout: interrupted
+        if lr == 0.04:  # looks at its time: returns once past the trial timeout
+            t_end = time.monotonic() + 30
+            while not search.trial_timed_out() and time.monotonic() < t_end:
+                time.sleep(0.05)
+        if lr == 0.06:  # ignores it: recorded failed when it returns
+            assert search.trial_time_left() <= 2.0
+            time.sleep(2.5)
         return {"test_accuracy": lr}
 
     gs = 2 if comm.size % 2 == 0 else 1
     t0 = time.monotonic()
     recs = search.grid(
-        {"optim.lr": [0.01, 0.02, 0.03, 0.04, 0.05]},
+        {"optim.lr": [0.01, 0.02, 0.03, 0.04, 0.05, 0.06]},
         comm=comm,
         group_size=gs,
         out=shared_tmp / "failures",
@@ -107,16 +112,19 @@ def test_failed_trials_are_recorded_and_the_search_completes(comm, shared_tmp):
     )
     assert time.monotonic() - t0 < 25  # the sleeping trial did not hold the search up
     by_lr = {r.params["optim.lr"]: r for r in recs}
-    assert [by_lr[lr].status for lr in (0.01, 0.02, 0.03, 0.04, 0.05)] == [
+    assert [by_lr[lr].status for lr in (0.01, 0.02, 0.03, 0.04, 0.05, 0.06)] == [
         "completed",
         "failed",
         "failed",
         "failed",
         "completed",
+        "failed",
     ]
     assert "RuntimeError: boom" in by_lr[0.02].reason
     assert "nan" in by_lr[0.03].reason
     assert "trial timeout" in by_lr[0.04].reason
+    assert "trial timeout" in by_lr[0.06].reason
+    assert 2.0 <= by_lr[0.04].wall_s < 10  # it stopped soon after its timeout
 
 
 def _bowl(config, trial_comm):

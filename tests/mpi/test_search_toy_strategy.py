@@ -64,7 +64,7 @@ def _objective(config, trial_comm):
 @pytest.mark.timeout(120)
 def test_a_strategy_registered_here_runs_a_search_by_its_name(comm, shared_tmp):
     assert "halving" in search.strategy_names()
-    recs = search.run(
+    recs = search.run_search(
         {"optim.lr": {"low": 0.0, "high": 1.0}},
         "halving",
         comm=comm,
@@ -90,18 +90,18 @@ def test_a_strategy_registered_here_runs_a_search_by_its_name(comm, shared_tmp):
 def test_its_option_is_checked_and_is_its_own(comm, shared_tmp):
     space = {"optim.lr": {"low": 0.0, "high": 1.0}}
     with pytest.raises(ConfigError, match="--halving-rounds 0: must be >= 1"):
-        search.run(space, "halving", comm=comm, train_fn=_objective, halving_rounds=0)
+        search.run_search(space, "halving", comm=comm, train_fn=_objective, halving_rounds=0)
     with pytest.raises(ConfigError, match="--halving-rounds is not an option of strategy 'grid'"):
-        search.run(space, "grid", comm=comm, train_fn=_objective, halving_rounds=3)
+        search.run_search(space, "grid", comm=comm, train_fn=_objective, halving_rounds=3)
     with pytest.raises(ConfigError, match="unknown strategy; choose one of grid, random, de, "):
-        search.run(space, "nope", comm=comm, train_fn=_objective)
+        search.run_search(space, "nope", comm=comm, train_fn=_objective)
 
 
 @pytest.mark.mpi(min_size=2)
 @pytest.mark.timeout(120)
 def test_a_strategy_object_runs_without_registering(comm, shared_tmp):
     space = search.Space.from_dict({"optim.lr": {"low": 0.0, "high": 1.0}})
-    recs = search.run(
+    recs = search.run_search(
         space, Halving(space, rounds=3), comm=comm, out=shared_tmp / "object",
         train_fn=_objective, verbose=False,
     )  # fmt: skip

@@ -3,10 +3,11 @@
 
 import os
 import signal
+import time
 
 import pytest
 
-from hpcnet.run.preempt import STOP_REQUESTED, PreemptionWatch
+from hpcnet.run.preempt import STOP_REQUESTED, TIME_LIMIT, PreemptionWatch
 
 
 @pytest.mark.parametrize("signum", [signal.SIGUSR1, signal.SIGTERM])
@@ -57,3 +58,16 @@ def test_a_stop_request_stays_with_its_own_run():
         assert PreemptionWatch().signum == 0
     finally:
         outer.close()
+
+
+def test_a_time_limit_stops_like_a_signal_once_it_has_passed():
+    watch = PreemptionWatch(time_limit=0.2)
+    try:
+        assert watch.signum == 0  # not yet
+        time.sleep(0.25)
+        assert watch.signum == TIME_LIMIT
+        os.kill(os.getpid(), signal.SIGUSR1)  # noted, but the first reason stays
+        assert watch.signum == TIME_LIMIT
+    finally:
+        watch.close()
+    assert PreemptionWatch(time_limit=None).signum == 0

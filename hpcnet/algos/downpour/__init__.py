@@ -44,7 +44,7 @@ from hpcnet.algos.downpour.options import OPTIONS
 from hpcnet.algos.downpour.regroup import regroup
 from hpcnet.algos.downpour.replica import run_replica
 from hpcnet.algos.downpour.shard import run_shard
-from hpcnet.algos.lifecycle import Run
+from hpcnet.algos.lifecycle import TrainingRun
 from hpcnet.algos.registry import SHARDED_FLAGS, Algorithm, register
 from hpcnet.algos.resume import replicas_changed
 from hpcnet.comm import (
@@ -86,7 +86,7 @@ class _Shared:
         return [sum(t[s] for t in self.touches) for s in range(len(self.ranges))]
 
 
-def _setup(run: Run) -> _Shared:
+def _setup(run: TrainingRun) -> _Shared:
     """Collective: the shards' windows (``--inbox-slots`` slots per client = replica x
     partition), which clients touch which shard, the parameters in the shards' windows
     (initial, or a resumed run's shard state), and a barrier: the shards hold them before
@@ -186,7 +186,7 @@ def _setup(run: Run) -> _Shared:
     return shared
 
 
-def _describe(run: Run) -> str:
+def _describe(run: TrainingRun) -> str:
     ps = run.cfg.ps
     return (
         f"{run.budget.describe(run.cfg.run.epochs)} per replica; shard ranges "
@@ -195,7 +195,7 @@ def _describe(run: Run) -> str:
     )
 
 
-def _finish(run: Run) -> None:
+def _finish(run: TrainingRun) -> None:
     """Collective: every rank gets the shards' final slices; the windows are freed."""
     sh = run.shared
     mine = (
@@ -210,7 +210,9 @@ def _finish(run: Run) -> None:
             sw.free()
 
 
-def _summarise(run: Run, gathered: list[tuple[str, dict]], train_s: float) -> dict[str, Any]:
+def _summarise(
+    run: TrainingRun, gathered: list[tuple[str, dict]], train_s: float
+) -> dict[str, Any]:
     shards = [r for kind, r in gathered if kind == "shard"]
     replicas = sorted((r for kind, r in gathered if kind == "replica"), key=lambda c: c["client"])
     summary = _summary(run, shards, replicas, train_s)
@@ -273,7 +275,7 @@ def _ssp_summary(max_staleness: int, replicas: list[dict]) -> dict[str, Any] | N
     }
 
 
-def _summary(run: Run, shards, replicas, train_s) -> dict[str, Any]:
+def _summary(run: TrainingRun, shards, replicas, train_s) -> dict[str, Any]:
     prep, spe, total_steps = run.prep, run.budget.steps_per_epoch, run.budget.total_steps
     hist = np.sum([s["staleness_hist"] for s in shards], axis=0)
     st = ShardStats.staleness_summary(ShardStats(0, 0, 0, staleness_hist=list(hist)))

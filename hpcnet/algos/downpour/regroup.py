@@ -45,10 +45,10 @@ from hpcnet.layout import Layout
 from hpcnet.run.checkpoint import read_rank_state
 
 if TYPE_CHECKING:  # pragma: no cover
-    from hpcnet.algos.lifecycle import Run
+    from hpcnet.algos.lifecycle import TrainingRun
 
 
-def regroup(run: Run, carry: dict[str, Any]) -> None:
+def regroup(run: TrainingRun, carry: dict[str, Any]) -> None:
     """Collective over the live ranks of ``run.comm`` (and, with ``--replace-lost``, the
     processes spawned in place of the dead, which join here), after a rank died:
     ``run`` is set up again over them (communicator, layout, role, budget, windows)
@@ -126,7 +126,7 @@ def regroup(run: Run, carry: dict[str, Any]) -> None:
     record["regroup_s"] = time.time() - t0
 
 
-def _live_and_spawned(run: Run, grow: int):
+def _live_and_spawned(run: TrainingRun, grow: int):
     """The live ranks, agreed; merged with a new process for each that died (with
     ``--replace-lost``) and ``grow`` more (shard 0's, asked for with ``python -m hpcnet
     grow``): spawned by them (``MPI_Comm_spawn``, then ``Intercomm_merge``; the new ones
@@ -150,7 +150,7 @@ def _live_and_spawned(run: Run, grow: int):
     return merged, lost
 
 
-def _plan(run: Run, metas: list[dict], lost: list[int], comm) -> dict | str:
+def _plan(run: TrainingRun, metas: list[dict], lost: list[int], comm) -> dict | str:
     """Rank 0: where each range of the parameters comes from, the new layout, the epoch
     to go on from, and the line to print; a str when the run cannot go on."""
     old = run.layout
@@ -229,7 +229,7 @@ def _restored_text(src: dict) -> str:
     )
 
 
-def _checkpoint_of_layout(run: Run) -> tuple[str, int] | None:
+def _checkpoint_of_layout(run: TrainingRun) -> tuple[str, int] | None:
     """(path, step) of OUT/checkpoint.h5 when it is an intermediate checkpoint of this
     very layout (its ``ranks/R`` are this run's shards); None otherwise."""
     import json
@@ -248,7 +248,7 @@ def _checkpoint_of_layout(run: Run) -> tuple[str, int] | None:
         return None
 
 
-def _move_run(run: Run, alive, layout: Layout) -> None:
+def _move_run(run: TrainingRun, alive, layout: Layout) -> None:
     """``run`` as the live ranks see it from now on (every field that names ranks)."""
     from hpcnet.comm.messages import Channel
     from hpcnet.run.metrics import MetricsLog

@@ -20,13 +20,13 @@ from typing import Any
 import numpy as np
 from mpi4py import MPI
 
-from hpcnet.algos.lifecycle import Regroup, Run
+from hpcnet.algos.lifecycle import Regroup, TrainingRun
 from hpcnet.comm import ft, watchdog
 from hpcnet.ps.client import ShardClient
 from hpcnet.ps.ssp import ClockGate
 
 
-def run_replica(run: Run) -> dict[str, Any]:
+def run_replica(run: TrainingRun) -> dict[str, Any]:
     """One replica partition's training loop (the whole replica when unpartitioned).
     The partitions of a replica step in lockstep: they stop together (``agree_any``)."""
     cfg, model, backend, part, role = run.cfg, run.model, run.backend, run.part, run.role

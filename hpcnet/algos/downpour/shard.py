@@ -12,14 +12,14 @@ import numpy as np
 from mpi4py import MPI
 
 from hpcnet.algos.downpour import grow
-from hpcnet.algos.lifecycle import Regroup, Run
+from hpcnet.algos.lifecycle import Regroup, TrainingRun
 from hpcnet.comm import ft
 from hpcnet.ps import windows as W
 from hpcnet.ps.checkpoint import resume_plan
 from hpcnet.ps.shard import ShardStats
 
 
-def run_shard(run: Run) -> dict[str, Any]:
+def run_shard(run: TrainingRun) -> dict[str, Any]:
     """A shard's program. Learning rate: ``lr(version)`` with the run's warmup and
     schedule, one version per push; the expected number of pushes is ``clients * steps /
     n_push``. Shard 0 also takes the checkpoints (:mod:`hpcnet.ps.checkpoint`)."""
@@ -53,7 +53,7 @@ class _Leader:
     its clock, and at the end of a run stopped by a signal before every replica
     finished."""
 
-    def __init__(self, run: Run, tick):
+    def __init__(self, run: TrainingRun, tick):
         self.run, self.tick = run, tick
         self.log_mark: int | None = None  # progress records written so far, by steps
         self.steps_at = [W.field(c, W.STEPS) for c in range(run.layout.n_clients)]
@@ -154,7 +154,7 @@ class _Leader:
                 self.run.stopped_by = (signum, step)
 
 
-def _progress_tick(run: Run, sw: W.ShardWindows, lr_of):
+def _progress_tick(run: TrainingRun, sw: W.ShardWindows, lr_of):
     """Shard 0's progress records (rank 0 holds the metrics log), from the clients'
     counters; None where no log is kept."""
     cfg = run.cfg

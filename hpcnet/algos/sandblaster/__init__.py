@@ -45,7 +45,7 @@ budget from the same config (:func:`_plan`).
 Checkpoints and preemption: after an accepted iteration the coordinator writes
 OUT/checkpoint.h5 when one is due (``--checkpoint-every`` iterations, or seconds) or
 a rank got SIGTERM/SIGUSR1 (shards and replicas forward theirs to it,
-:meth:`~hpcnet.algos.lifecycle.Run.forward_signal`): the shards' x, g and history
+:meth:`~hpcnet.algos.lifecycle.TrainingRun.forward_signal`): the shards' x, g and history
 (``SNAPSHOT``), its own scalars and counters. ``--resume``: each shard restores its
 slices, the coordinator its scalars, and the iterations go on.
 """
@@ -58,7 +58,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from mpi4py import MPI
 
-from hpcnet.algos.lifecycle import Run
+from hpcnet.algos.lifecycle import TrainingRun
 from hpcnet.algos.registry import SHARDED_FLAGS, Algorithm, register
 from hpcnet.algos.sandblaster.coordinator import Coordinator
 from hpcnet.algos.sandblaster.options import OPTIONS
@@ -86,7 +86,7 @@ class _Plan:
     x: np.ndarray = field(default_factory=lambda: np.empty(0, np.float32))  # a shard's slice
 
 
-def _plan(run: Run) -> _Plan:
+def _plan(run: TrainingRun) -> _Plan:
     cfg, info, layout = run.cfg, run.info, run.layout
     with same_on_every_rank():
         ranges = shard_ranges(
@@ -99,7 +99,7 @@ def _plan(run: Run) -> _Plan:
     return _Plan(ranges, n_batch, unit, units, max_passes)
 
 
-def _setup(run: Run) -> _Plan:
+def _setup(run: TrainingRun) -> _Plan:
     """Collective: the parameter windows (memory on the shards only), then a barrier,
     so the shards hold their windows before any replica reads them."""
     plan = _plan(run)
@@ -108,7 +108,7 @@ def _setup(run: Run) -> _Plan:
     return plan
 
 
-def _describe(run: Run) -> str:
+def _describe(run: TrainingRun) -> str:
     p = run.shared
     return (
         f"{len(p.units)} work units of {p.unit} rows per pass over {p.n_batch} rows; "
@@ -116,14 +116,14 @@ def _describe(run: Run) -> str:
     )
 
 
-def _coordinator(run: Run) -> dict:
+def _coordinator(run: TrainingRun) -> dict:
     p = run.shared
     coordinator = Coordinator(run, p.units, p.n_batch, p.max_passes)
     run.on_end_poll = coordinator.drain  # replicas' late requests, while all meet
     return coordinator.run()
 
 
-def _shard(run: Run) -> dict:
+def _shard(run: TrainingRun) -> dict:
     p, cfg = run.shared, run.cfg
     lo, hi = p.ranges[run.role.index]
     state = LBFGSShardState(run.model.params[lo:hi], cfg.lbfgs.m, cfg.optim.weight_decay)
@@ -158,7 +158,7 @@ def _shard(run: Run) -> dict:
     return result
 
 
-def _replica(run: Run) -> dict:
+def _replica(run: TrainingRun) -> dict:
     p = run.shared
     return run_replica(
         run.prep,
@@ -171,7 +171,7 @@ def _replica(run: Run) -> dict:
     )
 
 
-def _finish(run: Run) -> None:
+def _finish(run: TrainingRun) -> None:
     """Collective: every rank gets the shards' final slices; the windows are freed."""
     p = run.shared
     # coordinator and shards are the first ranks: a replica that died leaves their ranks
@@ -180,7 +180,7 @@ def _finish(run: Run) -> None:
         p.windows.free()
 
 
-def _summarise(run: Run, gathered: list[tuple[str, dict]], train_s: float) -> dict:
+def _summarise(run: TrainingRun, gathered: list[tuple[str, dict]], train_s: float) -> dict:
     p, info = run.shared, run.info
     coord = next(r for kind, r in gathered if kind == "coordinator")
     reps = sorted((r for kind, r in gathered if kind == "replica"), key=lambda r: r["replica"])

@@ -45,7 +45,7 @@ from hpcnet.optim.lbfgs import (
 from hpcnet.ps.lbfgs_service import ShardGroup
 
 if TYPE_CHECKING:  # pragma: no cover
-    from hpcnet.algos.lifecycle import Run
+    from hpcnet.algos.lifecycle import TrainingRun
 
 _ACTIONS = {"work": Action.WORK, "flush": Action.FLUSH, "wait": Action.WAIT}
 
@@ -62,7 +62,7 @@ class Coordinator:
 
     def __init__(
         self,
-        run: Run,
+        run: TrainingRun,
         units: list[tuple[int, int]],
         n_batch: int,
         max_passes: int,
