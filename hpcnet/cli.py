@@ -154,6 +154,7 @@ def _search_dry_run(space, settings, fixed: dict) -> None:
     from hpcnet.config import load_config
     from hpcnet.errors import ConfigError
     from hpcnet.layout import layout_for
+    from hpcnet.search.settings import metric_for
     from hpcnet.search.strategy import get_strategy
 
     comm = library_comm()
@@ -172,7 +173,8 @@ def _search_dry_run(space, settings, fixed: dict) -> None:
         print(
             f"hpcnet search: {size} ranks in {size // gs} group(s) of {gs}; strategy "
             f"{settings.strategy}, {n} trials over {space.describe()}; metric "
-            f"{settings.metric} ({settings.direction}); results would go to {settings.out}"
+            f"{metric_for(settings, {**space.fixed, **fixed})} ({settings.direction}); results "
+            f"would go to {settings.out}"
         )
         print("dry run: nothing trained")
 

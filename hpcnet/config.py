@@ -61,6 +61,12 @@ declare(
     Option("data.augment", False, "random crop and horizontal flip of training images"),
     Option("data.crop_pad", 2, "augment: zero padding (pixels) for the random crop",
            check=_ge0[0], must="must be >= 0 pixels"),
+    Option("data.val_fraction", 0.0, "hold out this stratified share of the train split for "
+           "validation (0: none); never trained on, reported as val_loss / val_accuracy",
+           check=lambda v: 0 <= v < 1, must="must lie in [0, 1)"),
+    Option("data.val_seed", 0, "the seed of the validation split's draw"),
+    Option("run.eval_every", 0, "steps between validation evaluations in the progress "
+           "records (sync; 0: at the end only)", check=_ge0[0], must="must be >= 0"),
     owner="hpcnet.config",
 )  # fmt: skip
 declare(

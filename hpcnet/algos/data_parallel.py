@@ -32,7 +32,7 @@ from hpcnet.comm import allreduce_sum, watchdog
 from hpcnet.layout import LayoutRule
 from hpcnet.optim.schedules import scaled_lr
 from hpcnet.optim.sgd import SGD
-from hpcnet.options import Option
+from hpcnet.options import Option, need, rule
 from hpcnet.run.preempt import Preempted
 
 
@@ -68,6 +68,7 @@ def _train_replica(run: TrainingRun, algo: Policy) -> dict[str, Any]:
     cfg, model, backend, part = run.cfg, run.model, run.backend, run.part
     data_comm, budget = run.comms.data_comm, run.budget
     spe, total_steps, log_every = budget.steps_per_epoch, budget.total_steps, budget.log_every
+    eval_every = cfg.run.eval_every
     loader = run.loader()
     model.seed_dropout(cfg.run.seed, run.role.index)
     lr_of = run.lr_schedule()
@@ -116,9 +117,14 @@ def _train_replica(run: TrainingRun, algo: Policy) -> dict[str, Any]:
                     first_step_s = time.perf_counter() - t_train
                     t_log = time.perf_counter()
                     acc[3] = 0
-                if step % log_every == 0 or step == total_steps:
+                eval_due = eval_every > 0 and step % eval_every == 0
+                if step % log_every == 0 or step == total_steps or eval_due:
                     tot = allreduce_sum(acc, data_comm)
                     now = time.perf_counter()
+                    val = {}
+                    if eval_due:  # every replica holds the same parameters (sync)
+                        loss_v, acc_v = run.evaluate("val")
+                        val = {"val_loss": loss_v, "val_accuracy": acc_v}
                     last = run.progress(
                         epoch=epoch + 1,
                         step=step,
@@ -128,9 +134,10 @@ def _train_replica(run: TrainingRun, algo: Policy) -> dict[str, Any]:
                         lr=lr,
                         samples_per_s=tot[3] / max(now - t_log, 1e-9) if tot[3] else None,
                         first_step_s=first_step_s,
+                        **val,
                     )
                     acc[:] = 0
-                    t_log = now
+                    t_log = time.perf_counter() if val else now  # evaluating is not training
                 due, signum = run.step_end(step)  # agreed by every rank
                 if step < total_steps and (due or signum):  # the last one: the lifecycle's
                     _checkpoint(run, step, epoch, opt)
@@ -212,3 +219,18 @@ def synchronous_algorithm(
         describe=describe,
         resumable=True,
     )
+
+
+@rule("hpcnet.algos.data_parallel")
+def _periodic_validation(cfg) -> None:
+    """``--eval-every`` evaluates the validation split at step boundaries every replica
+    shares with the same parameters: sync's."""
+    if cfg.run.eval_every:
+        need(cfg, cfg.data.val_fraction > 0, "run.eval_every", "needs --val-fraction F")
+        need(
+            cfg,
+            cfg.algo.name == "sync",
+            "run.eval_every",
+            f"periodic validation is sync's (replicas in step, the same parameters), not "
+            f"{cfg.algo.name}'s; every algorithm reports val_accuracy at the end",
+        )

@@ -80,10 +80,11 @@ class EndOfRun:
             {self.layout.role(r).index for r in self.live if self.layout.role(r).kind == "replica"}
         )
 
-    def evaluate(self) -> tuple[float, float]:
-        """Test loss (mean, nats) and accuracy of the final parameters over the whole
-        test split: each replica (each of its partitions) evaluates its own slice of
-        rows, ranks of other roles contribute nothing. Collective over ``comm``."""
+    def evaluate(self, split: str = "test") -> tuple[float, float]:
+        """Loss (mean, nats) and accuracy of the current parameters over the whole
+        ``test`` split, or over the ``val`` rows (``--val-fraction``) of the train
+        split: each replica (each of its partitions) evaluates its own slice of rows,
+        ranks of other roles contribute nothing. Collective over ``comm``."""
         loss_sum = correct = count = 0.0
         if self.role.kind == "replica":
             info = self.info
@@ -95,7 +96,8 @@ class EndOfRun:
                 batch_size=max(self.cfg.run.batch_size, 256),
                 mean=info.mean,
                 std=info.std,
-                split="test",
+                split="test" if split == "test" else "train",
+                index=None if split == "test" else info.val_index,
             ):
                 ls, c = self.net.evaluate(x, y, self.backend)
                 loss_sum, correct, count = loss_sum + ls, correct + c, count + len(y)

@@ -51,7 +51,6 @@ from hpcnet.config import Config
 from hpcnet.data.loader import BatchLoader
 from hpcnet.modelpar import partition_model
 from hpcnet.optim.schedules import lr_at, scaled_lr
-from hpcnet.run.checkpoint import write_checkpoint
 from hpcnet.run.metrics import progress_line
 from hpcnet.run.preempt import Preempted, PreemptionWatch
 
@@ -338,7 +337,7 @@ def join(cfg: Config, verbose: bool = True) -> dict[str, Any]:
 
 def _run_to_end(run: TrainingRun) -> dict[str, Any]:
     """The role programs (again after each regroup) and the end of the run."""
-    algo, prep, cfg = run.algo, run.prep, run.cfg
+    algo, prep = run.algo, run.prep
     while True:
         try:
             result = algo.programs[run.role.kind](run)
@@ -361,33 +360,15 @@ def _run_to_end(run: TrainingRun) -> dict[str, Any]:
     if algo.finish is not None:
         algo.finish(run)
     test_loss, test_acc = run.evaluate()
+    val = run.evaluate("val") if run.info.val_index is not None else None
     gathered = gather_objects((run.role.kind, result), comm)
     mp = report.model_parallel_summary(run) if run.layout.partitions > 1 else None
     summary = None
     if run.rank == 0:
-        summary = report.base_summary(run)
-        if mp is not None:
-            summary["model_parallel"] = mp
-        summarise = algo.summarise or report.default_summary
-        summary.update(summarise(run, gathered, train_s))
-        summary.update(
-            test_accuracy=test_acc,
-            test_loss=test_loss,
-            wall_s=time.perf_counter() - prep.t_start,
-        )
-        if run.lost_report:
-            summary["lost_ranks"] = run.lost_report
-        if run.regroups:
-            summary["regroups"] = run.regroups
-        # the final checkpoint: OUT/checkpoint.h5 always ends holding the final parameters
-        write_checkpoint(
-            prep.out,
-            prep.model.params,
-            None,
-            run._checkpoint_attrs(summary["steps"], summary["epochs"], final=True),
-            cfg.run.keep_checkpoints,
-        )
-        report.report(run, summary)
+        evals = {"test_accuracy": test_acc, "test_loss": test_loss}
+        if val is not None:
+            evals.update(val_loss=val[0], val_accuracy=val[1])
+        summary = report.final_summary(run, gathered, train_s, mp, evals)
     summary = bcast_object(summary, comm)
     if run.lost:  # their Free is collective over communicators that hold a dead rank
         watchdog.abandon()

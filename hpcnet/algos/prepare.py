@@ -8,6 +8,7 @@ compute threads and compiles the kernels once per node.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ from hpcnet.config import Config, replace, save_config
 from hpcnet.data.format import DatasetInfo, open_dataset
 from hpcnet.data.loader import BatchLoader
 from hpcnet.data.registry import resolve_data
+from hpcnet.data.splits import holdout
 from hpcnet.errors import ConfigError
 from hpcnet.kernels import Backend, get_backend
 from hpcnet.kernels.threads import set_threads
@@ -69,7 +71,7 @@ def check_run(cfg: Config, comm: MPI.Intracomm) -> tuple[Layout, Backend, Datase
     with same_on_every_rank():  # config-only checks, before any communication
         layout = layout_for(cfg, comm.Get_size(), get_algorithm(cfg.algo.name))
         backend = get_backend(cfg.run.backend)
-    info = root_then_bcast(lambda: open_dataset(resolve_data(cfg.data.name)), comm)
+    info = root_then_bcast(lambda: open_run_data(cfg), comm)
     model_name = cfg.model.name
     if model_name == "auto":
         model_name = default_model(cfg.data.name)
@@ -139,13 +141,28 @@ def prepare_joiner(cfg: Config) -> Prepared:
     cache the run's ranks compiled."""
     t_start = time.perf_counter()
     backend = get_backend(cfg.run.backend)
-    info = open_dataset(resolve_data(cfg.data.name))
+    info = open_run_data(cfg)
     model = build_model(cfg.model.name, info.image_shape, info.num_classes)
     layout = Layout(1, cfg.algo.name, 0, 0, 1)
     out = Path(cfg.run.out)
     set_error_report(out, "joining process")
     threads = set_threads(cfg.run.threads, 1)
     return Prepared(cfg, layout, backend, info, model, out, threads, t_start)
+
+
+def open_run_data(cfg: Config) -> DatasetInfo:
+    """The run's dataset (``--data``), validated; with ``--val-fraction`` its train rows
+    split into the rows trained on (``train_index``, counted by ``n_train``) and the
+    held-out validation rows (``val_index``: :func:`hpcnet.data.splits.holdout`).
+
+    Raises:
+        DataError: the data cannot be found or read, or the split leaves a part empty.
+    """
+    info = open_dataset(resolve_data(cfg.data.name))
+    if cfg.data.val_fraction <= 0:
+        return info
+    keep, held = holdout(info.path, cfg.data.val_fraction, cfg.data.val_seed)
+    return dataclasses.replace(info, n_train=len(keep), train_index=keep, val_index=held)
 
 
 def train_loader(prep: Prepared, replica: int) -> BatchLoader:
@@ -163,4 +180,5 @@ def train_loader(prep: Prepared, replica: int) -> BatchLoader:
         split="train",
         augment=cfg.data.augment,
         crop_pad=cfg.data.crop_pad,
+        index=prep.info.train_index,
     )

@@ -3,9 +3,11 @@ reports, the final line, OUT/summary.json and the test record of OUT/metrics.jso
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
 from hpcnet.comm import allgather_objects
+from hpcnet.run.checkpoint import write_checkpoint
 from hpcnet.run.metrics import write_summary
 
 if TYPE_CHECKING:
@@ -73,11 +75,16 @@ def announce(run: TrainingRun, details: str) -> None:
         print("# resolved config\n" + prep.cfg.to_toml(), flush=True)
     print(
         f"hpcnet: {prep.layout.describe()}; data {info.path.name} "
-        f"({info.n_train:,} train / {info.n_test:,} test, {info.image_shape}); "
+        f"({info.n_train:,} train{_val_text(info)} / {info.n_test:,} test, "
+        f"{info.image_shape}); "
         f"{model.name} {model.n_params:,} params; backend {prep.backend.name}, "
         f"{prep.threads} thread(s)/rank; {details}; config in {prep.out / 'config.toml'}",
         flush=True,
     )
+
+
+def _val_text(info) -> str:
+    return f" + {len(info.val_index):,} validation" if info.val_index is not None else ""
 
 
 def report(run: TrainingRun, summary: dict[str, Any]) -> None:
@@ -88,6 +95,8 @@ def report(run: TrainingRun, summary: dict[str, Any]) -> None:
         return
     summary.setdefault("config", prep.cfg.to_dict())
     summary.setdefault("out", str(prep.out))
+    if "val_accuracy" in summary:
+        run.say(f"val accuracy {summary['val_accuracy']:.4f}  val loss {summary['val_loss']:.4f}")
     run.say(
         f"test accuracy {summary['test_accuracy']:.4f}  test loss {summary['test_loss']:.4f}"
         f"  ({summary['steps']} steps, {summary['samples_per_s']:,.0f} samples/s, "
@@ -99,11 +108,44 @@ def report(run: TrainingRun, summary: dict[str, Any]) -> None:
             "step": summary["steps"],
             "test_loss": summary["test_loss"],
             "test_accuracy": summary["test_accuracy"],
+            **{k: summary[k] for k in ("val_loss", "val_accuracy") if k in summary},
             "elapsed_s": summary["wall_s"],
         }
     )
     prep.log.close()
     write_summary(prep.out, summary)
+
+
+def final_summary(
+    run: TrainingRun,
+    gathered: list[tuple[str, dict]],
+    train_s: float,
+    model_parallel: dict | None,
+    evals: dict[str, float],
+) -> dict[str, Any]:
+    """Rank 0, at the end: the summary (the run's, the algorithm's figures from every
+    rank's ``gathered`` result, ``evals``: test and validation loss and accuracy), the
+    final checkpoint (OUT/checkpoint.h5 always ends holding the final parameters), the
+    final line, the test record and summary.json."""
+    prep = run.prep
+    summary = base_summary(run)
+    if model_parallel is not None:
+        summary["model_parallel"] = model_parallel
+    summary.update((run.algo.summarise or default_summary)(run, gathered, train_s))
+    summary.update(evals, wall_s=time.perf_counter() - prep.t_start)
+    if run.lost_report:
+        summary["lost_ranks"] = run.lost_report
+    if run.regroups:
+        summary["regroups"] = run.regroups
+    write_checkpoint(
+        prep.out,
+        prep.model.params,
+        None,
+        run._checkpoint_attrs(summary["steps"], summary["epochs"], final=True),
+        prep.cfg.run.keep_checkpoints,
+    )
+    report(run, summary)
+    return summary
 
 
 def default_summary(run: TrainingRun, results: list[tuple[str, dict]], train_s: float) -> dict:

@@ -47,6 +47,10 @@ class DatasetInfo:
         licence: the data's licence.
         checksum: sha256 hex stored in the file (see :func:`verify_checksum`).
         shard_files: the shard files the virtual datasets read from; empty if unsharded.
+        train_index: the train rows a run trains on (sorted), when it holds some out
+            (``--val-fraction``: :func:`hpcnet.data.splits.holdout`); None: every row.
+            ``n_train`` then counts these rows.
+        val_index: the train rows a run holds out for validation; None: none.
     """
 
     path: Path
@@ -61,6 +65,8 @@ class DatasetInfo:
     licence: str = ""
     checksum: str = ""
     shard_files: tuple[Path, ...] = ()
+    train_index: np.ndarray | None = None
+    val_index: np.ndarray | None = None
 
 
 def open_dataset(path: str | os.PathLike) -> DatasetInfo:
@@ -152,6 +158,28 @@ def read_rows(
             raise DataError(
                 f"{path}: cannot read {split} rows [{start}, {stop}) ({short_error(e)})"
             ) from e
+
+
+def read_labels(path: str | os.PathLike, split: str, chunk_rows: int = 1 << 20) -> np.ndarray:
+    """Every label of ``split``, (N,) int64, read in chunks (no images).
+
+    Raises:
+        DataError: the file or split is unreadable.
+    """
+    path = Path(path)
+    _check_split_name(split)
+    with _open(path) as f:
+        try:
+            labels = _split_datasets(path, f, split)[1]
+            _shard_files(path, labels)
+            out = np.empty(len(labels), np.int64)
+            for lo in range(0, len(labels), chunk_rows):
+                out[lo : lo + chunk_rows] = labels[lo : lo + chunk_rows]
+            return out
+        except DataError:
+            raise
+        except (OSError, KeyError, ValueError, TypeError, RuntimeError) as e:
+            raise DataError(f"{path}: cannot read the {split} labels ({short_error(e)})") from e
 
 
 def verify_checksum(path: str | os.PathLike, chunk_rows: int = 8192) -> str:

@@ -1,4 +1,4 @@
-"""The ``data`` subcommand: ``import-idx``, ``info``, ``fetch``.
+"""The ``data`` subcommand: ``import``, ``import-idx``, ``info``, ``fetch``.
 
 Every handler runs on a single process, returns an exit status, and lets
 :class:`~hpcnet.errors.DataError` propagate to the top-level CLI (one line, exit 2).
@@ -31,6 +31,7 @@ def add_data_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
     )
     sub = data.add_subparsers(dest="data_command", metavar="COMMAND", required=True)
 
+    _add_import(sub)
     imp = sub.add_parser("import-idx", help="convert gzip IDX files (MNIST format) to HDF5")
     imp.add_argument("dir", type=Path, help="folder with train-*/t10k-* *-ubyte.gz files")
     imp.add_argument("--out", type=Path, required=True, metavar="FILE.h5")
@@ -77,6 +78,77 @@ def add_data_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
     fetch.add_argument("--shards", type=_positive_int, default=1, metavar="K")
     fetch.set_defaults(func=_fetch)
     return data
+
+
+def _add_import(sub) -> None:
+    from hpcnet.data.sources import FORMATS
+
+    imp = sub.add_parser(
+        "import",
+        help="import NumPy arrays, an image folder, CIFAR-10/100 or IDX files (streamed)",
+        description="Import an image-classification data set into an hpcnet dataset file, "
+        "a chunk at a time (memory stays about 64 MiB of images plus 8 bytes a row).",
+    )
+    imp.add_argument(
+        "source", type=Path, metavar="SOURCE", help="an .npz file, a folder of .npy files, an "
+        "image folder (ROOT/CLASS/*.png or ROOT/train|test/CLASS/...), CIFAR files, IDX files",
+    )  # fmt: skip
+    imp.add_argument("--out", type=Path, required=True, metavar="FILE.h5")
+    imp.add_argument(
+        "--format", default="auto", choices=("auto", *FORMATS),
+        help="what SOURCE is (default auto: from its files)",
+    )  # fmt: skip
+    imp.add_argument("--shards", type=_positive_int, default=1, metavar="K",
+                     help="write the train split as K shard files (default 1)")  # fmt: skip
+    imp.add_argument("--test", type=Path, default=None, metavar="SOURCE2",
+                     help="the test split from another source (same formats)")  # fmt: skip
+    imp.add_argument("--test-fraction", type=float, default=None, metavar="F",
+                     help="hold out a stratified, seeded share F of the train rows as the "
+                     "test split (a source without a test split of its own)")  # fmt: skip
+    imp.add_argument("--size", type=_size, default=None, metavar="H,W",
+                     help="resize every image to H x W (Pillow, bilinear)")  # fmt: skip
+    imp.add_argument("--channels", type=int, choices=(1, 3), default=None,
+                     help="convert to grey (1) or RGB (3); default: the first image's")  # fmt: skip
+    imp.add_argument("--class-names", type=_names, default=None, metavar="A,B,...",
+                     help="names of classes 0..K-1 (default: the source's, or 0..K-1)")  # fmt: skip
+    imp.add_argument("--label", choices=("fine", "coarse"), default="fine",
+                     help="CIFAR-100's label set (default fine)")  # fmt: skip
+    imp.add_argument("--seed", type=int, default=0, help="the --test-fraction draw (default 0)")
+    imp.add_argument("--skip-bad", action="store_true",
+                     help="skip and count image files Pillow cannot decode")  # fmt: skip
+    imp.set_defaults(func=_import)
+
+
+def _import(args: argparse.Namespace) -> int:
+    from hpcnet.data.importer import import_data
+
+    rep = import_data(
+        args.source,
+        args.out,
+        fmt=args.format,
+        test=args.test,
+        test_fraction=args.test_fraction,
+        size=args.size,
+        channels=args.channels,
+        class_names=args.class_names,
+        shards=args.shards,
+        seed=args.seed,
+        label=args.label,
+        skip_bad=args.skip_bad,
+    )
+    c, h, w = rep.image_shape
+    n = sum(rep.rows.values())
+    print(f"format:  {rep.fmt}")
+    print(f"classes: {len(rep.class_names)}: " + ", ".join(rep.class_names))
+    print(f"rows:    {rep.rows['train']} train, {rep.rows['test']} test; images (C, H, W) = "
+          f"({c}, {h}, {w}) uint8")  # fmt: skip
+    for line in rep.skipped:
+        print(f"skipped {line}")
+    if rep.skipped:
+        print(f"skipped: {len(rep.skipped)} file(s) Pillow cannot decode")
+    print(f"time:    {rep.seconds:.1f} s, {n / max(rep.seconds, 1e-9):,.0f} images/s")
+    _print_written(rep.written)
+    return 0
 
 
 def describe(info: DatasetInfo) -> str:
@@ -142,6 +214,16 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return value
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.split(","))
+    except ValueError:
+        h = w = 0
+    if h < 1 or w < 1:
+        raise argparse.ArgumentTypeError(f"expected H,W (two positive integers), got {text!r}")
+    return h, w
 
 
 def _names(text: str) -> tuple[str, ...]:

@@ -38,6 +38,7 @@ from hpcnet.data._format_layout import (
 from hpcnet.data._format_read import (
     DatasetInfo,
     open_dataset,
+    read_labels,
     read_rows,
     split_size,
     verify_checksum,
@@ -52,6 +53,7 @@ __all__ = [
     "DatasetInfo",
     "channel_stats",
     "open_dataset",
+    "read_labels",
     "read_rows",
     "row_range",
     "shard_path",

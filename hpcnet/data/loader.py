@@ -145,6 +145,10 @@ class BatchLoader:
 
     Purely local: no communication, any rank may construct one independently.
 
+    ``index``: the rows of the split to use (sorted; e.g. the train rows a validation
+    split leaves, :func:`hpcnet.data.splits.holdout`); replicas then share
+    ``index`` as they would the whole split, and ``start``, ``stop`` are positions in it.
+
     Attributes:
         start, stop: this replica's row block ``[start, stop)`` in the split.
         n_local: ``stop - start`` rows held (uint8) in memory.
@@ -172,6 +176,7 @@ class BatchLoader:
         split: str = "train",
         augment: bool = False,
         crop_pad: int = 2,
+        index: np.ndarray | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -184,7 +189,8 @@ class BatchLoader:
         self.n_replicas = n_replicas
         self.batch_size = batch_size
         self.seed = seed
-        n_rows = split_size(path, split)
+        self.index = index
+        n_rows = split_size(path, split) if index is None else len(index)
         self.start, self.stop = assign_rows(n_rows, n_replicas, replica)
         self.n_local = self.stop - self.start
         self.steps_per_epoch = self.n_local // batch_size
@@ -195,7 +201,7 @@ class BatchLoader:
                 "smaller batch or fewer replicas"
             )
         self.rows_read: list[tuple[int, int]] = []
-        self._images, self._labels = read_rows(path, split, self.start, self.stop)
+        self._images, self._labels = read_split_rows(path, split, index, self.start, self.stop)
         self.rows_read.append((self.start, self.stop))
         self.image_shape = tuple(int(d) for d in self._images.shape[1:])
         self._lut = _lut(mean, std, self.image_shape[0])
@@ -268,6 +274,7 @@ def eval_batches(
     mean: np.ndarray,
     std: np.ndarray,
     split: str = "test",
+    index: np.ndarray | None = None,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield this replica's evaluation slice in order, reading one batch at a time.
 
@@ -283,6 +290,7 @@ def eval_batches(
         batch_size: rows per batch; the last batch may be smaller.
         mean, std: (C,) normalisation, raw pixel units.
         split: which split to read.
+        index: only these rows of it (sorted: a validation split); None: every row.
 
     Yields:
         (x, y): x (b, C, H, W) float32 C-contiguous, normalised; y (b,) int64.
@@ -292,10 +300,29 @@ def eval_batches(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    start, stop = assign_rows(split_size(path, split), n_replicas, replica, drop_remainder=False)
+    n_rows = split_size(path, split) if index is None else len(index)
+    start, stop = assign_rows(n_rows, n_replicas, replica, drop_remainder=False)
     lut = None
     for lo in range(start, stop, batch_size):
-        images, labels = read_rows(path, split, lo, min(stop, lo + batch_size))
+        images, labels = read_split_rows(path, split, index, lo, min(stop, lo + batch_size))
         if lut is None:
             lut = _lut(mean, std, images.shape[1])
         yield _apply_lut(images, lut), labels
+
+
+def read_split_rows(
+    path, split: str, index: np.ndarray | None, lo: int, hi: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rows ``[lo, hi)`` of the split, or rows ``index[lo:hi]`` of it (a run's train rows
+    when it holds out a validation split).
+
+    Returns:
+        (images, labels): (hi - lo, C, H, W) uint8 and (hi - lo,) int64.
+    Raises:
+        DataError: the file is unreadable.
+    """
+    if index is None:
+        return read_rows(path, split, lo, hi)
+    from hpcnet.data.splits import read_indexed
+
+    return read_indexed(path, split, index, lo, hi)

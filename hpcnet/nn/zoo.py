@@ -171,4 +171,21 @@ def build_model(name: str, input_shape: tuple[int, ...], num_classes: int) -> Mo
     try:
         return Model(MODELS[name](input_shape, num_classes), input_shape, name=name)
     except ConfigError as e:
-        raise ConfigError(f"--model {name}: does not fit input {tuple(input_shape)}: {e}") from None
+        takes = smallest_input(name, input_shape[0], num_classes)
+        hint = f"; it takes images of at least {takes}x{takes}" if takes else ""
+        raise ConfigError(
+            f"--model {name}: does not fit input {tuple(input_shape)}: {e}{hint}"
+        ) from None
+
+
+def smallest_input(name: str, channels: int, num_classes: int, largest: int = 64) -> int | None:
+    """The smallest square image side (pixels) zoo model ``name`` builds for, up to
+    ``largest``; None when none does."""
+    for side in range(1, largest + 1):
+        shape = (channels, side, side)
+        try:
+            Model(MODELS[name](shape, num_classes), shape, name=name)
+        except ConfigError:
+            continue
+        return side
+    return None

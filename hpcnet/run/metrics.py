@@ -98,8 +98,9 @@ def progress_line(rec: dict[str, Any]) -> str:
     speed = (
         f"{rate:,.0f} samples/s" if rate is not None else f"first step {rec['first_step_s']:.2f} s"
     )
+    val = f"  val acc {rec['val_accuracy']:.3f}" if "val_accuracy" in rec else ""
     return (
         f"epoch {rec['epoch']:>3}  step {rec['step']:>6}/{rec['total_steps']}  "
-        f"loss {rec['loss']:.4f}  acc {rec['accuracy']:.3f}  "
+        f"loss {rec['loss']:.4f}  acc {rec['accuracy']:.3f}{val}  "
         f"lr {rec['lr']:.4g}  {speed}"
     )

@@ -31,7 +31,7 @@ from mpi4py import MPI
 
 from hpcnet.search import strategies as _strategies  # noqa: F401  registers grid, random, de
 from hpcnet.search.runner import TrainFn, TrialRecord, search_on_groups
-from hpcnet.search.settings import SearchSettings, default, resolve
+from hpcnet.search.settings import SearchSettings, default, metric_for, resolve
 from hpcnet.search.space import Space
 from hpcnet.search.strategy import Strategy, get_strategy, register_strategy, strategy_names
 from hpcnet.search.trials import trial_time_left, trial_timed_out
@@ -119,6 +119,7 @@ def run_search(
             )
         if train_fn is None:
             sp.validate()
+        resolved = dataclasses.replace(resolved, metric=metric_for(resolved, fixed, train_fn))
         strat = entry.make(sp, resolved) if entry is not None else strategy
     saved = {
         "strategy": resolved.strategy,
@@ -152,12 +153,25 @@ def run_search(
                 print(line, flush=True)
             if best is not None:
                 print(
-                    f"best: trial {best.id}, {metric} {best.metric:.4f}; "
+                    f"best: trial {best.id}, {metric} {best.metric:.4f}{_beside(out, best)}; "
                     f"config in {Path(out) / 'best.toml'}",
                     flush=True,
                 )
         _plot(Path(out), metric, direction, verbose)
     return records
+
+
+def _beside(out, best: TrialRecord) -> str:
+    """``, test_accuracy 0.91`` for a best trial chosen on another metric (its summary)."""
+    path = Path(out) / "trials" / f"{best.id:04d}" / "summary.json"
+    if not path.is_file():
+        return ""
+    import json
+
+    summary = json.loads(path.read_text())
+    if "test_accuracy" not in summary or "val_accuracy" not in summary:
+        return ""
+    return f" (test_accuracy {summary['test_accuracy']:.4f} beside it)"
 
 
 def _plot(out: Path, metric: str, direction: str, verbose: bool) -> None:

@@ -29,7 +29,8 @@ SEARCH.declare(
     Option("search.group_size", 1, "ranks per trial", check=lambda v: v >= 1,
            must="must be >= 1"),
     Option("search.out", "runs/search", "the search directory"),
-    Option("search.metric", "test_accuracy", "summary key to optimise"),
+    Option("search.metric", "auto", "summary key to optimise (auto: val_accuracy when the "
+           "trials hold out a validation split, --val-fraction; else test_accuracy)"),
     Option("search.direction", "max", "the metric's better side", choices=("max", "min")),
     Option("search.early_stop", "none", "stop unpromising trials early (median: Golovin et "
            "al. 2017; asha: Li et al. 2020)", choices=EARLY_STOP),
@@ -169,3 +170,22 @@ def resolve(
         raise ConfigError(f"{flag} is not an option of strategy {strategy!r}")
     options = {o.name: values.get(o.name, o.default) for o in strategy_options}
     return SearchSettings(**{k: v for k, v in values.items() if k in COMMON}, options=options)
+
+
+def metric_for(settings: SearchSettings, fixed: dict[str, Any], train_fn=None) -> str:
+    """The metric a search optimises: ``settings.metric``, where ``auto`` means
+    ``val_accuracy`` when its trials hold out a validation split (``data.val_fraction``
+    in ``fixed`` or the config file) and ``test_accuracy`` otherwise: choosing
+    hyper-parameters on the test split is selecting on the test set.
+
+    Raises:
+        ConfigError: a bad config file or fixed key.
+    """
+    if settings.metric != "auto":
+        return settings.metric
+    if train_fn is not None:
+        return "test_accuracy"
+    from hpcnet.config import load_config
+
+    cfg = load_config(settings.config_file, dict(fixed))
+    return "val_accuracy" if cfg.data.val_fraction > 0 else "test_accuracy"

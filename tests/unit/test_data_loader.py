@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import threading
 
+import h5py
 import numpy as np
 import pytest
 
 from hpcnet.data.format import open_dataset, read_rows, write_dataset
 from hpcnet.data.loader import BatchLoader, assign_rows, eval_batches, normalize
+from hpcnet.data.splits import holdout
 from hpcnet.errors import DataError
 
 pytestmark = pytest.mark.timeout(60)
@@ -199,3 +201,20 @@ def test_eval_batches_cover_the_split_in_order(dataset):
     np.testing.assert_array_equal(np.concatenate(ys), labels)
     np.testing.assert_allclose(np.concatenate(xs), normalize(images, info.mean, info.std))
     assert sizes == [3, 3, 2] * 3 + [3, 3, 1]
+
+
+def test_replicas_read_only_the_rows_the_validation_split_leaves(digits_path):
+    keep, held = holdout(digits_path, 0.2, 0)
+    with h5py.File(digits_path, "r") as f:
+        everything = f["train/images"][()]
+    seen = []
+    for r in range(3):
+        kw = dict(replica=r, n_replicas=3, batch_size=8, seed=0, mean=[0.0], std=[1.0])
+        with BatchLoader(digits_path, index=keep, **kw) as loader:
+            assert loader.n_local == len(keep) // 3
+            rows = keep[loader.start : loader.stop]
+            np.testing.assert_array_equal(loader._images, everything[rows])
+            seen.append(rows)
+    seen = np.concatenate(seen)
+    assert not np.intersect1d(seen, held).size  # no replica holds a validation row
+    assert len(seen) == 3 * (len(keep) // 3)

@@ -47,3 +47,14 @@ def test_towers_model_has_parallel_towers():
     model = build_model("towers", (1, 28, 28), 10)
     assert isinstance(model.layers[0], Towers) and len(model.layers[0].towers) == 4
     assert model.layers[0].out_shape == (128, 7, 7)
+
+
+@pytest.mark.parametrize("name", ["lenet", "alexnet"])
+def test_a_model_too_big_for_the_images_names_the_sizes_it_takes(name):
+    from hpcnet.errors import ConfigError
+    from hpcnet.nn.zoo import build_model, smallest_input
+
+    side = smallest_input(name, 3, 10)
+    build_model(name, (3, side, side), 10)  # the size it names builds ...
+    with pytest.raises(ConfigError, match=f"at least {side}x{side}"):
+        build_model(name, (3, side - 1, side - 1), 10)  # ... one pixel less does not

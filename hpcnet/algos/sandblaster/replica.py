@@ -33,8 +33,7 @@ from mpi4py import MPI
 
 from hpcnet.algos.sandblaster.protocol import Action, Ask, CoordinatorLink, Request
 from hpcnet.comm import Backoff, Deadlines, ft, watchdog
-from hpcnet.data.format import read_rows
-from hpcnet.data.loader import normalize
+from hpcnet.data.loader import normalize, read_split_rows
 from hpcnet.ps.lbfgs_service import ParameterWindows, push_gradient
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -123,7 +122,7 @@ def _work(link, windows, comm, model, backend, info, faults, per_push, units, r,
             current = p
         u = reply.unit
         if u not in cache:
-            x, y = read_rows(info.path, "train", reply.lo, reply.hi)
+            x, y = read_split_rows(info.path, "train", info.train_index, reply.lo, reply.hi)
             cache[u] = (normalize(x, info.mean, info.std), y)
         x, y = cache[u]
         tc = time.perf_counter()
