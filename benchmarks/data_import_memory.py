@@ -4,8 +4,9 @@ Writes (once, outside git) every Fashion-MNIST image resized to 64x64 RGB as a P
 folder (``ROOT/train/CLASS/*.png``, ``ROOT/test/CLASS/*.png``: 70,000 images, 860 MB
 decoded), imports it with ``python -m hpcnet data import`` in a child process and
 reports the child's peak resident memory (``getrusage``: ru_maxrss), against the
-decoded size of the data and against a bare ``python -c 'import hpcnet.data.importer'``
-(the interpreter, NumPy, h5py and Pillow: the floor any import pays).
+decoded size of the data and against ``python -m hpcnet data info`` of the small shipped
+digits file (the interpreter and the modules the command line loads: the floor any
+import pays).
 
     python benchmarks/data_import_memory.py [--root /tmp/fm64] [--idx DIR]
 """
@@ -72,7 +73,9 @@ def main() -> int:
     n = make_folder(args.root, args.idx)
     decoded_mib = n * 3 * 64 * 64 / 2**20
     on_disk = sum(f.stat().st_size for f in args.root.rglob("*.png")) / 2**20
-    floor, _ = peak_rss_mib([sys.executable, "-c", "import hpcnet.data.importer, PIL.Image"])
+    # the floor: the same command line reading a small file (its interpreter, modules)
+    digits = str(ROOT / "data" / "digits.h5")
+    floor, _ = peak_rss_mib([sys.executable, "-m", "hpcnet", "data", "info", digits])
     out = args.root.parent / "hpcnet-fm64.h5"
     argv = [sys.executable, "-m", "hpcnet", "data", "import", str(args.root), "--out", str(out)]
     peak, took = peak_rss_mib(argv)

@@ -232,6 +232,8 @@ def _cmd_info(args) -> int:
     comm = library_comm()
     with same_on_every_rank():
         layout = layout_for(cfg, comm.Get_size(), get_algorithm(cfg.algo.name))
+        asked = getattr(args, "model.name", None) or getattr(args, "data.name", None)
+        model_text = _model_summary(cfg, layout) if asked else ""  # no communication
     if comm.Get_rank() == 0:
         import os
 
@@ -266,7 +268,24 @@ def _cmd_info(args) -> int:
         from hpcnet.comm import ft
 
         print(f"fault tolerance: {ft.describe().split('fault tolerance: ', 1)[1]}")
+        if model_text:
+            print(model_text)
     return 0
+
+
+def _model_summary(cfg, layout) -> str:
+    """``info --model SOURCE --data DATA``: the model's summary table for the data."""
+    from hpcnet.data.format import open_dataset
+    from hpcnet.data.registry import resolve_data
+    from hpcnet.nn.summary import summary_table
+    from hpcnet.nn.zoo import build_model, default_model
+
+    info = open_dataset(resolve_data(cfg.data.name))
+    name = cfg.model.name if cfg.model.name != "auto" else default_model(cfg.data.name)
+    model = build_model(name, info.image_shape, info.num_classes)
+    return f"data: {info.path} {info.image_shape}, {info.num_classes} classes\n" + summary_table(
+        model, shards=max(layout.shards, 1), replicas=layout.replicas
+    )
 
 
 def _mpi_library_file() -> str | None:

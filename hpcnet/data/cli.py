@@ -87,7 +87,7 @@ def _add_import(sub) -> None:
         "import",
         help="import NumPy arrays, an image folder, CIFAR-10/100 or IDX files (streamed)",
         description="Import an image-classification data set into an hpcnet dataset file, "
-        "a chunk at a time (memory stays about 64 MiB of images plus 8 bytes a row).",
+        "16 MiB of images at a time (memory stays under 300 MiB plus 8 bytes a row).",
     )
     imp.add_argument(
         "source", type=Path, metavar="SOURCE", help="an .npz file, a folder of .npy files, an "

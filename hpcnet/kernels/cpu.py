@@ -34,13 +34,22 @@ from hpcnet.kernels import _cpu_chunks as _chunks  # noqa: E402
 from hpcnet.kernels import _cpu_conv as _conv  # noqa: E402
 from hpcnet.kernels import _cpu_winograd as _wino  # noqa: E402
 from hpcnet.kernels._cpu_conv import POOL  # noqa: E402
+from hpcnet.kernels._cpu_elementwise import (  # noqa: E402, F401  (ops of this backend)
+    PARALLEL_MIN_SIZE,
+    activation_backward,
+    activation_forward,
+    avgpool2d_backward,
+    avgpool2d_forward,
+    global_avgpool2d_backward,
+    global_avgpool2d_forward,
+    relu_backward,
+    relu_forward,
+)
 from hpcnet.kernels._cpu_pointwise import (  # noqa: E402
     _lrn_bwd,
     _lrn_fwd,
     _maxpool_bwd,
     _maxpool_fwd,
-    _relu_bwd,
-    _relu_fwd,
     _softmax_xent,
 )
 from hpcnet.kernels.reference import conv_out_size  # noqa: E402
@@ -269,33 +278,6 @@ def maxpool2d_backward(dy, argmax, x_shape):
     dx = np.empty((n, c, h * w), np.float32)
     _maxpool_bwd(np.ascontiguousarray(dy), argmax, dx)
     return dx.reshape(x_shape)
-
-
-PARALLEL_MIN_SIZE = 1 << 16  # elements below which elementwise ops skip Numba's threads
-
-
-def relu_forward(x):
-    """max(x, 0) elementwise; x any shape, float32.
-
-    Small arrays go to NumPy: a Numba parallel launch costs ~30 us (measured), more
-    than the work (lenet's dense layers: 7,680 elements).
-    """
-    if x.size < PARALLEL_MIN_SIZE:
-        return np.maximum(x, np.float32(0.0))
-    x = np.ascontiguousarray(x)
-    y = np.empty_like(x)
-    _relu_fwd(x.reshape(-1), y.reshape(-1))
-    return y
-
-
-def relu_backward(dy, y):
-    """dy where the forward output y was positive, else 0."""
-    if dy.size < PARALLEL_MIN_SIZE:  # (np.where is 10x slower than this product)
-        return np.multiply(dy, y > 0, dtype=np.float32)
-    dy = np.ascontiguousarray(dy)
-    dx = np.empty_like(dy)
-    _relu_bwd(dy.reshape(-1), np.ascontiguousarray(y).reshape(-1), dx.reshape(-1))
-    return dx
 
 
 def lrn_forward(x, size, alpha, beta, k):

@@ -17,7 +17,8 @@ a shared-memory tree.
 This module is the backend (:func:`hpcnet.kernels.get_backend` imports it) and holds
 the elementwise, dense, softmax and concat ops; private siblings hold the rest:
 ``_cuda_gemm`` (launch sizes, host/device plumbing, GEMM, row sums), ``_cuda_conv``
-(im2col convolution) and ``_cuda_pool`` (max pooling, LRN).
+(im2col convolution), ``_cuda_pool`` (max pooling, LRN) and ``_cuda_elementwise``
+(activations, average pooling).
 
 Launch sizes are settings (:data:`LAUNCH`), not constants, so tests can shrink
 them and exercise several blocks and grid-stride loops on tiny inputs::
@@ -37,6 +38,14 @@ import numpy as np
 from numba import cuda, float64
 
 from hpcnet.kernels._cuda_conv import conv2d_backward, conv2d_forward, conv2d_release
+from hpcnet.kernels._cuda_elementwise import (
+    activation_backward,
+    activation_forward,
+    avgpool2d_backward,
+    avgpool2d_forward,
+    global_avgpool2d_backward,
+    global_avgpool2d_forward,
+)
 from hpcnet.kernels._cuda_gemm import (
     LAUNCH,
     Launch,
@@ -58,6 +67,12 @@ from hpcnet.kernels._cuda_pool import (
 __all__ = [
     "LAUNCH",
     "Launch",
+    "activation_backward",
+    "activation_forward",
+    "avgpool2d_backward",
+    "avgpool2d_forward",
+    "global_avgpool2d_backward",
+    "global_avgpool2d_forward",
     "add",
     "concat_backward",
     "concat_forward",

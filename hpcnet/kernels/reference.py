@@ -122,6 +122,87 @@ def relu_backward(dy, y):
     return (dy * (y > 0)).astype(np.float32)
 
 
+ACTIVATIONS = ("leaky_relu", "tanh", "sigmoid")
+
+
+def activation_forward(x, kind, alpha=0.0):
+    """An elementwise activation of ``x`` (any shape, float32): ``leaky_relu`` (x for
+    x > 0, else ``alpha`` x; Maas et al. 2013), ``tanh``, or ``sigmoid`` (1 / (1 +
+    exp(-x)), computed without overflow for either sign)."""
+    x64 = x.astype(np.float64)
+    if kind == "leaky_relu":
+        y = np.where(x64 > 0, x64, alpha * x64)
+    elif kind == "tanh":
+        y = np.tanh(x64)
+    elif kind == "sigmoid":
+        e = np.exp(-np.abs(x64))
+        y = np.where(x64 >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+    else:
+        raise ValueError(f"unknown activation {kind!r}; known: {', '.join(ACTIVATIONS)}")
+    return y.astype(np.float32)
+
+
+def activation_backward(dy, y, kind, alpha=0.0):
+    """The gradient of :func:`activation_forward` from its output ``y``: dy times 1 or
+    ``alpha`` (leaky ReLU, 0 <= alpha < 1, so y > 0 exactly where x > 0), ``1 - y**2``
+    (tanh), ``y (1 - y)`` (sigmoid)."""
+    y64 = y.astype(np.float64)
+    if kind == "leaky_relu":
+        d = np.where(y64 > 0, 1.0, alpha)
+    elif kind == "tanh":
+        d = 1.0 - y64 * y64
+    elif kind == "sigmoid":
+        d = y64 * (1.0 - y64)
+    else:
+        raise ValueError(f"unknown activation {kind!r}; known: {', '.join(ACTIVATIONS)}")
+    return (dy * d).astype(np.float32)
+
+
+def avgpool2d_forward(x, k, stride):
+    """Average pooling, k x k windows, no padding: x (N, C, H, W) -> (N, C, OH, OW)
+    float32, OH = (H - k) // stride + 1."""
+    n, c, h, wd = x.shape
+    oh, ow = (h - k) // stride + 1, (wd - k) // stride + 1
+    y = np.zeros((n, c, oh, ow), np.float64)
+    for di in range(k):
+        for dj in range(k):
+            y += x[
+                :,
+                :,
+                di : di + stride * (oh - 1) + 1 : stride,
+                dj : dj + stride * (ow - 1) + 1 : stride,
+            ]
+    return (y / (k * k)).astype(np.float32)
+
+
+def avgpool2d_backward(dy, x_shape, k, stride):
+    """Each window's dy / k**2 back to every pixel of it (summed where windows overlap)."""
+    n, c, oh, ow = dy.shape
+    dx = np.zeros(x_shape, np.float64)
+    g = dy.astype(np.float64) / (k * k)
+    for di in range(k):
+        for dj in range(k):
+            dx[
+                :,
+                :,
+                di : di + stride * (oh - 1) + 1 : stride,
+                dj : dj + stride * (ow - 1) + 1 : stride,
+            ] += g
+    return dx.astype(np.float32)
+
+
+def global_avgpool2d_forward(x):
+    """The mean of every channel: x (N, C, H, W) -> (N, C) float32."""
+    return x.astype(np.float64).mean(axis=(2, 3)).astype(np.float32)
+
+
+def global_avgpool2d_backward(dy, x_shape):
+    """dy (N, C) / (H W) to every pixel of its channel: (N, C, H, W) float32."""
+    n, c, h, w = x_shape
+    g = dy.astype(np.float64) / (h * w)
+    return np.broadcast_to(g[:, :, None, None], x_shape).astype(np.float32)
+
+
 def lrn_forward(x, size, alpha, beta, k):
     """Local response normalization across channels (Krizhevsky et al. 2012, sec. 3.3).
 

@@ -44,6 +44,7 @@ import numpy as np
 from hpcnet.comm.exchange import Exchange, even_bounds
 from hpcnet.errors import ConfigError
 from hpcnet.modelpar.base import PartitionedModel, layer_ranges, merge_ranges
+from hpcnet.nn.activations import LeakyReLU, Sigmoid, Tanh
 from hpcnet.nn.layers import (
     Conv2D,
     Dense,
@@ -56,8 +57,10 @@ from hpcnet.nn.layers import (
     backward_through,
 )
 from hpcnet.nn.model import Model
+from hpcnet.nn.pooling import AvgPool2D, GlobalAvgPool2D
 
-_LOCAL = (ReLU, MaxPool2D)  # act on each channel (or feature) on its own
+# act on each channel (or feature) on its own
+_LOCAL = (ReLU, MaxPool2D, LeakyReLU, Tanh, Sigmoid, AvgPool2D, GlobalAvgPool2D)
 
 
 def _too_many(m: int, i: int, layer: Layer, n: int, what: str) -> ConfigError:
@@ -85,6 +88,11 @@ def check_neurons(model: Model, m: int) -> None:
     """Raises ConfigError unless every split layer of ``model`` has at least ``m``
     outputs (neurons, channels, towers). Needs no communication."""
     for i, layer in enumerate(model.layers):
+        if layer.param_specs() and not isinstance(layer, Dense | Conv2D | Towers):
+            raise ConfigError(
+                f"--partitions {m} (neurons): layer {i} ({type(layer).__name__}) has "
+                "parameters this scheme cannot split; use --partition-scheme pipeline"
+            )
         width = _split_width(layer, m)
         if width is not None and width[0] < m:
             raise _too_many(m, i, layer, *width)

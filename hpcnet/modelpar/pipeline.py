@@ -50,13 +50,13 @@ from hpcnet.errors import ConfigError
 from hpcnet.modelpar.base import PartitionedModel, layer_ranges, merge_ranges
 from hpcnet.nn.layers import (
     LRN,
+    Block,
     Conv2D,
     Dense,
     Dropout,
     Flatten,
     Layer,
     MaxPool2D,
-    Towers,
     backward_through,
 )
 from hpcnet.nn.model import Model
@@ -68,16 +68,16 @@ SLACK = 0.05  # stage cost allowed above the least bottleneck to cut where traff
 def forward_cost(layer: Layer) -> int:
     """Estimated per-sample forward cost of a built layer, in multiply-adds.
 
-    Dense: in * out; Conv2D: out elements * (C / G) * K * K; Towers: the sum over its
-    layers; MaxPool2D: out elements * K * K; LRN: elements * size; Flatten: 0; other
-    parameter-free layers (ReLU, Dropout): one per element.
+    Dense: in * out; Conv2D: out elements * (C / G) * K * K; a block (Towers,
+    Residual): the sum over its layers; MaxPool2D: out elements * K * K; LRN: elements
+    * size; Flatten: 0; other parameter-free layers (ReLU, Dropout): one per element.
     """
     out = int(np.prod(layer.out_shape))
     if isinstance(layer, Dense):
         return layer.in_shape[0] * layer.units
     if isinstance(layer, Conv2D):
         return out * (layer.in_shape[0] // layer.groups) * layer.kernel**2
-    if isinstance(layer, Towers):
+    if isinstance(layer, Block):
         return sum(forward_cost(sub) for _, _, sub in layer.sublayers())
     if isinstance(layer, MaxPool2D):
         return out * layer.kernel**2
@@ -186,12 +186,12 @@ class _Rows:
 
 
 def _dropouts(layers: list[Layer]) -> list[Dropout]:
-    """Every Dropout among ``layers`` and inside their Towers, in a fixed order."""
+    """Every Dropout among ``layers`` and inside their blocks, in a fixed order."""
     out: list[Dropout] = []
     for layer in layers:
         if isinstance(layer, Dropout):
             out.append(layer)
-        elif isinstance(layer, Towers):
+        elif isinstance(layer, Block):
             out.extend(sub for _, _, sub in layer.sublayers() if isinstance(sub, Dropout))
     return out
 
@@ -202,7 +202,7 @@ def _clone(layer: Layer) -> Layer:
     c = copy.copy(layer)
     if isinstance(layer, Conv2D):
         c._cache = None  # the original's pooled buffers stay the original's
-    if isinstance(layer, Towers):
+    if isinstance(layer, Block):  # Towers, Residual: each inner layer its own state
         c.towers = [[_clone(sub) for sub in tower] for tower in layer.towers]
     return c
 

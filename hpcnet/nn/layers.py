@@ -292,7 +292,46 @@ class LRN(Layer):
         return dx
 
 
-class Towers(Layer):
+class Block(Layer):
+    """A layer made of layer sequences (``self.towers``: a list of layer lists) whose
+    parameters stay in the model's one flat vector: its parameter specs are the
+    sequences' specs in order, named ``"{t}.{i}.{name}"`` (sequence t, its layer i), so
+    each sequence's parameters are one contiguous range. :class:`Towers` and
+    :class:`hpcnet.nn.residual.Residual` are blocks."""
+
+    towers: list[list[Layer]]
+
+    def sublayers(self):
+        """(sequence, index, layer) for every layer of every sequence, in flat-vector order."""
+        return [
+            (t, i, layer) for t, tower in enumerate(self.towers) for i, layer in enumerate(tower)
+        ]
+
+    def param_specs(self):
+        return [
+            (f"{t}.{i}.{name}", shape)
+            for t, i, layer in self.sublayers()
+            for name, shape in layer.param_specs()
+        ]
+
+    def bind(self, params, grads):
+        super().bind(params, grads)
+        for t, i, layer in self.sublayers():
+            prefix = f"{t}.{i}."
+            layer.bind(
+                {k[len(prefix) :]: v for k, v in params.items() if k.startswith(prefix)},
+                {k[len(prefix) :]: v for k, v in grads.items() if k.startswith(prefix)},
+            )
+
+    def init(self, rng):
+        for _, _, layer in self.sublayers():
+            layer.init(rng)
+
+    def backward_params(self, dy, backend):
+        self.backward(dy, backend, need_dx=False)
+
+
+class Towers(Block):
     """K parallel towers (layer sequences) on the same input, outputs concatenated.
 
     The master layer of a "wider" network (Dean et al. 2012, sec. 3; Krizhevsky et
@@ -328,32 +367,6 @@ class Towers(Layer):
         self.channels = [s[0] for s in outs]
         return (sum(self.channels), *outs[0][1:])
 
-    def sublayers(self):
-        """(tower, index, layer) for every layer of every tower, in flat-vector order."""
-        return [
-            (t, i, layer) for t, tower in enumerate(self.towers) for i, layer in enumerate(tower)
-        ]
-
-    def param_specs(self):
-        return [
-            (f"{t}.{i}.{name}", shape)
-            for t, i, layer in self.sublayers()
-            for name, shape in layer.param_specs()
-        ]
-
-    def bind(self, params, grads):
-        super().bind(params, grads)
-        for t, i, layer in self.sublayers():
-            prefix = f"{t}.{i}."
-            layer.bind(
-                {k[len(prefix) :]: v for k, v in params.items() if k.startswith(prefix)},
-                {k[len(prefix) :]: v for k, v in grads.items() if k.startswith(prefix)},
-            )
-
-    def init(self, rng):
-        for _, _, layer in self.sublayers():
-            layer.init(rng)
-
     def forward(self, x, backend, train):
         outs = []
         for tower in self.towers:
@@ -370,6 +383,3 @@ class Towers(Layer):
             if need_dx:
                 dx = d if dx is None else backend.add(dx, d)
         return dx  # (N, C, H, W)
-
-    def backward_params(self, dy, backend):
-        self.backward(dy, backend, need_dx=False)

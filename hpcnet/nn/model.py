@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from hpcnet.nn.layers import Dense, Dropout, Layer, Towers, backward_through
+from hpcnet.errors import ConfigError
+from hpcnet.nn.layers import Block, Dense, Dropout, Layer, backward_through
 
 
 class Model:
@@ -30,8 +31,13 @@ class Model:
         shape = self.input_shape
         specs = []  # (layer, param name, shape, offset)
         offset = 0
-        for layer in layers:
-            shape = layer.build(shape)
+        for i, layer in enumerate(layers):
+            try:
+                shape = layer.build(shape)
+            except ConfigError as e:
+                raise ConfigError(
+                    f"layer {i} ({type(layer).__name__}) gets input {shape}: {e}"
+                ) from None
             for pname, pshape in layer.param_specs():
                 size = int(np.prod(pshape))
                 specs.append((layer, pname, pshape, offset))
@@ -117,7 +123,7 @@ class Model:
         for i, layer in enumerate(self.layers):
             if isinstance(layer, Dropout):
                 layer.rng = np.random.default_rng([seed, replica, i, 0xD7, *more])
-            elif isinstance(layer, Towers):  # tower t's layer j: its own stream too
+            elif isinstance(layer, Block):  # sequence t's layer j: its own stream too
                 for t, j, sub in layer.sublayers():
                     if isinstance(sub, Dropout):
                         sub.rng = np.random.default_rng([seed, replica, i, t, j, 0xD7, *more])
@@ -127,7 +133,7 @@ class Model:
         for layer in self.layers:
             if isinstance(layer, Dropout):
                 out.append(layer)
-            elif isinstance(layer, Towers):
+            elif isinstance(layer, Block):
                 out.extend(sub for _, _, sub in layer.sublayers() if isinstance(sub, Dropout))
         return out
 

@@ -18,7 +18,10 @@ becomes ``nn.LocalResponseNorm`` with ``alpha * size`` (PyTorch divides alpha by
 the window size, Krizhevsky et al. 2012 sec. 3.3 do not); ``Towers`` becomes a
 module holding the towers as ``towers.t`` (``nn.Sequential`` each), whose outputs
 are concatenated along channels, so tower t's layer j's weight is
-``"i.towers.t.j.weight"``.
+``"i.towers.t.j.weight"``; a ``Residual`` block becomes the same module adding its two
+sequences (body ``towers.0``, shortcut ``towers.1``). LeakyReLU, Tanh, Sigmoid and
+AvgPool2D map to their namesakes, GlobalAvgPool2D to ``AdaptiveAvgPool2d(1)`` then
+``Flatten``.
 
 PyTorch is optional: importing this module does not import it; the functions do.
 """
@@ -28,8 +31,11 @@ from __future__ import annotations
 import functools
 from typing import TYPE_CHECKING
 
+from hpcnet.nn.activations import LeakyReLU, Sigmoid, Tanh
 from hpcnet.nn.layers import LRN, Conv2D, Dense, Dropout, Flatten, Layer, MaxPool2D, ReLU, Towers
 from hpcnet.nn.model import Model
+from hpcnet.nn.pooling import AvgPool2D, GlobalAvgPool2D
+from hpcnet.nn.residual import Residual
 
 if TYPE_CHECKING:
     import torch
@@ -44,7 +50,7 @@ def torch_names(model: Model) -> dict[str, str]:
     for i, layer in enumerate(model.layers):
         kind = type(layer).__name__
         for pname, _ in layer.param_specs():
-            *tower, last = pname.split(".")  # Towers: "t.j.w"
+            *tower, last = pname.split(".")  # a block (Towers, Residual): "t.j.w"
             inner = f"towers.{'.'.join(tower)}." if tower else ""
             names[f"{i}.{kind}.{pname}"] = f"{i}.{inner}{_PARAM[last]}"
     return names
@@ -103,9 +109,19 @@ def _torch_layer(layer: Layer):
         return nn.Dropout(layer.rate)
     if isinstance(layer, LRN):
         return nn.LocalResponseNorm(layer.size, layer.alpha * layer.size, layer.beta, layer.k)
-    if isinstance(layer, Towers):
+    if isinstance(layer, LeakyReLU):
+        return nn.LeakyReLU(layer.alpha)
+    if isinstance(layer, Tanh):
+        return nn.Tanh()
+    if isinstance(layer, Sigmoid):
+        return nn.Sigmoid()
+    if isinstance(layer, AvgPool2D):
+        return nn.AvgPool2d(layer.kernel, layer.stride)
+    if isinstance(layer, GlobalAvgPool2D):
+        return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    if isinstance(layer, Towers | Residual):
         towers = [nn.Sequential(*[_torch_layer(sub) for sub in t]) for t in layer.towers]
-        return _towers_class()(towers)
+        return _towers_class()(towers, add=isinstance(layer, Residual))
     raise ValueError(f"no PyTorch equivalent for hpcnet layer {type(layer).__name__}")
 
 
@@ -117,13 +133,18 @@ def _towers_class():
     import torch.nn as nn
 
     class TowersModule(nn.Module):
-        """Parallel towers on the same input, outputs concatenated along channels (dim 1)."""
+        """Parallel towers on the same input, outputs concatenated along channels (dim 1);
+        with ``add``, a residual block: ``towers[0](x) + towers[1](x)`` (an empty
+        ``towers[1]`` is the identity shortcut)."""
 
-        def __init__(self, towers: list[nn.Module]):
+        def __init__(self, towers: list[nn.Module], add: bool = False):
             super().__init__()
             self.towers = nn.ModuleList(towers)
+            self.add = add
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if self.add:
+                return self.towers[0](x) + self.towers[1](x)
             return torch.cat([t(x) for t in self.towers], dim=1)  # (N, sum C_t, H', W')
 
     return TowersModule

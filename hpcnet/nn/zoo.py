@@ -1,4 +1,14 @@
-"""The model zoo: named architectures, built for a dataset's input shape.
+"""The built-in models and every other source of a model (``--model SOURCE``).
+
+Where a model comes from:
+
+- ``NAME``: a built-in model, one model file of ``hpcnet/nn/models/`` (the format of
+  :mod:`hpcnet.nn.specs`; every built-in is written as a user's model is);
+- ``FILE.toml``: a model file of the same format;
+- ``FILE.py:FUNCTION`` or ``package.module:FUNCTION``: ``FUNCTION(input_shape,
+  num_classes)`` returns the model's layers (:mod:`hpcnet.nn.layers` objects, or layer
+  tables as in a model file). Every rank imports it: the file must be readable on
+  every node.
 
 Models:
     mlp: 784-512-512-10 style multilayer perceptron (two hidden ReLU layers of 512).
@@ -28,130 +38,19 @@ Models:
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from hpcnet.errors import ConfigError
-from hpcnet.nn.layers import LRN, Conv2D, Dense, Dropout, Flatten, MaxPool2D, ReLU, Towers
+from hpcnet.nn.layers import Layer
 from hpcnet.nn.model import Model
+from hpcnet.nn.specs import layers_from_spec, read_model_file
 
-
-def _mlp(shape, k):
-    return [Flatten(), Dense(512), ReLU(), Dense(512), ReLU(), Dense(k)]
-
-
-def _wide_mlp(shape, k):
-    return [Flatten(), Dense(4096), ReLU(), Dense(4096), ReLU(), Dense(k)]
-
-
-def _lenet(shape, k):
-    return [
-        Conv2D(6, 5, padding="same"),
-        ReLU(),
-        MaxPool2D(2),
-        Conv2D(16, 5),
-        ReLU(),
-        MaxPool2D(2),
-        Flatten(),
-        Dense(120),
-        ReLU(),
-        Dense(84),
-        ReLU(),
-        Dense(k),
-    ]
-
-
-def _two_conv(shape, k):
-    return [
-        Conv2D(32, 5, padding="same"),
-        ReLU(),
-        MaxPool2D(2),
-        Conv2D(64, 5, padding="same"),
-        ReLU(),
-        MaxPool2D(2),
-        Flatten(),
-        Dense(1024),
-        ReLU(),
-        Dropout(0.4),
-        Dense(k),
-    ]
-
-
-def _digits_cnn(shape, k):
-    return [
-        Conv2D(16, 3, padding="same"),
-        ReLU(),
-        MaxPool2D(2),
-        Conv2D(32, 3, padding="same"),
-        ReLU(),
-        Flatten(),
-        Dense(64),
-        ReLU(),
-        Dense(k),
-    ]
-
-
-def _linear(shape, k):
-    return [Flatten(), Dense(k)]
-
-
-def _alexnet(shape, k):
-    return [
-        Conv2D(32, 5, padding="same"),
-        ReLU(),
-        LRN(5, alpha=1e-4, beta=0.75, k=2.0),
-        MaxPool2D(3, 2),  # overlapping pooling, sec. 3.4
-        Conv2D(64, 5, padding="same", groups=2),
-        ReLU(),
-        LRN(5, alpha=1e-4, beta=0.75, k=2.0),
-        MaxPool2D(3, 2),
-        Conv2D(96, 3, padding="same"),
-        ReLU(),
-        Conv2D(96, 3, padding="same", groups=2),
-        ReLU(),
-        Conv2D(64, 3, padding="same", groups=2),
-        ReLU(),
-        MaxPool2D(3, 2),
-        Flatten(),
-        Dense(256),
-        ReLU(),
-        Dropout(0.5),
-        Dense(256),
-        ReLU(),
-        Dropout(0.5),
-        Dense(k),
-    ]
-
-
-def towers_layers(n_towers: int, k: int) -> list:
-    """The ``towers`` model with ``n_towers`` towers, for K classes (see the module doc)."""
-    tower = [
-        [
-            Conv2D(16, 5, padding="same"),
-            ReLU(),
-            MaxPool2D(2),
-            Conv2D(32, 5, padding="same"),
-            ReLU(),
-            MaxPool2D(2),
-        ]
-        for _ in range(n_towers)
-    ]
-    return [Towers(tower), Flatten(), Dense(256), ReLU(), Dense(k)]
-
-
-def _towers(shape, k):
-    return towers_layers(4, k)
-
-
-MODELS: dict[str, Callable] = {
-    "mlp": _mlp,
-    "wide_mlp": _wide_mlp,
-    "lenet": _lenet,
-    "2conv": _two_conv,
-    "digits_cnn": _digits_cnn,
-    "linear": _linear,
-    "alexnet": _alexnet,
-    "towers": _towers,
-}
+MODELS_DIR = Path(__file__).resolve().parent / "models"
+MODELS: dict[str, Path] = {p.stem: p for p in sorted(MODELS_DIR.glob("*.toml"))}
 DEFAULT_FOR_DATA = {"digits": "digits_cnn", "fashion-mnist": "2conv"}
 
 
@@ -160,22 +59,90 @@ def default_model(data_name: str) -> str:
     return DEFAULT_FOR_DATA.get(data_name, "2conv")
 
 
-def build_model(name: str, input_shape: tuple[int, ...], num_classes: int) -> Model:
-    """Builds zoo model ``name`` for per-sample ``input_shape`` (C, H, W) and K classes.
+def model_layers(source: str, input_shape: tuple[int, ...], num_classes: int) -> tuple[str, list]:
+    """(name, layers) of model ``source`` (see the module doc) for per-sample
+    ``input_shape`` and K classes.
 
     Raises:
-        ConfigError: unknown name, or a model that does not fit the input shape.
+        ConfigError: an unknown name, a bad model file, a Python source that cannot be
+            imported or raises, a function that returns something else.
     """
-    if name not in MODELS:
-        raise ConfigError(f"--model {name!r}: unknown model; choose one of {', '.join(MODELS)}")
+    if source in MODELS:
+        name, spec = read_model_file(MODELS[source])
+        return name, layers_from_spec(spec, num_classes, f"built-in model {source}")
+    if source.endswith(".toml"):
+        name, spec = read_model_file(Path(source))
+        return name, layers_from_spec(spec, num_classes, source)
+    if ":" in source:
+        fn = _function(source)
+        try:
+            got = fn(tuple(input_shape), num_classes)
+        except ConfigError as e:
+            raise ConfigError(f"--model {source}: {e}") from None
+        except Exception as e:  # noqa: BLE001  the user's code: its one-line message
+            raise ConfigError(f"--model {source}: raised {type(e).__name__}: {e}") from None
+        if isinstance(got, list) and got and all(isinstance(x, dict) for x in got):
+            return source.rsplit(":", 1)[1], layers_from_spec(got, num_classes, source)
+        if isinstance(got, list) and got and all(isinstance(x, Layer) for x in got):
+            return source.rsplit(":", 1)[1], got
+        raise ConfigError(
+            f"--model {source}: returned {type(got).__name__}; expected a list of hpcnet "
+            "layers (hpcnet.nn.layers) or of layer tables"
+        )
+    raise ConfigError(
+        f"--model {source!r}: unknown model; a built-in ({', '.join(MODELS)}), a FILE.toml, "
+        "or FILE.py:FUNCTION / module:FUNCTION"
+    )
+
+
+def _function(source: str) -> Callable:
+    where, _, attr = source.rpartition(":")
     try:
-        return Model(MODELS[name](input_shape, num_classes), input_shape, name=name)
+        if where.endswith(".py"):
+            path = Path(where)
+            if not path.is_file():
+                raise ConfigError(f"--model {source}: no such file {where}")
+            spec = importlib.util.spec_from_file_location(f"hpcnet_user_model_{path.stem}", path)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[spec.name] = module
+            spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(where)
+    except ConfigError:
+        raise
+    except Exception as e:  # noqa: BLE001  the user's code: its one-line message
+        raise ConfigError(
+            f"--model {source}: cannot import {where} ({type(e).__name__}: {e})"
+        ) from None
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise ConfigError(f"--model {source}: {where} has no function {attr!r}")
+    return fn
+
+
+def build_model(name: str, input_shape: tuple[int, ...], num_classes: int) -> Model:
+    """Builds model ``name`` (a built-in or any source of the module doc) for per-sample
+    ``input_shape`` (C, H, W) and K classes.
+
+    Raises:
+        ConfigError: a bad source, a model that does not fit the input shape (naming the
+            smallest square size a built-in takes), or one whose output is not K logits.
+    """
+    label, layers = model_layers(name, input_shape, num_classes)
+    try:
+        model = Model(layers, input_shape, name=label if name in MODELS else name)
     except ConfigError as e:
-        takes = smallest_input(name, input_shape[0], num_classes)
+        takes = smallest_input(name, input_shape[0], num_classes) if name in MODELS else None
         hint = f"; it takes images of at least {takes}x{takes}" if takes else ""
         raise ConfigError(
             f"--model {name}: does not fit input {tuple(input_shape)}: {e}{hint}"
         ) from None
+    if model.output_shape != (num_classes,):
+        raise ConfigError(
+            f"--model {name}: its output is {model.output_shape}, but the data has "
+            f'{num_classes} classes: end with a dense layer of units = "classes"'
+        )
+    return model
 
 
 def smallest_input(name: str, channels: int, num_classes: int, largest: int = 64) -> int | None:
@@ -184,7 +151,7 @@ def smallest_input(name: str, channels: int, num_classes: int, largest: int = 64
     for side in range(1, largest + 1):
         shape = (channels, side, side)
         try:
-            Model(MODELS[name](shape, num_classes), shape, name=name)
+            Model(model_layers(name, shape, num_classes)[1], shape, name=name)
         except ConfigError:
             continue
         return side

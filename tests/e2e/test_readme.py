@@ -113,6 +113,8 @@ def _local(argv: list[str], cwd: Path) -> list[str]:
             a = str(cwd / "idx")
         elif not a.startswith("-") and not os.path.isabs(a) and (ROOT / a).is_file():
             a = str(ROOT / a)
+        elif ":" in a and (ROOT / a.rsplit(":", 1)[0]).is_file():  # --model FILE.py:FUNCTION
+            a = str(ROOT / a)
         out.append(a)
     return out
 
@@ -191,3 +193,36 @@ def test_every_readme_example_is_run():
         assert f"--algo {algo}" in text, algo
     for piece in ("--partitions", "data import ", "hpcnet search", "sbatch", "--with-ft"):
         assert piece in text, piece
+
+
+def test_readme_model_table_is_the_layer_registry():
+    # the table of layer types and arguments says what a model file may hold: every
+    # type, every argument of its class, with the defaults the classes have
+    import inspect
+
+    from hpcnet.nn.specs import LAYER_TYPES, layer_arguments
+
+    section = README.read_text().split("## Your own model", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| (`.+?`) \| (.+?) \|$", section, re.M)
+    listed = {}
+    for types, args in rows[1:]:  # after the header row
+        for t in re.findall(r"`(\w+)`", types):
+            listed[t] = args
+    assert set(listed) == set(LAYER_TYPES), sorted(set(listed) ^ set(LAYER_TYPES))
+    for kind, args in listed.items():
+        for name, default in layer_arguments(kind):
+            assert f"`{name}`" in args, (kind, name)
+            if default is not inspect.Parameter.empty and default is not None:
+                assert f"({default}" in args, (kind, name, default)
+
+
+def test_readme_model_summary_is_what_info_prints(tmp_path):
+    section = README.read_text().split("## Your own model", 1)[1].split("\n## ", 1)[0]
+    shown = re.search(r"```text\n(.*?)\n```", section, re.S)[1]
+    p = subprocess.run(
+        [sys.executable, "-m", "hpcnet", "info", "--model", "examples/models/small_cnn.toml",
+         "--data", "digits"],
+        capture_output=True, text=True, cwd=ROOT,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    assert shown in p.stdout, "README's summary differs from `info`'s: paste it again"

@@ -8,6 +8,8 @@ SGD steps, to float32 tolerance, and move exactly the bytes the documented formu
 says.
 """
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -28,7 +30,8 @@ from tests.close import assert_close, assert_flat_close
 from tests.mpi.ranks import first_ranks
 
 BE = get_backend("cpu")
-MODELS = ["mlp", "lenet", "2conv", "alexnet", "towers"]
+NEW_LAYERS = str(Path(__file__).resolve().parents[1] / "models" / "new_layers.toml")
+MODELS = ["mlp", "lenet", "2conv", "alexnet", "towers", NEW_LAYERS]
 
 
 def _pair(name, seed=3, shape=(1, 28, 28)):
@@ -55,7 +58,7 @@ def _close(a, b, what, model=None):
 @pytest.mark.mpi(min_size=2)
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("m", [2, 3])
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", MODELS, ids=lambda n: Path(n).stem)
 def test_partitions_equal_the_whole_model(comm, name, m):
     if comm.size < m:
         pytest.skip(f"needs {m} ranks")
@@ -207,3 +210,13 @@ def test_train_with_partitions_learns_digits(comm, shared_tmp, algo, scheme):
     assert mp["bytes_sent_per_step"] == mp["bytes_expected_per_step"] > 0
     everyone = comm.allgather(s["_params"][::97].copy())  # every partition, every replica
     assert all(np.array_equal(everyone[0], p) for p in everyone)
+
+
+def test_neurons_refuses_a_residual_block_in_one_line():
+    from hpcnet.errors import ConfigError
+    from hpcnet.modelpar import check_partitions
+
+    model = build_model(NEW_LAYERS.replace("new_layers", "residual"), (1, 28, 28), 10)
+    with pytest.raises(ConfigError, match="layer 2 \\(Residual\\) has parameters .* pipeline"):
+        check_partitions(model, "neurons", 2)
+    check_partitions(model, "pipeline", 2)  # placed whole in a stage

@@ -5,6 +5,8 @@ Each test runs on a sub-communicator of the first M ranks (M = 2, 3); the others
 return at once.
 """
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -17,6 +19,7 @@ from hpcnet.optim.sgd import SGD
 from tests.close import assert_close, assert_flat_close
 from tests.mpi.ranks import first_ranks
 
+HERE = Path(__file__).resolve().parent
 SHAPE, K = (1, 28, 28), 10
 RTOL = 1e-4
 DROPOUT = {"2conv", "alexnet"}
@@ -47,7 +50,11 @@ def _pair(name, sub, micro_batches):
 @pytest.mark.mpi(min_size=2)
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("m_parts", [2, 3])
-@pytest.mark.parametrize("name", ["lenet", "2conv", "alexnet", "towers", "mlp"])
+@pytest.mark.parametrize(
+    "name",
+    ["lenet", "2conv", "alexnet", "towers", "mlp", str(HERE.parent / "models" / "residual.toml")],
+    ids=lambda n: Path(n).stem,
+)
 def test_pipeline_equals_serial_model(comm, name, m_parts):
     if comm.size < m_parts:
         pytest.skip(f"needs {m_parts} ranks")

@@ -142,6 +142,34 @@ def test_maxpool2d(k, stride):
     )
 
 
+@pytest.mark.parametrize("kind", ["leaky_relu", "tanh", "sigmoid"])
+def test_activations(kind):
+    x, dy = rand(3, 2, 4, 5) * 3, rand(3, 2, 4, 5)
+    y = cpu.activation_forward(x, kind, 0.1)
+    assert_close(kc.activation_forward(x, kind, 0.1), y, **TOL)
+    assert_close(
+        kc.activation_backward(dy, y, kind, 0.1), cpu.activation_backward(dy, y, kind, 0.1), **TOL
+    )
+
+
+@pytest.mark.parametrize("k,stride", [(3, 2), (2, 2), (2, 1)])
+def test_avgpool2d_and_global(k, stride):
+    x = rand(2, 3, 6, 5)
+    y = cpu.avgpool2d_forward(x, k, stride)
+    assert_close(kc.avgpool2d_forward(x, k, stride), y, **TOL)
+    dy = rand(*y.shape)
+    assert_close(
+        kc.avgpool2d_backward(dy, x.shape, k, stride),
+        cpu.avgpool2d_backward(dy, x.shape, k, stride),
+        **TOL,
+    )
+    assert_close(kc.global_avgpool2d_forward(x), cpu.global_avgpool2d_forward(x), **TOL)
+    g = rand(2, 3)
+    assert_close(
+        kc.global_avgpool2d_backward(g, x.shape), cpu.global_avgpool2d_backward(g, x.shape), **TOL
+    )
+
+
 def test_lrn():
     x, dy = rand(2, 6, 2, 3) * 2, rand(2, 6, 2, 3)
     args = (5, 0.3, 0.75, 1.0)

@@ -98,3 +98,38 @@ def test_unknown_backend_and_cuda_without_gpu_are_errors():
     with pytest.raises(BackendError, match="--backend cuda"):
         get_backend("cuda")
     assert get_backend("auto").name == "cpu"
+
+
+@pytest.mark.parametrize("kind", ["leaky_relu", "tanh", "sigmoid"])
+@pytest.mark.parametrize("size", [30, 70_000])  # NumPy-sized and Numba-sized arrays
+def test_activations_match_reference(kind, size):
+    rng = np.random.default_rng(1)
+    x = (rng.standard_normal(size) * 4).astype(np.float32)
+    x[:3] = [0.0, -80.0, 80.0]  # the kink and the saturated ends (no overflow)
+    dy = rng.standard_normal(size).astype(np.float32)
+    y = cpu.activation_forward(x, kind, 0.2)
+    np.testing.assert_allclose(y, reference.activation_forward(x, kind, 0.2), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(
+        cpu.activation_backward(dy, y, kind, 0.2),
+        reference.activation_backward(dy, y, kind, 0.2),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+
+
+@pytest.mark.parametrize("k,stride", [(2, 2), (3, 2), (3, 1)])
+def test_avgpool_matches_reference(k, stride):
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((2, 3, 7, 6)).astype(np.float32)
+    y = cpu.avgpool2d_forward(x, k, stride)
+    np.testing.assert_allclose(y, reference.avgpool2d_forward(x, k, stride), rtol=1e-5, atol=1e-6)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    np.testing.assert_allclose(
+        cpu.avgpool2d_backward(dy, x.shape, k, stride),
+        reference.avgpool2d_backward(dy, x.shape, k, stride),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+    np.testing.assert_allclose(
+        cpu.global_avgpool2d_forward(x), x.astype(np.float64).mean(axis=(2, 3)), rtol=1e-5
+    )

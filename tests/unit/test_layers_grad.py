@@ -5,8 +5,11 @@ import numpy as np
 import pytest
 
 from hpcnet.kernels import get_backend
+from hpcnet.nn.activations import LeakyReLU, Sigmoid, Tanh
 from hpcnet.nn.layers import Conv2D, Dense, Dropout, Flatten, MaxPool2D, ReLU
 from hpcnet.nn.model import Model
+from hpcnet.nn.pooling import AvgPool2D, GlobalAvgPool2D
+from hpcnet.nn.residual import Residual
 
 EPS = 1e-2
 
@@ -65,6 +68,26 @@ def _check(layers, in_shape, backend_name, n=3, k=4, seed=0, dropout_seed=None, 
         ("relu", lambda: [Conv2D(3, 3), ReLU()], (1, 6, 6)),
         ("maxpool", lambda: [MaxPool2D(2)], (2, 6, 6)),
         ("maxpool_overlap", lambda: [MaxPool2D(3, 2)], (1, 7, 7)),
+        ("leaky_relu", lambda: [Conv2D(3, 3), LeakyReLU(0.1)], (1, 6, 6)),
+        ("tanh", lambda: [Conv2D(3, 3), Tanh()], (1, 6, 6)),
+        ("sigmoid", lambda: [Conv2D(3, 3), Sigmoid()], (1, 6, 6)),
+        ("avgpool", lambda: [AvgPool2D(2)], (2, 6, 6)),
+        ("avgpool_overlap", lambda: [AvgPool2D(3, 2)], (1, 7, 7)),
+        ("global_avgpool", lambda: [Conv2D(3, 3), GlobalAvgPool2D()], (2, 5, 6)),
+        (
+            "residual_identity",
+            lambda: [
+                Residual([Conv2D(2, 3, padding="same"), Tanh(), Conv2D(2, 3, padding="same")])
+            ],
+            (2, 5, 5),
+        ),
+        (
+            "residual_projection",
+            lambda: [
+                Residual([Conv2D(4, 3, stride=2, padding=1), Tanh()], [Conv2D(4, 1, stride=2)])
+            ],
+            (2, 6, 6),
+        ),
     ],
     ids=lambda c: c[0] if isinstance(c, tuple) else c,
 )

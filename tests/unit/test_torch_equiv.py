@@ -3,6 +3,8 @@ give hpcnet's own logits on real rows (the shipped UCI digits), in inference mod
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -20,7 +22,12 @@ pytestmark = pytest.mark.timeout(120)
 
 # wide_mlp (20 M parameters) is mlp's layers, wider: mlp covers it
 MODELS_8x8 = ["digits_cnn", "linear", "mlp"]
-MODELS_28x28 = ["mlp", "lenet", "2conv", "alexnet", "towers"]
+_MODELS = Path(__file__).resolve().parents[1] / "models"
+# and the layers added after AlexNet's (activations, average pooling, residual blocks)
+MODELS_28x28 = ["mlp", "lenet", "2conv", "alexnet", "towers"] + [
+    str(_MODELS / "new_layers.toml"),
+    str(_MODELS / "residual.toml"),
+]
 
 
 def _digits_rows(n: int, size: int) -> np.ndarray:
