@@ -13,7 +13,16 @@ from __future__ import annotations
 import numpy as np
 from numba import cuda, float32
 
-from hpcnet.kernels._cuda_gemm import dev, gemm, grid1d, is_host, ret, rowsum, write
+from hpcnet.kernels._cuda_gemm import (
+    dev,
+    gemm,
+    grid1d,
+    is_host,
+    ret,
+    rowsum,
+    unravel_nchw,
+    write,
+)
 from hpcnet.kernels.reference import conv_out_size
 
 
@@ -46,12 +55,7 @@ def _col2im_k(dcols, k, stride, pad, oh, ow, dx):  # pragma: no cover - device c
     n, c, h, w = dx.shape
     p = oh * ow
     for i in range(cuda.grid(1), dx.size, cuda.gridsize(1)):
-        b = i // (c * h * w)
-        r = i - b * (c * h * w)
-        ci = r // (h * w)
-        r -= ci * (h * w)
-        ih = r // w
-        iw = r - ih * w
+        b, ci, ih, iw = unravel_nchw(i, c, h, w)
         acc = float32(0.0)
         for ki in range(k):
             t = ih + pad - ki

@@ -10,7 +10,7 @@ import math
 import numpy as np
 from numba import cuda
 
-from hpcnet.kernels._cuda_gemm import dev, grid1d, is_host, ret
+from hpcnet.kernels._cuda_gemm import dev, grid1d, is_host, ret, unravel_nchw
 from hpcnet.kernels.reference import ACTIVATIONS, conv_out_size
 
 _CODE = {kind: i for i, kind in enumerate(ACTIVATIONS)}  # leaky_relu 0, tanh 1, sigmoid 2
@@ -64,12 +64,7 @@ def activation_backward(dy, y, kind, alpha=0.0):
 def _avgpool_fwd_k(x, k, stride, y):  # pragma: no cover - device code
     n, c, oh, ow = y.shape
     for i in range(cuda.grid(1), y.size, cuda.gridsize(1)):
-        b = i // (c * oh * ow)
-        r = i - b * (c * oh * ow)
-        ci = r // (oh * ow)
-        r -= ci * (oh * ow)
-        oi = r // ow
-        oj = r - oi * ow
+        b, ci, oi, oj = unravel_nchw(i, c, oh, ow)
         s = 0.0
         for di in range(k):
             for dj in range(k):
@@ -83,12 +78,7 @@ def _avgpool_bwd_k(dy, k, stride, dx):  # pragma: no cover - device code
     n, c, h, w = dx.shape
     oh, ow = dy.shape[2], dy.shape[3]
     for i in range(cuda.grid(1), dx.size, cuda.gridsize(1)):
-        b = i // (c * h * w)
-        r = i - b * (c * h * w)
-        ci = r // (h * w)
-        r -= ci * (h * w)
-        ih = r // w
-        iw = r - ih * w
+        b, ci, ih, iw = unravel_nchw(i, c, h, w)
         s = 0.0
         for oi in range(max(0, (ih - k) // stride + 1), min(oh, ih // stride + 1)):
             for oj in range(max(0, (iw - k) // stride + 1), min(ow, iw // stride + 1)):
@@ -132,9 +122,8 @@ def _gap_fwd_k(x, y):  # pragma: no cover - device code
 def _gap_bwd_k(dy, dx):  # pragma: no cover - device code
     n, c, h, w = dx.shape
     for i in range(cuda.grid(1), dx.size, cuda.gridsize(1)):
-        b = i // (c * h * w)
-        ci = (i // (h * w)) % c
-        dx[b, ci, (i // w) % h, i % w] = dy[b, ci] / (h * w)
+        b, ci, ih, iw = unravel_nchw(i, c, h, w)
+        dx[b, ci, ih, iw] = dy[b, ci] / (h * w)
 
 
 def global_avgpool2d_forward(x):

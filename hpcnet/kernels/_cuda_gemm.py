@@ -41,6 +41,18 @@ class Launch:
 LAUNCH = Launch()
 
 
+@cuda.jit(device=True)
+def unravel_nchw(i, c, h, w):  # pragma: no cover - device code
+    """(n, c, h, w): the indices of flat element ``i`` of a C-contiguous (N, C, H, W)
+    array; the grid-stride loops of one thread per element use it."""
+    b = i // (c * h * w)
+    r = i - b * (c * h * w)
+    ci = r // (h * w)
+    r -= ci * (h * w)
+    ih = r // w
+    return b, ci, ih, r - ih * w
+
+
 def grid1d(n: int) -> tuple[int, int]:
     """(blocks, threads) of a 1-D grid-stride launch over ``n`` items, from :data:`LAUNCH`."""
     t = LAUNCH.threads

@@ -13,7 +13,7 @@ import math
 import numpy as np
 from numba import cuda, float32
 
-from hpcnet.kernels._cuda_gemm import dev, grid1d, is_host, ret
+from hpcnet.kernels._cuda_gemm import dev, grid1d, is_host, ret, unravel_nchw
 from hpcnet.kernels.reference import conv_out_size
 
 
@@ -22,12 +22,7 @@ def _maxpool_fwd_k(x, k, stride, y, arg):  # pragma: no cover - device code
     n, c, oh, ow = y.shape
     w = x.shape[3]
     for i in range(cuda.grid(1), y.size, cuda.gridsize(1)):
-        b = i // (c * oh * ow)
-        r = i - b * (c * oh * ow)
-        ci = r // (oh * ow)
-        r -= ci * (oh * ow)
-        oi = r // ow
-        oj = r - oi * ow
+        b, ci, oi, oj = unravel_nchw(i, c, oh, ow)
         best = -math.inf
         bi = 0
         for di in range(k):
@@ -48,12 +43,7 @@ def _maxpool_bwd_k(dy, arg, dx):  # pragma: no cover - device code
     # send several to one input, hence the atomic add. dx (N, C, H*W) starts at zero.
     n, c, oh, ow = dy.shape
     for i in range(cuda.grid(1), dy.size, cuda.gridsize(1)):
-        b = i // (c * oh * ow)
-        r = i - b * (c * oh * ow)
-        ci = r // (oh * ow)
-        r -= ci * (oh * ow)
-        oi = r // ow
-        oj = r - oi * ow
+        b, ci, oi, oj = unravel_nchw(i, c, oh, ow)
         cuda.atomic.add(dx, (b, ci, arg[b, ci, oi, oj]), dy[b, ci, oi, oj])
 
 
