@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from hpcnet import __version__
+from hpcnet._version import __version__
 from hpcnet.errors import AlreadyFinished, HpcnetError
 from hpcnet.run.preempt import Preempted, PreemptionWatch
 from hpcnet.tools.parser import Parser
@@ -116,7 +116,7 @@ def _add_search_parser(sub) -> None:
 
 
 def _cmd_search(args) -> int:
-    from hpcnet import search
+    import hpcnet.search as search
     from hpcnet.comm import library_comm, same_on_every_rank
     from hpcnet.config import add_train_flags
     from hpcnet.search.settings import SEARCH, default, resolve

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import platformdirs
 
-import hpcnet
 from hpcnet.data.idx import IDX_FILES, import_idx
 from hpcnet.errors import DataError
 
@@ -30,7 +29,7 @@ def cache_dir() -> Path:
 
 def shipped_data_dir() -> Path:
     """The repository's ``data/`` folder (beside the ``hpcnet`` package)."""
-    return Path(hpcnet.__file__).resolve().parents[1] / "data"
+    return Path(__file__).resolve().parents[2] / "data"
 
 
 def digits_path() -> Path:

@@ -52,6 +52,39 @@ from hpcnet.nn.specs import layers_from_spec, read_model_file
 MODELS_DIR = Path(__file__).resolve().parent / "models"
 MODELS: dict[str, Path] = {p.stem: p for p in sorted(MODELS_DIR.glob("*.toml"))}
 DEFAULT_FOR_DATA = {"digits": "digits_cnn", "fashion-mnist": "2conv"}
+INLINE_PREFIX = "python:"
+_INLINE: dict[str, Callable] = {}  # source name -> fn(input_shape, num_classes) -> layers
+_INLINE_NAMES: dict[int, str] = {}  # id of a registered object -> its source name
+
+
+def register_inline(model) -> str:
+    """A source name for ``model``, a list of layers or a function ``fn(input_shape,
+    num_classes) -> layers`` held by this process (:func:`hpcnet.api.train`): every
+    build gets a fresh copy of the layers. The same object gets the same name; names
+    count registrations (``python:build#0``), so every rank that registers the same
+    models in the same order names them alike.
+
+    Raises:
+        ConfigError: ``model`` is neither.
+    """
+    if isinstance(model, list) and model and all(isinstance(x, Layer) for x in model):
+        import copy
+
+        def build(input_shape, num_classes, layers=model):
+            return copy.deepcopy(layers)
+
+        label = "layers"
+    elif callable(model):
+        build, label = model, getattr(model, "__name__", "function")
+    else:
+        raise ConfigError(
+            f"model: {type(model).__name__} is no model; give a source, a list of hpcnet "
+            "layers or a function (input_shape, num_classes) -> layers"
+        )
+    if id(model) not in _INLINE_NAMES:
+        _INLINE_NAMES[id(model)] = f"{INLINE_PREFIX}{label}#{len(_INLINE)}"
+        _INLINE[_INLINE_NAMES[id(model)]] = build
+    return _INLINE_NAMES[id(model)]
 
 
 def default_model(data_name: str) -> str:
@@ -70,28 +103,41 @@ def model_layers(source: str, input_shape: tuple[int, ...], num_classes: int) ->
     if source in MODELS:
         name, spec = read_model_file(MODELS[source])
         return name, layers_from_spec(spec, num_classes, f"built-in model {source}")
+    if source in _INLINE:
+        return source, _checked_layers(source, _INLINE[source], input_shape, num_classes)
     if source.endswith(".toml"):
         name, spec = read_model_file(Path(source))
         return name, layers_from_spec(spec, num_classes, source)
-    if ":" in source:
-        fn = _function(source)
-        try:
-            got = fn(tuple(input_shape), num_classes)
-        except ConfigError as e:
-            raise ConfigError(f"--model {source}: {e}") from None
-        except Exception as e:  # noqa: BLE001  the user's code: its one-line message
-            raise ConfigError(f"--model {source}: raised {type(e).__name__}: {e}") from None
-        if isinstance(got, list) and got and all(isinstance(x, dict) for x in got):
-            return source.rsplit(":", 1)[1], layers_from_spec(got, num_classes, source)
-        if isinstance(got, list) and got and all(isinstance(x, Layer) for x in got):
-            return source.rsplit(":", 1)[1], got
-        raise ConfigError(
-            f"--model {source}: returned {type(got).__name__}; expected a list of hpcnet "
-            "layers (hpcnet.nn.layers) or of layer tables"
+    if ":" in source and not source.startswith(INLINE_PREFIX):
+        return source.rsplit(":", 1)[1], _checked_layers(
+            source, _function(source), input_shape, num_classes
         )
     raise ConfigError(
         f"--model {source!r}: unknown model; a built-in ({', '.join(MODELS)}), a FILE.toml, "
         "or FILE.py:FUNCTION / module:FUNCTION"
+    )
+
+
+def _checked_layers(source: str, fn: Callable, input_shape, num_classes: int) -> list:
+    """What ``fn(input_shape, num_classes)`` returns, as layers.
+
+    Raises:
+        ConfigError: it raised (its one-line message), or returned no list of layers
+            or layer tables.
+    """
+    try:
+        got = fn(tuple(input_shape), num_classes)
+    except ConfigError as e:
+        raise ConfigError(f"--model {source}: {e}") from None
+    except Exception as e:  # noqa: BLE001  the user's code: its one-line message
+        raise ConfigError(f"--model {source}: raised {type(e).__name__}: {e}") from None
+    if isinstance(got, list) and got and all(isinstance(x, dict) for x in got):
+        return layers_from_spec(got, num_classes, source)
+    if isinstance(got, list) and got and all(isinstance(x, Layer) for x in got):
+        return got
+    raise ConfigError(
+        f"--model {source}: returned {type(got).__name__}; expected a list of hpcnet "
+        "layers (hpcnet.nn.layers) or of layer tables"
     )
 
 

@@ -30,7 +30,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from hpcnet import __version__
+from hpcnet._version import __version__
 from hpcnet.errors import CheckpointError
 
 NAME = "checkpoint.h5"

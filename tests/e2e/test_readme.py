@@ -157,6 +157,14 @@ def _run(argv: list[str], cwd: Path) -> str:
         assert "dry run" in stdout + stderr
         return stdout
     argv = _local(argv, cwd)
+    if argv[0] == "mpiexec" and argv[3] == "python" and argv[4].endswith(".py"):
+        # a script of the repository's examples/, run on every rank (hpcnet.train)
+        p = subprocess.run(
+            [MPIEXEC, "-n", argv[2], sys.executable, *argv[4:]],
+            capture_output=True, text=True, cwd=cwd, env=_env(cwd, assigned), timeout=180,
+        )  # fmt: skip
+        assert p.returncode == 0, f"{shlex.join(argv)}\n{p.stderr}"
+        return p.stdout
     if argv[0] == "mpiexec":
         assert argv[1] == "-n" and argv[3:6] == ["python", "-m", "hpcnet"], argv
         code, stdout, stderr, _ = hpcnet(*argv[6:], n=int(argv[2]), cwd=cwd, timeout=180)
