@@ -105,3 +105,48 @@ def test_lrn_alpha_follows_pytorchs_convention():
     assert_close(got, ref, rtol=1e-4, err_msg="LRN")
     wrong = torch.nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0)(torch.from_numpy(x))
     assert np.abs(wrong.numpy() - ref).max() > 100 * 1e-4 * np.abs(ref).max()
+
+
+def _new_layers():
+    from hpcnet.nn import AvgPool2D, Conv2D, GlobalAvgPool2D, LeakyReLU, Residual, Sigmoid, Tanh
+
+    return {
+        "leaky_relu": lambda: LeakyReLU(0.1),
+        "tanh": Tanh,
+        "sigmoid": Sigmoid,
+        "avgpool": lambda: AvgPool2D(2),
+        "avgpool_overlap": lambda: AvgPool2D(3, 2),
+        "global_avgpool": GlobalAvgPool2D,
+        "residual": lambda: Residual([Conv2D(3, 3, padding="same"), Tanh()]),
+        "residual_projection": lambda: Residual(
+            [Conv2D(4, 3, stride=2, padding=1), Sigmoid()], [Conv2D(4, 1, stride=2)]
+        ),
+    }
+
+
+@pytest.mark.parametrize("kind", list(_new_layers()))
+def test_new_layers_forward_and_backward_agree_with_pytorch_in_float64(kind):
+    # the layer alone (its torch twin in float64): outputs, input gradients and, for a
+    # residual block, its parameter gradients, through the NumPy reference backend
+    layer = _new_layers()[kind]()
+    shape = (3, 7, 7)
+    model = Model([layer], shape)
+    model.init(5)
+    rng = np.random.default_rng(9)
+    x = (rng.standard_normal((4, *shape)) * 2).astype(np.float32)
+    be = get_backend("reference")
+    y = model.forward(x, be, train=True)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    dx = layer.backward(dy, be)
+    net = torch_module(model).double()
+    net.load_state_dict({k: v.double() for k, v in torch_state_dict(model).items()})
+    tx = torch.from_numpy(x.astype(np.float64)).requires_grad_(True)
+    ty = net(tx)
+    ty.backward(torch.from_numpy(dy.astype(np.float64)))
+    np.testing.assert_allclose(y, ty.detach().numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(dx, tx.grad.numpy(), rtol=1e-4, atol=1e-6)
+    names = torch_names(model)
+    grads = dict(net.named_parameters())
+    for seg, lo, hi in model.segments:
+        want = grads[names[seg]].grad.numpy().reshape(-1)
+        np.testing.assert_allclose(model.grads[lo:hi], want, rtol=1e-4, atol=1e-6)
