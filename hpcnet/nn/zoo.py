@@ -45,6 +45,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from hpcnet.errors import ConfigError
+from hpcnet.nn.from_torch import is_torch_module, layers_from_torch
 from hpcnet.nn.layers import Layer
 from hpcnet.nn.model import Model
 from hpcnet.nn.specs import layers_from_spec, read_model_file
@@ -58,8 +59,9 @@ _INLINE_NAMES: dict[int, str] = {}  # id of a registered object -> its source na
 
 
 def register_inline(model) -> str:
-    """A source name for ``model``, a list of layers or a function ``fn(input_shape,
-    num_classes) -> layers`` held by this process (:func:`hpcnet.api.train`): every
+    """A source name for ``model``, a list of layers, a ``torch.nn.Sequential`` (its
+    architecture) or a function ``fn(input_shape, num_classes) -> layers`` held by this
+    process (:func:`hpcnet.api.train`): every
     build gets a fresh copy of the layers. The same object gets the same name; names
     count registrations (``python:build#0``), so every rank that registers the same
     models in the same order names them alike.
@@ -67,7 +69,18 @@ def register_inline(model) -> str:
     Raises:
         ConfigError: ``model`` is neither.
     """
-    if isinstance(model, list) and model and all(isinstance(x, Layer) for x in model):
+    if is_torch_module(model):
+        from hpcnet.nn.from_torch import layers_from_torch as convert
+
+        layers = convert(model)  # its architecture, checked now
+
+        def build(input_shape, num_classes, layers=layers):
+            import copy
+
+            return copy.deepcopy(layers)
+
+        label = f"torch:{type(model).__name__}"
+    elif isinstance(model, list) and model and all(isinstance(x, Layer) for x in model):
         import copy
 
         def build(input_shape, num_classes, layers=model):
@@ -131,13 +144,18 @@ def _checked_layers(source: str, fn: Callable, input_shape, num_classes: int) ->
         raise ConfigError(f"--model {source}: {e}") from None
     except Exception as e:  # noqa: BLE001  the user's code: its one-line message
         raise ConfigError(f"--model {source}: raised {type(e).__name__}: {e}") from None
+    if is_torch_module(got):  # its architecture; the run initialises the weights
+        try:
+            return layers_from_torch(got)
+        except ConfigError as e:
+            raise ConfigError(f"--model {source}: {e}") from None
     if isinstance(got, list) and got and all(isinstance(x, dict) for x in got):
         return layers_from_spec(got, num_classes, source)
     if isinstance(got, list) and got and all(isinstance(x, Layer) for x in got):
         return got
     raise ConfigError(
         f"--model {source}: returned {type(got).__name__}; expected a list of hpcnet "
-        "layers (hpcnet.nn.layers) or of layer tables"
+        "layers (hpcnet.nn.layers), of layer tables, or a torch.nn.Sequential"
     )
 
 
