@@ -74,7 +74,7 @@ def main() -> int:
     decoded_mib = n * 3 * 64 * 64 / 2**20
     on_disk = sum(f.stat().st_size for f in args.root.rglob("*.png")) / 2**20
     # the floor: the same command line reading a small file (its interpreter, modules)
-    digits = str(ROOT / "data" / "digits.h5")
+    digits = str(ROOT / "hpcnet" / "data" / "shipped" / "digits.h5")
     floor, _ = peak_rss_mib([sys.executable, "-m", "hpcnet", "data", "info", digits])
     out = args.root.parent / "hpcnet-fm64.h5"
     argv = [sys.executable, "-m", "hpcnet", "data", "import", str(args.root), "--out", str(out)]

@@ -1,4 +1,4 @@
-"""Export the UCI handwritten digits to data/digits.h5 (the hpcnet dataset format).
+"""Export the UCI handwritten digits to hpcnet/data/shipped/digits.h5 (the hpcnet format).
 
 Source: scikit-learn's bundled copy (``sklearn.datasets.load_digits``) of the test part
 of the UCI "Optical Recognition of Handwritten Digits" data set (Alpaydin & Kaynak,
@@ -9,7 +9,7 @@ stratify=y, random_state=0)``, giving 1,437 train and 360 test images.
 
 scikit-learn is needed only to run this script, not by hpcnet. Run from anywhere:
 
-    python data/make_digits.py [--out data/digits.h5]
+    python data/make_digits.py [--out hpcnet/data/shipped/digits.h5]
 """
 
 from __future__ import annotations
@@ -37,7 +37,11 @@ SEED = 0
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "digits.h5")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path(__file__).resolve().parents[1] / "hpcnet" / "data" / "shipped" / "digits.h5",
+    )
     args = parser.parse_args()
 
     digits = load_digits()

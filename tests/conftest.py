@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-DIGITS = REPO / "data" / "digits.h5"
+DIGITS = REPO / "hpcnet" / "data" / "shipped" / "digits.h5"
 FASHION_IDX = Path("/usr/share/datasets/fashion-mnist")
 
 

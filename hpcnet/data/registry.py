@@ -28,21 +28,22 @@ def cache_dir() -> Path:
 
 
 def shipped_data_dir() -> Path:
-    """The repository's ``data/`` folder (beside the ``hpcnet`` package)."""
-    return Path(__file__).resolve().parents[2] / "data"
+    """The data sets shipped inside the package (``hpcnet/data/shipped/``: package data,
+    so an installed wheel has them too)."""
+    return Path(__file__).resolve().parent / "shipped"
 
 
 def digits_path() -> Path:
-    """The shipped UCI digits dataset file, ``<repo>/data/digits.h5``.
+    """The shipped UCI digits dataset file, ``hpcnet/data/shipped/digits.h5``.
 
     Raises:
-        DataError: the file is absent (e.g. hpcnet installed without its data folder).
+        DataError: the file is absent (an install that dropped the package data).
     """
     path = shipped_data_dir() / "digits.h5"
     if not path.is_file():
         raise DataError(
-            f"{path}: no such file; the digits data ships in the repository's data/ folder "
-            "(re-create it with `python data/make_digits.py`)"
+            f"{path}: no such file; the digits data ships inside the package "
+            "(re-create it with `python data/make_digits.py` in a source checkout)"
         )
     return path
 

@@ -119,7 +119,7 @@ def test_info_says_which_mpiexec_and_when_another_shadows_this_environments(tmp_
 
 
 def _digits_copy(tmp_path: Path, name: str) -> Path:
-    src = Path(__file__).resolve().parents[2] / "data" / "digits.h5"
+    src = Path(__file__).resolve().parents[2] / "hpcnet" / "data" / "shipped" / "digits.h5"
     dst = tmp_path / name
     shutil.copy(src, dst)
     return dst

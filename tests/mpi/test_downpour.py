@@ -59,7 +59,7 @@ def _serial(rule, steps, lr, batch=32, seed=0, model_name="digits_cnn"):
 def _digits():
     from pathlib import Path
 
-    return Path(__file__).resolve().parents[2] / "data" / "digits.h5"
+    return Path(__file__).resolve().parents[2] / "hpcnet" / "data" / "shipped" / "digits.h5"
 
 
 @pytest.mark.mpi(min_size=2)

@@ -17,7 +17,7 @@ from hpcnet.optim.lbfgs import lbfgs_serial
 from tests.close import assert_close
 from tests.mpi.ranks import first_ranks
 
-DIGITS = Path(__file__).resolve().parents[2] / "data" / "digits.h5"
+DIGITS = Path(__file__).resolve().parents[2] / "hpcnet" / "data" / "shipped" / "digits.h5"
 
 
 def _cfg(out, **kv):

@@ -50,7 +50,7 @@ def test_cache_dir(monkeypatch, tmp_path):
 
 def test_shipped_digits():
     path = digits_path()
-    assert path.name == "digits.h5" and path.parent.name == "data"
+    assert path.name == "digits.h5" and path.parent.name == "shipped"
     info = open_dataset(path)
     assert (info.n_train, info.n_test, info.image_shape) == (1437, 360, (1, 8, 8))
     assert info.class_names == tuple("0123456789")
