@@ -61,7 +61,7 @@ def train(
     """
     from hpcnet.algos import train as train_run
     from hpcnet.comm import library_comm, same_on_every_rank
-    from hpcnet.config import load_config, section_classes
+    from hpcnet.config import load_config, resume_base, section_classes
     from hpcnet.nn.zoo import register_inline
 
     comm = comm or library_comm()
@@ -83,7 +83,7 @@ def train(
                     f"hpcnet.train: {key!r} is not a config key (section.name; sections: "
                     f"{', '.join(known)})"
                 )
-        cfg = load_config(path, flat)
+        cfg = load_config(resume_base(path, flat.get("run.resume")), flat)
     summary = train_run(cfg, comm, verbose=verbose)
     summary["params"] = summary.pop("_params")
     return summary

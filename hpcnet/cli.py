@@ -181,10 +181,10 @@ def _search_dry_run(space, settings, fixed: dict) -> None:
 
 def _config_from(args):
     from hpcnet.comm import same_on_every_rank
-    from hpcnet.config import load_config
+    from hpcnet.config import load_config, resume_base
 
     with same_on_every_rank():  # no communication yet: every rank sees the same error
-        return load_config(args.config, vars(args))
+        return load_config(resume_base(args.config, vars(args).get("run.resume")), vars(args))
 
 
 def _cmd_train(args) -> int:

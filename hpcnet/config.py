@@ -268,6 +268,23 @@ def _load_toml(path: str) -> dict[str, dict[str, Any]]:
     return out
 
 
+def resume_base(config_file: str | None, resume: str | None) -> str | None:
+    """The config file a run starts from: ``config_file``; with ``--resume OUT`` and no
+    ``--config``, OUT's own ``config.toml`` (so ``train --resume OUT`` alone continues
+    with the settings OUT was written with; flags still override).
+
+    Raises:
+        ConfigError: ``--resume`` names no directory.
+    """
+    if not resume or config_file:
+        return config_file
+    out = Path(resume)
+    if not out.is_dir():
+        raise ConfigError(f"--resume {resume}: no such directory")
+    saved = out / "config.toml"
+    return str(saved) if saved.is_file() else None
+
+
 def load_config(config_file: str | None = None, overrides: dict[str, Any] | None = None) -> Config:
     """Builds and validates a Config from defaults, a TOML file, then flag overrides.
 

@@ -116,6 +116,13 @@ def prepare(cfg: Config, comm: MPI.Intracomm, verbose: bool = True) -> Prepared:
         resume = root_then_bcast(lambda: find_resume_checkpoint(cfg, verbose), comm)
         with same_on_every_rank():
             check_resumable(resume, cfg, layout)
+        if verbose and comm.Get_rank() == 0:
+            written = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(resume["created"])))
+            print(
+                f"hpcnet: resuming {out} from step {int(resume['step'])} "
+                f"({Path(str(resume['path'])).name} of {written})",
+                flush=True,
+            )
     node_ranks = ranks_on_node(comm)  # once: threads and the exchanges' spin use it
     threads = set_threads(cfg.run.threads, node_ranks)
     prep = Prepared(cfg, layout, backend, info, model, out, threads, t_start)

@@ -108,8 +108,10 @@ def test_a_signal_to_one_rank_stops_every_rank_checkpointed(tmp_path, signum):
         assert not f.attrs["final"] and at > 100
     name = signal.Signals(signum).name
     assert f"stopped by {name} after step {at}" in stderr and "--resume" in stderr, stderr
-    code, _, stderr, _ = hpcnet(*args, "--resume", str(out), cwd=tmp_path)
+    # --resume OUT alone: OUT's config.toml holds the settings (issue 27)
+    code, stdout, stderr, _ = hpcnet("train", "--resume", str(out), cwd=tmp_path)
     assert code == 0, stderr
+    assert f"hpcnet: resuming {out} from step {at} (checkpoint.h5 of " in stdout
     assert _final_params_sha(out) == _final_params_sha(tmp_path / "whole")
 
 
@@ -128,6 +130,9 @@ def test_resume_refuses_damage_and_other_settings_in_one_line(tmp_path):
     assert code == 2 and "checkpoint.h5" in stderr and "--resume-fallback" in stderr, stderr
     code, _, stderr, _ = hpcnet(*args, "--resume", str(out), "--resume-fallback", cwd=tmp_path)
     assert code == 0 and "falling back to checkpoint-000000050.h5" in stderr, stderr
+    # a directory that is not there says so
+    code, _, stderr, _ = hpcnet("train", "--resume", str(tmp_path / "nope"), cwd=tmp_path)
+    assert code == 2 and f"--resume {tmp_path / 'nope'}: no such directory" in stderr, stderr
     # a finished run: nothing to resume, and not an error (a requeued finished job)
     code, _, stderr, _ = hpcnet(*args, "--resume", str(out), cwd=tmp_path)
     assert code == 0 and "nothing to resume" in stderr and "error" not in stderr, stderr
