@@ -93,6 +93,8 @@ declare(
     Option("run.keep_checkpoints", 2, "checkpoints kept in OUT (>= 1)",
            check=lambda v: v >= 1, must="must be >= 1"),
     Option("run.resume", "", "continue the run in this OUT from its newest checkpoint"),
+    Option("run.overwrite", False, "replace the run already in --out (without it, an OUT "
+           "holding a run is refused: --resume continues it)"),
     Option("run.resume_fallback", False, "with --resume: use the newest intact checkpoint if "
            "the newest is damaged"),
     Option("run.timeout", 300.0, "watchdog: seconds a rank may wait for another before the "

@@ -18,7 +18,7 @@ export HPCNET_DATA=${HPCNET_DATA:-$HOME/.cache/hpcnet}
 
 hpcnet_job() {
     local out=${OUT:-runs/${SLURM_JOB_ID:-local}}
-    local where=(--out "$out")
+    local where=(--out "$out" --overwrite)   # no checkpoint yet: nothing to lose
     if [ -f "$out/checkpoint.h5" ]; then
         where=(--resume "$out")   # a requeued job goes on from its newest checkpoint
     fi

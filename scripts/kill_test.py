@@ -71,7 +71,8 @@ def trial(k: int, when: float, work: Path, want: str) -> tuple[bool, str]:
             return True, f"finished before the kill at {when:.2f} s (not a trial)"
     resume = _run(["--resume", str(out)], None, capture_output=True, text=True, timeout=300)
     if info is None:
-        ok = resume.returncode == 2 and "no checkpoint" in resume.stderr
+        why = resume.stderr  # killed before OUT was made, or before its first checkpoint
+        ok = resume.returncode == 2 and ("no checkpoint" in why or "no such directory" in why)
         return ok, f"killed at {when:.2f} s before any checkpoint; resume: {resume.returncode}"
     if resume.returncode != 0:
         return False, f"resume failed ({resume.returncode}): {resume.stderr.strip()[-300:]}"

@@ -108,7 +108,9 @@ def prepare(cfg: Config, comm: MPI.Intracomm, verbose: bool = True) -> Prepared:
                     f"({cfg.run.resume}); drop --out"
                 )
         cfg = replace(cfg, run={"out": cfg.run.resume})
-    out = root_then_bcast(lambda: make_out_dir(cfg.run.out), comm)
+    out = root_then_bcast(
+        lambda: make_out_dir(cfg.run.out, bool(cfg.run.resume), cfg.run.overwrite), comm
+    )
     set_error_report(out, str(layout.role(comm.Get_rank())))  # OUT/error-rank-K.txt
     cfg = replace(cfg, run={"out": str(out)}, model={"name": model_name})
     resume = None

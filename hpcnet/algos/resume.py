@@ -21,6 +21,7 @@ MAY_CHANGE = {
     ("run", "out"),
     ("run", "resume"),
     ("run", "resume_fallback"),
+    ("run", "overwrite"),
     ("run", "checkpoint_every"),
     ("run", "checkpoint_every_s"),
     ("run", "timeout"),

@@ -7,20 +7,48 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any, TextIO
 
 from hpcnet.errors import ConfigError
 
+RUN_FILES = ("config.toml", "metrics.jsonl", "summary.json", "checkpoint.h5")
+# what a run leaves in OUT: ``--overwrite`` removes these (and nothing else) first
+_RUN_GLOBS = (*RUN_FILES, "checkpoint-*.h5", "weights.*", "error-rank-*.txt", "*.png", "tb")
 
-def make_out_dir(out: str) -> Path:
-    """Creates the output directory (``runs/<timestamp>`` when ``out`` is empty).
 
+def make_out_dir(out: str, resume: bool = False, overwrite: bool = False) -> Path:
+    """Creates the output directory (``runs/<timestamp>`` when ``out`` is empty, with
+    ``-2``, ``-3``, ... when that is taken, so a new run never lands in another's).
+
+    Args:
+        resume: the run continues the one in ``out`` (``--resume``).
+        overwrite: ``out`` may hold a run, whose files are removed first (``--overwrite``).
     Raises:
-        ConfigError: the path exists and is not a directory, or cannot be created.
+        ConfigError: ``out`` holds a run (its config, metrics, summary or checkpoint) and
+            neither ``resume`` nor ``overwrite``; the path is no directory, or cannot be
+            created or written.
     """
-    path = Path(out) if out else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+    if out:
+        path = Path(out)
+    else:
+        stamp = Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+        path, k = stamp, 1
+        while path.exists():
+            k += 1
+            path = stamp.with_name(f"{stamp.name}-{k}")
+    held = [n for n in RUN_FILES if (path / n).exists()] if path.is_dir() else []
+    if held and not resume:
+        if not overwrite:
+            raise ConfigError(
+                f"--out {path}: holds a run already ({', '.join(held)}); --resume {path} "
+                "continues it, --overwrite replaces it"
+            )
+        for pattern in _RUN_GLOBS:
+            for p in path.glob(pattern):
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
     try:
         path.mkdir(parents=True, exist_ok=True)
     except FileExistsError:

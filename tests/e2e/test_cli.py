@@ -224,3 +224,19 @@ def test_bad_idx_magic_fails_cleanly(tmp_path, fashion_idx_dir):
         "data", "import-idx", str(src), "--out", str(tmp_path / "x.h5"), n=1, cwd=tmp_path
     )
     _assert_clean_failure(code, stderr, secs, "train-labels-idx1-ubyte.gz")
+
+
+@pytest.mark.timeout(120)
+def test_a_second_run_into_the_same_out_is_refused_unless_overwrite(tmp_path):
+    out = tmp_path / "run"
+    args = ("train", "--max-steps", "5", "--threads", "1", "--out", str(out))
+    code, _, stderr, _ = hpcnet(*args, cwd=tmp_path)
+    assert code == 0, stderr
+    first = (out / "summary.json").read_text()
+    code, _, stderr, _ = hpcnet(*args, "--lr", "0.01", cwd=tmp_path)
+    assert code == 2 and stderr.count("\n") == 1, stderr
+    assert f"--out {out}: holds a run already" in stderr and "--overwrite" in stderr
+    assert (out / "summary.json").read_text() == first  # nothing was touched
+    code, _, stderr, _ = hpcnet(*args, "--lr", "0.01", "--overwrite", cwd=tmp_path)
+    assert code == 0, stderr
+    assert '"lr": 0.01' in (out / "summary.json").read_text()
