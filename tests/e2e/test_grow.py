@@ -33,9 +33,10 @@ def grow_job(tmp_path, mpiexec: list[str], env: dict | None = None):
     more replicas once training is under way, then for 1 more; returns (Popen,
     stdout, stderr, OUT) once the job ended."""
     out = tmp_path / "run"
-    # 200 epochs of the digits last ~25 s on 2 cores: the request is taken ~5 s in and
-    # the regroup takes 2-7 s; with 60 epochs a CI run once ended before the second request
-    args = ["--algo", "downpour", "--shards", "1", "--epochs", "200", "--max-replicas", "3"]
+    # 500 epochs of the digits last 25-60 s on 2 cores: the request is taken ~5 s in and
+    # the regroup takes 2-7 s; with 60, and once (a Zen 3 host, Open MPI) with 200 epochs,
+    # a CI run ended before the second request
+    args = ["--algo", "downpour", "--shards", "1", "--epochs", "500", "--max-replicas", "3"]
     p = subprocess.Popen(
         [*mpiexec, "-n", "3", sys.executable, "-m", "hpcnet", "train", *args, "--out", str(out)],
         stdout=subprocess.PIPE,
