@@ -65,6 +65,9 @@ declare(
            "validation (0: none); never trained on, reported as val_loss / val_accuracy",
            check=lambda v: 0 <= v < 1, must="must lie in [0, 1)"),
     Option("data.val_seed", 0, "the seed of the validation split's draw"),
+    Option("data.verify", "auto", "check the data file's SHA-256 when a run opens it "
+           "(auto: files under 256 MiB)", choices=("auto", "always", "never"),
+           flag="--verify-data"),
     Option("run.eval_every", 0, "steps between validation evaluations in the progress "
            "records (sync; 0: at the end only)", check=_ge0[0], must="must be >= 0"),
     owner="hpcnet.config",

@@ -26,7 +26,7 @@ from hpcnet.comm import (
     set_error_report,
 )
 from hpcnet.config import Config, replace, save_config
-from hpcnet.data.format import DatasetInfo, open_dataset
+from hpcnet.data.format import DatasetInfo, open_dataset, verify_checksum
 from hpcnet.data.loader import BatchLoader
 from hpcnet.data.registry import resolve_data
 from hpcnet.data.splits import holdout
@@ -159,15 +159,29 @@ def prepare_joiner(cfg: Config) -> Prepared:
     return Prepared(cfg, layout, backend, info, model, out, threads, t_start)
 
 
+VERIFY_BELOW_BYTES = 256 << 20  # --verify-data auto: files (with shards) under this size
+
+
+def data_bytes(info: DatasetInfo) -> int:
+    """The bytes of a dataset's files (the main file and its shard files)."""
+    return sum(p.stat().st_size for p in (info.path, *info.shard_files))
+
+
 def open_run_data(cfg: Config) -> DatasetInfo:
-    """The run's dataset (``--data``), validated; with ``--val-fraction`` its train rows
+    """The run's dataset (``--data``), validated, and its checksum checked (``--verify-data``:
+    ``auto`` below :data:`VERIFY_BELOW_BYTES`); with ``--val-fraction`` its train rows
     split into the rows trained on (``train_index``, counted by ``n_train``) and the
     held-out validation rows (``val_index``: :func:`hpcnet.data.splits.holdout`).
 
     Raises:
-        DataError: the data cannot be found or read, or the split leaves a part empty.
+        DataError: the data cannot be found or read, its checksum differs from the one it
+            carries (a corrupt file), or the split leaves a part empty.
     """
     info = open_dataset(resolve_data(cfg.data.name))
+    if cfg.data.verify == "always" or (
+        cfg.data.verify == "auto" and data_bytes(info) < VERIFY_BELOW_BYTES
+    ):
+        verify_checksum(info.path)  # a corrupt file trains on garbage otherwise
     if cfg.data.val_fraction <= 0:
         return info
     keep, held = holdout(info.path, cfg.data.val_fraction, cfg.data.val_seed)

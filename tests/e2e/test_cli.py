@@ -162,6 +162,10 @@ def _bad_files(tmp_path: Path) -> dict[str, tuple[Path, str]]:
         del f["train/labels"]
         f["train/labels"] = y[:-3]
     cases["count_mismatch"] = (count, "")
+    pixels = _digits_copy(tmp_path, "pixels.h5")  # valid in form, 400 pixels changed
+    with h5py.File(pixels, "a") as f:
+        f["train/images"][:100, 0, 0, :4] = 7
+    cases["pixels_changed"] = (pixels, "checksum mismatch")
     return cases
 
 
@@ -182,6 +186,18 @@ def test_bad_data_files_fail_cleanly_on_every_rank(tmp_path):
         )
         _assert_clean_failure(code, stderr, secs, must)
         assert path.name in stderr, (name, stderr)
+
+
+@pytest.mark.timeout(120)
+def test_a_corrupt_file_trains_only_when_told_not_to_verify(tmp_path):
+    pixels = _bad_files(tmp_path)["pixels_changed"][0]
+    args = ("--data", str(pixels), "--max-steps", "3", "--threads", "1")
+    code, _, stderr, _ = hpcnet(*args, "--out", str(tmp_path / "a"), n=2, cwd=tmp_path)
+    assert code == 2 and "checksum mismatch" in stderr, stderr
+    code, _, stderr, _ = hpcnet(
+        *args, "--verify-data", "never", "--out", str(tmp_path / "b"), n=2, cwd=tmp_path
+    )
+    assert code == 0, stderr
 
 
 @pytest.mark.timeout(300)
