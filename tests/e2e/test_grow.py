@@ -28,15 +28,16 @@ def _grow(out, *args) -> subprocess.CompletedProcess:
     )
 
 
-def grow_job(tmp_path, mpiexec: list[str], env: dict | None = None):
+def grow_job(tmp_path, mpiexec: list[str], env: dict | None = None, epochs: int = 200):
     """Runs 1 shard + 2 replicas with ``--max-replicas 3`` under ``mpiexec``, asks for 2
     more replicas once training is under way, then for 1 more; returns (Popen,
     stdout, stderr, OUT) once the job ended."""
     out = tmp_path / "run"
-    # 500 epochs of the digits last 25-60 s on 2 cores: the request is taken ~5 s in and
-    # the regroup takes 2-7 s; with 60, and once (a Zen 3 host, Open MPI) with 200 epochs,
-    # a CI run ended before the second request
-    args = ["--algo", "downpour", "--shards", "1", "--epochs", "500", "--max-replicas", "3"]
+    # the run must outlast the first request (taken ~5 s in), the regroup (2-7 s) and the
+    # second request: 200 epochs of the digits take ~150 s under MPICH on 2 cores, ~10 s
+    # under Open MPI, where a Zen 3 host's run once ended before the second request, so
+    # the Open MPI test asks for 500 (tests/ft/test_ompi_launch_grow.py)
+    args = ["--algo", "downpour", "--shards", "1", "--epochs", str(epochs), "--max-replicas", "3"]
     p = subprocess.Popen(
         [*mpiexec, "-n", "3", sys.executable, "-m", "hpcnet", "train", *args, "--out", str(out)],
         stdout=subprocess.PIPE,
