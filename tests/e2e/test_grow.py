@@ -33,10 +33,9 @@ def grow_job(tmp_path, mpiexec: list[str], env: dict | None = None, epochs: int 
     more replicas once training is under way, then for 1 more; returns (Popen,
     stdout, stderr, OUT) once the job ended."""
     out = tmp_path / "run"
-    # the run must outlast the first request (taken ~5 s in), the regroup (2-7 s) and the
-    # second request: 200 epochs of the digits take ~150 s under MPICH on 2 cores, ~10 s
-    # under Open MPI, where a Zen 3 host's run once ended before the second request, so
-    # the Open MPI test asks for 500 (tests/ft/test_ompi_launch_grow.py)
+    # the run must outlast the first request (taken ~5 s in) and the regroup (2-7 s), and
+    # should outlast the second request: 200 epochs of the digits (one Open MPI run on a
+    # fast host ended before it; one of 500 epochs under Open MPI ran past 300 s in CI)
     args = ["--algo", "downpour", "--shards", "1", "--epochs", str(epochs), "--max-replicas", "3"]
     p = subprocess.Popen(
         [*mpiexec, "-n", "3", sys.executable, "-m", "hpcnet", "train", *args, "--out", str(out)],
@@ -58,21 +57,27 @@ def grow_job(tmp_path, mpiexec: list[str], env: dict | None = None, epochs: int 
             assert p.poll() is None and time.monotonic() < deadline, "request not taken"
             time.sleep(0.05)
         time.sleep(2.0)
-        assert _grow(out).returncode == 0  # a second one: over the cap
+        second = _grow(out)  # a second one: over the cap
+        # a fast host may finish the run first (seen once under Open MPI): then grow
+        # refuses the request itself, and only the refusal by the run goes unchecked
+        late = second.returncode != 0
+        assert not late or "the run has finished" in second.stderr, second.stderr
         stdout, stderr = p.communicate(timeout=300)
     finally:
         if p.poll() is None:
             os.killpg(p.pid, 9)
-    return p, stdout, stderr, out
+    return p, stdout, stderr, out, late
 
 
-def check_grown(p, stdout: str, stderr: str, out) -> None:
-    """What a grown job must show (see the module)."""
+def check_grown(p, stdout: str, stderr: str, out, late: bool = False) -> None:
+    """What a grown job must show (see the module); ``late``: the run had finished before
+    the second request, which the run then never saw."""
     assert p.returncode == 0, stderr
     assert "downpour: adding 1 of the 2 replicas asked for (--max-replicas 3)" in stdout
     assert "1 replica(s) added on request" in stdout
     assert "going on as 4 ranks: 1 parameter shard + 3 replicas" in stdout
-    assert "a request for 1 more replica(s) refused: the run has 3 replicas" in stdout
+    if not late:
+        assert "a request for 1 more replica(s) refused: the run has 3 replicas" in stdout
     s = json.loads((out / "summary.json").read_text())
     (g,) = s["regroups"]
     assert g["added_on_request"] == 1 and g["lost_ranks"] == []
@@ -82,7 +87,8 @@ def check_grown(p, stdout: str, stderr: str, out) -> None:
     applied = s["shards"][0]["pushes_applied"]
     assert applied == [r["pushes"] for r in s["replicas"]]  # every push once, the new one's too
     assert s["test_accuracy"] >= 0.9
-    assert json.loads((out / "grow-refused.json").read_text())["replicas"] == 1
+    if not late:
+        assert json.loads((out / "grow-refused.json").read_text())["replicas"] == 1
 
 
 @pytest.mark.skipif(MPIEXEC is None, reason="no mpiexec")
