@@ -38,6 +38,7 @@ Models:
 
 from __future__ import annotations
 
+import copy
 import importlib
 import importlib.util
 import sys
@@ -69,24 +70,16 @@ def register_inline(model) -> str:
     Raises:
         ConfigError: ``model`` is neither.
     """
+    layers, label = None, ""
     if is_torch_module(model):
-        from hpcnet.nn.from_torch import layers_from_torch as convert
-
-        layers = convert(model)  # its architecture, checked now
+        layers, label = layers_from_torch(model), f"torch:{type(model).__name__}"  # checked now
+    elif isinstance(model, list) and model and all(isinstance(x, Layer) for x in model):
+        layers, label = model, "layers"
+    if layers is not None:
 
         def build(input_shape, num_classes, layers=layers):
-            import copy
-
             return copy.deepcopy(layers)
 
-        label = f"torch:{type(model).__name__}"
-    elif isinstance(model, list) and model and all(isinstance(x, Layer) for x in model):
-        import copy
-
-        def build(input_shape, num_classes, layers=model):
-            return copy.deepcopy(layers)
-
-        label = "layers"
     elif callable(model):
         build, label = model, getattr(model, "__name__", "function")
     else:
