@@ -278,11 +278,10 @@ def _model_summary(cfg, layout) -> str:
     from hpcnet.data.format import open_dataset
     from hpcnet.data.registry import resolve_data
     from hpcnet.nn.summary import summary_table
-    from hpcnet.nn.zoo import build_model, default_model
+    from hpcnet.nn.zoo import run_model
 
     info = open_dataset(resolve_data(cfg.data.name))
-    name = cfg.model.name if cfg.model.name != "auto" else default_model(cfg.data.name)
-    model = build_model(name, info.image_shape, info.num_classes)
+    model = run_model(cfg.model, cfg.data.name, info.image_shape, info.num_classes)
     return f"data: {info.path} {info.image_shape}, {info.num_classes} classes\n" + summary_table(
         model, shards=max(layout.shards, 1), replicas=layout.replicas
     )

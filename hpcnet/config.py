@@ -51,8 +51,11 @@ declare(
     owner="hpcnet.config (the layout)",
 )  # fmt: skip
 declare(
-    Option("model.name", "auto", "model (mlp, wide_mlp, lenet, 2conv, digits_cnn, linear, "
-           "alexnet, towers) or auto (the dataset's default)", flag="--model"),
+    Option("model.name", "auto", "model: a built-in (mlp, wide_mlp, lenet, 2conv, digits_cnn, "
+           "linear, alexnet, towers), FILE.toml, FILE.py:FUNCTION, module:FUNCTION, or auto "
+           "(the dataset's default)", flag="--model"),
+    Option("model.layers", (), "the model's layers written in the config file, as a "
+           "model file's layers array (then --model only names it)"),
     owner="hpcnet.config",
 )  # fmt: skip
 declare(
@@ -192,8 +195,14 @@ class Config:
         return (_from_dict, (self.to_dict(),))
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
-        """``{section: {option: value}}``."""
-        return {s: dataclasses.asdict(getattr(self, s)) for s in self._sections}
+        """``{section: {option: value}}``, an array option as a list (as TOML reads it)."""
+        return {
+            s: {
+                k: list(v) if isinstance(v, tuple) else v
+                for k, v in dataclasses.asdict(getattr(self, s)).items()
+            }
+            for s in self._sections
+        }
 
     def to_toml(self) -> str:
         """The resolved config as TOML text (loadable with ``--config``)."""

@@ -28,7 +28,7 @@ from typing import Any
 
 from hpcnet.errors import ConfigError
 
-TYPES = (bool, int, float, str)
+TYPES = (bool, int, float, str, tuple)  # tuple: an array in a config file, no flag
 
 
 @dataclass(frozen=True)
@@ -37,8 +37,8 @@ class Option:
 
     Attributes:
         key: ``"section.name"``: the TOML section and field (``"algo.avg_every"``).
-        default: the value when nothing sets it; its type (bool, int, float or str) is
-            the option's type.
+        default: the value when nothing sets it; its type (bool, int, float, str, or
+            tuple: a TOML array, set in config files only) is the option's type.
         help: one line for ``--help`` and the docs' flag table.
         flag: the command-line flag; "" derives it from the name (``--avg-every``).
         choices: the allowed values, if a fixed list (checked; listed in the help).
@@ -61,7 +61,9 @@ class Option:
             raise ValueError(f"option key {self.key!r}: expected 'section.name'")
         if type(self.default) not in TYPES:
             raise ValueError(f"option {self.key}: default {self.default!r} is not one of {TYPES}")
-        if not self.flag:
+        if self.type is tuple:  # an array: config files only, named as in them
+            object.__setattr__(self, "flag", f"[{section}] {name}")
+        elif not self.flag:
             object.__setattr__(self, "flag", "--" + name.replace("_", "-"))
         if self.check is not None and not self.must:
             raise ValueError(f"option {self.key}: a check needs its 'must' text")
@@ -89,7 +91,10 @@ class Option:
     def add_flag(self, parser: Any, dest: str, help: str) -> None:
         """Adds its flag to an argparse parser or argument group, unset by default (so a
         config file's value is not overridden): ``--flag VALUE``, or ``--flag`` /
-        ``--no-flag`` for a bool, with the value at ``dest``."""
+        ``--no-flag`` for a bool, with the value at ``dest``. An array (tuple) option
+        has no flag: config files only."""
+        if self.type is tuple:
+            return
         if self.type is bool:
             parser.add_argument(
                 self.flag,
@@ -111,8 +116,11 @@ class Option:
         """
         if self.type is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
+        if self.type is tuple and isinstance(value, list):  # a TOML array
+            value = tuple(value)
         if not isinstance(value, self.type) or (isinstance(value, bool) and self.type is not bool):
-            raise TypeError(f"must be {self.type.__name__}, got {value!r}")
+            kind = "an array" if self.type is tuple else self.type.__name__
+            raise TypeError(f"must be {kind}, got {value!r}")
         return value
 
     def problem(self, value: Any) -> str | None:

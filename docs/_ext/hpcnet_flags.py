@@ -31,6 +31,8 @@ def _rows() -> dict[str, list[tuple[str, str, str, str, str]]]:
         if o.type is bool:  # argparse.BooleanOptionalAction: --flag / --no-flag
             flag = f"{flag}, --no-{flag[2:]}"
             shown = "on" if o.default else "off"
+        elif o.type is tuple:  # an array: config files only
+            shown = "[]"
         else:
             shown = repr(o.default) if o.default == "" else str(o.default)
         meaning = o.help
@@ -39,7 +41,8 @@ def _rows() -> dict[str, list[tuple[str, str, str, str, str]]]:
         owner = options.owner(o.key)
         if owner.startswith("algorithm "):
             meaning += f" [{owner}]"
-        by_section[o.section].append((flag, o.key, o.type.__name__, shown, meaning))
+        kind = "array" if o.type is tuple else o.type.__name__
+        by_section[o.section].append((flag, o.key, kind, shown, meaning))
     return {s: rows for s, rows in by_section.items() if rows}
 
 

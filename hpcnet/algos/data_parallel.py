@@ -11,8 +11,9 @@ step (same step count everywhere, or an allreduce hangs). After every step the
 replicas also agree whether any of them got SIGTERM/SIGUSR1 (one 8-byte
 allreduce, :meth:`~hpcnet.algos.lifecycle.TrainingRun.step_end`): then all write a
 checkpoint at that step and stop (:class:`hpcnet.run.preempt.Preempted`).
-``--checkpoint-every`` and ``--resume`` restore every rank's parameters, momentum
-and Dropout streams, so a resumed run continues bit for bit.
+``--checkpoint-every`` and ``--resume`` restore every rank's parameters, momentum,
+Dropout streams and buffers (BatchNorm's running statistics, each replica its own), so
+a resumed run continues bit for bit.
 
 Adding an algorithm of this family is one policy class and one call of
 :func:`synchronous_algorithm` (see ``tests/e2e/toy_algorithm.py``).
@@ -88,6 +89,8 @@ def _train_replica(run: TrainingRun, algo: Policy) -> dict[str, Any]:
         if opt.velocity is not None:
             opt.velocity[:] = arrays["velocity"]
         model.set_rng_states(state["rng"])
+        if "buffers" in arrays:  # this replica's BatchNorm running statistics
+            model.buffers[:] = arrays["buffers"]
         step = int(state["step"])
         epoch, start = divmod(step, spe)
         if hasattr(algo, "resume"):
@@ -178,7 +181,8 @@ def _train_replica(run: TrainingRun, algo: Policy) -> dict[str, Any]:
 
 def _checkpoint(run: TrainingRun, step: int, epoch: int, opt: SGD) -> None:
     """Saves what resuming at ``step`` needs on every rank: its parameters (with
-    partitions: rank 0 also assembles the whole vector), momentum and Dropout streams.
+    partitions: rank 0 also assembles the whole vector), momentum, Dropout streams and
+    buffers (BatchNorm's running statistics).
     Collective over the run's communicator (every rank is a replica here)."""
     model, part = run.model, run.part
     params = model.params.copy()
@@ -187,6 +191,8 @@ def _checkpoint(run: TrainingRun, step: int, epoch: int, opt: SGD) -> None:
     arrays = {"params": params}
     if opt.velocity is not None:
         arrays["velocity"] = opt.velocity.copy()
+    if model.buffers.size:  # each replica its own running statistics
+        arrays["buffers"] = model.buffers.copy()
     run.save_checkpoint(step, epoch, arrays, {"step": step, "rng": model.rng_states()})
 
 

@@ -84,7 +84,39 @@ class EndOfRun:
         """Loss (mean, nats) and accuracy of the current parameters over the whole
         ``test`` split, or over the ``val`` rows (``--val-fraction``) of the train
         split: each replica (each of its partitions) evaluates its own slice of rows,
-        ranks of other roles contribute nothing. Collective over ``comm``."""
+        ranks of other roles contribute nothing. Collective over ``comm``.
+
+        A model with buffers (BatchNorm2D's running statistics, each replica its own)
+        is evaluated with their average over the replicas; each replica keeps its own
+        afterwards, and the average stays in ``averaged_buffers`` (the final
+        checkpoint's)."""
+        own = self._average_buffers()
+        try:
+            return self._evaluate(split)
+        finally:
+            if own is not None:
+                self.model.buffers[:] = own
+
+    def _average_buffers(self) -> np.ndarray | None:
+        """Sets the model's buffers to their mean over the replicas (each entry over the
+        replicas' partitions that compute its layer); returns this rank's own. None
+        (and no communication) for a model without buffers. Collective over ``comm``."""
+        model = self.model
+        if not model.buffers.size:
+            return None
+        mask = np.zeros(model.buffers.size)
+        if self.role.kind == "replica":
+            mask[:] = 1.0 if self.part is None else self.part.buffer_mask()
+        both = np.concatenate([model.buffers * mask, mask])
+        tot = allreduce_sum(both, self.comm)
+        n = model.buffers.size
+        own = model.buffers.copy()
+        counted = tot[n:] > 0
+        model.buffers[counted] = (tot[:n][counted] / tot[n:][counted]).astype(np.float32)
+        self.averaged_buffers = model.buffers.copy()
+        return own
+
+    def _evaluate(self, split: str) -> tuple[float, float]:
         loss_sum = correct = count = 0.0
         if self.role.kind == "replica":
             info = self.info

@@ -104,6 +104,9 @@ class TrainingRun(Checkpoints, EndOfRun):
         self.rank = comm.Get_rank()
         self.deadlines = Deadlines.of(prep.cfg.run.timeout, prep.cfg.ps.replica_timeout)
         self.part = None
+        self.averaged_buffers = (
+            None  # (n_buffers,) float32 at the last evaluation  # at the last evaluation
+        )
         if not joining:
             self.role = prep.layout.role(self.rank)
             self.budget = StepBudget.of(prep.cfg, prep.info.n_train, prep.layout.replicas)

@@ -36,7 +36,7 @@ from hpcnet.kernels.threads import set_threads
 from hpcnet.layout import Layout, layout_for
 from hpcnet.modelpar import check_partitions
 from hpcnet.nn.model import Model
-from hpcnet.nn.zoo import build_model, default_model
+from hpcnet.nn.zoo import build_model, run_model
 from hpcnet.run.metrics import MetricsLog, make_out_dir
 
 
@@ -72,11 +72,8 @@ def check_run(cfg: Config, comm: MPI.Intracomm) -> tuple[Layout, Backend, Datase
         layout = layout_for(cfg, comm.Get_size(), get_algorithm(cfg.algo.name))
         backend = get_backend(cfg.run.backend)
     info = root_then_bcast(lambda: open_run_data(cfg), comm)
-    model_name = cfg.model.name
-    if model_name == "auto":
-        model_name = default_model(cfg.data.name)
     with same_on_every_rank():  # depends only on the config and the broadcast info
-        model = build_model(model_name, info.image_shape, info.num_classes)
+        model = run_model(cfg.model, cfg.data.name, info.image_shape, info.num_classes)
         if layout.partitions > 1:
             check_partitions(model, cfg.algo.partition_scheme, layout.partitions)
         per_replica = info.n_train // layout.replicas
@@ -136,7 +133,7 @@ def prepare(cfg: Config, comm: MPI.Intracomm, verbose: bool = True) -> Prepared:
     # compile once per node, before any timing starts (throughput excludes compilation)
     # on a model of its own: a first step on the run's model would bind it to the GPU
     # (cuda backend) before rank 0 initialises the host copy that is broadcast
-    scratch = build_model(model_name, info.image_shape, info.num_classes)
+    scratch = build_model(model_name, info.image_shape, info.num_classes, cfg.model.layers)
     say = verbose and comm.Get_rank() == 0
     prep.compile_s = compile_kernels(scratch, backend, comm, say=say)
     return prep
@@ -151,7 +148,7 @@ def prepare_joiner(cfg: Config) -> Prepared:
     t_start = time.perf_counter()
     backend = get_backend(cfg.run.backend)
     info = open_run_data(cfg)
-    model = build_model(cfg.model.name, info.image_shape, info.num_classes)
+    model = build_model(cfg.model.name, info.image_shape, info.num_classes, cfg.model.layers)
     layout = Layout(1, cfg.algo.name, 0, 0, 1)
     out = Path(cfg.run.out)
     set_error_report(out, "joining process")

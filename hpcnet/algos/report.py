@@ -143,6 +143,7 @@ def final_summary(
         None,
         run._checkpoint_attrs(summary["steps"], summary["epochs"], final=True),
         prep.cfg.run.keep_checkpoints,
+        buffers=run.averaged_buffers,
     )
     report(run, summary)
     return summary

@@ -64,7 +64,7 @@ def find_resume_checkpoint(cfg: Config, verbose: bool = True) -> dict[str, Any]:
                 f"{path}: the run finished at step {int(info['step'])} (its final "
                 "checkpoint); nothing to resume"
             )
-        del info["params"]
+        del info["params"], info["buffers"]
         return info
     raise CheckpointError(f"--resume {cfg.run.resume}: no intact checkpoint left")
 

@@ -45,6 +45,11 @@ from hpcnet.kernels._cpu_elementwise import (  # noqa: E402, F401  (ops of this 
     relu_backward,
     relu_forward,
 )
+from hpcnet.kernels._cpu_norm import (  # noqa: E402, F401  (ops of this backend)
+    batchnorm2d_backward,
+    batchnorm2d_forward,
+    batchnorm2d_infer,
+)
 from hpcnet.kernels._cpu_pointwise import (  # noqa: E402
     _lrn_bwd,
     _lrn_fwd,

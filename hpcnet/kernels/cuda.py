@@ -57,6 +57,11 @@ from hpcnet.kernels._cuda_gemm import (
     rowsum,
     write,
 )
+from hpcnet.kernels._cuda_norm import (
+    batchnorm2d_backward,
+    batchnorm2d_forward,
+    batchnorm2d_infer,
+)
 from hpcnet.kernels._cuda_pool import (
     lrn_backward,
     lrn_forward,
@@ -71,6 +76,9 @@ __all__ = [
     "activation_forward",
     "avgpool2d_backward",
     "avgpool2d_forward",
+    "batchnorm2d_backward",
+    "batchnorm2d_forward",
+    "batchnorm2d_infer",
     "global_avgpool2d_backward",
     "global_avgpool2d_forward",
     "add",

@@ -203,6 +203,54 @@ def global_avgpool2d_backward(dy, x_shape):
     return np.broadcast_to(g[:, :, None, None], x_shape).astype(np.float32)
 
 
+def batchnorm2d_forward(x, gamma, beta, eps):
+    """Batch normalization in training mode (Ioffe and Szegedy 2015, "Batch
+    Normalization", Algorithm 1), per channel over the batch and both spatial axes:
+    ``y = gamma (x - mean) / sqrt(var + eps) + beta``, var the biased variance.
+
+    Args:
+        x: (N, C, H, W) float32. gamma, beta: (C,) float32. eps: added to var.
+    Returns:
+        (y, xhat, mean, var): y and xhat (the normalized input, kept for the
+        backward) (N, C, H, W) float32; the batch's mean and biased var (C,) float64.
+    """
+    x64 = x.astype(np.float64)
+    mean = x64.mean(axis=(0, 2, 3))
+    var = ((x64 - mean[None, :, None, None]) ** 2).mean(axis=(0, 2, 3))
+    xhat = (x64 - mean[None, :, None, None]) / np.sqrt(var + eps)[None, :, None, None]
+    y = xhat * gamma[None, :, None, None] + beta[None, :, None, None]
+    return y.astype(x.dtype), xhat.astype(x.dtype), mean, var
+
+
+def batchnorm2d_infer(x, gamma, beta, mean, var, eps):
+    """Batch normalization in inference mode: the (C,) running ``mean`` and ``var`` in
+    place of the batch's; x (N, C, H, W) -> y, same shape and dtype."""
+    scale = np.asarray(gamma, np.float64) / np.sqrt(np.asarray(var, np.float64) + eps)
+    shift = np.asarray(beta, np.float64) - np.asarray(mean, np.float64) * scale
+    y = x.astype(np.float64) * scale[None, :, None, None] + shift[None, :, None, None]
+    return y.astype(x.dtype)
+
+
+def batchnorm2d_backward(dy, xhat, gamma, var, eps, dgamma, dbeta, need_dx=True):
+    """The gradient of :func:`batchnorm2d_forward` (Ioffe and Szegedy 2015, sec. 3),
+    with m = N H W values per channel: ``dbeta = sum dy``, ``dgamma = sum dy xhat``,
+    ``dx = gamma / sqrt(var + eps) (dy - dbeta / m - xhat dgamma / m)``.
+    ``dgamma``/``dbeta`` (C,) are written; returns dx (N, C, H, W), or None."""
+    dy64, xh = dy.astype(np.float64), xhat.astype(np.float64)
+    db = dy64.sum(axis=(0, 2, 3))
+    dg = (dy64 * xh).sum(axis=(0, 2, 3))
+    dgamma[...] = dg
+    dbeta[...] = db
+    if not need_dx:
+        return None
+    m = dy.shape[0] * dy.shape[2] * dy.shape[3]
+    k = (np.asarray(gamma, np.float64) / np.sqrt(np.asarray(var, np.float64) + eps))[
+        None, :, None, None
+    ]
+    dx = k * (dy64 - db[None, :, None, None] / m - xh * dg[None, :, None, None] / m)
+    return dx.astype(dy.dtype)
+
+
 def lrn_forward(x, size, alpha, beta, k):
     """Local response normalization across channels (Krizhevsky et al. 2012, sec. 3.3).
 

@@ -77,6 +77,11 @@ class PartitionedModel:
         """Number of parameters this partition owns."""
         return sum(hi - lo for lo, hi in self.owned)
 
+    def buffer_mask(self) -> np.ndarray:
+        """(n_buffers,) 1.0 where this partition computes the buffer's layer (so its
+        running statistics are its), else 0.0; every entry unless a scheme says less."""
+        return np.ones(self.model.buffers.size)
+
     def pack(self, vec: np.ndarray) -> np.ndarray:
         """The owned entries of a flat vector ((n_params,) float32), contiguous: a view
         when this partition owns one range, else a new array."""

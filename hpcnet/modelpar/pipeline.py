@@ -237,6 +237,9 @@ class PipelinePartition(PartitionedModel):
             [r for layer in self.layers for r in layer_ranges(model.params, layer)]
         )
         self._acc: np.ndarray | None = None  # gradient sum over micro-batches, reused
+        self._buffer_mask = np.zeros(model.buffers.size)
+        for b_lo, b_hi in model.buffer_ranges[lo:hi]:
+            self._buffer_mask[b_lo:b_hi] = 1.0
 
     # ---- training --------------------------------------------------------------------
     def _loss_and_grad(self, x, y, backend, train):
@@ -347,6 +350,11 @@ class PipelinePartition(PartitionedModel):
         return float(out[0]), int(out[1])
 
     # ---- reports ---------------------------------------------------------------------
+    def buffer_mask(self) -> np.ndarray:
+        """1.0 on the buffers of this stage's layers (their running statistics are
+        this partition's), 0.0 elsewhere."""
+        return self._buffer_mask
+
     def plan_text(self) -> list[str]:
         """One line per stage (all partitions, the same everywhere), then the schedule."""
         lines = []

@@ -21,10 +21,12 @@ PyTorch                    hpcnet
 ``Flatten``                ``Flatten`` (from dim 1)
 ``LocalResponseNorm``      ``LRN`` with ``alpha / size`` (hpcnet's alpha follows
                            Krizhevsky et al. 2012, PyTorch's divides by the window)
+``BatchNorm2d``            ``BatchNorm2D`` (affine, tracking running statistics, a
+                           numeric momentum), its running statistics copied too
 ========================== =========================================================
 
-Anything else (``BatchNorm2d`` among them, for now) is one line naming the module and
-its position (``features.3``). PyTorch is imported by these functions only.
+Anything else is one line naming the module and its position (``features.3``).
+PyTorch is imported by these functions only.
 """
 
 from __future__ import annotations
@@ -37,11 +39,12 @@ from hpcnet.errors import ConfigError
 from hpcnet.nn.activations import LeakyReLU, Sigmoid, Tanh
 from hpcnet.nn.layers import LRN, Conv2D, Dense, Dropout, Flatten, Layer, MaxPool2D, ReLU
 from hpcnet.nn.model import Model
+from hpcnet.nn.norm import BatchNorm2D
 from hpcnet.nn.pooling import AvgPool2D, GlobalAvgPool2D
 
 SUPPORTED = (
     "Conv2d, Linear, ReLU, LeakyReLU, Tanh, Sigmoid, MaxPool2d, AvgPool2d, "
-    "AdaptiveAvgPool2d(1), Dropout, Flatten, LocalResponseNorm, Sequential"
+    "AdaptiveAvgPool2d(1), Dropout, Flatten, LocalResponseNorm, BatchNorm2d, Sequential"
 )
 
 
@@ -106,6 +109,12 @@ def _layer(where: str, m) -> Layer:
         return GlobalAvgPool2D()
     if isinstance(m, nn.Dropout):
         return Dropout(m.p)
+    if isinstance(m, nn.BatchNorm2d):
+        if not m.affine or not m.track_running_stats or m.momentum is None:
+            raise refuse(
+                "only affine=True, track_running_stats=True and a numeric momentum convert"
+            )
+        return BatchNorm2D(m.eps, m.momentum)
     if isinstance(m, nn.LocalResponseNorm):
         return LRN(m.size, m.alpha / m.size, m.beta, m.k)
     raise refuse(f"not supported; supported: {SUPPORTED}")
@@ -144,8 +153,9 @@ def from_torch(module, input_shape: tuple[int, ...], name: str | None = None) ->
         name: the model's name (default: ``torch:`` and the module's class name).
     Returns:
         The built :class:`~hpcnet.nn.model.Model`, its flat vector holding ``module``'s
-        weights (float32); ``export --format torch`` of a run that trains it gives a
-        module of the same layout back (:mod:`hpcnet.nn.torch_equiv`).
+        weights (float32) and its ``buffers`` BatchNorm2d's running statistics;
+        ``export --format torch`` of a run that trains it gives a module of the same
+        layout back (:mod:`hpcnet.nn.torch_equiv`).
     Raises:
         ConfigError: a module that does not convert, or a shape that does not fit.
     """
@@ -156,6 +166,11 @@ def from_torch(module, input_shape: tuple[int, ...], name: str | None = None) ->
             layer.params["w"][...] = m.weight.detach().cpu().numpy().astype(np.float32)
             bias = m.bias.detach().cpu().numpy() if m.bias is not None else 0.0
             layer.params["b"][...] = bias
+        elif isinstance(layer, BatchNorm2D):
+            layer.params["gamma"][...] = m.weight.detach().cpu().numpy()
+            layer.params["beta"][...] = m.bias.detach().cpu().numpy()
+            layer.buffers["running_mean"][...] = m.running_mean.detach().cpu().numpy()
+            layer.buffers["running_var"][...] = m.running_var.detach().cpu().numpy()
     return model
 
 

@@ -43,6 +43,18 @@ class Layer:
         """Gives the layer its views into the flat parameter and gradient vectors."""
         self.params, self.grads = params, grads
 
+    def buffer_specs(self) -> list[tuple[str, tuple[int, ...]]]:
+        """(name, shape) of each buffer (state that is not a parameter, e.g. batch
+        normalization's running statistics), in the flat ``buffers`` vector's order."""
+        return []
+
+    def bind_buffers(self, buffers: dict[str, np.ndarray]) -> None:
+        """Gives the layer its views into the model's flat ``buffers`` vector (host)."""
+        self.buffers = buffers
+
+    def init_buffers(self) -> None:
+        """Writes the buffers' initial values into the bound views."""
+
     def init(self, rng: np.random.Generator) -> None:
         """Writes initial values into the bound parameter views."""
 
@@ -323,9 +335,28 @@ class Block(Layer):
                 {k[len(prefix) :]: v for k, v in grads.items() if k.startswith(prefix)},
             )
 
+    def buffer_specs(self):
+        return [
+            (f"{t}.{i}.{name}", shape)
+            for t, i, layer in self.sublayers()
+            for name, shape in layer.buffer_specs()
+        ]
+
+    def bind_buffers(self, buffers):
+        super().bind_buffers(buffers)
+        for t, i, layer in self.sublayers():
+            prefix = f"{t}.{i}."
+            layer.bind_buffers(
+                {k[len(prefix) :]: v for k, v in buffers.items() if k.startswith(prefix)}
+            )
+
     def init(self, rng):
         for _, _, layer in self.sublayers():
             layer.init(rng)
+
+    def init_buffers(self):
+        for _, _, layer in self.sublayers():
+            layer.init_buffers()
 
     def backward_params(self, dy, backend):
         self.backward(dy, backend, need_dx=False)

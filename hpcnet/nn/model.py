@@ -56,6 +56,7 @@ class Model:
         sizes = [sum(int(np.prod(s)) for _, s in layer.param_specs()) for layer in layers]
         self._starts = [int(v) for v in np.cumsum([0, *sizes[:-1]])] if layers else []
         self._bind(self.params, self.grads)
+        self._bind_buffers()
         self.device = None  # (params, grads) on the GPU while the cuda backend runs it
         if layers and isinstance(layers[-1], Dense):
             layers[-1].init_gain = 1.0  # logits: no ReLU follows
@@ -73,6 +74,53 @@ class Model:
         return {
             name: self.params[lo:hi].reshape(pshape)
             for (name, lo, hi), (_, _, pshape, _) in zip(self.segments, self._specs, strict=True)
+        }
+
+    def _bind_buffers(self) -> None:
+        """Allocates ``buffers`` ((n_buffers,) float32, host): the layers' state that is
+        not a parameter (BatchNorm2D's running statistics), beside the flat parameter
+        vector, and binds each layer to its views; ``buffer_segments`` names them like
+        ``segments``."""
+        views, offset = [], 0
+        self.buffer_segments: list[tuple[str, int, int]] = []
+        self.buffer_ranges: list[tuple[int, int]] = []  # (lo, hi) per layer
+        for i, layer in enumerate(self.layers):
+            mine = []
+            lo = offset
+            for bname, bshape in layer.buffer_specs():
+                size = int(np.prod(bshape))
+                mine.append((bname, bshape, offset))
+                self.buffer_segments.append(
+                    (f"{i}.{type(layer).__name__}.{bname}", offset, offset + size)
+                )
+                offset += size
+            views.append(mine)
+            self.buffer_ranges.append((lo, offset))
+        self.buffers = np.zeros(offset, np.float32)  # (n_buffers,) float32
+        for layer, mine in zip(self.layers, views, strict=True):
+            layer.bind_buffers(
+                {n: self.buffers[o : o + int(np.prod(sh))].reshape(sh) for n, sh, o in mine}
+            )
+            layer.init_buffers()
+        self._batch_normed = [
+            sub
+            for layer in self.layers
+            for sub in (
+                [s for _, _, s in layer.sublayers()] if isinstance(layer, Block) else [layer]
+            )
+            if hasattr(sub, "batch_stats")
+        ]
+
+    def named_buffers(self) -> dict[str, np.ndarray]:
+        """Each buffer under its name (``"1.BatchNorm2D.running_mean"``), views of
+        ``buffers`` in the layer's shape."""
+        return {
+            name: self.buffers[lo:hi].reshape(layer_shape)
+            for (name, lo, hi), layer_shape in zip(
+                self.buffer_segments,
+                [s for layer in self.layers for _, s in layer.buffer_specs()],
+                strict=True,
+            )
         }
 
     def _bind(self, params, grads) -> None:
@@ -113,6 +161,7 @@ class Model:
         rng = np.random.default_rng(seed)
         for layer in self.layers:
             layer.init(rng)
+            layer.init_buffers()
 
     def seed_dropout(self, seed: int, replica: int, restart: int = 0) -> None:
         """Gives each Dropout layer its own stream, different per replica, fixed by the seed.
@@ -177,7 +226,9 @@ class Model:
         Args:
             x: ``(N, *input_shape)`` float32. y: (N,) int64 labels.
             train: training mode (dropout on); False gives the deterministic
-                objective's gradient (batch methods such as L-BFGS).
+                objective's gradient (batch methods such as L-BFGS). Batch
+                normalization uses the batch's statistics either way (a backward
+                follows) and moves its running statistics.
             on_grad_ready: if given, called as ``on_grad_ready(lo)`` after each
                 layer's backward, last layer first: ``self.grads[lo:]`` are final then
                 (``lo`` only decreases; 0 after the first layer). The ``sync`` policy
@@ -189,7 +240,13 @@ class Model:
             number of samples whose argmax logit equals the label.
         """
         self._upload(backend)
-        logits = self._forward(x, backend, train)
+        for norm in self._batch_normed:  # a backward follows: the batch's statistics
+            norm.batch_stats = True
+        try:
+            logits = self._forward(x, backend, train)
+        finally:
+            for norm in self._batch_normed:
+                norm.batch_stats = False
         loss, d = backend.softmax_xent(logits, y)
         correct = self._count_correct(logits, y)
         hook = None

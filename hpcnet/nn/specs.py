@@ -37,6 +37,7 @@ from typing import Any
 from hpcnet.errors import ConfigError
 from hpcnet.nn.activations import LeakyReLU, Sigmoid, Tanh
 from hpcnet.nn.layers import LRN, Conv2D, Dense, Dropout, Flatten, Layer, MaxPool2D, ReLU, Towers
+from hpcnet.nn.norm import BatchNorm2D
 from hpcnet.nn.pooling import AvgPool2D, GlobalAvgPool2D
 from hpcnet.nn.residual import Residual
 
@@ -50,6 +51,7 @@ LAYER_TYPES: dict[str, type[Layer]] = {
     "maxpool2d": MaxPool2D,
     "avgpool2d": AvgPool2D,
     "global_avgpool2d": GlobalAvgPool2D,
+    "batchnorm2d": BatchNorm2D,
     "dropout": Dropout,
     "flatten": Flatten,
     "lrn": LRN,

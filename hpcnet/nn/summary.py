@@ -83,4 +83,9 @@ def summary_table(model: Model, shards: int = 1, replicas: int = 1) -> str:
         f"per parameter shard ({shards} shard(s), {replicas} replica(s)): "
         f"{_mib((2 + 2 * replicas) * per_shard * BYTES)} (its range, Adagrad sums, push slots)",
     ]
+    if model.buffers.size:
+        out.append(
+            f"buffers: {model.buffers.size:,} values ({_mib(model.buffers.size * BYTES)}; "
+            "BatchNorm running statistics, one copy per replica, not on the shards)"
+        )
     return "\n".join(out)

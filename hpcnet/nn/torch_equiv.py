@@ -21,7 +21,8 @@ are concatenated along channels, so tower t's layer j's weight is
 ``"i.towers.t.j.weight"``; a ``Residual`` block becomes the same module adding its two
 sequences (body ``towers.0``, shortcut ``towers.1``). LeakyReLU, Tanh, Sigmoid and
 AvgPool2D map to their namesakes, GlobalAvgPool2D to ``AdaptiveAvgPool2d(1)`` then
-``Flatten``.
+``Flatten``, BatchNorm2D to ``BatchNorm2d`` (gamma, beta as ``weight``, ``bias``; the
+running statistics as its ``running_mean``, ``running_var`` buffers).
 
 PyTorch is optional: importing this module does not import it; the functions do.
 """
@@ -34,30 +35,36 @@ from typing import TYPE_CHECKING
 from hpcnet.nn.activations import LeakyReLU, Sigmoid, Tanh
 from hpcnet.nn.layers import LRN, Conv2D, Dense, Dropout, Flatten, Layer, MaxPool2D, ReLU, Towers
 from hpcnet.nn.model import Model
+from hpcnet.nn.norm import BatchNorm2D
 from hpcnet.nn.pooling import AvgPool2D, GlobalAvgPool2D
 from hpcnet.nn.residual import Residual
 
 if TYPE_CHECKING:
     import torch
 
-_PARAM = {"w": "weight", "b": "bias"}
+_PARAM = {"w": "weight", "b": "bias", "gamma": "weight", "beta": "bias"}
 
 
 def torch_names(model: Model) -> dict[str, str]:
     """hpcnet segment name (``model.segments``, e.g. ``"6.Dense.w"``) -> the
     equivalent module's state_dict key (``"6.weight"``), in flat-vector order."""
+    return _names(model, "param_specs")
+
+
+def _names(model: Model, specs: str) -> dict[str, str]:
     names = {}
     for i, layer in enumerate(model.layers):
         kind = type(layer).__name__
-        for pname, _ in layer.param_specs():
+        for pname, _ in getattr(layer, specs)():
             *tower, last = pname.split(".")  # a block (Towers, Residual): "t.j.w"
             inner = f"towers.{'.'.join(tower)}." if tower else ""
-            names[f"{i}.{kind}.{pname}"] = f"{i}.{inner}{_PARAM[last]}"
+            names[f"{i}.{kind}.{pname}"] = f"{i}.{inner}{_PARAM.get(last, last)}"
     return names
 
 
 def torch_state_dict(model: Model) -> dict[str, torch.Tensor]:
-    """The model's current parameters as a state_dict for :func:`torch_module`.
+    """The model's current parameters (and buffers: BatchNorm2D's running statistics)
+    as a state_dict for :func:`torch_module`.
 
     Returns:
         key -> float32 CPU tensor, a copy (not a view of ``model.params``), with the
@@ -68,7 +75,13 @@ def torch_state_dict(model: Model) -> dict[str, torch.Tensor]:
     import torch
 
     names = torch_names(model)
-    return {names[k]: torch.from_numpy(v.copy()) for k, v in model.named_params().items()}
+    state = {names[k]: torch.from_numpy(v.copy()) for k, v in model.named_params().items()}
+    buffer_names = _names(model, "buffer_specs")  # BatchNorm2D's running statistics
+    for k, v in model.named_buffers().items():
+        state[buffer_names[k]] = torch.from_numpy(v.copy())
+        tracked = buffer_names[k].rsplit(".", 1)[0] + ".num_batches_tracked"
+        state[tracked] = torch.tensor(0, dtype=torch.long)  # PyTorch's counter, unused
+    return state
 
 
 def torch_module(model: Model) -> torch.nn.Module:
@@ -117,6 +130,8 @@ def _torch_layer(layer: Layer):
         return nn.Sigmoid()
     if isinstance(layer, AvgPool2D):
         return nn.AvgPool2d(layer.kernel, layer.stride)
+    if isinstance(layer, BatchNorm2D):
+        return nn.BatchNorm2d(layer.in_shape[0], eps=layer.eps, momentum=layer.momentum)
     if isinstance(layer, GlobalAvgPool2D):
         return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
     if isinstance(layer, Towers | Residual):

@@ -44,6 +44,7 @@ import importlib.util
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from hpcnet.errors import ConfigError
 from hpcnet.nn.from_torch import is_torch_module, layers_from_torch
@@ -177,15 +178,23 @@ def _function(source: str) -> Callable:
     return fn
 
 
-def build_model(name: str, input_shape: tuple[int, ...], num_classes: int) -> Model:
+def build_model(
+    name: str, input_shape: tuple[int, ...], num_classes: int, layers: Any = ()
+) -> Model:
     """Builds model ``name`` (a built-in or any source of the module doc) for per-sample
-    ``input_shape`` (C, H, W) and K classes.
+    ``input_shape`` (C, H, W) and K classes; or, given ``layers`` (a config file's
+    ``[model] layers``: a model file's layers array), that model, called ``name``
+    (``auto``: ``config``).
 
     Raises:
         ConfigError: a bad source, a model that does not fit the input shape (naming the
             smallest square size a built-in takes), or one whose output is not K logits.
     """
-    label, layers = model_layers(name, input_shape, num_classes)
+    if layers:
+        name = "config" if name == "auto" else name
+        label, layers = name, layers_from_spec(list(layers), num_classes, "[model] layers")
+    else:
+        label, layers = model_layers(name, input_shape, num_classes)
     try:
         model = Model(layers, input_shape, name=label if name in MODELS else name)
     except ConfigError as e:
@@ -200,6 +209,19 @@ def build_model(name: str, input_shape: tuple[int, ...], num_classes: int) -> Mo
             f'{num_classes} classes: end with a dense layer of units = "classes"'
         )
     return model
+
+
+def run_model(model_cfg, data_name: str, input_shape: tuple[int, ...], num_classes: int) -> Model:
+    """A run's model from its ``[model]`` settings (``name``, ``layers``): ``name``
+    ``auto`` without layers is the data set's default model (:func:`default_model`).
+
+    Raises:
+        ConfigError: as :func:`build_model`.
+    """
+    name, layers = model_cfg.name, model_cfg.layers
+    if name == "auto" and not layers:
+        name = default_model(data_name)
+    return build_model(name, input_shape, num_classes, layers)
 
 
 def smallest_input(name: str, channels: int, num_classes: int, largest: int = 64) -> int | None:

@@ -5,6 +5,8 @@ as ``OUT/checkpoint-STEP.h5`` (the newest ``keep - 1`` of them). A file holds:
 
 * ``params``: (n_params,) float32, the flat parameters of rank 0 (replica 0): after
   the last step, the run's final parameters (``h5dump -d params OUT/checkpoint.h5``);
+* ``buffers`` (a model with BatchNorm2D, the final checkpoint): (n_buffers,) float32,
+  the running statistics averaged over the replicas, as evaluated;
 * ``ranks/R/NAME``: each rank's own arrays (e.g. its parameters and momentum), and
   ``ranks/R`` attribute ``state``: its other state as JSON (RNG states, counters);
 * attributes: ``step``, ``epoch``, ``final``, ``algo``, ``world_size``, ``layout``
@@ -66,6 +68,7 @@ def write_checkpoint(
     ranks: list[tuple[dict[str, np.ndarray], dict[str, Any]]] | None,
     attrs: dict[str, Any],
     keep: int = 2,
+    buffers: np.ndarray | None = None,
 ) -> Path:
     """Writes ``OUT/checkpoint.h5`` atomically; the one it replaces becomes
     ``OUT/checkpoint-STEP.h5``, and only the newest ``keep`` checkpoints stay.
@@ -78,6 +81,8 @@ def write_checkpoint(
         attrs: ``step``, ``epoch``, ``final``, ``algo``, ``world_size``, ``layout``,
             ``config`` (plain values, str, or dicts stored as JSON).
         keep: checkpoints kept (>= 1).
+        buffers: (n_buffers,) float32 to store beside ``params`` (the model's averaged
+            buffers: BatchNorm2D's running statistics), or None.
     Returns:
         The path written.
     """
@@ -85,6 +90,8 @@ def write_checkpoint(
     path, tmp = out / NAME, out / f".{NAME}.tmp-{os.getpid()}"
     with h5py.File(tmp, "w") as f:
         f.create_dataset("params", data=np.asarray(params, np.float32))
+        if buffers is not None and np.size(buffers):
+            f.create_dataset("buffers", data=np.asarray(buffers, np.float32))
         for r, (arrays, state) in enumerate(ranks or []):
             g = f.create_group(f"ranks/{r}")
             for name, a in arrays.items():
@@ -110,8 +117,8 @@ def write_checkpoint(
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Opens and verifies a checkpoint; returns its attributes (``layout`` decoded) and
-    ``params``. Per-rank state: :func:`read_rank_state`.
+    """Opens and verifies a checkpoint; returns its attributes (``layout`` decoded),
+    ``params`` and ``buffers`` (None where it holds none). Per-rank state: :func:`read_rank_state`.
 
     Raises:
         CheckpointError: missing, not HDF5, truncated, or its checksum does not match.
@@ -125,6 +132,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
                 raise CheckpointError(f"{path}: checksum mismatch (corrupt checkpoint)")
             info = {k: f.attrs[k] for k in f.attrs}
             info["params"] = f["params"][()]
+            info["buffers"] = f["buffers"][()] if "buffers" in f else None
     except (OSError, KeyError) as e:
         raise CheckpointError(f"{path}: unreadable checkpoint ({e})") from None
     info["layout"] = json.loads(info["layout"])

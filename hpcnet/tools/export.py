@@ -7,8 +7,10 @@ the model's own segments (:meth:`hpcnet.nn.model.Model.named_params`):
 
 * ``npz``: one array per parameter tensor, named by segment (``"0.Conv2D.w"``,
   ``"0.Conv2D.b"``, ...: layer index, layer type, parameter), float32, in
-  flat-vector order, so ``np.concatenate([a.ravel() for a in npz.values()])`` is the
-  flat vector again;
+  flat-vector order, so concatenating the ``params`` ones (``.w``, ``.b``, ``.gamma``,
+  ``.beta``) gives the flat vector again; then a BatchNorm2D model's buffers
+  (``"1.BatchNorm2D.running_mean"``, ``...running_var``: the running statistics
+  averaged over the replicas, ``buffers`` of the checkpoint);
 * ``torch``: a ``state_dict`` (``torch.save``) for the equivalent ``torch.nn``
   model that :func:`hpcnet.nn.torch_equiv.torch_module` builds.
 
@@ -94,7 +96,8 @@ def trained_model(out: str | Path) -> Model:
         raise ResultsError(f"{out}: no such run directory (expected an OUT of train --out)")
     ckpt = read_checkpoint(out / CHECKPOINT)
     name, shape, k = model_spec(out, str(ckpt["config"]))
-    model = build_model(name, shape, k)
+    layers = tomllib.loads(str(ckpt["config"]))["model"].get("layers", ())
+    model = build_model(name, shape, k, layers)
     params = np.asarray(ckpt["params"])
     if params.shape != (model.n_params,):
         raise CheckpointError(
@@ -102,6 +105,8 @@ def trained_model(out: str | Path) -> Model:
             f"input {shape} and {k} classes has {model.n_params} parameters"
         )
     model.params[...] = params
+    if ckpt["buffers"] is not None and ckpt["buffers"].shape == model.buffers.shape:
+        model.buffers[...] = ckpt["buffers"]  # BatchNorm2D's running statistics
     return model
 
 
@@ -133,7 +138,7 @@ def export_run(out: str | Path, fmt: str, path: str | Path | None = None) -> str
     path = Path(path) if path is not None else Path(out) / FORMATS[fmt]
     try:
         if fmt == "npz":
-            arrays = model.named_params()
+            arrays = {**model.named_params(), **model.named_buffers()}
             with open(path, "wb") as f:  # as named: np.savez would append .npz
                 np.savez(f, **arrays)
         else:
@@ -145,6 +150,7 @@ def export_run(out: str | Path, fmt: str, path: str | Path | None = None) -> str
     except OSError as e:
         raise ResultsError(f"-o {path}: cannot write: {e.strerror or e}") from None
     return (
-        f"wrote {path}: {len(model.segments)} tensors, {model.n_params:,} parameters "
+        f"wrote {path}: {len(model.segments) + len(model.buffer_segments)} tensors, "
+        f"{model.n_params:,} parameters "
         f"({model.name}, input {model.input_shape}, {model.output_shape[0]} classes)"
     )

@@ -22,10 +22,18 @@ pytestmark = pytest.mark.skipif(MPIEXEC is None, reason="no mpiexec")
 RUN = ["--batch-size", "8", "--epochs", "10", "--threads", "1", "--checkpoint-every", "50"]
 
 
+BATCHNORM = str(Path(__file__).resolve().parents[1] / "models" / "batchnorm.toml")
+
+
 def _final_params_sha(out: Path) -> str:
+    """The final parameters' hash (and, for a model with BatchNorm, its averaged
+    running statistics')."""
     with h5py.File(out / "checkpoint.h5", "r") as f:
         assert bool(f.attrs["final"]), "the run did not finish"
-        return hashlib.sha256(f["params"][()].tobytes()).hexdigest()
+        h = hashlib.sha256(f["params"][()].tobytes())
+        if "buffers" in f:
+            h.update(f["buffers"][()].tobytes())
+        return h.hexdigest()
 
 
 def _rank_pids(out: Path) -> list[int]:
@@ -54,9 +62,12 @@ def _killed_midway(args: list[str], out: Path, after: str) -> None:
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("algo, model", [("sync", "2conv"), ("avg", "digits_cnn")])
+@pytest.mark.parametrize(
+    "algo, model", [("sync", "2conv"), ("avg", "digits_cnn"), ("sync", BATCHNORM)]
+)
 def test_killed_and_resumed_equals_uninterrupted_bit_for_bit(tmp_path, algo, model):
-    # 2conv has Dropout: its streams must continue where they were, too
+    # 2conv has Dropout: its streams must continue where they were, too; BatchNorm's
+    # running statistics (each replica its own) as well
     args = ["train", "--algo", algo, "--model", model, *RUN]
     code, _, stderr, _ = hpcnet(*args, "--out", str(tmp_path / "whole"), cwd=tmp_path)
     assert code == 0, stderr

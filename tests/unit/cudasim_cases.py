@@ -170,6 +170,28 @@ def test_avgpool2d_and_global(k, stride):
     )
 
 
+def test_batchnorm2d():
+    x, dy = rand(3, 5, 3, 4) * 2 + 1, rand(3, 5, 3, 4)
+    gamma, beta = rand(5) + 2, rand(5)
+    y, xhat, mean, var = cpu.batchnorm2d_forward(x, gamma, beta, 1e-5)
+    gy, gxhat, gmean, gvar = kc.batchnorm2d_forward(x, gamma, beta, 1e-5)
+    assert_close(gy, y, **TOL)
+    assert_close(gxhat, xhat, **TOL)
+    np.testing.assert_allclose(gmean, mean, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(gvar, var, rtol=1e-6)
+    assert_close(
+        kc.batchnorm2d_infer(x, gamma, beta, mean, var + 0.5, 1e-5),
+        cpu.batchnorm2d_infer(x, gamma, beta, mean, var + 0.5, 1e-5),
+        **TOL,
+    )
+    grads = [np.zeros(5, np.float32) for _ in range(4)]
+    dx = cpu.batchnorm2d_backward(dy, xhat, gamma, var, 1e-5, grads[0], grads[1])
+    gdx = kc.batchnorm2d_backward(dy, xhat, gamma, var, 1e-5, grads[2], grads[3])
+    assert_close(gdx, dx, **TOL)
+    assert_close(grads[2], grads[0], **TOL)
+    assert_close(grads[3], grads[1], **TOL)
+
+
 def test_lrn():
     x, dy = rand(2, 6, 2, 3) * 2, rand(2, 6, 2, 3)
     args = (5, 0.3, 0.75, 1.0)
@@ -250,6 +272,38 @@ def test_training_step_matches_cpu():
     (l_c, k_c, g_c), (l_g, k_g, g_g) = results
     assert abs(l_c - l_g) < 1e-5 and k_c == k_g
     assert_close(g_g, g_c, rtol=1e-4, scale=1e-5)
+
+
+def test_training_step_with_batchnorm_and_residual_matches_cpu():
+    """The post-AlexNet layers in one model on the device (parameters bound to device
+    views): the loss, the gradients, the running statistics and an evaluation agree."""
+    from hpcnet.nn import AvgPool2D, BatchNorm2D, GlobalAvgPool2D, LeakyReLU, Residual
+
+    def layers():
+        return [
+            Conv2D(4, 3, padding=1),
+            BatchNorm2D(),
+            LeakyReLU(0.1),
+            Residual([Conv2D(4, 3, padding=1), BatchNorm2D()], [Conv2D(4, 1)]),
+            AvgPool2D(2),
+            GlobalAvgPool2D(),
+            Dense(3),
+        ]
+
+    x, y = rand(3, 2, 6, 6), RNG.integers(0, 3, 3)
+    results = []
+    for backend in (get_backend("cpu"), get_backend("cuda", allow_simulator=True)):
+        model = Model(layers(), (2, 6, 6))
+        model.init(0)
+        loss, correct = model.loss_and_grad(x, y, backend)
+        results.append(
+            (loss, model.grads.copy(), model.buffers.copy(), model.evaluate(x, y, backend))
+        )
+    (l_c, g_c, b_c, e_c), (l_g, g_g, b_g, e_g) = results
+    assert abs(l_c - l_g) < 1e-5
+    assert_close(g_g, g_c, rtol=1e-4, scale=1e-5)
+    assert_close(b_g, b_c, rtol=1e-5, scale=1e-6)
+    assert abs(e_c[0] - e_g[0]) < 1e-4 and e_c[1] == e_g[1]
 
 
 def test_training_step_keeps_parameters_and_activations_on_the_device():

@@ -55,6 +55,38 @@ def test_a_torch_sequential_converts_with_its_weights():
     assert model.n_params == n_torch + 8  # the conv without a bias gets one
 
 
+def test_batchnorm_converts_with_its_running_statistics():
+    torch.manual_seed(1)
+    net = nn.Sequential(
+        nn.Conv2d(2, 6, 3, padding=1),
+        nn.BatchNorm2d(6, eps=1e-3, momentum=0.2),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(6, 4),
+    )
+    with torch.no_grad():  # running statistics and an affine map of PyTorch's making
+        for _ in range(3):
+            net.train()(torch.randn(8, 2, 7, 7) * 2 + 1)
+        net[1].weight.uniform_(0.5, 1.5)
+        net[1].bias.uniform_(-0.5, 0.5)
+    model = from_torch(net.eval(), (2, 7, 7))
+    x = np.random.default_rng(2).standard_normal((5, 2, 7, 7)).astype(np.float32)
+    with torch.no_grad():
+        want = net(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(
+        model.forward(x, get_backend("cpu"), train=False), want, rtol=1e-4, atol=1e-5
+    )
+    back = torch_module(model).eval()
+    state = torch_state_dict(model)
+    assert set(state) == set(net.state_dict())
+    back.load_state_dict(state)
+    with torch.no_grad():
+        np.testing.assert_allclose(back(torch.from_numpy(x)).numpy(), want, atol=1e-5)
+    with pytest.raises(ConfigError, match=r"BatchNorm2d\): only affine=True"):
+        from_torch(nn.Sequential(nn.BatchNorm2d(2, affine=False)), (2, 4, 4))
+
+
 def test_a_python_source_may_return_a_torch_module(tmp_path):
     (tmp_path / "tnet.py").write_text(
         "import torch.nn as nn\n"

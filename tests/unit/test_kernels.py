@@ -133,3 +133,33 @@ def test_avgpool_matches_reference(k, stride):
     np.testing.assert_allclose(
         cpu.global_avgpool2d_forward(x), x.astype(np.float64).mean(axis=(2, 3)), rtol=1e-5
     )
+
+
+@pytest.mark.parametrize("shape", [(4, 3, 5, 6), (2, 40, 9, 9)])
+def test_batchnorm_matches_reference(shape):
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal(shape) * 2 + 3).astype(np.float32)
+    c = shape[1]
+    gamma = rng.uniform(0.5, 2, c).astype(np.float32)
+    beta = rng.standard_normal(c).astype(np.float32)
+    got = cpu.batchnorm2d_forward(x, gamma, beta, 1e-5)
+    want = reference.batchnorm2d_forward(x, gamma, beta, 1e-5)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(want[2], x.astype(np.float64).mean(axis=(0, 2, 3)), rtol=1e-9)
+    np.testing.assert_allclose(want[3], x.astype(np.float64).var(axis=(0, 2, 3)), rtol=1e-9)
+    mean, var = rng.standard_normal(c), rng.uniform(0.5, 2, c)
+    np.testing.assert_allclose(
+        cpu.batchnorm2d_infer(x, gamma, beta, mean, var, 1e-5),
+        reference.batchnorm2d_infer(x, gamma, beta, mean, var, 1e-5),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+    dy = rng.standard_normal(shape).astype(np.float32)
+    grads = [np.zeros(c, np.float32) for _ in range(4)]
+    dx = cpu.batchnorm2d_backward(dy, got[1], gamma, got[3], 1e-5, grads[0], grads[1])
+    dx_ref = reference.batchnorm2d_backward(dy, want[1], gamma, want[3], 1e-5, grads[2], grads[3])
+    np.testing.assert_allclose(dx, dx_ref, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(grads[0], grads[2], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(grads[1], grads[3], rtol=1e-4, atol=1e-4)
+    assert np.abs(dx_ref).max() > 0.1 and np.abs(grads[2]).max() > 0.1

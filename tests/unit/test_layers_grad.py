@@ -8,6 +8,7 @@ from hpcnet.kernels import get_backend
 from hpcnet.nn.activations import LeakyReLU, Sigmoid, Tanh
 from hpcnet.nn.layers import Conv2D, Dense, Dropout, Flatten, MaxPool2D, ReLU
 from hpcnet.nn.model import Model
+from hpcnet.nn.norm import BatchNorm2D
 from hpcnet.nn.pooling import AvgPool2D, GlobalAvgPool2D
 from hpcnet.nn.residual import Residual
 
@@ -74,6 +75,17 @@ def _check(layers, in_shape, backend_name, n=3, k=4, seed=0, dropout_seed=None, 
         ("avgpool", lambda: [AvgPool2D(2)], (2, 6, 6)),
         ("avgpool_overlap", lambda: [AvgPool2D(3, 2)], (1, 7, 7)),
         ("global_avgpool", lambda: [Conv2D(3, 3), GlobalAvgPool2D()], (2, 5, 6)),
+        ("batchnorm", lambda: [Conv2D(3, 3), BatchNorm2D(), Tanh()], (2, 6, 6)),
+        (
+            "residual_batchnorm",
+            lambda: [
+                Residual(
+                    [Conv2D(2, 3, padding="same"), BatchNorm2D(), Tanh()],
+                    [Conv2D(2, 1), BatchNorm2D()],
+                )
+            ],
+            (3, 5, 5),
+        ),
         (
             "residual_identity",
             lambda: [

@@ -119,7 +119,7 @@ def test_unknown_sources_and_files_say_what_a_source_is(tmp_path):
 def test_the_layer_types_are_the_documented_ones():
     assert list(LAYER_TYPES) == [
         "conv2d", "dense", "relu", "leaky_relu", "tanh", "sigmoid", "maxpool2d", "avgpool2d",
-        "global_avgpool2d", "dropout", "flatten", "lrn", "residual", "towers",
+        "global_avgpool2d", "batchnorm2d", "dropout", "flatten", "lrn", "residual", "towers",
     ]  # fmt: skip
 
 
@@ -151,3 +151,31 @@ def test_bad_residual_blocks_name_the_inner_layer(tmp_path, layers, message):
     f.write_text(f"layers = {layers}\n")
     with pytest.raises(ConfigError, match=message):
         build_model(str(f), (1, 8, 8), 10)
+
+
+def test_a_run_config_may_hold_the_layers(tmp_path):
+    # [model] layers in a --config file: the same model as that array in a model file,
+    # kept through the resolved config's TOML (what resume, export and search read)
+    from hpcnet.config import load_config
+    from hpcnet.nn.zoo import run_model
+
+    layers = (
+        'layers = [{ type = "conv2d", filters = 4, kernel = 3, padding = "same" },\n'
+        '  { type = "batchnorm2d" }, { type = "relu" }, { type = "global_avgpool2d" },\n'
+        '  { type = "dense", units = "classes" }]\n'
+    )
+    (tmp_path / "run.toml").write_text('[model]\nname = "mine"\n' + layers)
+    (tmp_path / "model.toml").write_text(layers)
+    cfg = load_config(str(tmp_path / "run.toml"))
+    model = run_model(cfg.model, "digits", (1, 8, 8), 10)
+    other = build_model(str(tmp_path / "model.toml"), (1, 8, 8), 10)
+    assert model.name == "mine" and model.n_params == other.n_params == 4 * 9 + 4 + 8 + 50
+    assert [type(a) for a in model.layers] == [type(b) for b in other.layers]
+    (tmp_path / "again.toml").write_text(cfg.to_toml())
+    assert load_config(str(tmp_path / "again.toml")).model.layers == cfg.model.layers
+    (tmp_path / "bad.toml").write_text('[model]\nlayers = [{ type = "conv3d" }]\n')
+    with pytest.raises(ConfigError, match=r"\[model\] layers.*conv3d"):
+        run_model(load_config(str(tmp_path / "bad.toml")).model, "digits", (1, 8, 8), 10)
+    (tmp_path / "notarray.toml").write_text('[model]\nlayers = "conv2d"\n')
+    with pytest.raises(ConfigError, match=r"\[model\] layers must be an array"):
+        load_config(str(tmp_path / "notarray.toml"))

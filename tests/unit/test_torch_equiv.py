@@ -108,7 +108,16 @@ def test_lrn_alpha_follows_pytorchs_convention():
 
 
 def _new_layers():
-    from hpcnet.nn import AvgPool2D, Conv2D, GlobalAvgPool2D, LeakyReLU, Residual, Sigmoid, Tanh
+    from hpcnet.nn import (
+        AvgPool2D,
+        BatchNorm2D,
+        Conv2D,
+        GlobalAvgPool2D,
+        LeakyReLU,
+        Residual,
+        Sigmoid,
+        Tanh,
+    )
 
     return {
         "leaky_relu": lambda: LeakyReLU(0.1),
@@ -120,6 +129,10 @@ def _new_layers():
         "residual": lambda: Residual([Conv2D(3, 3, padding="same"), Tanh()]),
         "residual_projection": lambda: Residual(
             [Conv2D(4, 3, stride=2, padding=1), Sigmoid()], [Conv2D(4, 1, stride=2)]
+        ),
+        "batchnorm2d": lambda: BatchNorm2D(eps=1e-3, momentum=0.3),
+        "residual_batchnorm": lambda: Residual(
+            [Conv2D(4, 3, padding=1), BatchNorm2D()], [Conv2D(4, 1), BatchNorm2D()]
         ),
     }
 
@@ -133,6 +146,9 @@ def test_new_layers_forward_and_backward_agree_with_pytorch_in_float64(kind):
     model = Model([layer], shape)
     model.init(5)
     rng = np.random.default_rng(9)
+    for name, v in model.named_params().items():  # BatchNorm: gamma, beta other than 1, 0
+        if name.endswith(("gamma", "beta")):
+            v[...] = rng.uniform(0.5, 1.5, v.shape)
     x = (rng.standard_normal((4, *shape)) * 2).astype(np.float32)
     be = get_backend("reference")
     y = model.forward(x, be, train=True)
@@ -150,3 +166,32 @@ def test_new_layers_forward_and_backward_agree_with_pytorch_in_float64(kind):
     for seg, lo, hi in model.segments:
         want = grads[names[seg]].grad.numpy().reshape(-1)
         np.testing.assert_allclose(model.grads[lo:hi], want, rtol=1e-4, atol=1e-6)
+
+
+def test_batchnorm_running_statistics_and_evaluation_agree_with_pytorch():
+    # two training-mode batches move the running statistics as PyTorch's do (unbiased
+    # variance, momentum); evaluation then uses them, in both frameworks
+    from hpcnet.nn import BatchNorm2D
+
+    shape = (3, 5, 4)
+    model = Model([BatchNorm2D(momentum=0.2)], shape)
+    model.init(0)
+    net = torch_module(model).double()
+    net.load_state_dict({k: v.double() for k, v in torch_state_dict(model).items()})
+    rng = np.random.default_rng(4)
+    be = get_backend("cpu")
+    for _ in range(2):
+        x = (rng.standard_normal((6, *shape)) * 3 + 1).astype(np.float32)
+        model.forward(x, be, train=True)
+        net.train()(torch.from_numpy(x.astype(np.float64)))
+    bn = net[0]
+    mean, var = model.named_buffers().values()
+    np.testing.assert_allclose(mean, bn.running_mean.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(var, bn.running_var.numpy(), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(var, 1.0) and not np.allclose(mean, 0.0)  # they did move
+    x = (rng.standard_normal((2, *shape)) * 3 + 1).astype(np.float32)
+    with torch.no_grad():
+        want = net.eval()(torch.from_numpy(x.astype(np.float64))).numpy()
+    np.testing.assert_allclose(model.forward(x, be, train=False), want, rtol=1e-5, atol=1e-5)
+    # the batch's statistics would give something else: the test can fail
+    assert not np.allclose(model.forward(x, be, train=True), want, rtol=1e-3, atol=1e-3)
