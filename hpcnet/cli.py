@@ -47,16 +47,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"hpcnet {__version__}")
     sub = p.add_subparsers(dest="command", parser_class=Parser)
-    t = sub.add_parser("train", help="train a model (the default subcommand)")
+    t = sub.add_parser(
+        "train",
+        help="train a model (the default subcommand)",
+        description="Trains a model on every rank of the job: the ranks take the roles the "
+        "algorithm's layout gives them (replicas, parameter shards, a coordinator). Flags "
+        "override --config, which overrides the defaults shown.",
+    )
     add_train_flags(t)
+    _list_algorithms(t)
     t.add_argument(
         "--dry-run",
         action="store_true",
         help="check the config, data and layout for this world size, print the plan, train nothing",
     )
     t.set_defaults(func=_cmd_train)
-    i = sub.add_parser("info", help="the role layout, compute backend and MPI library")
+    i = sub.add_parser(
+        "info",
+        help="the role layout, compute backend and MPI library",
+        description="Prints what a job started with the same flags would get: each rank's "
+        "role, the compute backend and threads, the GPU, the MPI library and mpiexec, and "
+        "with --model and --data the model's summary table. Takes train's flags; trains "
+        "nothing.",
+    )
     add_train_flags(i)
+    _list_algorithms(i)
     i.set_defaults(func=_cmd_info)
     add_data_parser(sub)
     _add_search_parser(sub)
@@ -90,6 +105,16 @@ def build_parser() -> argparse.ArgumentParser:
         add_help=False,
     )
     return p
+
+
+def _list_algorithms(parser: argparse.ArgumentParser) -> None:
+    """``--algo``'s metavar lists the registered algorithms (they register after the
+    option is declared)."""
+    from hpcnet.algos import algorithm_names
+
+    for action in parser._actions:
+        if action.dest == "algo.name":
+            action.metavar = "{" + ",".join(algorithm_names()) + "}"
 
 
 def _add_search_parser(sub) -> None:
@@ -227,6 +252,7 @@ def _cmd_info(args) -> int:
     from hpcnet.comm import library_comm, same_on_every_rank
     from hpcnet.kernels import cuda_available
     from hpcnet.layout import layout_for
+    from hpcnet.tools.mpi_info import mpiexec_lines
 
     cfg = _config_from(args)
     comm = library_comm()
@@ -263,7 +289,7 @@ def _cmd_info(args) -> int:
             f"(MPI {'.'.join(map(str, MPI.Get_version()))}), mpi4py "
             f"{__import__('mpi4py').__version__}"
         )
-        for line in _mpiexec_lines():
+        for line in mpiexec_lines():
             print(line)
         from hpcnet.comm import ft
 
@@ -287,44 +313,6 @@ def _model_summary(cfg, layout) -> str:
     )
 
 
-def _mpi_library_file() -> str | None:
-    """The MPI shared library this process loaded (from /proc/self/maps), or None
-    where that cannot be read (not Linux)."""
-    try:
-        with open("/proc/self/maps") as f:
-            for line in f:
-                path = line.split()[-1]
-                if "/libmpi" in path and ".so" in path:
-                    return path
-    except OSError:
-        pass
-    return None
-
-
-def _mpiexec_lines() -> list[str]:
-    """``info``'s lines on which ``mpiexec`` a job started now would use, and whether it
-    is this Python environment's (the ``mpich`` extra puts one in the venv's ``bin/``;
-    a site MPI earlier on PATH would shadow it and start ranks of another MPI)."""
-    import shutil
-    import sys
-    from pathlib import Path
-
-    lines = [f"mpi library file: {_mpi_library_file() or 'unknown'}"]
-    found = shutil.which("mpiexec")
-    own = Path(sys.prefix) / "bin" / "mpiexec"
-    if found is None:
-        lines.append(f"mpiexec: none on PATH ({own} if the mpich extra is installed)")
-    elif own.exists() and Path(found).resolve() != own.resolve():
-        lines.append(
-            f"mpiexec: {found} -- NOT this environment's {own}: another MPI comes first on "
-            f"PATH; activate the environment (. {Path(sys.prefix)}/bin/activate) or run {own}"
-        )
-    else:
-        where = "this environment's" if own.exists() else "from PATH; none in this environment"
-        lines.append(f"mpiexec: {found} ({where})")
-    return lines
-
-
 def _cmd_bench(args) -> int:
     import subprocess
     from pathlib import Path
@@ -337,19 +325,32 @@ def _cmd_bench(args) -> int:
             f"bench {args.name}: {script} not found; the benchmarks ship with the source "
             "checkout (git clone), not with an installed package"
         )
-    return subprocess.run([sys.executable, str(script), *args.args]).returncode
+    # run as `python -m hpcnet bench NAME` (its usage line says so), not as the script
+    prog = f"python -m hpcnet bench {args.name}"
+    run = "import os, sys; script = sys.argv.pop(2); sys.argv[0] = sys.argv.pop(1); "
+    run += "sys.path.insert(0, os.path.dirname(script)); exec(compile(open(script).read(), "
+    run += "script, 'exec'), {'__name__': '__main__', '__file__': script})"
+    return subprocess.run([sys.executable, "-c", run, prog, str(script), *args.args]).returncode
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None, loading: PreemptionWatch | None = None) -> None:
     """Entry point: parses, runs the subcommand, exits with its status.
 
     Exit status: 0 success (also ``--resume`` of a finished run); 2 bad input (flag,
-    config, layout, data), raised on every rank alike; 128+signal after a SIGTERM or
-    SIGUSR1, checkpointed; 124 a stall (``--timeout``); anything else aborts the MPI
-    job (status 1).
+    config, layout, data), raised on every rank alike; 128+signal after a SIGTERM,
+    SIGUSR1 or SIGINT (Ctrl-C), checkpointed; 124 a stall (``--timeout``); anything else
+    aborts the MPI job (status 1). ``loading``: the watch ``python -m hpcnet`` set up
+    before loading this module (a signal then is the command's).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["launch"]:  # the launcher is no MPI process: it starts mpiexec
+    if not argv or argv[0] not in SUBCOMMANDS + ("-h", "--help", "--version"):
+        argv.insert(0, "train")
+    if loading is not None and argv[0] not in ("train", "search"):
+        loading.close()  # not a training command: Ctrl-C interrupts it the usual way
+        if loading.signum:
+            sys.exit(128 + loading.signum)
+        loading = None
+    if argv[0] == "launch":  # the launcher is no MPI process: it starts mpiexec
         from hpcnet.tools.launch import main as launch
 
         try:
@@ -365,8 +366,6 @@ def main(argv: list[str] | None = None) -> None:
     from hpcnet.comm import exit_on_error, install_abort_hook, same_on_every_rank
 
     install_abort_hook()
-    if not argv or argv[0] not in SUBCOMMANDS + ("-h", "--help", "--version"):
-        argv.insert(0, "train")
     try:
         with same_on_every_rank():  # parsing and config checks communicate nothing
             args = build_parser().parse_args(argv)
@@ -379,6 +378,8 @@ def main(argv: list[str] | None = None) -> None:
         finally:
             if outer is not None:
                 outer.close()
+            if loading is not None:
+                loading.close()
     except AlreadyFinished as e:  # raised alike on every rank: not an error
         from hpcnet.comm import world_rank
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import tomli_w
 
-from hpcnet.errors import ConfigError
+from hpcnet.errors import ConfigError, did_you_mean
 from hpcnet.options import Option, declare, flag_for, option, options, rules, section, sections
 
 if sys.version_info >= (3, 11):
@@ -88,8 +88,8 @@ declare(
     Option("run.backend", "auto", "compute backend", choices=("auto", "cpu", "cuda")),
     Option("run.threads", 0, "compute threads per rank (0: cores / local ranks)",
            check=_ge0[0], must="must be >= 0 (0: automatic)"),
-    Option("run.log_every", 0, "steps between progress lines (0: ~20 per run, at least 1 "
-           "per epoch)", check=_ge0[0], must="must be >= 0 (0: automatic)"),
+    Option("run.log_every", 0, "steps between progress lines (0: about 20 per run, at most "
+           "one per step)", check=_ge0[0], must="must be >= 0 (0: automatic)"),
     Option("run.verbose", False, "print the whole resolved config at start (it is always in "
            "OUT/config.toml)"),
     Option("run.checkpoint_every", 0, "steps between checkpoints in OUT/checkpoint.h5 (0: "
@@ -270,14 +270,17 @@ def _load_toml(path: str) -> dict[str, dict[str, Any]]:
     for name, table in doc.items():
         if name not in known or not isinstance(table, dict):
             raise ConfigError(
-                f"{path}: unknown section [{name}]; expected one of "
-                f"{', '.join('[' + s + ']' for s in known)} ({_HINT})"
+                f"{path}: unknown section [{name}]{did_you_mean(name, known)}; expected one "
+                f"of {', '.join('[' + s + ']' for s in known)} ({_HINT})"
             )
         for key, value in table.items():
             try:
                 option(f"{name}.{key}")
             except KeyError:
-                raise ConfigError(f"{path}: unknown key {key!r} in [{name}]") from None
+                keys = [o.name for o in options() if o.section == name]
+                raise ConfigError(
+                    f"{path}: unknown key {key!r} in [{name}]{did_you_mean(key, keys)}"
+                ) from None
             out.setdefault(name, {})[key] = _typed(f"{name}.{key}", value, path)
     return out
 

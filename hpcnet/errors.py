@@ -75,3 +75,12 @@ class StallError(TimeoutError):
     :data:`EXIT_STALLED`."""
 
     exit_code = EXIT_STALLED
+
+
+def did_you_mean(word: str, known) -> str:
+    """``" (did you mean X?)"`` for the known word closest to ``word`` (the standard
+    library's difflib, ratio >= 0.6), else ``""``: the end of an "unknown" error."""
+    import difflib
+
+    close = difflib.get_close_matches(word, sorted(known), n=1)
+    return f" (did you mean {close[0]}?)" if close else ""

@@ -16,7 +16,7 @@ class StepBudget:
         total_steps: steps per replica: ``steps_per_epoch * epochs``, capped by
             ``--max-steps``.
         log_every: steps between progress records (``--log-every``; 0: ~20 per run,
-            at least one per epoch).
+            however many epochs).
     """
 
     steps_per_epoch: int
@@ -29,7 +29,7 @@ class StepBudget:
         total = spe * cfg.run.epochs
         if cfg.run.max_steps:
             total = min(total, cfg.run.max_steps)
-        return cls(spe, total, cfg.run.log_every or max(1, min(spe, total // 20)))
+        return cls(spe, total, cfg.run.log_every or max(1, total // 20))
 
     def describe(self, epochs: int) -> str:
         return f"{self.steps_per_epoch} steps/epoch x {epochs} epochs = {self.total_steps} steps"

@@ -176,6 +176,8 @@ def _train_replica(run: TrainingRun, algo: Policy) -> dict[str, Any]:
             else steps_here * run.total_batch / max(train_s, 1e-9)
         ),
         "first_step_s": first_step_s,
+        # bytes a compressed allreduce saved on this rank (sync --compress)
+        **({"compression": algo.traffic.summary()} if getattr(algo, "traffic", None) else {}),
     }
 
 

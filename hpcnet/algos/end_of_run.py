@@ -11,6 +11,7 @@ from mpi4py import MPI
 from hpcnet.comm import allreduce_sum, barrier_polling, ft
 from hpcnet.data.loader import eval_batches
 from hpcnet.errors import RankLost
+from hpcnet.run.phases import phase
 
 
 class EndOfRun:
@@ -92,7 +93,8 @@ class EndOfRun:
         checkpoint's)."""
         own = self._average_buffers()
         try:
-            return self._evaluate(split)
+            with phase(f"evaluating the {split} split", self.rank == 0 and self.verbose):
+                return self._evaluate(split)
         finally:
             if own is not None:
                 self.model.buffers[:] = own

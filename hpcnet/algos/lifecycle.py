@@ -216,13 +216,21 @@ class TrainingRun(Checkpoints, EndOfRun):
         """One progress record, the same shape for every algorithm; rank 0 (the rank
         holding the metrics log) writes it to OUT/metrics.jsonl and prints it.
 
+        ``step`` and ``total_steps`` count steps of one replica (an asynchronous
+        algorithm: the replicas' mean); ``extra["samples"]``, the training samples all
+        replicas have taken so far, defaults to ``step`` x the total batch, and
+        ``epochs`` (float) is ``samples`` / the train split's rows: the axes that compare
+        runs of different algorithms (``plot --x samples|epoch``).
         ``samples_per_s`` None: an interval holding only the first step (its time is
         in ``extra["first_step_s"]``). ``extra`` holds the algorithm's own fields.
         """
+        samples = extra.pop("samples", step * self.total_batch)
         rec = {
             "epoch": epoch,
             "step": step,
             "total_steps": total_steps,
+            "samples": int(samples),
+            "epochs": round(samples / max(1, self.info.n_train), 4),
             "loss": loss,
             "accuracy": accuracy,
             "lr": lr,

@@ -38,6 +38,7 @@ from hpcnet.modelpar import check_partitions
 from hpcnet.nn.model import Model
 from hpcnet.nn.zoo import build_model, run_model
 from hpcnet.run.metrics import MetricsLog, make_out_dir
+from hpcnet.run.phases import phase
 
 
 @dataclass
@@ -58,10 +59,13 @@ class Prepared:
     resume: dict[str, Any] | None = None  # the checkpoint a resumed run starts from
 
 
-def check_run(cfg: Config, comm: MPI.Intracomm) -> tuple[Layout, Backend, DatasetInfo, Model]:
+def check_run(
+    cfg: Config, comm: MPI.Intracomm, say: bool = False
+) -> tuple[Layout, Backend, DatasetInfo, Model]:
     """Checks that ``cfg`` can run on ``comm``: layout and backend (no communication),
     the data (found, converted if need be and validated by rank 0), the model and its
-    partitioning, the batch against each replica's rows. Collective over ``comm``.
+    partitioning, the batch against each replica's rows. Collective over ``comm``;
+    ``say``: rank 0 reports a slow data phase (:mod:`hpcnet.run.phases`).
 
     Returns:
         (layout, backend, dataset info, the model built).
@@ -71,7 +75,8 @@ def check_run(cfg: Config, comm: MPI.Intracomm) -> tuple[Layout, Backend, Datase
     with same_on_every_rank():  # config-only checks, before any communication
         layout = layout_for(cfg, comm.Get_size(), get_algorithm(cfg.algo.name))
         backend = get_backend(cfg.run.backend)
-    info = root_then_bcast(lambda: open_run_data(cfg), comm)
+    with phase("opening the data set (checksum, statistics)", say and comm.Get_rank() == 0):
+        info = root_then_bcast(lambda: open_run_data(cfg), comm)
     with same_on_every_rank():  # depends only on the config and the broadcast info
         model = run_model(cfg.model, cfg.data.name, info.image_shape, info.num_classes)
         if layout.partitions > 1:
@@ -95,7 +100,7 @@ def prepare(cfg: Config, comm: MPI.Intracomm, verbose: bool = True) -> Prepared:
         output directory.
     """
     t_start = time.perf_counter()
-    layout, backend, info, model = check_run(cfg, comm)
+    layout, backend, info, model = check_run(cfg, comm, say=verbose)
     model_name = model.name
     if cfg.run.resume:  # the run goes on in its own OUT
         with same_on_every_rank():
@@ -130,6 +135,12 @@ def prepare(cfg: Config, comm: MPI.Intracomm, verbose: bool = True) -> Prepared:
     if comm.Get_rank() == 0:
         save_config(cfg, out / "config.toml")
         prep.log = MetricsLog(out, append=resume is not None, tensorboard=cfg.run.tensorboard)
+        if prep.log.tensorboard_missing and verbose:
+            print(
+                "hpcnet: no TensorBoard files: tensorboardX is not installed (pip install "
+                "'hpcnet[tensorboard]', or --no-tensorboard to not ask)",
+                flush=True,
+            )
     # compile once per node, before any timing starts (throughput excludes compilation)
     # on a model of its own: a first step on the run's model would bind it to the GPU
     # (cuda backend) before rank 0 initialises the host copy that is broadcast

@@ -16,8 +16,10 @@ from mpi4py import MPI
 
 from hpcnet.algos.data_parallel import synchronous_algorithm
 from hpcnet.algos.registry import only_for, register
-from hpcnet.comm import allreduce_mean_
+from hpcnet.comm import allreduce_mean_, wait_polling
 from hpcnet.comm.buckets import BYTES_PER_MB, BucketAllreduce, plan_buckets
+from hpcnet.comm.collectives import SPIN_S
+from hpcnet.comm.compress import METHODS, CompressedAllreduce, Traffic
 from hpcnet.nn.model import Model
 from hpcnet.options import Option, rule
 
@@ -46,15 +48,23 @@ class SyncSGD:
     name = "sync"
 
     def __init__(
-        self, data_comm: MPI.Intracomm, bucket_mb: float = 0.0, model: Model | None = None
+        self,
+        data_comm: MPI.Intracomm,
+        bucket_mb: float = 0.0,
+        model: Model | None = None,
+        compress: str = "none",
     ):
         self.comm = data_comm
         self.allreduces = 0
         self.buckets = None
         self.on_grad_ready = None
+        self.traffic = Traffic(compress) if compress != "none" else None
+        self.compressor = (
+            CompressedAllreduce(compress, data_comm, self.traffic) if self.traffic else None
+        )
         if bucket_mb > 0 and model is not None:
             plan = plan_buckets(model.layer_ranges(), model.n_params, int(bucket_mb * BYTES_PER_MB))
-            self.buckets = BucketAllreduce(model.grads, plan, data_comm)
+            self.buckets = BucketAllreduce(model.grads, plan, data_comm, compressor=self.compressor)
             self.on_grad_ready = self.buckets.grads_ready
 
     def after_backward(self, grads: np.ndarray) -> None:
@@ -64,7 +74,13 @@ class SyncSGD:
         allreduces backward started are completed (and any it did not start are
         started first, in bucket order)."""
         if self.buckets is None:
-            allreduce_mean_(grads, self.comm)
+            if self.compressor is not None and self.comm.Get_size() > 1:
+                req, words = self.compressor.start(grads)
+                what = "compressed allreduce of the gradients"
+                wait_polling(req, None, what, cap=5e-3, spin=SPIN_S, comm=self.comm)
+                self.compressor.finish(grads, words)
+            else:
+                allreduce_mean_(grads, self.comm)
             self.allreduces += 1
             return
         if not np.shares_memory(grads, self.buckets.grads):
@@ -85,7 +101,10 @@ class SyncSGD:
 
 def _policy(run) -> SyncSGD:
     return SyncSGD(
-        run.comms.data_comm, run.cfg.algo.bucket_mb, run.model if run.part is None else None
+        run.comms.data_comm,
+        run.cfg.algo.bucket_mb,
+        run.model if run.part is None else None,
+        run.cfg.algo.compress,
     )
 
 
@@ -104,6 +123,13 @@ register(
                 check=lambda v: v >= 0,
                 must="must be >= 0 MiB (0: one allreduce)",
             ),
+            Option(
+                "algo.compress",
+                "none",
+                "sync: the gradients' allreduce as 16-bit floats, half the bytes "
+                "(hpcnet.comm.compress; summed in float32 at each reduction step)",
+                choices=METHODS,
+            ),
         ),
     )
 )
@@ -112,3 +138,9 @@ register(
 @rule("hpcnet.algos.sync")
 def _buckets_are_syncs(cfg) -> None:
     only_for(cfg, "sync", "algo.bucket_mb", "gradient buckets are sync's")
+    only_for(
+        cfg,
+        "sync",
+        "algo.compress",
+        "compressed allreduce is sync's (not yet avg's or Downpour's pushes and fetches)",
+    )

@@ -16,7 +16,6 @@ measures training, not compilation.
 from __future__ import annotations
 
 import os
-import threading
 import time
 from collections.abc import Callable
 
@@ -25,9 +24,8 @@ from mpi4py import MPI
 
 from hpcnet.comm import Deadlines, node_workers_first
 from hpcnet.nn.layers import backward_through
+from hpcnet.run.phases import phase
 
-# Seconds into the warm-up after which rank 0 says that kernels are being compiled.
-NOTICE_AFTER_S = 1.0
 N = 2  # samples of the blank batches
 
 
@@ -96,20 +94,18 @@ def compile_kernels(
         backend: the run's compute backend (``cuda``: one worker runs the whole step;
             its kernels are not cached on disk, so the others compile them again).
         comm: the run's communicator.
-        say: print one line when the compile takes longer than :data:`NOTICE_AFTER_S`
-            (a first run; rank 0 only should).
+        say: print a line when the compile takes longer than
+            :data:`hpcnet.run.phases.NOTICE_AFTER_S` and one with the count of kernels
+            when it ends (a first run; rank 0 only should).
         timeout: seconds the node's ranks wait for its workers
             (:attr:`hpcnet.comm.Deadlines.compile`).
     Returns:
         Seconds this rank spent, compiling and waiting.
     """
     t0 = time.perf_counter()
-    notice = threading.Timer(
-        NOTICE_AFTER_S, print, ("hpcnet: compiling kernels (first run only) ...",), {"flush": True}
-    )
-    if say:
-        notice.start()
-    try:
+    before = compiled_kernels()
+    what = "compiling kernels (once per machine, then loaded from Numba's cache)"
+    with phase(what, say) as status:
         if backend.name == "cpu":
             pieces = parts(model, backend)
             cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
@@ -124,6 +120,19 @@ def compile_kernels(
                 lambda j, n: _one_step(model, backend), comm, 1, timeout, "kernel compilation"
             )
         _one_step(model, backend)
-    finally:
-        notice.cancel()
+        status["done"] = f"{compiled_kernels() - before} kernels ready on rank 0"
     return time.perf_counter() - t0
+
+
+def compiled_kernels() -> int:
+    """How many compiled versions (one per argument types) this process holds of the CPU
+    backend's Numba kernels (``numba.njit`` functions of :mod:`hpcnet.kernels`)."""
+    import sys
+
+    count = 0
+    for name, module in list(sys.modules.items()):
+        if name.startswith("hpcnet.kernels._cpu"):
+            for obj in vars(module).values():
+                if hasattr(obj, "py_func") and hasattr(obj, "signatures"):
+                    count += len(obj.signatures)
+    return count

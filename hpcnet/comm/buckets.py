@@ -81,6 +81,8 @@ class BucketAllreduce:
         plan: the buckets (:func:`plan_buckets`), in backward order.
         comm: the replicas' communicator (``data_comm``).
         what: names the operation in a stall report.
+        compressor: a :class:`hpcnet.comm.compress.CompressedAllreduce` (each bucket
+            travels as 16-bit words), or None (float32).
     """
 
     def __init__(
@@ -89,8 +91,11 @@ class BucketAllreduce:
         plan: list[tuple[int, int]],
         comm: MPI.Intracomm,
         what: str = "bucketed allreduce of the gradients",
+        compressor=None,
     ):
         self.grads, self.plan, self.comm, self.what = grads, list(plan), comm, what
+        self.compressor = compressor
+        self.words: list = []  # per started bucket: its 16-bit payload (compressor)
         self.size = comm.Get_size()
         self.started = 0  # buckets of this step whose Iallreduce has started
         self.requests: list[MPI.Request] = []
@@ -111,7 +116,12 @@ class BucketAllreduce:
         b_lo, b_hi = self.plan[self.started]
         if self.size > 1:
             buf = self.grads[b_lo:b_hi]
-            self.requests.append(self.comm.Iallreduce(MPI.IN_PLACE, buf, op=MPI.SUM))
+            if self.compressor is not None:
+                req, words = self.compressor.start(buf)
+                self.requests.append(req)
+                self.words.append(words)
+            else:
+                self.requests.append(self.comm.Iallreduce(MPI.IN_PLACE, buf, op=MPI.SUM))
         self.started += 1
 
     def wait(self) -> None:
@@ -131,7 +141,12 @@ class BucketAllreduce:
             poll_until(
                 done, None, self.what, backoff=Backoff(cap=5e-3), spin=SPIN_S, comm=self.comm
             )
-            self.grads *= self.grads.dtype.type(1.0 / self.size)
+            if self.compressor is not None:  # decode each bucket's sum, and its mean
+                words, self.words = self.words, []
+                for (b_lo, b_hi), w in zip(self.plan, words, strict=True):
+                    self.compressor.finish(self.grads[b_lo:b_hi], w)
+            else:
+                self.grads *= self.grads.dtype.type(1.0 / self.size)
 
     def describe(self) -> str:
         """One line: the buckets and their sizes (MiB), in backward order."""

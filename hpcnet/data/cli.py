@@ -27,14 +27,17 @@ def add_data_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
         The ``data`` parser. Each leaf parser sets ``func(args) -> int``.
     """
     data = subparsers.add_parser(
-        "data", help="import, inspect and download data sets", description=__doc__
+        "data",
+        help="import, inspect and download data sets",
+        description="Makes hpcnet dataset files (HDF5) from your data (import), checks and "
+        "describes one (info), downloads Fashion-MNIST (fetch). COMMAND -h for each.",
     )
     sub = data.add_subparsers(dest="data_command", metavar="COMMAND", required=True)
 
     _add_import(sub)
     imp = sub.add_parser("import-idx", help="convert gzip IDX files (MNIST format) to HDF5")
     imp.add_argument("dir", type=Path, help="folder with train-*/t10k-* *-ubyte.gz files")
-    imp.add_argument("--out", type=Path, required=True, metavar="FILE.h5")
+    imp.add_argument("--out", type=Path, required=True, metavar="FILE.h5", help="file to write")
     imp.add_argument(
         "--shards",
         type=_positive_int,
@@ -54,14 +57,14 @@ def add_data_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
     imp.set_defaults(func=_import_idx)
 
     info = sub.add_parser("info", help="validate a dataset file and describe it")
-    info.add_argument("file", type=Path, metavar="FILE.h5")
+    info.add_argument("file", type=Path, metavar="FILE.h5", help="the dataset file")
     info.add_argument(
         "--verify", action="store_true", help="also recompute the checksum (reads every image)"
     )
     info.set_defaults(func=_info)
 
     fetch = sub.add_parser("fetch", help="download a data set and convert it")
-    fetch.add_argument("name", choices=["fashion-mnist"])
+    fetch.add_argument("name", choices=["fashion-mnist"], help="the data set")
     fetch.add_argument(
         "--out",
         type=Path,
@@ -75,7 +78,8 @@ def add_data_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
         metavar="URL",
         help=f"where the .gz files are (default {DEFAULT_URL})",
     )
-    fetch.add_argument("--shards", type=_positive_int, default=1, metavar="K")
+    fetch.add_argument("--shards", type=_positive_int, default=1, metavar="K",
+                       help="write the train split as K shard files (default 1)")  # fmt: skip
     fetch.set_defaults(func=_fetch)
     return data
 
@@ -93,7 +97,7 @@ def _add_import(sub) -> None:
         "source", type=Path, metavar="SOURCE", help="an .npz file, a folder of .npy files, an "
         "image folder (ROOT/CLASS/*.png or ROOT/train|test/CLASS/...), CIFAR files, IDX files",
     )  # fmt: skip
-    imp.add_argument("--out", type=Path, required=True, metavar="FILE.h5")
+    imp.add_argument("--out", type=Path, required=True, metavar="FILE.h5", help="file to write")
     imp.add_argument(
         "--format", default="auto", choices=("auto", *FORMATS),
         help="what SOURCE is (default auto: from its files)",

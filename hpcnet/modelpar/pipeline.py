@@ -49,7 +49,6 @@ from hpcnet.comm.exchange import Exchange
 from hpcnet.errors import ConfigError
 from hpcnet.modelpar.base import PartitionedModel, layer_ranges, merge_ranges
 from hpcnet.nn.layers import (
-    LRN,
     Block,
     Conv2D,
     Dense,
@@ -60,6 +59,7 @@ from hpcnet.nn.layers import (
     backward_through,
 )
 from hpcnet.nn.model import Model
+from hpcnet.nn.norm import LRN
 
 TAG_FORWARD, TAG_BACKWARD, TAG_INFER = 1, 2, 3  # MPI keeps each (source, tag) in order
 SLACK = 0.05  # stage cost allowed above the least bottleneck to cut where traffic is least

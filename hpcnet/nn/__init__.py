@@ -7,8 +7,8 @@ The layer classes, for a model written in Python (``--model FILE.py:FUNCTION``):
 
 from hpcnet.nn.activations import LeakyReLU, Sigmoid, Tanh
 from hpcnet.nn.from_torch import from_torch
-from hpcnet.nn.layers import LRN, Conv2D, Dense, Dropout, Flatten, Layer, MaxPool2D, ReLU, Towers
-from hpcnet.nn.norm import BatchNorm2D
+from hpcnet.nn.layers import Conv2D, Dense, Dropout, Flatten, Layer, MaxPool2D, ReLU, Towers
+from hpcnet.nn.norm import LRN, BatchNorm2D
 from hpcnet.nn.pooling import AvgPool2D, GlobalAvgPool2D
 from hpcnet.nn.residual import Residual
 

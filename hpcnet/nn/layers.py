@@ -272,38 +272,6 @@ class Dropout(Layer):
         return dy if self._mask is None else backend.dropout_backward(dy, self._mask)
 
 
-class LRN(Layer):
-    """Local response normalization across channels (Krizhevsky et al. 2012, sec. 3.3).
-
-    ``y[c] = x[c] / (k + alpha * sum_{|j-c| <= size//2} x[j]**2) ** beta`` at every
-    (n, h, w): the paper's formula, its defaults (size 5, k 2, alpha 1e-4, beta 0.75).
-    PyTorch's ``LocalResponseNorm`` divides alpha by ``size``: ours is its ``alpha / size``.
-    """
-
-    def __init__(self, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0):
-        super().__init__()
-        if size < 1 or size % 2 == 0:
-            raise ConfigError(f"LRN size must be odd and >= 1, got {size}")
-        self.size, self.alpha, self.beta, self.k = size, alpha, beta, k
-
-    def _out_shape(self, in_shape):
-        if len(in_shape) != 3:
-            raise ConfigError(f"LRN needs a (C, H, W) input, got {in_shape}")
-        return in_shape
-
-    def forward(self, x, backend, train):
-        self._x = x  # (N, C, H, W)
-        self._y, self._scale = backend.lrn_forward(x, self.size, self.alpha, self.beta, self.k)
-        return self._y
-
-    def backward(self, dy, backend):
-        dx = backend.lrn_backward(
-            dy, self._x, self._y, self._scale, self.size, self.alpha, self.beta, self.k
-        )
-        self._x = self._y = self._scale = None
-        return dx
-
-
 class Block(Layer):
     """A layer made of layer sequences (``self.towers``: a list of layer lists) whose
     parameters stay in the model's one flat vector: its parameter specs are the

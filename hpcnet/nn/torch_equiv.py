@@ -33,9 +33,9 @@ import functools
 from typing import TYPE_CHECKING
 
 from hpcnet.nn.activations import LeakyReLU, Sigmoid, Tanh
-from hpcnet.nn.layers import LRN, Conv2D, Dense, Dropout, Flatten, Layer, MaxPool2D, ReLU, Towers
+from hpcnet.nn.layers import Conv2D, Dense, Dropout, Flatten, Layer, MaxPool2D, ReLU, Towers
 from hpcnet.nn.model import Model
-from hpcnet.nn.norm import BatchNorm2D
+from hpcnet.nn.norm import LRN, BatchNorm2D
 from hpcnet.nn.pooling import AvgPool2D, GlobalAvgPool2D
 from hpcnet.nn.residual import Residual
 

@@ -71,6 +71,8 @@ class MetricsLog:
         self.path = Path(out_dir) / "metrics.jsonl"
         self._f: TextIO = open(self.path, "a" if append else "w")  # append: a resumed run
         self._tb = _tensorboard_writer(Path(out_dir) / "tb") if tensorboard else None
+        # asked for, but tensorboardX is missing: the run says so once (prepare)
+        self.tensorboard_missing = tensorboard and self._tb is None
 
     def write(self, record: dict[str, Any]) -> None:
         self._f.write(json.dumps(record) + "\n")

@@ -60,17 +60,24 @@ class RunResults:
 
     def x(self, kind: str) -> np.ndarray:
         """(len(progress),) float64: the x coordinate of each progress record, its
-        ``step`` (``kind="step"``; Sandblaster's step is its L-BFGS iteration) or its
-        time in seconds (``kind="time"``, see :attr:`time_s`).
+        ``step`` (``kind="step"``: one replica's steps; Sandblaster's step is its L-BFGS
+        iteration), the training ``samples`` all replicas took, the (fractional)
+        ``epoch``, or its time in seconds (``kind="time"``, see :attr:`time_s`).
 
         Raises:
             ValueError: another ``kind``.
         """
-        if kind == "step":
-            return self.column("step")
+        if kind in ("step", "samples"):
+            return self.column(kind)
+        if kind == "epoch":  # fractional; runs older than the field: the epoch's number
+            return (
+                self.column("epochs")
+                if self.progress and "epochs" in self.progress[0]
+                else self.column("epoch")
+            )
         if kind == "time":
             return self.time_s
-        raise ValueError(f"x must be 'step' or 'time', got {kind!r}")
+        raise ValueError(f"x must be one of {', '.join(X_KINDS)}, got {kind!r}")
 
     @property
     def test(self) -> dict[str, Any] | None:
@@ -83,7 +90,13 @@ class RunResults:
         """Where the test record lies on the x axis ``kind`` (see :meth:`x`), or None."""
         if self.test is None:
             return None
+        if kind in ("samples", "epoch"):  # the end of the run: its last record's
+            xs = self.x(kind)
+            return float(xs[-1]) if len(xs) and not np.isnan(xs[-1]) else None
         return float(self.test["step"]) if kind == "step" else self.test_time_s
+
+
+X_KINDS = ("step", "samples", "epoch", "time")  # what :meth:`RunResults.x` takes
 
 
 def read_results(out: str | Path) -> RunResults:

@@ -60,6 +60,30 @@ def _space(space: Space | dict | str | os.PathLike, fixed: dict | None) -> Space
     return Space.load(space)
 
 
+def _trial_check(config_file: str | None, group_size: int, fixed: dict):
+    """``check(overrides)``, raising ConfigError where ``train`` would refuse a trial's
+    config: its options, its layout on a group of ``group_size`` ranks, its model for its
+    data (opened once per data set; rank 0 only: a data set may be converted on first use)."""
+    from hpcnet.algos import get_algorithm
+    from hpcnet.config import load_config
+    from hpcnet.data.format import open_dataset
+    from hpcnet.data.registry import resolve_data
+    from hpcnet.layout import layout_for
+    from hpcnet.nn.zoo import run_model
+
+    shapes: dict[str, tuple] = {}
+
+    def check(overrides: dict) -> None:
+        cfg = load_config(config_file, {**fixed, **overrides})
+        layout_for(cfg, group_size, get_algorithm(cfg.algo.name))
+        if cfg.data.name not in shapes:
+            info = open_dataset(resolve_data(cfg.data.name))
+            shapes[cfg.data.name] = (info.image_shape, info.num_classes)
+        run_model(cfg.model, cfg.data.name, *shapes[cfg.data.name])
+
+    return check
+
+
 def run_search(
     space: Space | dict | str | os.PathLike,
     strategy: str | Strategy | None = None,
@@ -91,7 +115,7 @@ def run_search(
     Raises:
         ConfigError: a bad space, setting or option (one line, the same on every rank).
     """
-    from hpcnet.comm import library_comm, same_on_every_rank
+    from hpcnet.comm import library_comm, root_then_bcast, same_on_every_rank
     from hpcnet.errors import ConfigError
 
     comm = comm or library_comm()
@@ -117,10 +141,14 @@ def run_search(
                 f"--early-stop {resolved.early_stop}: needs trials that are hpcnet runs (their "
                 "progress records), not a train_fn"
             )
-        if train_fn is None:
-            sp.validate()
+        size, gs = comm.Get_size(), resolved.group_size
+        if gs < 1 or size % gs:
+            raise ConfigError(f"--group-size {gs}: {size} ranks do not split into groups of it")
         resolved = dataclasses.replace(resolved, metric=metric_for(resolved, fixed, train_fn))
         strat = entry.make(sp, resolved) if entry is not None else strategy
+    if train_fn is None:  # every value train would refuse: one line, before any trial
+        check = _trial_check(resolved.config_file, resolved.group_size, fixed)
+        root_then_bcast(lambda: sp.validate(check), comm)
     saved = {
         "strategy": resolved.strategy,
         "options": entry.saved_options(resolved) if entry else {},

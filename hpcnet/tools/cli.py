@@ -37,10 +37,11 @@ def add_plot_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
     )
     p.add_argument(
         "--x",
-        choices=("step", "time"),
-        default="step",
-        help="x axis of the curves: step, or seconds since the run started (compilation "
-        "left out); default step",
+        choices=("step", "samples", "epoch", "time"),
+        default=None,
+        help="x axis of the curves: step (one replica's), training samples (all replicas), "
+        "epoch, or seconds since the run started (compilation left out); default epoch "
+        "when the runs differ in algorithm, else step",
     )
     p.add_argument(
         "-o",
@@ -79,19 +80,21 @@ def add_export_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
 
 
 def _plot(args) -> int:
+    from hpcnet.errors import ResultsError
     from hpcnet.run.results import read_results
-    from hpcnet.tools.plot import plot_runs, require_matplotlib
+    from hpcnet.tools.plot import default_x, plot_runs, require_matplotlib
 
     require_matplotlib()  # before reading anything: the one missing piece first
     if any((out / "trials.jsonl").is_file() for out in args.out):
         return _plot_search(args)
     runs = [read_results(out) for out in args.out]
+    empty = [str(out) for out, r in zip(args.out, runs, strict=True) if not r.progress]
+    if empty:
+        raise ResultsError(f"{', '.join(empty)}: no progress records to plot (no step logged)")
     path = args.output or (args.out[0] / "plot.png" if len(runs) == 1 else Path(RUNS_PNG))
     try:
-        plot_runs(runs, path, x=args.x)
+        plot_runs(runs, path, x=args.x or default_x(runs))
     except OSError as e:
-        from hpcnet.errors import ResultsError
-
         raise ResultsError(f"-o {path}: cannot write: {e.strerror or e}") from None
     print(f"wrote {path}")
     return 0

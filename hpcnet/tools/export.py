@@ -132,7 +132,8 @@ def export_run(out: str | Path, fmt: str, path: str | Path | None = None) -> str
         except ImportError:
             raise MissingExtra(
                 "export --format torch needs PyTorch, which is not installed: pip install "
-                "torch (or use --format npz)"
+                "torch --index-url https://download.pytorch.org/whl/cpu (the CPU build; "
+                "or use --format npz)"
             ) from None
     model = trained_model(out)
     path = Path(path) if path is not None else Path(out) / FORMATS[fmt]

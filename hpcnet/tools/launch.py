@@ -219,8 +219,10 @@ def main(argv: list[str]) -> int:
 
     p = Parser(
         prog="python -m hpcnet launch",
+        usage="python -m hpcnet launch [-h] -n N [--mpiexec CMD] [--] [ARGS ...]",
         description="run 'mpiexec -n N python -m hpcnet ARGS', and name a rank that dies by a "
-        "signal in one line instead of the MPI library's banner",
+        "signal in one line instead of the MPI library's banner; ARGS are python -m "
+        "hpcnet's (a subcommand and its flags)",
     )
     p.add_argument("-n", "--np", type=int, required=True, help="number of ranks")
     p.add_argument(

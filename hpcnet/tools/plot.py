@@ -37,9 +37,17 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 X_LABELS = {
-    "step": "step",
+    "step": "step (of one replica)",
+    "samples": "training samples (all replicas)",
+    "epoch": "epoch",
     "time": "time since the run started (s, kernel compilation left out)",
 }
+
+
+def default_x(runs: list[RunResults]) -> str:
+    """``epoch`` when the runs differ in algorithm (their steps mean different amounts
+    of data), else ``step``."""
+    return "epoch" if len({r.summary.get("algo") for r in runs}) > 1 else "step"
 
 
 def _replicas(run: RunResults) -> list[dict[str, Any]]:
@@ -83,8 +91,8 @@ def make_figure(runs: list[RunResults], x: str = "step") -> Figure:
 
     Args:
         runs: one or more runs, as :func:`hpcnet.run.results.read_results` gives them.
-        x: the curves' x axis, ``"step"`` or ``"time"`` (seconds, see
-            :attr:`RunResults.time_s`).
+        x: the curves' x axis: ``"step"`` (one replica's), ``"samples"``, ``"epoch"`` or
+            ``"time"`` (seconds, see :attr:`RunResults.time_s`).
     Returns:
         A matplotlib Figure with an Agg canvas, one Axes per panel drawn; the loss and
         accuracy Axes hold one line per run that logged a step.
@@ -95,7 +103,7 @@ def make_figure(runs: list[RunResults], x: str = "step") -> Figure:
     if not runs:
         raise ValueError("make_figure needs at least one run")
     if x not in X_LABELS:
-        raise ValueError(f"x must be 'step' or 'time', got {x!r}")
+        raise ValueError(f"x must be one of {', '.join(X_LABELS)}, got {x!r}")
     require_matplotlib()
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure

@@ -63,12 +63,15 @@ def _killed_midway(args: list[str], out: Path, after: str) -> None:
 
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize(
-    "algo, model", [("sync", "2conv"), ("avg", "digits_cnn"), ("sync", BATCHNORM)]
-)
-def test_killed_and_resumed_equals_uninterrupted_bit_for_bit(tmp_path, algo, model):
+    "algo, model, extra",
+    [("sync", "2conv", []), ("avg", "digits_cnn", []), ("sync", BATCHNORM, []),
+     ("sync", "digits_cnn", ["--compress", "bf16", "--bucket-mb", "0.01"])],
+    ids=["sync", "avg", "batchnorm", "bf16-buckets"],
+)  # fmt: skip
+def test_killed_and_resumed_equals_uninterrupted_bit_for_bit(tmp_path, algo, model, extra):
     # 2conv has Dropout: its streams must continue where they were, too; BatchNorm's
-    # running statistics (each replica its own) as well
-    args = ["train", "--algo", algo, "--model", model, *RUN]
+    # running statistics (each replica its own) as well; a compressed allreduce too
+    args = ["train", "--algo", algo, "--model", model, *RUN, *extra]
     code, _, stderr, _ = hpcnet(*args, "--out", str(tmp_path / "whole"), cwd=tmp_path)
     assert code == 0, stderr
     killed = tmp_path / "killed"
@@ -162,6 +165,21 @@ def test_kill_test_script_few_trials(tmp_path):
     )
     assert p.returncode == 0, p.stdout + p.stderr
     assert "kill test: 2 passed, 0 failed" in p.stdout, p.stdout
+
+
+@pytest.mark.timeout(600)
+def test_ctrl_c_at_random_moments_stops_every_algorithm_checkpointed():
+    # scripts/interrupt_test.py --trials 50 is the full test (its count is in the notes);
+    # here one Ctrl-C per algorithm at a random moment: exit 130, the line, the checkpoint
+    script = Path(__file__).resolve().parents[2] / "scripts" / "interrupt_test.py"
+    p = subprocess.run(
+        [sys.executable, str(script), "--trials", "4", "--seed", "11", "--latest", "8"],
+        capture_output=True,
+        text=True,
+        timeout=560,
+    )
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "interrupt test: 4 passed, 0 failed" in p.stdout, p.stdout
 
 
 @pytest.mark.timeout(300)

@@ -63,6 +63,11 @@ def grow_job(tmp_path, mpiexec: list[str], env: dict | None = None, epochs: int 
         late = second.returncode != 0
         assert not late or "the run has finished" in second.stderr, second.stderr
         stdout, stderr = p.communicate(timeout=300)
+        # or the run ended after grow wrote the request but before shard 0 took it (CI,
+        # Open MPI on a fast host): the request is still there, never seen by the run
+        late = late or (out / "grow-request.json").exists()
+        refused = out / "grow-refused.json"  # or it came as the run was finishing
+        late = late or (refused.exists() and "finishing" in refused.read_text())
     finally:
         if p.poll() is None:
             os.killpg(p.pid, 9)

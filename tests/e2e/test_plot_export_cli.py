@@ -154,7 +154,24 @@ def test_plot_and_export_errors_are_one_line_exit_2(runs, tmp_path):
     assert not (tmp_path / "x.png").exists()
     p = cli("export", str(sync), "--format", "torch", "-o", str(tmp_path / "w.pt"),
             prelude=block("torch"), cwd=tmp_path)  # fmt: skip
-    _one_line_exit_2(p, "PyTorch", "--format npz")
+    _one_line_exit_2(p, "PyTorch", "--format npz", "download.pytorch.org/whl/cpu")
+    # a run that logged no step: no empty figure (issue 27, point 10)
+    (tmp_path / "norecords").mkdir()
+    (tmp_path / "norecords" / "metrics.jsonl").write_text("")
+    _one_line_exit_2(cli("plot", str(tmp_path / "norecords"), cwd=tmp_path), "no progress records")
+    assert not (tmp_path / "norecords" / "plot.png").exists()
+
+
+def test_steps_are_one_replicas_and_samples_line_sync_and_downpour_up(runs):
+    # both runs: 12 steps per replica; Downpour's 2 replicas of 32 and sync's 2 of 32 took
+    # the same samples, and their records say so (issue 27, point 9)
+    for out in runs:
+        recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+        last = [r for r in recs if "step" in r and "event" not in r][-1]
+        assert last["total_steps"] == 12, (out.name, last)  # per replica, both
+        assert 0 < last["step"] <= 12 and 0 < last["epochs"] <= 1.0
+        # samples of all replicas per step of one: the total batch, 2 x 32, for both
+        assert last["samples"] / last["step"] == pytest.approx(64, rel=0.25), (out.name, last)
 
 
 def _docs_section_blocks(lang: str) -> list[str]:

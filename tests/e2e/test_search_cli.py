@@ -36,9 +36,12 @@ def _space(tmp_path: Path, text: str) -> Path:
         ("[space]\n'optim.momentum' = { values = [0.5, 1.5] }\n", "momentum"),
         ("[space]\n'optim.lr' = { values = [0.1] }\n[search]\nbogus = 1\n", "bogus"),
         ("[space\n", "space.toml"),
+        ("[space]\n'model.name' = { values = ['mlp', 'nosuch'] }\n", "'nosuch': unknown model"),
+        ("[space]\n'optim.lr' = { values = [0.1] }\n[fixed]\n'algo.name' = 'downpour'\n",
+         "needs 2 ranks, got 1"),
     ],
     ids=["no-space", "unknown-key", "low>=high", "log-through-0", "empty", "train-rejects",
-         "unknown-search-key", "not-toml"],
+         "unknown-search-key", "not-toml", "no-such-model", "layout-on-a-group"],
 )  # fmt: skip
 def test_a_bad_space_is_one_line_and_exit_2(tmp_path, text, says):
     space = _space(tmp_path, text)
@@ -46,6 +49,18 @@ def test_a_bad_space_is_one_line_and_exit_2(tmp_path, text, says):
     assert code == 2, stderr
     assert stderr.count("\n") == 1 and says in stderr, stderr
     assert not (tmp_path / "s").exists()  # nothing started
+
+
+@pytest.mark.timeout(120)
+def test_a_group_size_the_ranks_do_not_split_into_is_one_line(tmp_path):
+    space = _space(tmp_path, "[space]\n'optim.lr' = { values = [0.1] }\n")
+    code, _, stderr, _ = hpcnet(
+        "search", "--space", str(space), "--group-size", "4", "--out", str(tmp_path / "s"), n=2
+    )
+    assert (
+        code == 2
+        and stderr == "hpcnet: error: --group-size 4: 2 ranks do not split into groups of it\n"
+    )
 
 
 @pytest.mark.timeout(300)

@@ -24,7 +24,6 @@ if os.environ.get("NUMBA_ENABLE_CUDASIM") != "1":  # pragma: no cover - guarded 
 from hpcnet.kernels import cpu, get_backend  # noqa: E402
 from hpcnet.kernels import cuda as kc  # noqa: E402
 from hpcnet.nn.layers import (  # noqa: E402
-    LRN,
     Conv2D,
     Dense,
     Dropout,
@@ -34,6 +33,7 @@ from hpcnet.nn.layers import (  # noqa: E402
     Towers,
 )
 from hpcnet.nn.model import Model  # noqa: E402
+from hpcnet.nn.norm import LRN
 from tests.close import assert_close
 
 

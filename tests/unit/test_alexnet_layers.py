@@ -10,8 +10,9 @@ import pytest
 
 from hpcnet.errors import ConfigError
 from hpcnet.kernels import cpu, get_backend, reference
-from hpcnet.nn.layers import LRN, Conv2D, Dense, Dropout, Flatten, MaxPool2D, ReLU, Towers
+from hpcnet.nn.layers import Conv2D, Dense, Dropout, Flatten, MaxPool2D, ReLU, Towers
 from hpcnet.nn.model import Model
+from hpcnet.nn.norm import LRN
 from tests.close import assert_close
 from tests.unit.test_layers_grad import _check
 

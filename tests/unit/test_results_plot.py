@@ -71,8 +71,26 @@ def test_reads_progress_test_record_and_summary(tmp_path):
     assert run.test["test_accuracy"] == 0.9 and run.test_x("step") == 8.0
     assert run.test_x("time") == pytest.approx(5.5)
     assert run.summary["algo"] == "sync"
-    with pytest.raises(ValueError, match="step"):
-        run.x("epoch")
+    np.testing.assert_array_equal(run.x("epoch"), run.column("epoch"))  # no "epochs" yet
+    with pytest.raises(ValueError, match="step, samples, epoch, time"):
+        run.x("iteration")
+
+
+def test_steps_samples_and_epochs_of_sync_and_downpour_line_up(tmp_path):
+    # one epoch of the same data: sync counts 937 steps of a total batch of 64, Downpour
+    # (3 replicas of 32) 625 steps per replica: on the samples and epoch axes they meet
+    def run(name, algo, steps, batch):
+        recs = [dict(_progress(s, 1.0), samples=s * batch, epochs=s * batch / 60000) for s in steps]
+        return read_results(_write_run(tmp_path / name, recs, {"algo": algo}))
+
+    sync = run("s", "sync", [468, 937], 64)
+    down = run("d", "downpour", [312, 625], 96)
+    assert sync.x("step")[-1] != down.x("step")[-1]
+    assert abs(sync.x("epoch")[-1] - down.x("epoch")[-1]) < 0.01
+    assert abs(sync.x("samples")[-1] - down.x("samples")[-1]) < 0.01 * 60000
+    from hpcnet.tools.plot import default_x
+
+    assert default_x([sync, down]) == "epoch" and default_x([sync, sync]) == "step"
 
 
 def test_a_resumed_run_keeps_the_records_after_its_checkpoint_once(tmp_path):

@@ -10,8 +10,8 @@ import pytest
 
 from hpcnet.data import normalize, open_dataset, read_rows
 from hpcnet.kernels import get_backend
-from hpcnet.nn.layers import LRN
 from hpcnet.nn.model import Model
+from hpcnet.nn.norm import LRN
 from hpcnet.nn.torch_equiv import torch_module, torch_names, torch_state_dict
 from hpcnet.nn.zoo import build_model
 from tests.close import assert_close

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from hpcnet.kernels import get_backend
-from hpcnet.nn.layers import LRN, Conv2D, Dropout, MaxPool2D, Towers
+from hpcnet.nn.layers import Conv2D, Dropout, MaxPool2D, Towers
+from hpcnet.nn.norm import LRN
 from hpcnet.nn.zoo import MODELS, build_model
 from hpcnet.optim.sgd import SGD
 

@@ -184,8 +184,10 @@ def _progress_tick(run: TrainingRun, sw: W.ShardWindows, lr_of):
                     cfg.run.epochs,
                     1 + int(tot["steps"] / max(1, n_rep * total_steps / cfg.run.epochs)),
                 ),
-                step=int(tot["steps"]),
-                total_steps=n_rep * total_steps,
+                step=int(tot["steps"] / n_rep),  # per replica, as the header's budget
+                total_steps=total_steps,
+                samples=tot["samples"],
+                replica_steps=int(tot["steps"]),
                 loss=(tot["loss"] - state["loss"]) / n,
                 accuracy=(tot["correct"] - state["correct"]) / n,
                 lr=lr_of(version),

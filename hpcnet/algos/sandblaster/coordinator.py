@@ -280,6 +280,7 @@ class Coordinator:
             suffix=f"  passes {self.passes}/{self.max_passes}  |g| {math.sqrt(gg):.3g}  "
             f"units/replica {self.completed.tolist()}",
             iteration=it,
+            samples=self.passes * self.n_batch,
             passes=self.passes,
             grad_norm=math.sqrt(gg),
             units_completed=self.completed.tolist(),
