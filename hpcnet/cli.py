@@ -31,6 +31,7 @@ BENCHMARKS = {
     "batch": "batch_vs_async",  # Sandblaster L-BFGS vs Downpour and sync (plot)
     "ssp": "ssp_tradeoff",  # Downpour bounded staleness: idle and time against s (plot)
     "scale": "scale_model",  # cost model: fit here, validate on 1-8 ranks, predict a cluster
+    "compress": "compress",  # sync's allreduce as fp16/bf16 against float32: accuracy, bytes
 }
 
 
@@ -325,8 +326,7 @@ def _cmd_bench(args) -> int:
             f"bench {args.name}: {script} not found; the benchmarks ship with the source "
             "checkout (git clone), not with an installed package"
         )
-    # run as `python -m hpcnet bench NAME` (its usage line says so), not as the script
-    prog = f"python -m hpcnet bench {args.name}"
+    prog = f"python -m hpcnet bench {args.name}"  # its usage line's name, not the script's
     run = "import os, sys; script = sys.argv.pop(2); sys.argv[0] = sys.argv.pop(1); "
     run += "sys.path.insert(0, os.path.dirname(script)); exec(compile(open(script).read(), "
     run += "script, 'exec'), {'__name__': '__main__', '__file__': script})"
