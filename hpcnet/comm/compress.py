@@ -25,35 +25,41 @@ from mpi4py import MPI
 METHODS = ("none", "fp16", "bf16")
 
 
+_CODE = {"fp16": 0, "bf16": 1}
+
+
+def _code(method: str) -> int:
+    if method not in _CODE:
+        raise ValueError(f"unknown compression {method!r}; known: {', '.join(METHODS[1:])}")
+    return _CODE[method]
+
+
 def encode(x: np.ndarray, method: str) -> np.ndarray:
-    """``x`` (float32, any shape) as 16-bit words: (same shape,) uint16.
+    """``x`` (float32, any shape) as 16-bit words: (same shape,) uint16, the nearest
+    value (ties to even); beyond fp16's range infinity, a NaN a quiet NaN. Compiled
+    (:mod:`hpcnet.kernels._cpu_cast`).
 
     Raises:
         ValueError: an unknown ``method``.
     """
-    if method == "fp16":
-        with np.errstate(over="ignore"):  # beyond +-65504: infinity, as documented
-            return np.asarray(x, np.float32).astype(np.float16).view(np.uint16)
-    if method == "bf16":
-        bits = np.ascontiguousarray(x, np.float32).view(np.uint32)
-        # round to nearest, ties to even: add 0x7FFF plus the lowest kept bit, truncate
-        rounded = bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))
-        out = (rounded >> np.uint32(16)).astype(np.uint16)
-        nan = np.isnan(x)
-        if nan.any():  # a NaN stays a (quiet) NaN, whatever the rounding carried into
-            out[nan] = np.uint16(0x7FC0)
-        return out
-    raise ValueError(f"unknown compression {method!r}; known: {', '.join(METHODS[1:])}")
+    from hpcnet.kernels._cpu_cast import encode_words
+
+    code = _code(method)
+    x = np.ascontiguousarray(x, np.float32)
+    out = np.empty(x.shape, np.uint16)
+    encode_words(x.reshape(-1).view(np.uint32), code, out.reshape(-1))
+    return out
 
 
 def decode(words: np.ndarray, method: str, out: np.ndarray | None = None) -> np.ndarray:
     """16-bit words back to float32 (into ``out`` when given, same shape)."""
-    if method == "fp16":
-        value = words.view(np.float16).astype(np.float32)
-    elif method == "bf16":
-        value = (words.astype(np.uint32) << np.uint32(16)).view(np.float32)
-    else:
-        raise ValueError(f"unknown compression {method!r}; known: {', '.join(METHODS[1:])}")
+    from hpcnet.kernels._cpu_cast import decode_words
+
+    code = _code(method)
+    words = np.ascontiguousarray(words, np.uint16)
+    bits = np.empty(words.shape, np.uint32)
+    decode_words(words.reshape(-1), code, bits.reshape(-1))
+    value = bits.view(np.float32)
     if out is None:
         return value
     out[...] = value

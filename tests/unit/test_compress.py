@@ -57,3 +57,19 @@ def test_the_sum_operation_adds_in_float32_and_rounds_once(method):
     sum_op(method).Reduce_local([a, MPI.UINT16_T], [inout, MPI.UINT16_T])
     np.testing.assert_array_equal(inout, want)
     assert not np.array_equal(inout, b)
+
+
+def test_fp16_words_are_numpys_and_every_half_decodes_as_numpy_does():
+    # the compiled casts (hpcnet/kernels/_cpu_cast.py) against NumPy's own float16
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal(200_000) * np.exp(rng.uniform(-20, 20, 200_000))).astype(np.float32)
+    x[:6] = [np.inf, -np.inf, np.nan, 0.0, -0.0, 65520.0]  # 65520: rounds to infinity
+    with np.errstate(over="ignore"):
+        want = x.astype(np.float16).view(np.uint16)
+    np.testing.assert_array_equal(encode(x, "fp16"), want)
+    halves = np.arange(1 << 16, dtype=np.uint16)
+    ref = halves.view(np.float16).astype(np.float32)
+    got = decode(halves, "fp16")
+    finite = ~np.isnan(ref)
+    np.testing.assert_array_equal(got.view(np.uint32)[finite], ref.view(np.uint32)[finite])
+    assert np.isnan(got[~finite]).all()
