@@ -102,13 +102,16 @@ class Model:
                 {n: self.buffers[o : o + int(np.prod(sh))].reshape(sh) for n, sh, o in mine}
             )
             layer.init_buffers()
-        self._batch_normed = [
+        self._batch_normed = [sub for sub in self._leaves() if hasattr(sub, "batch_stats")]
+
+    def _leaves(self) -> list[Layer]:
+        """Every layer, a block's (Towers, Residual) inner layers in its place, in order."""
+        return [
             sub
             for layer in self.layers
             for sub in (
                 [s for _, _, s in layer.sublayers()] if isinstance(layer, Block) else [layer]
             )
-            if hasattr(sub, "batch_stats")
         ]
 
     def named_buffers(self) -> dict[str, np.ndarray]:
@@ -178,13 +181,7 @@ class Model:
                         sub.rng = np.random.default_rng([seed, replica, i, t, j, 0xD7, *more])
 
     def _dropouts(self) -> list[Dropout]:
-        out = []
-        for layer in self.layers:
-            if isinstance(layer, Dropout):
-                out.append(layer)
-            elif isinstance(layer, Block):
-                out.extend(sub for _, _, sub in layer.sublayers() if isinstance(sub, Dropout))
-        return out
+        return [sub for sub in self._leaves() if isinstance(sub, Dropout)]
 
     def rng_states(self) -> list[dict]:
         """The Dropout streams' states (JSON-able dicts), for a checkpoint."""
