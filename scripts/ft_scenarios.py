@@ -26,8 +26,10 @@ Run the code of a checkout other than the venvs' editable install with PYTHONPAT
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -41,6 +43,10 @@ DOWNPOUR = ["train", "--algo", "downpour", "--epochs", "3", "--batch-size", "8",
             "--threads", "1", "--replica-timeout", "20"]  # fmt: skip
 SANDBLASTER = ["train", "--algo", "sandblaster", "--shards", "1", "--epochs", "30",
                "--threads", "1", "--replica-timeout", "20"]  # fmt: skip
+SYNC = ["train", "--algo", "sync", "--epochs", "10", "--batch-size", "8", "--threads", "1",
+        "--lr-scaling", "linear"]  # fmt: skip
+AVG = ["train", "--algo", "avg", "--avg-every", "4", "--epochs", "10", "--batch-size", "8",
+       "--threads", "1"]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -75,6 +81,10 @@ class Scenario:
 
 
 SCENARIOS = [
+    Scenario("ulfm-sync-replica", "ULFM sync 4 replicas, replica 1 killed", "ompi", 4,
+             SYNC, 1, 8),
+    Scenario("ulfm-avg-replica", "ULFM avg 4 replicas, replica 2 killed", "ompi", 4,
+             AVG, 2, 8),
     Scenario("ulfm-replica", "ULFM downpour 1 shard + 3 replicas, replica 1 killed", "ompi",
              4, [*DOWNPOUR, "--shards", "1"], 2),
     Scenario("ulfm-shard-ckpt", "ULFM downpour, the shard killed, --checkpoint-every 10",
@@ -153,13 +163,21 @@ def shown_command(sc: Scenario) -> str:
     return cmd
 
 
-def run_scenario(sc: Scenario, venv: Path, work: Path, timeout: float) -> dict:
-    """Runs one scenario; returns what the table needs (see :func:`row`)."""
+def run_scenario(
+    sc: Scenario, venv: Path, work: Path, timeout: float, rng: random.Random | None = None
+) -> dict:
+    """Runs one scenario; returns what the table needs (see :func:`row`). With ``rng``
+    the kill comes at a random moment: after 1 .. 2 ``records`` - 1 progress records
+    (uniform) and a further 0 .. 0.5 s."""
     out = work / sc.name
     python = str(venv / "bin" / "python")
     env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
     env["TMPDIR"] = str(work)
     res: dict = {"name": sc.name, "command": shown_command(sc), "killed_unix": None}
+    records, delay = sc.records, 0.0
+    if rng is not None and sc.kill_rank is not None:
+        records, delay = rng.randint(1, max(1, 2 * sc.records - 1)), rng.uniform(0, 0.5)
+        res["kill_after"] = {"records": records, "then_s": delay}
     t0 = time.monotonic()
     p = subprocess.Popen(
         command(sc, venv, out),
@@ -170,7 +188,7 @@ def run_scenario(sc: Scenario, venv: Path, work: Path, timeout: float) -> dict:
         start_new_session=True,
     )
     try:
-        while progress_records(out) < sc.records:
+        while progress_records(out) < records:
             if p.poll() is not None:
                 res["problem"] = "ended before the kill"
                 break
@@ -178,6 +196,7 @@ def run_scenario(sc: Scenario, venv: Path, work: Path, timeout: float) -> dict:
                 raise subprocess.TimeoutExpired(p.args, timeout)
             time.sleep(0.02)
         else:
+            time.sleep(delay)
             if sc.kill_rank is not None:
                 pid = None
                 while pid is None and time.monotonic() - t0 < timeout:
@@ -272,6 +291,8 @@ def timings(res: dict) -> tuple[float | None, str, float | None, str]:
         applies = [a for a in applies if a > kill]
         if applies:
             rec = min(applies) - kill
+        elif not s.get("shards") and "regroup_s" in regroups[0]:  # sync/avg: training again
+            rec = regroups[0]["detected_unix"] + regroups[0]["regroup_s"] - kill
         else:
             rec_why = "no apply after the kill recorded"
     elif lost:
@@ -313,8 +334,42 @@ def row(sc: Scenario, res: dict) -> str:
 
 HEADER = (
     "| scenario | command | exit | survivors' summary | detection (kill -> known) "
-    "| recovery (kill -> first push applied) |\n|---|---|---|---|---|---|"
+    "| recovery (kill -> first push applied; sync/avg: regroup done) |\n|---|---|---|---|---|---|"
 )
+MATRIX_HEADER = (
+    "| scenario | trials | exits as documented | hung | detection median / max "
+    "| recovery median / max | test accuracy min / median | unkilled run's | worst drop |\n"
+    "|---|---|---|---|---|---|---|---|---|"
+)
+
+
+def matrix(records: list[dict], baselines: dict[str, float]) -> str:
+    """One row per scenario over its trials (``--repeats``): exits, hangs, detection
+    and recovery times, test accuracy against an unkilled run's (``--baseline``)."""
+    import statistics
+
+    rows = []
+    for name in dict.fromkeys(r["name"] for r in records):
+        rs = [r for r in records if r["name"] == name]
+        dets, recs = [], []
+        for r in rs:
+            det, _, rec, _ = timings(r)
+            dets += [det] if det is not None else []
+            recs += [rec] if rec is not None else []
+        accs = [r["summary"]["test_accuracy"] for r in rs if r.get("summary")]
+        base = baselines.get(name)
+
+        def med_max(xs: list[float]) -> str:
+            return f"{statistics.median(xs):.2f} / {max(xs):.2f} s" if xs else "n/a"
+
+        acc = f"{min(accs):.3f} / {statistics.median(accs):.3f}" if accs else "n/a"
+        drop = f"{100 * (base - min(accs)):.1f} pp" if accs and base is not None else "n/a"
+        rows.append(
+            f"| {name} | {len(rs)} | {sum(ok(r) for r in rs)} | "
+            f"{sum(r.get('rc') == 'hung' for r in rs)} | {med_max(dets)} | {med_max(recs)} | "
+            f"{acc} | {'n/a' if base is None else f'{base:.3f}'} | {drop} |"
+        )
+    return MATRIX_HEADER + "\n" + "\n".join(rows)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -334,6 +389,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     ap.add_argument("--only", default="", help="comma-separated scenarios: " + ",".join(NAMES))
     ap.add_argument("--repeats", type=int, default=1, help="runs of each scenario")
+    ap.add_argument(
+        "--random-moment",
+        type=int,
+        metavar="SEED",
+        help="kill at a random moment (seeded): after 1 .. 2 records - 1 progress "
+        "records and 0 .. 0.5 s more",
+    )
+    ap.add_argument(
+        "--baseline",
+        action="store_true",
+        help="also run each scenario once unkilled: the matrix compares accuracies",
+    )
     ap.add_argument("--json", type=Path, help="write every run's record here")
     ap.add_argument("--timeout", type=float, default=300, help="seconds per job")
     ap.add_argument("--keep", type=Path, help="keep the runs' OUT folders here")
@@ -357,19 +424,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     if a.from_json:
-        return _print([r for f in a.from_json for r in json.loads(f.read_text())])
+        bases = {}
+        for f in a.from_json:
+            b = f.with_suffix(".baselines.json")
+            bases.update(json.loads(b.read_text()) if b.exists() else {})
+        return _print([r for f in a.from_json for r in json.loads(f.read_text())], bases)
     load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     print(f"uptime at start: {load}", flush=True)
-    records = []
+    records, baselines = [], {}
     base = a.keep or Path(tempfile.mkdtemp(prefix="ft-scenarios-"))
+    rng = random.Random(a.random_moment) if a.random_moment is not None else None
     for sc in SCENARIOS:
         if sc.name not in a.only:
             continue
         venv = (a.venv_ompi if sc.mpi == "ompi" else a.venv_mpich).resolve()
+        if a.baseline and sc.kill_rank is not None:
+            work = base / f"{sc.name}-unkilled"
+            work.mkdir(parents=True, exist_ok=True)
+            unkilled = dataclasses.replace(sc, kill_rank=None, records=0)
+            res = run_scenario(unkilled, venv, work, a.timeout)
+            if res.get("summary"):
+                baselines[sc.name] = res["summary"]["test_accuracy"]
         for k in range(a.repeats):
             work = base / f"{sc.name}-{k}"
             work.mkdir(parents=True, exist_ok=True)
-            res = run_scenario(sc, venv, work, a.timeout)
+            res = run_scenario(sc, venv, work, a.timeout, rng)
             res["uptime"] = subprocess.run(["uptime"], capture_output=True, text=True).stdout
             records.append(res)
             print(f"{sc.name} #{k}: exit {res['rc']} in {res['wall_s']:.1f} s", flush=True)
@@ -379,15 +458,18 @@ def main(argv: list[str] | None = None) -> int:
     print(f"uptime at end: {load}")
     if a.json:
         a.json.write_text(json.dumps(records, indent=1, default=str))
-    return _print(records)
+        a.json.with_suffix(".baselines.json").write_text(json.dumps(baselines))
+    return _print(records, baselines)
 
 
-def _print(records: list[dict]) -> int:
-    """Prints the table and the runs' ``hpcnet:`` lines; 0 when every run did what
-    the docs say, else 1."""
+def _print(records: list[dict], baselines: dict[str, float] | None = None) -> int:
+    """Prints the table (and, over several trials, the matrix) and the runs'
+    ``hpcnet:`` lines; 0 when every run did what the docs say, else 1."""
     by_name = {s.name: s for s in SCENARIOS}
     print("\n" + HEADER)
     print("\n".join(row(by_name[r["name"]], r) for r in records))
+    if len(records) > len({r["name"] for r in records}) or baselines:
+        print("\n" + matrix(records, baselines or {}))
     for res in records:
         for line in res.get("error_lines") or []:
             print(f"\n{res['name']}: {line}")

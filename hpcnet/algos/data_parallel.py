@@ -26,14 +26,17 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 import numpy as np
+from mpi4py import MPI
 
-from hpcnet.algos.lifecycle import TrainingRun
+from hpcnet.algos import elastic
+from hpcnet.algos.lifecycle import Regroup, TrainingRun
 from hpcnet.algos.registry import Algorithm
-from hpcnet.comm import allreduce_sum, watchdog
+from hpcnet.comm import allreduce_sum, ft, watchdog
 from hpcnet.layout import LayoutRule
 from hpcnet.optim.schedules import scaled_lr
 from hpcnet.optim.sgd import SGD
 from hpcnet.options import Option, need, rule
+from hpcnet.run.checkpoint import read_rank_state
 from hpcnet.run.preempt import Preempted
 
 
@@ -68,9 +71,8 @@ def replica_program(
 def _train_replica(run: TrainingRun, algo: Policy) -> dict[str, Any]:
     cfg, model, backend, part = run.cfg, run.model, run.backend, run.part
     data_comm, budget = run.comms.data_comm, run.budget
-    spe, total_steps, log_every = budget.steps_per_epoch, budget.total_steps, budget.log_every
+    total_steps, log_every = budget.total_steps, budget.log_every
     eval_every = cfg.run.eval_every
-    loader = run.loader()
     model.seed_dropout(cfg.run.seed, run.role.index)
     lr_of = run.lr_schedule()
     o = cfg.optim
@@ -80,21 +82,11 @@ def _train_replica(run: TrainingRun, algo: Policy) -> dict[str, Any]:
     net = run.net
     hook = getattr(algo, "on_grad_ready", None) if part is None else None
     grad_kw = {"on_grad_ready": hook} if hook is not None else {}
-
-    step = epoch = start = 0
-    resumed = run.resume_state()
-    if resumed is not None:  # where the checkpoint left off, bit for bit
-        arrays, state = resumed
-        model.params[:] = arrays["params"]
-        if opt.velocity is not None:
-            opt.velocity[:] = arrays["velocity"]
-        model.set_rng_states(state["rng"])
-        if "buffers" in arrays:  # this replica's BatchNorm running statistics
-            model.buffers[:] = arrays["buffers"]
-        step = int(state["step"])
-        epoch, start = divmod(step, spe)
-        if hasattr(algo, "resume"):
-            algo.resume(step)
+    step = _start(run, algo, opt)
+    # under fault tolerance every step ends agreed (hpcnet.algos.elastic)
+    survive = ft.enabled() and part is None
+    loader = elastic.loader(run)
+    batches = loader.batches(step)
     first_step = step + 1
     first_step_s = 0.0
     acc = np.zeros(4)  # loss sum, correct, samples, samples since the last line
@@ -103,7 +95,10 @@ def _train_replica(run: TrainingRun, algo: Policy) -> dict[str, Any]:
     last = {"loss": float("nan"), "accuracy": float("nan")}
     try:
         while step < total_steps:
-            for x, y in loader.batches(epoch, start):
+            before = elastic.snapshot(model, opt) if survive else None
+            at, signum, ok = step, 0, True
+            try:
+                x, y = next(batches)
                 loss, correct = net.loss_and_grad(x, y, backend, **grad_kw)
                 grads = part.pack(model.grads) if part else model.grads
                 params = part.pack(model.params) if part else model.params
@@ -129,7 +124,7 @@ def _train_replica(run: TrainingRun, algo: Policy) -> dict[str, Any]:
                         loss_v, acc_v = run.evaluate("val")
                         val = {"val_loss": loss_v, "val_accuracy": acc_v}
                     last = run.progress(
-                        epoch=epoch + 1,
+                        epoch=int(run.deal.epoch_of(step - 1)) + 1,
                         step=step,
                         total_steps=total_steps,
                         loss=tot[0] / tot[2],
@@ -143,13 +138,21 @@ def _train_replica(run: TrainingRun, algo: Policy) -> dict[str, Any]:
                     t_log = time.perf_counter() if val else now  # evaluating is not training
                 due, signum = run.step_end(step)  # agreed by every rank
                 if step < total_steps and (due or signum):  # the last one: the lifecycle's
-                    _checkpoint(run, step, epoch, opt)
-                if signum and step < total_steps:  # preemption: every rank stops here
-                    raise Preempted(signum, step, str(run.prep.out / "checkpoint.h5"))
-                if step >= total_steps:
-                    break
-            epoch += 1
-            start = 0
+                    _checkpoint(run, step, opt)
+            except MPI.Exception as e:
+                if not (survive and ft.is_failure(e)):
+                    raise
+                elastic.revoke(run)  # every other replica's collective fails too
+                ok = False
+            if survive and not ft.agree(run.comm, ok, None, "step-end agreement"):
+                if step == at:  # failed in the step: back to before it
+                    elastic.restore(model, opt, before)
+                    before = None
+                raise Regroup(
+                    {"step": step, "before": before, "opt": opt, "detected_unix": time.time()}
+                )
+            if signum and step < total_steps:  # preemption: every rank stops here
+                raise Preempted(signum, step, str(run.prep.out / "checkpoint.h5"))
     finally:
         loader.close()
     if part:
@@ -158,13 +161,13 @@ def _train_replica(run: TrainingRun, algo: Policy) -> dict[str, Any]:
         part.unpack(params, model.params)
         part.assemble(model.params)  # every partition ends with the whole vector
     else:
-        algo.finish(model.params)
+        _finish(run, algo, survive, opt)
     train_s = time.perf_counter() - t_train
     steps_here = step - first_step + 1  # this process's steps (a resumed run: since resuming)
     return {
-        "epochs": step / spe,
+        "epochs": run.deal.epoch_of(step),
         "steps": step,
-        "steps_per_epoch": spe,
+        "steps_per_epoch": run.deal.steps_per_epoch,
         "total_batch": run.total_batch,
         "allreduces": algo.allreduces,
         "final_train_loss": last["loss"],
@@ -181,7 +184,50 @@ def _train_replica(run: TrainingRun, algo: Policy) -> dict[str, Any]:
     }
 
 
-def _checkpoint(run: TrainingRun, step: int, epoch: int, opt: SGD) -> None:
+def _start(run: TrainingRun, algo: Policy, opt: SGD) -> int:
+    """Where this replica starts: after a regroup, a resume, or at step 0; sets the
+    parameters, momentum, Dropout streams, buffers and the policy's counters."""
+    model, step = run.model, 0
+    if run.regrouped is not None:  # survivors of a death (hpcnet.algos.elastic)
+        step = run.regrouped["step"]
+        if opt.velocity is not None:
+            opt.velocity[:] = run.regrouped["velocity"]
+        run.regrouped = None
+        elastic.reseed(run, step)
+    elif run.prep.resume is not None:  # where the checkpoint left off, bit for bit
+        arrays, state = read_rank_state(run.prep.resume["path"], elastic.resume_rank(run))
+        model.params[:] = arrays["params"]
+        if opt.velocity is not None:
+            opt.velocity[:] = arrays["velocity"]
+        if "buffers" in arrays:  # this replica's BatchNorm running statistics
+            model.buffers[:] = arrays["buffers"]
+        step = int(state["step"])
+        if elastic.resized(run):  # another replica count: streams as after a regroup
+            elastic.reseed(run, step)
+        else:
+            model.set_rng_states(state["rng"])
+    if step and hasattr(algo, "resume"):
+        algo.resume(step)
+    return step
+
+
+def _finish(run: TrainingRun, algo: Policy, survive: bool, opt: SGD) -> None:
+    """The policy's last communication (avg: a last average), agreed under fault
+    tolerance like a step."""
+    ok = True
+    try:
+        algo.finish(run.model.params)
+    except MPI.Exception as e:
+        if not (survive and ft.is_failure(e)):
+            raise
+        elastic.revoke(run)
+        ok = False
+    if survive and not ft.agree(run.comm, ok, None, "end-of-training agreement"):
+        step = run.budget.total_steps
+        raise Regroup({"step": step, "before": None, "opt": opt, "detected_unix": time.time()})
+
+
+def _checkpoint(run: TrainingRun, step: int, opt: SGD) -> None:
     """Saves what resuming at ``step`` needs on every rank: its parameters (with
     partitions: rank 0 also assembles the whole vector), momentum, Dropout streams and
     buffers (BatchNorm's running statistics).
@@ -195,7 +241,8 @@ def _checkpoint(run: TrainingRun, step: int, epoch: int, opt: SGD) -> None:
         arrays["velocity"] = opt.velocity.copy()
     if model.buffers.size:  # each replica its own running statistics
         arrays["buffers"] = model.buffers.copy()
-    run.save_checkpoint(step, epoch, arrays, {"step": step, "rng": model.rng_states()})
+    state = {"step": step, "rng": model.rng_states(), **elastic.deal_state(run)}
+    run.save_checkpoint(step, run.deal.epoch_of(step), arrays, state)
 
 
 def describe(run: TrainingRun) -> str:
@@ -226,6 +273,9 @@ def synchronous_algorithm(
         flags=flags,
         describe=describe,
         resumable=True,
+        survives=True,
+        setup=elastic.setup,
+        regroup=elastic.regroup,
     )
 
 

@@ -131,6 +131,7 @@ class TrainingRun(Checkpoints, EndOfRun):
         self.lost_report: list[dict[str, Any]] = []  # {"rank", "role"} of every rank lost
         self.regroups: list[dict[str, Any]] = []  # the algorithm's regroups after a death
         self.regrouped: dict[str, Any] | None = None  # state a regroup hands to ``setup``
+        self.deal = None  # sync/avg: the rows of every replica (hpcnet.algos.elastic)
         self.spawned: list[MPI.Intercomm] = []  # with processes spawned to replace dead ones
 
     # --- what every program reads ------------------------------------------------

@@ -34,6 +34,10 @@ MAY_CHANGE = {
 }
 
 
+# algorithms whose resume may change the replica count
+ELASTIC = ("downpour", "sync", "avg")
+
+
 def find_resume_checkpoint(cfg: Config, verbose: bool = True) -> dict[str, Any]:
     """The newest intact checkpoint in ``--resume OUT`` (rank 0 calls it).
 
@@ -82,14 +86,14 @@ def check_resumable(info: dict[str, Any], cfg: Config, layout: Layout) -> None:
             f"{path}: written by a run laid out as {info['layout']}, this one is "
             f"{layout.to_dict()}; resume with the same world size and roles"
             + (
-                " (downpour: only the replica count may change)"
-                if layout.algo == "downpour"
+                f" ({layout.algo}: only the replica count may change)"
+                if layout.algo in ELASTIC
                 else ""
             )
         )
     saved = tomllib.loads(str(info["config"]))
     now = cfg.to_dict()
-    may_change = MAY_CHANGE | ({("algo", "replicas")} if layout.algo == "downpour" else set())
+    may_change = MAY_CHANGE | ({("algo", "replicas")} if layout.algo in ELASTIC else set())
     for section, values in now.items():
         for key, value in values.items():
             if (section, key) in may_change:
@@ -103,15 +107,17 @@ def check_resumable(info: dict[str, Any], cfg: Config, layout: Layout) -> None:
 
 
 def replicas_changed(info: dict[str, Any], layout: Layout) -> bool:
-    """Whether a Downpour checkpoint differs from this layout in its replica count (and
-    world size) only: the one change a resume allows. The shards' state is the whole
-    model and its optimizer; the replicas hold nothing but their data position, which
-    a resumed run with another count restarts at the checkpoint's position in epochs
-    (:func:`hpcnet.ps.checkpoint.resume_plan_new_replicas`)."""
+    """Whether a checkpoint of an algorithm in :data:`ELASTIC` differs from this layout
+    in its replica count (and world size) only: the one change a resume allows.
+    Downpour's shards hold the whole model and its optimizer, its replicas nothing but
+    their data position, which a resumed run with another count restarts at the
+    checkpoint's position in epochs (:func:`hpcnet.ps.checkpoint.resume_plan_new_replicas`);
+    sync's and avg's replicas go on from the checkpoint's step, the rest of its epoch
+    dealt over the new count (:mod:`hpcnet.algos.elastic`)."""
     old, now = info["layout"], layout.to_dict()
     same = ("algo", "coordinators", "shards", "partitions")
     return (
-        layout.algo == "downpour"
+        layout.algo in ELASTIC
         and all(old.get(k) == now[k] for k in same)
         and old.get("replicas") != now["replicas"]
     )

@@ -146,6 +146,35 @@ def shrink(comm: MPI.Intracomm, timeout: float, what: str) -> MPI.Intracomm:
     return comm.Shrink()
 
 
+def agree(comm: MPI.Intracomm, ok: bool, timeout: float | None, what: str) -> bool:
+    """Whether every live rank of ``comm`` says ``ok``: ``MPI_Comm_iagree`` on it (fault
+    tolerant, and it works on a revoked communicator), polled (spinning briefly, then
+    sleeping) with a deadline. The answer is the same on every live rank: False when
+    any said not ok or a process of ``comm`` failed (the agreement reports it).
+    Collective over the live ranks of ``comm``.
+
+    Raises:
+        StallError: the live ranks did not all arrive within ``timeout`` seconds.
+    """
+    from hpcnet.comm.collectives import SPIN_S
+
+    flag = np.array([1 if ok else 0], np.intc)
+    req = comm.Iagree(flag)
+    failed = []
+
+    def arrived() -> bool:
+        try:
+            return req.Test()
+        except MPI.Exception as e:  # completed, and reports a failure
+            if not is_failure(e):
+                raise
+            failed.append(e)
+            return True
+
+    poll_until(arrived, timeout, what, comm=comm, spin=SPIN_S)
+    return bool(flag[0]) and not failed
+
+
 class PeerDied(Exception):
     """MPI reports the process of ``ranks`` (of the communicator in use) dead, and the
     raiser cannot go on without it (e.g. a Downpour parameter shard): its program leaves

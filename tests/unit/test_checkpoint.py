@@ -65,7 +65,7 @@ def test_a_crash_while_writing_leaves_the_previous_checkpoint(tmp_path, monkeypa
     assert info["step"] == 10 and info["params"][0] == 1.0
 
 
-def test_only_downpour_may_resume_with_another_replica_count():
+def test_only_elastic_algorithms_may_resume_with_another_replica_count():
     from hpcnet.algos.resume import check_resumable
     from hpcnet.config import load_config
     from hpcnet.errors import CheckpointError
@@ -86,6 +86,13 @@ def test_only_downpour_may_resume_with_another_replica_count():
     two = load_config(None, {"algo.name": "downpour", "algo.shards": 2})
     with pytest.raises(CheckpointError, match="only the replica count may change"):
         check_resumable(saved, two, _layout(two, 4))  # 2 shards: refused
-    cfg, saved = info("sync", 2)
-    with pytest.raises(CheckpointError, match="same world size"):
+    for algo in ("sync", "avg"):  # replicas may change (hpcnet.algos.elastic) ...
+        cfg, saved = info(algo, 2)
         check_resumable(saved, cfg, _layout(cfg, 3))
+        check_resumable(saved, cfg, _layout(cfg, 1))
+    split = load_config(None, {"algo.name": "sync", "algo.partitions": 2})
+    with pytest.raises(CheckpointError, match="only the replica count may change"):
+        check_resumable(saved, split, _layout(split, 4))  # ... partitions may not
+    cfg, saved = info("sandblaster", 3)
+    with pytest.raises(CheckpointError, match="same world size"):
+        check_resumable(saved, cfg, _layout(cfg, 4))

@@ -31,14 +31,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from hpcnet.algos.budget import StepBudget
+from hpcnet.algos.survivors import live_and_spawned, move_run
 from hpcnet.comm import (
     allgather_objects,
     bcast_,
     bcast_object,
     ft,
-    split_role_comms,
-    watchdog,
 )
 from hpcnet.errors import RankLost
 from hpcnet.layout import Layout
@@ -67,7 +65,7 @@ def regroup(run: TrainingRun, carry: dict[str, Any]) -> None:
     if joining:
         comm = run.comm
     else:
-        comm, lost = _live_and_spawned(run, carry.get("grow", 0))
+        comm, lost = live_and_spawned(run, carry.get("grow", 0))
     meta = {k: v for k, v in carry.items() if k != "arrays"}
     metas = allgather_objects(meta, comm, "downpour regroup: who holds what")
     plan = bcast_object(
@@ -113,7 +111,7 @@ def regroup(run: TrainingRun, carry: dict[str, Any]) -> None:
         detected_unix=carry.get("detected_unix", t0),
     )
     run.regroups.append(record)
-    _move_run(run, comm, layout)
+    move_run(run, comm, layout)
     if plan["text"]:
         run.say(plan["text"])  # the new rank 0 (rank 0 may have been the rank that died)
     run.regrouped = {
@@ -124,30 +122,6 @@ def regroup(run: TrainingRun, carry: dict[str, Any]) -> None:
     }
     run.shared = run.algo.setup(run)  # the windows over the live ranks, state restored
     record["regroup_s"] = time.time() - t0
-
-
-def _live_and_spawned(run: TrainingRun, grow: int):
-    """The live ranks, agreed; merged with a new process for each that died (with
-    ``--replace-lost``) and ``grow`` more (shard 0's, asked for with ``python -m hpcnet
-    grow``): spawned by them (``MPI_Comm_spawn``, then ``Intercomm_merge``; the new ones
-    take the last ranks). Returns (communicator, ranks of ``run.comm`` lost)."""
-    import sys
-
-    if ft.enabled():
-        alive = ft.shrink(run.comm, run.deadlines.end_barrier, "downpour regroup: live ranks")
-        lost = ft.lost_between(run.comm, alive)
-    else:  # no death is survived without ULFM: this regroup adds replicas
-        alive, lost = run.comm.Dup(), []
-    new = len(lost) if run.cfg.faults.replace_lost else 0
-    new += bcast_object(grow, alive, what="downpour regroup: replicas to add")  # shard 0's
-    if not new:
-        return alive, lost
-    args = ["-m", "hpcnet", "train", "--config", str(run.prep.out / "config.toml")]
-    args += ["--data", str(run.info.path), "--out", str(run.prep.out)]
-    inter = alive.Spawn(sys.executable, args, maxprocs=new, root=0)
-    merged = inter.Merge(high=False)
-    run.spawned.append(inter)  # disconnected at the end of the run
-    return merged, lost
 
 
 def _plan(run: TrainingRun, metas: list[dict], lost: list[int], comm) -> dict | str:
@@ -246,26 +220,3 @@ def _checkpoint_of_layout(run: TrainingRun) -> tuple[str, int] | None:
             return str(path), int(f.attrs["step"])
     except (OSError, KeyError, ValueError):
         return None
-
-
-def _move_run(run: TrainingRun, alive, layout: Layout) -> None:
-    """``run`` as the live ranks see it from now on (every field that names ranks)."""
-    from hpcnet.comm.messages import Channel
-    from hpcnet.run.metrics import MetricsLog
-
-    if ft.enabled():
-        watchdog.abandon()  # its window may span a dead rank
-    else:
-        watchdog.stop()  # nobody died (grow): collective over the old ranks
-    run.comm = alive
-    run.rank = alive.Get_rank()
-    run.prep.layout = layout
-    run.role = layout.role(run.rank)
-    run.budget = StepBudget.of(run.cfg, run.info.n_train, layout.replicas)
-    run.comms = split_role_comms(layout, alive)
-    watchdog.start(alive, run.cfg.run.timeout, lambda r: str(layout.role(r)))
-    run._signals = Channel(alive, run._signals.tag)
-    run.live = list(range(alive.Get_size()))
-    run.lost = []
-    if run.rank == 0 and run.prep.log is None:  # rank 0 writes the run's records now
-        run.prep.log = MetricsLog(run.prep.out, append=True, tensorboard=run.cfg.run.tensorboard)
