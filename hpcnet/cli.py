@@ -1,10 +1,9 @@
 """``python -m hpcnet SUBCOMMAND``: train (the default), data, info, bench, plot, export,
 search, launch, grow.
 
-Run under MPI: ``mpiexec -n 4 python -m hpcnet train --data fashion-mnist``.
-Every rank parses the same arguments and validates them before any
-communication, so a bad flag or config file gives the same one-line error on
-every rank (printed once, by rank 0) and exit status 2.
+Run under MPI: ``mpiexec -n 4 python -m hpcnet train --data fashion-mnist``. Every rank
+parses the same arguments and validates them before any communication, so a bad flag or
+config file gives the same one-line error on every rank (printed once) and exit status 2.
 """
 
 from __future__ import annotations
@@ -396,5 +395,6 @@ def main(argv: list[str] | None = None, loading: PreemptionWatch | None = None) 
         code = e.exit_code
     except KeyboardInterrupt:
         code = 130
-    sys.stdout.flush()
-    sys.exit(code)
+    from hpcnet.comm.ft import leave
+
+    leave(code)  # tells a launcher the status; skips a finalize that could wait for ever

@@ -10,8 +10,15 @@ OUT/summary.json and the job's output and prints one markdown table row per scen
 - detection: kill -> the survivors knew (summary.json ``lost[].at_unix``, a shard's
   record of a lost replica, or ``regroups[].detected_unix``), seconds;
 - recovery: kill -> the first push applied after it (``shards[0].first_apply_unix``:
-  the shard service restarts after a regroup), seconds; n/a where nothing stopped or
-  summary.json has no timestamp.
+  the shard service restarts after a regroup), for sync/avg kill -> the regroup done
+  (``regroups[].detected_unix + regroup_s``: training again), for Sandblaster kill ->
+  the pass the loss came in finished (``lost[].recovered_unix``), seconds; n/a where
+  nothing stopped or summary.json has no timestamp.
+
+With ``--repeats K`` (and ``--random-moment SEED``: the kill after a random number of
+records and a random fraction of a second) a second table sums the trials per
+scenario (exits, hangs, detection and recovery median / max, test accuracy), with
+``--baseline`` against an unkilled run of the same scenario.
 
     python scripts/ft_scenarios.py --venv-ompi .venv-ompi --venv-mpich .venv \\
         [--only ulfm-replica,mpich-grow] [--repeats 1] [--json FILE]
@@ -85,6 +92,10 @@ SCENARIOS = [
              SYNC, 1, 8),
     Scenario("ulfm-avg-replica", "ULFM avg 4 replicas, replica 2 killed", "ompi", 4,
              AVG, 2, 8),
+    Scenario("ulfm-sync-partition", "ULFM sync 4 replicas x 2 partitions, replica 1's "
+             "partition 1 killed", "ompi", 8, [*SYNC, "--partitions", "2"], 3, 8),
+    Scenario("ulfm-last-replica", "ULFM downpour 1 shard + 1 replica, the replica killed",
+             "ompi", 2, [*DOWNPOUR, "--shards", "1"], 1, 3, expect_rc=3),
     Scenario("ulfm-replica", "ULFM downpour 1 shard + 3 replicas, replica 1 killed", "ompi",
              4, [*DOWNPOUR, "--shards", "1"], 2),
     Scenario("ulfm-shard-ckpt", "ULFM downpour, the shard killed, --checkpoint-every 10",
@@ -297,7 +308,11 @@ def timings(res: dict) -> tuple[float | None, str, float | None, str]:
             rec_why = "no apply after the kill recorded"
     elif lost:
         det = min(x["at_unix"] for x in lost) - kill
-        rec_why = "nothing stopped: the other replicas' pushes went on"
+        done = [x["recovered_unix"] for x in lost if "recovered_unix" in x]
+        if done:  # Sandblaster: the pass the loss came in finished without it
+            rec = min(done) - kill
+        else:
+            rec_why = "nothing stopped: the other replicas' pushes went on"
     else:
         det_why = "summary.json records no time of the loss"
         rec_why = "summary.json records no time"
@@ -334,7 +349,8 @@ def row(sc: Scenario, res: dict) -> str:
 
 HEADER = (
     "| scenario | command | exit | survivors' summary | detection (kill -> known) "
-    "| recovery (kill -> first push applied; sync/avg: regroup done) |\n|---|---|---|---|---|---|"
+    "| recovery (kill -> first push applied; sync/avg: regroup done; sandblaster: pass done) |"
+    "\n|---|---|---|---|---|---|"
 )
 MATRIX_HEADER = (
     "| scenario | trials | exits as documented | hung | detection median / max "

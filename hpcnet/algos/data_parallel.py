@@ -84,7 +84,7 @@ def _train_replica(run: TrainingRun, algo: Policy) -> dict[str, Any]:
     grad_kw = {"on_grad_ready": hook} if hook is not None else {}
     step = _start(run, algo, opt)
     # under fault tolerance every step ends agreed (hpcnet.algos.elastic)
-    survive = ft.enabled() and part is None
+    survive = ft.enabled()
     loader = elastic.loader(run)
     batches = loader.batches(step)
     first_step = step + 1
@@ -155,13 +155,7 @@ def _train_replica(run: TrainingRun, algo: Policy) -> dict[str, Any]:
                 raise Preempted(signum, step, str(run.prep.out / "checkpoint.h5"))
     finally:
         loader.close()
-    if part:
-        params = part.pack(model.params)
-        algo.finish(params)
-        part.unpack(params, model.params)
-        part.assemble(model.params)  # every partition ends with the whole vector
-    else:
-        _finish(run, algo, survive, opt)
+    _finish(run, algo, survive, opt)
     train_s = time.perf_counter() - t_train
     steps_here = step - first_step + 1  # this process's steps (a resumed run: since resuming)
     return {
@@ -214,9 +208,15 @@ def _start(run: TrainingRun, algo: Policy, opt: SGD) -> int:
 def _finish(run: TrainingRun, algo: Policy, survive: bool, opt: SGD) -> None:
     """The policy's last communication (avg: a last average), agreed under fault
     tolerance like a step."""
-    ok = True
+    ok, model, part = True, run.model, run.part
     try:
-        algo.finish(run.model.params)
+        if part:
+            params = part.pack(model.params)
+            algo.finish(params)
+            part.unpack(params, model.params)
+            part.assemble(model.params)  # every partition ends with the whole vector
+        else:
+            algo.finish(model.params)
     except MPI.Exception as e:
         if not (survive and ft.is_failure(e)):
             raise
@@ -292,3 +292,17 @@ def _periodic_validation(cfg) -> None:
             f"periodic validation is sync's (replicas in step, the same parameters), not "
             f"{cfg.algo.name}'s; every algorithm reports val_accuracy at the end",
         )
+
+
+@rule("hpcnet.algos.data_parallel")
+def _replacing_split_replicas(cfg) -> None:
+    """``--replace-lost`` spawns one process per dead one; a sync/avg replica split into
+    partitions retires whole when one dies (hpcnet.algos.elastic), so nothing would
+    take its place."""
+    need(
+        cfg,
+        not (cfg.faults.replace_lost and cfg.algo.partitions > 1 and cfg.algo.name != "downpour"),
+        "faults.replace_lost",
+        "cannot replace a partition of a split replica (--partitions): the replica retires "
+        "whole when one of its partitions dies",
+    )

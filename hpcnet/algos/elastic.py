@@ -29,14 +29,17 @@ replica keeps its own BatchNorm statistics (a new replica takes replica 0's).
 
 from __future__ import annotations
 
+import copy
 import time
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from mpi4py import MPI
 
 from hpcnet.algos.budget import StepBudget
+from hpcnet.algos.lifecycle import Retired
 from hpcnet.algos.survivors import live_and_spawned, move_run
-from hpcnet.comm import allgather_objects, bcast_, ft
+from hpcnet.comm import allgather_objects, bcast_, bcast_object, ft
 from hpcnet.data.deal import DataDeal, DealtLoader
 from hpcnet.errors import RankLost
 from hpcnet.layout import Layout
@@ -49,7 +52,6 @@ def setup(run: TrainingRun) -> None:
     """Every replica's deal of the rows (``run.deal``) and the step budget it gives:
     from the checkpoint's changes of count when resuming, plus one more when this
     run's count differs from the checkpoint's. No communication."""
-    cfg = run.cfg
     start = run.layout.replicas
     events: list = []
     if run.prep.resume is not None:
@@ -58,11 +60,16 @@ def setup(run: TrainingRun) -> None:
         events = [tuple(e) for e in state.get("deal", [])]
         if run.prep.resume["layout"]["replicas"] != run.layout.replicas:
             events.append((int(state["step"]), run.layout.replicas))
-    deal = DataDeal(run.info.n_train, cfg.run.batch_size, cfg.run.seed, cfg.run.epochs, start)
-    deal.max_steps = cfg.run.max_steps
+    _use(run, _new_deal(run, start, events))
+
+
+def _new_deal(run: TrainingRun, start: int, events: list) -> DataDeal:
+    """The run's deal from its starting replica count and its changes of count."""
+    r = run.cfg.run
+    deal = DataDeal(run.info.n_train, r.batch_size, r.seed, r.epochs, start, r.max_steps)
     for step, replicas in events:
         deal.regroup(step, replicas)
-    _use(run, deal)
+    return deal
 
 
 def _use(run: TrainingRun, deal: DataDeal) -> None:
@@ -163,74 +170,138 @@ def revoke(run: TrainingRun) -> None:
 
 
 def regroup(run: TrainingRun, carry: dict[str, Any]) -> None:
-    """Collective over the live ranks of ``run.comm`` after a replica died: sets every
-    survivor to the lowest step any reached, the run over the survivors (communicator,
-    layout, deal, budget), and ``run.regrouped`` to what the replica program starts from.
+    """Collective over the live ranks of ``run.comm`` after a replica died (and, with
+    ``--replace-lost``, the processes spawned in place of the dead, which join here):
+    sets every survivor to the lowest step any reached, the run over the survivors
+    (communicator, layout, deal, budget), and ``run.regrouped`` to what the replica
+    program starts from.
+
+    A replica split into partitions (``--partitions``) that lost one retires whole:
+    its live partitions leave the run (:class:`~hpcnet.algos.lifecycle.Retired`), the
+    others go on as above. A process that joins (``--replace-lost``) receives the
+    parameters, momentum and buffers of replica 0 and the deal by broadcast, and
+    trains from the same step as the others.
 
     Args:
         carry: this rank's ``step`` (what its state stands at), ``before`` (its
             :func:`snapshot` from before that step, or None), ``opt`` (its optimizer,
-            whose momentum goes on), ``detected_unix``.
+            whose momentum goes on), ``detected_unix``; a joining process
+            ``{"kind": "new"}`` (``run.comm``: already merged with the others).
     Raises:
-        RankLost: a replica split into partitions lost one (``--partitions``), or a
-            death again and again during the regroup.
+        Retired: on the live partitions of a replica that lost one.
+        RankLost: a death again and again during the regroup.
     """
     t0 = time.time()
-    old = run.layout
-    if old.partitions > 1:
-        raise RankLost(
-            f"a partition of a model-parallel replica died; {run.algo.name} cannot go on "
-            f"without it: resume from the newest checkpoint with --resume {run.prep.out}",
-            printer=0,
-        )
+    joining = carry.get("kind") == "new"
     origin = list(range(run.comm.Get_size()))  # original rank of each rank of run.comm
     lost_all: list[int] = []
-    for _ in range(old.world_size):  # a death during the regroup: agree again
+    for _ in range(64):  # a death during the regroup: agree again
         try:
-            comm, lost = live_and_spawned(run, 0)
+            comm, lost = (run.comm, []) if joining else live_and_spawned(run, 0)
             lost_all += [origin[r] for r in lost]
             steps = allgather_objects(
-                carry["step"], comm, f"{run.algo.name} regroup: the survivors' steps"
+                None if joining else carry["step"], comm, f"{run.algo.name} regroup: steps"
             )
-            step = min(steps)
-            if carry["step"] > step:  # one step ahead: back to the step before it
+            plan = bcast_object(
+                _plan(run, steps, lost_all) if comm.Get_rank() == 0 else None,
+                comm,
+                what=f"{run.algo.name} regroup: the plan",
+            )
+            if not joining and carry["step"] > plan["step"]:  # one step ahead: back
                 restore(run.model, carry["opt"], carry["before"])
-            if run.algo.name == "sync":  # every replica holds the same state: say it
-                bcast_(run.model.params, comm, 0, "regroup: parameters")
+            old = Layout(**plan["old"])
+            stays = joining or old.role(run.rank).index not in plan["dead"]
+            kept = comm.Split(0 if stays else MPI.UNDEFINED, comm.Get_rank())
             break
         except MPI.Exception as e:
-            if not (ft.enabled() and ft.is_failure(e)):
+            if not (ft.enabled() and ft.is_failure(e)) or joining:
                 raise
             comm.Revoke()
             origin = [origin[r] for r in range(run.comm.Get_size()) if r not in lost]
             run.comm = comm
     else:
         raise RankLost("ranks kept dying during the regroup; resume with --resume", printer=0)
-    size = comm.Get_size()
-    layout = Layout(size, old.algo, 0, 0, size)
-    deal = run.deal
-    deal.regroup(step, size)
-    tail = deal.describe_tail(step)
-    names = ", ".join(f"rank {r} ({old.role(r)})" for r in lost_all)
-    record = {
-        "lost_ranks": [{"rank": r, "role": str(old.role(r))} for r in lost_all],
-        "step": step,
-        "replicas": size,
-        "epoch": deal.epoch_of(step),
-        "detected_unix": carry["detected_unix"],
-    }
+    step, record = plan["step"], plan["record"]
+    record["detected_unix"] = carry["detected_unix"]
     run.lost_report += record["lost_ranks"]
+    if not stays:
+        raise Retired(f"{old.role(run.rank)} retired with its replica")
+    size = kept.Get_size()
+    layout = Layout(size, old.algo, 0, 0, size // old.partitions, old.partitions)
+    if joining:  # the deal and the budget as the others hold them
+        run.budget = StepBudget(0, 0, plan["log_every"])
+        run.deal = _new_deal(run, plan["deal_start"], plan["deal"])
+    deal = run.deal
+    deal.regroup(step, layout.replicas)
+    record.update(replicas=layout.replicas, epoch=deal.epoch_of(step))
     run.regroups.append(record)
-    move_run(run, comm, layout)
+    move_run(run, kept, layout)
     _use(run, deal)
-    run.regrouped = {"step": step, "velocity": carry["opt"].velocity}
-    run.say(
-        f"{run.algo.name}: {names} died; going on as {size} replica(s) from step {step}"
-        + (f" ({tail})" if tail else "")
-        + f", total batch {run.total_batch}"
-    )
+    run.part = None
+    run.partition()  # over the new replica communicators (collective over each)
+    velocity = _hand_over(run, carry, plan["spawned"])
+    run.regrouped = {"step": step, "velocity": velocity}
+    run.say(plan["text"] + f", total batch {run.total_batch}")
     run.write_record({"event": "regroup", **record})
     record["regroup_s"] = time.time() - t0
+
+
+def _plan(run: TrainingRun, steps: list, lost: list[int]) -> dict[str, Any]:
+    """Rank 0 (a survivor): the step to go on from, the dead replicas, what joining
+    processes need, the record and the line to print."""
+    old = run.layout
+    step = min(s for s in steps if s is not None)
+    spawned = sum(s is None for s in steps)
+    dead = sorted({old.role(r).index for r in lost})
+    retired = [r for r in range(old.world_size) if r not in lost and old.role(r).index in dead]
+    record = {
+        "lost_ranks": [{"rank": r, "role": str(old.role(r))} for r in lost],
+        "retired_ranks": [{"rank": r, "role": str(old.role(r))} for r in retired],
+        "spawned": spawned,
+        "step": step,
+    }
+    replicas = (len(steps) - len(retired)) // old.partitions
+    deal = copy.copy(run.deal)  # only for the line: the tail it would deal
+    deal.events = list(run.deal.events)
+    deal.regroup(step, replicas)
+    tail = deal.describe_tail(step)
+    text = ", ".join(f"rank {r} ({old.role(r)})" for r in lost) + " died"
+    if retired:
+        text += "; " + ", ".join(f"rank {r} ({old.role(r)})" for r in retired) + " retired"
+    if spawned:
+        text += f"; {spawned} new process(es) spawned in their place"
+    text = f"{run.algo.name}: {text}; going on as {replicas} replica(s) from step {step}" + (
+        f" ({tail})" if tail else ""
+    )
+    return {
+        "step": step,
+        "dead": dead,
+        "old": old.to_dict(),
+        "spawned": spawned,
+        "record": record,
+        "text": text,
+        "log_every": run.budget.log_every,
+        **deal_state(run),
+    }
+
+
+def _hand_over(run: TrainingRun, carry: dict[str, Any], spawned: int):
+    """The momentum this rank goes on with; with processes that joined, replica 0's
+    parameters, momentum and buffers reach them (a broadcast over the new
+    communicator; the others keep their own)."""
+    opt = carry.get("opt")
+    if not spawned:
+        return opt.velocity
+    model, comm = run.model, run.comm
+    params = bcast_(model.params.copy(), comm, 0, "regroup: parameters for new replicas")
+    buffers = bcast_(model.buffers.copy(), comm, 0, "regroup: buffers for new replicas")
+    n = run.part.n_owned if run.part else model.n_params
+    vel = opt.velocity if opt is not None and opt.velocity is not None else np.zeros(n, np.float32)
+    vel = bcast_(vel.copy(), comm, 0, "regroup: momentum for new replicas")
+    if carry.get("kind") != "new":
+        return opt.velocity
+    model.params[:], model.buffers[:] = params, buffers
+    return vel
 
 
 def reseed(run: TrainingRun, step: int) -> None:

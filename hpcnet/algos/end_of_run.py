@@ -67,6 +67,14 @@ class EndOfRun:
                     else ""
                 )
             )
+        left = [r for r in self.live if r not in lost and self.layout.role(r).kind == "replica"]
+        if not left and self.layout.replicas:  # the last replica died: nothing trains
+            path = self.prep.out / "checkpoint.h5"
+            raise RankLost(
+                f"{named} died and no replica is left; resume from the newest checkpoint "
+                f"({path}{' written now' if self.algo.name == 'downpour' else ''}) with "
+                f"--resume {self.prep.out}"
+            )
         self.lost = lost
         self.lost_report += [{"rank": r, "role": str(roles[r])} for r in lost]
         self.live = [r for r in self.live if r not in lost]

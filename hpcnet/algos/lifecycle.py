@@ -70,6 +70,12 @@ class Regroup(Exception):
         self.carry = carry
 
 
+class Retired(Exception):
+    """Raised by an algorithm's ``regroup`` on a live rank that leaves the run: a
+    partition of a model-parallel replica that lost another partition. The rank ends
+    its part of the run quietly (:func:`train` returns ``{"retired": ...}``)."""
+
+
 class TrainingRun(Checkpoints, EndOfRun):
     """One training run as this rank sees it: what every role program starts from.
 
@@ -347,6 +353,19 @@ def join(cfg: Config, verbose: bool = True) -> dict[str, Any]:
         watchdog.abandon()
 
 
+def _retire(run: TrainingRun, why: str) -> dict[str, Any]:
+    """What a retired rank does: lets go of the run's records and watchdog, abandons its
+    communicators (their ``Free`` is collective over ranks that went on without it)."""
+    watchdog.abandon()
+    if run.prep.log is not None:  # rank 0 retired: the new rank 0 writes the records
+        run.prep.log.close()
+        run.prep.log = None
+    set_error_report(None)
+    for inter in run.spawned:
+        inter.Disconnect()
+    return {"retired": why, "_params": run.prep.model.params}
+
+
 def _run_to_end(run: TrainingRun) -> dict[str, Any]:
     """The role programs (again after each regroup) and the end of the run."""
     algo, prep = run.algo, run.prep
@@ -357,7 +376,10 @@ def _run_to_end(run: TrainingRun) -> dict[str, Any]:
         except Regroup as g:  # a rank died that this program needs (fault tolerance)
             if algo.regroup is None:
                 raise
-            algo.regroup(run, g.carry)  # collective over the live ranks; then again
+            try:
+                algo.regroup(run, g.carry)  # collective over the live ranks; then again
+            except Retired as r:  # this rank leaves; the others go on without it
+                return _retire(run, str(r))
     train_s = time.perf_counter() - run.t_train
 
     # the end: every rank meets (sleeping while it waits, with a deadline); under fault

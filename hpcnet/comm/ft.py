@@ -71,10 +71,25 @@ def describe() -> str:
     return f"{lib}; fault tolerance: off ({how})"
 
 
+_MET = [False]  # whether this process met a failure (see met_failure)
+
+
 def is_failure(exc: BaseException) -> bool:
     """Whether ``exc`` is MPI's report of a dead process (or of a communicator revoked
-    after one)."""
-    return isinstance(exc, MPI.Exception) and exc.Get_error_class() in _FAILURE
+    after one); remembered (:func:`met_failure`)."""
+    failed = isinstance(exc, MPI.Exception) and exc.Get_error_class() in _FAILURE
+    _MET[0] = _MET[0] or failed
+    return failed
+
+
+def met_failure() -> bool:
+    """Whether this process met a dead process (a failure reported by MPI, or a shrink
+    that left ranks out). Such a process exits without ``MPI_Finalize``
+    (:func:`hpcnet.cli.main`): Open MPI 5.0's finalize waits in a PMIx fence that can
+    wait for ever on a dead process (seen here after two ranks were killed at once;
+    open-mpi/ompi#9434 is the same wait), and a job under ``--with-ft ulfm`` ends with
+    exit status 0 all the same."""
+    return _MET[0]
 
 
 def failed_ranks(comm: MPI.Comm) -> list[int]:
@@ -143,7 +158,9 @@ def shrink(comm: MPI.Intracomm, timeout: float, what: str) -> MPI.Intracomm:
             return True
 
     poll_until(arrived, timeout, what, comm=comm)
-    return comm.Shrink()
+    alive = comm.Shrink()
+    _MET[0] = _MET[0] or alive.Get_size() < comm.Get_size()
+    return alive
 
 
 def agree(comm: MPI.Intracomm, ok: bool, timeout: float | None, what: str) -> bool:
@@ -173,6 +190,22 @@ def agree(comm: MPI.Intracomm, ok: bool, timeout: float | None, what: str) -> bo
 
     poll_until(arrived, timeout, what, comm=comm, spin=SPIN_S)
     return bool(flag[0]) and not failed
+
+
+def leave(code: int) -> None:
+    """Ends this process with ``code`` (``sys.exit``), first telling a watching launcher
+    (:func:`hpcnet.run.ranks.note_exit`); a process that met a dead one under fault
+    tolerance leaves without ``MPI_Finalize`` (``os._exit``, see :func:`met_failure`)."""
+    import sys
+
+    from hpcnet.run.ranks import note_exit
+
+    note_exit(code)
+    sys.stdout.flush()
+    if met_failure():
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 class PeerDied(Exception):

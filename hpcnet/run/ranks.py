@@ -1,5 +1,6 @@
 """What a rank tells a launcher watching it (:mod:`hpcnet.tools.launch`): its pid,
-host and role, in ``rank-K.json`` in the directory the launcher names."""
+host and role, in ``rank-K.json`` in the directory the launcher names, and the exit
+status it leaves with, in ``exit-PID``."""
 
 from __future__ import annotations
 
@@ -30,5 +31,18 @@ def note_rank(role: str | None = None) -> None:
     try:
         tmp.write_text(json.dumps(info))
         os.replace(tmp, path)
+    except OSError:
+        pass
+
+
+def note_exit(code: int) -> None:
+    """Writes this process's exit status to ``exit-PID`` for the launcher (nothing
+    without one): what it reports when it has to end an ``mpiexec`` that stayed after
+    every rank had exited. Never raises."""
+    where = os.environ.get(ENV)
+    if not where:
+        return
+    try:
+        (Path(where) / f"exit-{os.getpid()}").write_text(str(int(code)))
     except OSError:
         pass

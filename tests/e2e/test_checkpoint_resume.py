@@ -205,3 +205,26 @@ def test_checkpoint_every_seconds_agreed_and_resumable(tmp_path):
     code, _, stderr, _ = hpcnet(*args, "--checkpoint-every-s", "0.2", "--resume", str(out))
     assert code == 0, stderr
     assert _final_params_sha(out) == whole
+
+
+@pytest.mark.parametrize("algo", ["sync", "avg"])
+def test_a_checkpoint_resumes_with_another_replica_count(tmp_path, algo):
+    # 4 replicas checkpointed at step 23 (mid-epoch); resumed with 2 and with 3: the rest
+    # of the epoch dealt over the new count (hpcnet.data.deal), the same rows each time
+    args = ["train", "--algo", algo, "--data", "digits", "--epochs", "2", "--batch-size", "8",
+            "--threads", "1", "--checkpoint-every", "23", "--keep-checkpoints", "9"]  # fmt: skip
+    first = tmp_path / "four"
+    code, _, stderr, _ = hpcnet(*args, "--out", str(first), n=4, timeout=300)
+    assert code == 0, stderr
+    shas = []
+    for n, k in ((2, 0), (3, 0), (2, 1)):
+        out = tmp_path / f"resumed-{n}-{k}"
+        out.mkdir()
+        (out / "checkpoint.h5").write_bytes((first / "checkpoint-000000023.h5").read_bytes())
+        code, stdout, stderr, _ = hpcnet(*args, "--resume", str(out), "--out", str(out), n=n)
+        assert code == 0, stderr
+        assert f"{n} replicas ({algo})" in stdout
+        with h5py.File(out / "checkpoint.h5", "r") as f:
+            assert f.attrs["final"] and f.attrs["layout"].count(f'"replicas": {n}') == 1
+        shas.append(_final_params_sha(out))
+    assert shas[0] == shas[2] != shas[1]  # the same count: the same run; another: not

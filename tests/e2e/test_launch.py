@@ -138,3 +138,24 @@ def test_launch_passes_bad_input_and_its_status_through(tmp_path):
         timeout=60,
     )
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "-n 0" in r.stderr
+
+
+@pytest.mark.parametrize("code", [0, 2])
+def test_an_mpiexec_that_stays_after_every_rank_exited_is_ended(tmp_path, monkeypatch, capfd, code):
+    # a stand-in for Open MPI's prterun when it stays (openpmix/prrte#1839): it starts
+    # one real rank (python -m hpcnet, which notes its pid and exit status as any rank
+    # does), then never exits. The launcher must end it and report the rank's status.
+    from hpcnet.tools import launch
+
+    stays = tmp_path / "mpiexec-that-stays"
+    stays.write_text('#!/bin/sh\nshift 2\nPMI_RANK=0 "$@"\nexec sleep 600\n')
+    stays.chmod(0o755)
+    monkeypatch.setattr(launch, "LINGER_S", 1.0)
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    args = ["info"] if code == 0 else ["train", "--epochs", "-1"]
+    t0 = time.monotonic()
+    rc = launch.main(["-n", "1", "--mpiexec", str(stays), *args])
+    assert rc == code
+    assert time.monotonic() - t0 < 60  # not the stand-in's 600 s
+    line = "every rank has exited but mpiexec-that-stays (pid "
+    assert line in capfd.readouterr().err

@@ -26,8 +26,8 @@ OPTIONS = (
     Option("ps.max_staleness", -1, "downpour: bounded staleness (SSP): a replica waits until "
            "every live replica is at most this many steps behind it (0: lock-step; -1: none, "
            "plain Downpour)", check=lambda v: v >= -1, must="must be >= 0 steps (-1: none)"),
-    Option("faults.replace_lost", False, "downpour under mpiexec --with-ft ulfm: a new "
-           "process replaces each that died"),
+    Option("faults.replace_lost", False, "downpour, sync, avg under mpiexec --with-ft ulfm: "
+           "a new process replaces each that died"),
     Option("faults.max_replicas", 0, "downpour: the run may grow to this many replicas when "
            "asked (python -m hpcnet grow OUT); 0: never",
            check=lambda v: v >= 0, must="must be >= 0 (0: never grow)"),

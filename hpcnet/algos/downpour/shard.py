@@ -146,12 +146,17 @@ class _Leader:
         return step
 
     def at_end(self, ctrl) -> None:
-        """A run stopped by a signal: checkpointed, unless every replica had finished."""
+        """A run stopped by a signal: checkpointed, unless every replica had finished;
+        a run whose every replica died before it finished (fault tolerance): checkpointed
+        (the run then ends with a line naming it, exit 3)."""
         signum = int(ctrl[W.PREEMPT])
+        clients = range(self.run.layout.n_clients)
         if signum:
             step = self.save()
             if step < self.run.budget.total_steps:
                 self.run.stopped_by = (signum, step)
+        elif not any(ctrl[W.field(c, W.DONE)] for c in clients):  # every replica lost
+            self.save()
 
 
 def _progress_tick(run: TrainingRun, sw: W.ShardWindows, lr_of):

@@ -77,6 +77,8 @@ class Coordinator:
         self.completed = np.zeros(self.R, np.int64)
         self.backups = self.discarded = 0
         self.lost_events: list[tuple[int, int]] = []  # (pass, replica)
+        # each loss: replica, pass, cause, when known and when its pass finished (unix s)
+        self.lost: list[dict] = []
         self.dead_seen: set[int] = set()  # replicas whose process died (fault tolerance)
         self.voided_passes = 0  # passes done again: a dead replica's push went missing
         self.history: list[dict] = []
@@ -101,18 +103,20 @@ class Coordinator:
         while not ws.finished:
             watchdog.heartbeat(self.passes)
             for r in ws.check_timeouts():
-                self.lost_events.append((p, r))
+                self._lost(p, r, "silent")
             for r in self.replicas.died() - ws.lost:  # its process died (fault tolerance)
                 ws.lose(r)  # its units, and results not yet pushed, go back to pending
                 if r not in self.dead_seen:
                     self.dead_seen.add(r)
-                    self.lost_events.append((p, r))
+                    self._lost(p, r, "process failed")
             got = self.replicas.poll()
             if got is None:
                 backoff.sleep()
                 continue
             backoff.reset()
             self._answer(ws, *got, p)
+        for e in self.lost:  # the pass a loss came in finished: the others took over
+            e.setdefault("recovered_unix", time.time())
         self.completed += ws.completed
         self.backups += ws.backups
         self.discarded += ws.discarded
@@ -121,6 +125,12 @@ class Coordinator:
         wd = self.prep.cfg.optim.weight_decay
         f = loss / self.n_batch + 0.5 * wd * sums[0]
         return f, float(sums[1]), float(sums[2]), correct / self.n_batch, bool(sums[3] > 0)
+
+    def _lost(self, p: int, r: int, cause: str) -> None:
+        """Replica r lost in pass p: ``cause`` "silent" (``--replica-timeout``) or
+        "process failed" (MPI said so); ``at_unix`` when the coordinator knew."""
+        self.lost_events.append((p, r))
+        self.lost.append({"replica": r, "pass": p, "cause": cause, "at_unix": time.time()})
 
     def _answer(self, ws: WorkScheduler, r: int, req: Request, p: int) -> None:
         """Judges replica r's request (results of an old pass count for nothing) and answers."""
@@ -204,6 +214,7 @@ class Coordinator:
             "discarded_results": self.discarded,
             "lost_replicas": sorted({r for _, r in self.lost_events}),
             "lost_events": self.lost_events,
+            "lost": self.lost,
             "dead_replicas": sorted(self.dead_seen),
             "voided_passes": self.voided_passes,
             "final_train_loss": f,
@@ -244,6 +255,7 @@ class Coordinator:
                 "backups": self.backups,
                 "discarded": self.discarded,
                 "lost_events": self.lost_events,
+                "lost": self.lost,
                 "loss_history": [h["loss"] for h in self.history],
             },
         )
@@ -259,6 +271,7 @@ class Coordinator:
         self.completed[:] = st["completed"]
         self.backups, self.discarded = int(st["backups"]), int(st["discarded"])
         self.lost_events = [tuple(e) for e in st["lost_events"]]
+        self.lost = list(st.get("lost", []))
         self.history = [{"loss": loss} for loss in st["loss_history"]]
         return float(st["f"]), float(st["gg"]), float(st["acc"]), int(st["k"])
 
