@@ -153,19 +153,24 @@ def command(sc: Scenario, venv: Path, out: Path) -> list[str]:
     run = [*sc.args, "--out", str(out)]
     if sc.launch:
         return [python, "-m", "hpcnet", "launch", "-n", str(sc.n), *run]
-    mpiexec = [str(venv / "bin" / "mpiexec")]
-    if sc.mpi == "ompi":
-        mpiexec += ["--with-ft", "ulfm", "--oversubscribe"]
-    return [*mpiexec, "-n", str(sc.n), python, "-m", "hpcnet", *run]
+    mpiexec = str(venv / "bin" / "mpiexec")
+    if sc.mpi == "ompi":  # through hpcnet's launcher, which ends a prterun that stays
+        ft = f"{mpiexec} --with-ft ulfm --oversubscribe"
+        return [python, "-m", "hpcnet", "launch", "-n", str(sc.n), "--mpiexec", ft, *run]
+    return [mpiexec, "-n", str(sc.n), python, "-m", "hpcnet", *run]
 
 
 def shown_command(sc: Scenario) -> str:
     """The command as the table shows it (venv paths and OUT shortened)."""
     if sc.launch:
         cmd = f"python -m hpcnet launch -n {sc.n} " + " ".join(sc.args)
+    elif sc.mpi == "ompi":
+        cmd = (
+            f'python -m hpcnet launch -n {sc.n} --mpiexec "mpiexec --with-ft ulfm '
+            '--oversubscribe" ' + " ".join(sc.args)
+        )
     else:
-        ft = " --with-ft ulfm --oversubscribe" if sc.mpi == "ompi" else ""
-        cmd = f"mpiexec{ft} -n {sc.n} python -m hpcnet " + " ".join(sc.args)
+        cmd = f"mpiexec -n {sc.n} python -m hpcnet " + " ".join(sc.args)
     cmd += " --out OUT"
     if sc.kill_rank is not None:
         cmd += f"; SIGKILL rank {sc.kill_rank} after {sc.records} progress records"

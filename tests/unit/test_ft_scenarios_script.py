@@ -49,3 +49,28 @@ def test_a_shard_kill_row_gives_detection_and_recovery_from_summary_json():
     assert cells[4] == "0.10 s" and cells[5] == "0.50 s", cells
     hung = m.row(sc, {**res, "rc": "hung", "problem": "hung: killed after 240 s"})
     assert "hung (expected 0; hung: killed after 240 s)" in hung, hung
+
+
+def test_sync_rows_and_the_matrix_over_trials():
+    m = _module()
+    (sc,) = [s for s in m.SCENARIOS if s.name == "ulfm-sync-replica"]
+    assert m.command(sc, Path("/v"), Path("/o"))[1:4] == ["-m", "hpcnet", "launch"]
+
+    def trial(killed, detected, took, acc, rc=0):
+        summary = {
+            "test_accuracy": acc,
+            "lost_ranks": [{"rank": 1, "role": "replica 1"}],
+            "regroups": [{"detected_unix": detected, "regroup_s": took, "step": 9}],
+        }
+        return {"name": sc.name, "command": "", "rc": rc, "expect_rc": 0,
+                "killed_unix": killed, "summary": summary}  # fmt: skip
+
+    runs = [trial(100.0, 100.1, 0.2, 0.95), trial(50.0, 50.3, 0.1, 0.97, rc="hung")]
+    cells = [c.strip() for c in m.row(sc, runs[0]).strip("|").split(" | ")]
+    assert cells[4] == "0.10 s" and cells[5] == "0.30 s", cells  # regroup done: 0.1 + 0.2
+    table = m.matrix(runs, {sc.name: 0.96})
+    (line,) = [ln for ln in table.splitlines() if ln.startswith(f"| {sc.name} ")]
+    cells = [c.strip() for c in line.strip("|").split(" | ")]
+    assert cells[1:4] == ["2", "1", "1"], cells  # trials, as documented, hung
+    assert cells[4] == "0.20 / 0.30 s" and cells[5] == "0.35 / 0.40 s", cells
+    assert cells[6] == "0.950 / 0.960" and cells[7] == "0.960" and cells[8] == "1.0 pp", cells
