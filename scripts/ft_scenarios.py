@@ -50,9 +50,9 @@ DOWNPOUR = ["train", "--algo", "downpour", "--epochs", "3", "--batch-size", "8",
             "--threads", "1", "--replica-timeout", "20"]  # fmt: skip
 SANDBLASTER = ["train", "--algo", "sandblaster", "--shards", "1", "--epochs", "30",
                "--threads", "1", "--replica-timeout", "20"]  # fmt: skip
-SYNC = ["train", "--algo", "sync", "--epochs", "10", "--batch-size", "8", "--threads", "1",
+SYNC = ["train", "--algo", "sync", "--epochs", "30", "--batch-size", "8", "--threads", "1",
         "--lr-scaling", "linear"]  # fmt: skip
-AVG = ["train", "--algo", "avg", "--avg-every", "4", "--epochs", "10", "--batch-size", "8",
+AVG = ["train", "--algo", "avg", "--avg-every", "4", "--epochs", "30", "--batch-size", "8",
        "--threads", "1"]  # fmt: skip
 
 

@@ -37,8 +37,7 @@ import numpy as np
 from mpi4py import MPI
 
 from hpcnet.algos.budget import StepBudget
-from hpcnet.algos.lifecycle import Retired
-from hpcnet.algos.survivors import live_and_spawned, move_run
+from hpcnet.algos.survivors import Retired, live_and_spawned, move_run
 from hpcnet.comm import allgather_objects, bcast_, bcast_object, ft
 from hpcnet.data.deal import DataDeal, DealtLoader
 from hpcnet.errors import RankLost
@@ -177,7 +176,7 @@ def regroup(run: TrainingRun, carry: dict[str, Any]) -> None:
     program starts from.
 
     A replica split into partitions (``--partitions``) that lost one retires whole:
-    its live partitions leave the run (:class:`~hpcnet.algos.lifecycle.Retired`), the
+    its live partitions leave the run (:class:`~hpcnet.algos.survivors.Retired`), the
     others go on as above. A process that joins (``--replace-lost``) receives the
     parameters, momentum and buffers of replica 0 and the deal by broadcast, and
     trains from the same step as the others.

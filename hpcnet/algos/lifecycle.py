@@ -34,11 +34,13 @@ from hpcnet.algos.checkpoints import Checkpoints
 from hpcnet.algos.end_of_run import EndOfRun
 from hpcnet.algos.prepare import Prepared, prepare, train_loader
 from hpcnet.algos.registry import Algorithm, get_algorithm
+from hpcnet.algos.survivors import Retired, retire
 from hpcnet.comm import (
     Deadlines,
     allreduce_max_ints,
     bcast_,
     bcast_object,
+    ft,
     gather_objects,
     library_comm,
     set_error_report,
@@ -68,12 +70,6 @@ class Regroup(Exception):
     def __init__(self, carry: dict[str, Any]):
         super().__init__("a rank this program needs died")
         self.carry = carry
-
-
-class Retired(Exception):
-    """Raised by an algorithm's ``regroup`` on a live rank that leaves the run: a
-    partition of a model-parallel replica that lost another partition. The rank ends
-    its part of the run quietly (:func:`train` returns ``{"retired": ...}``)."""
 
 
 class TrainingRun(Checkpoints, EndOfRun):
@@ -339,6 +335,7 @@ def join(cfg: Config, verbose: bool = True) -> dict[str, Any]:
     watch = PreemptionWatch()
     try:
         library_comm()  # collective over the processes spawned together (their world)
+        ft.connected()  # ends with MPI_Finalize (hpcnet.comm.ft.leave)
         parent = MPI.Comm.Get_parent()
         merged = parent.Merge(high=True)  # with the spawning ranks' Merge
         algo = get_algorithm(cfg.algo.name)
@@ -351,19 +348,6 @@ def join(cfg: Config, verbose: bool = True) -> dict[str, Any]:
     finally:
         watch.close()
         watchdog.abandon()
-
-
-def _retire(run: TrainingRun, why: str) -> dict[str, Any]:
-    """What a retired rank does: lets go of the run's records and watchdog, abandons its
-    communicators (their ``Free`` is collective over ranks that went on without it)."""
-    watchdog.abandon()
-    if run.prep.log is not None:  # rank 0 retired: the new rank 0 writes the records
-        run.prep.log.close()
-        run.prep.log = None
-    set_error_report(None)
-    for inter in run.spawned:
-        inter.Disconnect()
-    return {"retired": why, "_params": run.prep.model.params}
 
 
 def _run_to_end(run: TrainingRun) -> dict[str, Any]:
@@ -379,7 +363,7 @@ def _run_to_end(run: TrainingRun) -> dict[str, Any]:
             try:
                 algo.regroup(run, g.carry)  # collective over the live ranks; then again
             except Retired as r:  # this rank leaves; the others go on without it
-                return _retire(run, str(r))
+                return retire(run, str(r))
     train_s = time.perf_counter() - run.t_train
 
     # the end: every rank meets (sleeping while it waits, with a deadline); under fault

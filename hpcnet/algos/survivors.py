@@ -5,7 +5,7 @@ tolerance, :mod:`hpcnet.comm.ft`): agree on them, spawn processes in place of th
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from hpcnet.algos.budget import StepBudget
 from hpcnet.comm import bcast_object, ft, split_role_comms, watchdog
@@ -35,6 +35,7 @@ def live_and_spawned(run: TrainingRun, grow: int):
         return alive, lost
     args = ["-m", "hpcnet", "train", "--config", str(run.prep.out / "config.toml")]
     args += ["--data", str(run.info.path), "--out", str(run.prep.out)]
+    ft.connected()  # ends with MPI_Finalize (hpcnet.comm.ft.leave)
     inter = alive.Spawn(sys.executable, args, maxprocs=new, root=0)
     merged = inter.Merge(high=False)
     run.spawned.append(inter)  # disconnected at the end of the run
@@ -62,3 +63,25 @@ def move_run(run: TrainingRun, alive, layout: Layout) -> None:
     run.lost = []
     if run.rank == 0 and run.prep.log is None:  # rank 0 writes the run's records now
         run.prep.log = MetricsLog(run.prep.out, append=True, tensorboard=run.cfg.run.tensorboard)
+
+
+class Retired(Exception):
+    """Raised by an algorithm's ``regroup`` on a live rank that leaves the run: a
+    partition of a model-parallel replica that lost another partition. The rank ends
+    its part of the run quietly (:func:`hpcnet.algos.lifecycle.train` returns
+    ``{"retired": ...}``)."""
+
+
+def retire(run: TrainingRun, why: str) -> dict[str, Any]:
+    """What a retired rank does: lets go of the run's records and watchdog, abandons its
+    communicators (their ``Free`` is collective over ranks that went on without it)."""
+    from hpcnet.comm import set_error_report
+
+    watchdog.abandon()
+    if run.prep.log is not None:  # rank 0 retired: the new rank 0 writes the records
+        run.prep.log.close()
+        run.prep.log = None
+    set_error_report(None)
+    for inter in run.spawned:
+        inter.Disconnect()
+    return {"retired": why, "_params": run.prep.model.params}

@@ -71,25 +71,10 @@ def describe() -> str:
     return f"{lib}; fault tolerance: off ({how})"
 
 
-_MET = [False]  # whether this process met a failure (see met_failure)
-
-
 def is_failure(exc: BaseException) -> bool:
     """Whether ``exc`` is MPI's report of a dead process (or of a communicator revoked
-    after one); remembered (:func:`met_failure`)."""
-    failed = isinstance(exc, MPI.Exception) and exc.Get_error_class() in _FAILURE
-    _MET[0] = _MET[0] or failed
-    return failed
-
-
-def met_failure() -> bool:
-    """Whether this process met a dead process (a failure reported by MPI, or a shrink
-    that left ranks out). Such a process exits without ``MPI_Finalize``
-    (:func:`hpcnet.cli.main`): Open MPI 5.0's finalize waits in a PMIx fence that can
-    wait for ever on a dead process (seen here after two ranks were killed at once;
-    open-mpi/ompi#9434 is the same wait), and a job under ``--with-ft ulfm`` ends with
-    exit status 0 all the same."""
-    return _MET[0]
+    after one)."""
+    return isinstance(exc, MPI.Exception) and exc.Get_error_class() in _FAILURE
 
 
 def failed_ranks(comm: MPI.Comm) -> list[int]:
@@ -158,9 +143,7 @@ def shrink(comm: MPI.Intracomm, timeout: float, what: str) -> MPI.Intracomm:
             return True
 
     poll_until(arrived, timeout, what, comm=comm)
-    alive = comm.Shrink()
-    _MET[0] = _MET[0] or alive.Get_size() < comm.Get_size()
-    return alive
+    return comm.Shrink()
 
 
 def agree(comm: MPI.Intracomm, ok: bool, timeout: float | None, what: str) -> bool:
@@ -194,18 +177,35 @@ def agree(comm: MPI.Intracomm, ok: bool, timeout: float | None, what: str) -> bo
 
 def leave(code: int) -> None:
     """Ends this process with ``code`` (``sys.exit``), first telling a watching launcher
-    (:func:`hpcnet.run.ranks.note_exit`); a process that met a dead one under fault
-    tolerance leaves without ``MPI_Finalize`` (``os._exit``, see :func:`met_failure`)."""
+    (:func:`hpcnet.run.ranks.note_exit`). Under fault tolerance it leaves without
+    ``MPI_Finalize`` (``os._exit`` after flushing its output): Open MPI 5.0's finalize
+    waits in a PMIx fence that can wait for ever on a process that died, also one
+    that died after this one had finished its run (seen here: a rank killed during the
+    end of a run hung the others in ``ompi_mpi_finalize``; open-mpi/ompi#9434 is the same
+    wait); the job still exits with status 0. Not a process connected to spawned
+    ones (:func:`connected`)."""
     import sys
 
     from hpcnet.run.ranks import note_exit
 
     note_exit(code)
     sys.stdout.flush()
-    if met_failure():
+    if enabled() and not _CONNECTED[0]:
         sys.stderr.flush()
         os._exit(code)
     sys.exit(code)
+
+
+_CONNECTED = [False]  # spawned processes (--replace-lost, grow): see connected()
+
+
+def connected() -> None:
+    """Notes that this process spawned others (``MPI_Comm_spawn``) or was spawned: it
+    then ends with
+    ``MPI_Finalize`` after all (:func:`leave`), since Open MPI's launcher reports a
+    process of a job connected to another that leaves without it as an abnormal end
+    (exit status 1)."""
+    _CONNECTED[0] = True
 
 
 class PeerDied(Exception):
