@@ -95,7 +95,7 @@ SCENARIOS = [
     Scenario("ulfm-sync-partition", "ULFM sync 4 replicas x 2 partitions, replica 1's "
              "partition 1 killed", "ompi", 8, [*SYNC, "--partitions", "2"], 3, 8),
     Scenario("ulfm-last-replica", "ULFM downpour 1 shard + 1 replica, the replica killed",
-             "ompi", 2, [*DOWNPOUR, "--shards", "1"], 1, 3, expect_rc=3),
+             "ompi", 2, [*DOWNPOUR, "--shards", "1", "--epochs", "10"], 1, 8, expect_rc=3),
     Scenario("ulfm-replica", "ULFM downpour 1 shard + 3 replicas, replica 1 killed", "ompi",
              4, [*DOWNPOUR, "--shards", "1"], 2),
     Scenario("ulfm-shard-ckpt", "ULFM downpour, the shard killed, --checkpoint-every 10",
@@ -215,10 +215,14 @@ def run_scenario(
             time.sleep(delay)
             if sc.kill_rank is not None:
                 pid = None
-                while pid is None and time.monotonic() - t0 < timeout:
+                while pid is None and time.monotonic() - t0 < timeout and p.poll() is None:
                     pid = rank_pid(python, out, sc.kill_rank)
                 if pid is None:
-                    res["problem"] = f"rank {sc.kill_rank}'s pid not found"
+                    res["problem"] = (
+                        "ended before the kill"
+                        if p.poll() is not None
+                        else f"rank {sc.kill_rank}'s pid not found"
+                    )
                 else:
                     os.kill(pid, signal.SIGKILL)
                     res["killed_unix"] = time.time()

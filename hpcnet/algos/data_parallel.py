@@ -140,7 +140,7 @@ def _train_replica(run: TrainingRun, algo: Policy) -> dict[str, Any]:
                 if step < total_steps and (due or signum):  # the last one: the lifecycle's
                     _checkpoint(run, step, opt)
             except MPI.Exception as e:
-                if not (survive and ft.is_failure(e)):
+                if not (survive and ft.failure_on(e, elastic.comms_of(run))):
                     raise
                 elastic.revoke(run)  # every other replica's collective fails too
                 ok = False
@@ -218,7 +218,7 @@ def _finish(run: TrainingRun, algo: Policy, survive: bool, opt: SGD) -> None:
         else:
             algo.finish(model.params)
     except MPI.Exception as e:
-        if not (survive and ft.is_failure(e)):
+        if not (survive and ft.failure_on(e, elastic.comms_of(run))):
             raise
         elastic.revoke(run)
         ok = False

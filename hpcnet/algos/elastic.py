@@ -157,10 +157,15 @@ def restore(model, opt, snap: dict[str, Any]) -> None:
     model.buffers[:] = snap["buffers"]
 
 
+def comms_of(run: TrainingRun) -> tuple:
+    """The run's communicators a replica's step uses."""
+    return (run.comm, run.comms.data_comm, run.comms.replica_comm)
+
+
 def revoke(run: TrainingRun) -> None:
     """Revokes the run's communicators, so every replica's pending and next collective
     fails as this one's did (``MPI_Comm_revoke``)."""
-    for comm in (run.comm, run.comms.data_comm, run.comms.replica_comm):
+    for comm in comms_of(run):
         if comm is not None and comm != MPI.COMM_NULL:
             try:
                 comm.Revoke()

@@ -77,6 +77,28 @@ def is_failure(exc: BaseException) -> bool:
     return isinstance(exc, MPI.Exception) and exc.Get_error_class() in _FAILURE
 
 
+def failure_on(exc: BaseException, comms) -> bool:
+    """Whether ``exc`` comes from a dead process of one of ``comms`` (fault tolerance
+    only): :func:`is_failure`, or an MPI error of another class while one of ``comms``
+    is revoked or has a known dead rank. Open MPI's nonblocking collectives (libnbc)
+    report a failure inside their schedule as ``MPI_ERR_OTHER`` now and then (seen
+    here: "NBC_Progress: an error 77 was found", then ``MPI_ERR_OTHER`` from the
+    request's test)."""
+    if not isinstance(exc, MPI.Exception) or not enabled():
+        return False
+    if is_failure(exc):
+        return True
+    for comm in comms:
+        if comm is None or comm == MPI.COMM_NULL:
+            continue
+        try:
+            if comm.Is_revoked() or _known_failed(comm):
+                return True
+        except MPI.Exception:
+            return True
+    return False
+
+
 def failed_ranks(comm: MPI.Comm) -> list[int]:
     """The ranks of ``comm`` this process knows to have died (``MPI_Comm_get_failed``);
     ``[]`` without fault tolerance.
