@@ -93,9 +93,10 @@ def _train_replica(run: TrainingRun, algo: Policy) -> dict[str, Any]:
     t_train = time.perf_counter()
     t_log = t_train
     last = {"loss": float("nan"), "accuracy": float("nan")}
+    before = None  # the state before the step in flight (fault tolerance only)
     try:
         while step < total_steps:
-            before = elastic.snapshot(model, opt) if survive else None
+            before = elastic.snapshot(model, opt, before) if survive else None
             at, signum, ok = step, 0, True
             try:
                 x, y = next(batches)

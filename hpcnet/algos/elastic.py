@@ -29,7 +29,6 @@ replica keeps its own BatchNorm statistics (a new replica takes replica 0's).
 
 from __future__ import annotations
 
-import copy
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -57,7 +56,7 @@ def setup(run: TrainingRun) -> None:
         state = _resumed_state(run)
         start = int(state.get("deal_start", run.prep.resume["layout"]["replicas"]))
         events = [tuple(e) for e in state.get("deal", [])]
-        if run.prep.resume["layout"]["replicas"] != run.layout.replicas:
+        if resized(run):
             events.append((int(state["step"]), run.layout.replicas))
     _use(run, _new_deal(run, start, events))
 
@@ -137,15 +136,23 @@ class _Epochs:
         self.loader.close()
 
 
-def snapshot(model, opt) -> dict[str, Any]:
+def snapshot(model, opt, into: dict[str, Any] | None = None) -> dict[str, Any]:
     """A replica's state before a step (fault tolerance only): parameters, momentum,
-    Dropout streams, buffers."""
-    return {
-        "params": model.params.copy(),
-        "velocity": None if opt.velocity is None else opt.velocity.copy(),
-        "rng": model.rng_states(),
-        "buffers": model.buffers.copy(),
-    }
+    Dropout streams, buffers; copied into the arrays of ``into`` (an earlier snapshot)
+    when given, so a step allocates nothing."""
+    if into is None:
+        return {
+            "params": model.params.copy(),
+            "velocity": None if opt.velocity is None else opt.velocity.copy(),
+            "rng": model.rng_states(),
+            "buffers": model.buffers.copy(),
+        }
+    np.copyto(into["params"], model.params)
+    if opt.velocity is not None:
+        np.copyto(into["velocity"], opt.velocity)
+    np.copyto(into["buffers"], model.buffers)
+    into["rng"] = model.rng_states()
+    return into
 
 
 def restore(model, opt, snap: dict[str, Any]) -> None:
@@ -245,14 +252,19 @@ def regroup(run: TrainingRun, carry: dict[str, Any]) -> None:
     run.partition()  # over the new replica communicators (collective over each)
     velocity = _hand_over(run, carry, plan["spawned"])
     run.regrouped = {"step": step, "velocity": velocity}
-    run.say(plan["text"] + f", total batch {run.total_batch}")
+    tail = deal.describe_tail(step)
+    run.say(
+        f"{plan['text']}; going on as {layout.replicas} replica(s) from step {step}"
+        + (f" ({tail})" if tail else "")
+        + f", total batch {run.total_batch}"
+    )
     run.write_record({"event": "regroup", **record})
     record["regroup_s"] = time.time() - t0
 
 
 def _plan(run: TrainingRun, steps: list, lost: list[int]) -> dict[str, Any]:
     """Rank 0 (a survivor): the step to go on from, the dead replicas, what joining
-    processes need, the record and the line to print."""
+    processes need, the record and the start of the line to print."""
     old = run.layout
     step = min(s for s in steps if s is not None)
     spawned = sum(s is None for s in steps)
@@ -264,26 +276,18 @@ def _plan(run: TrainingRun, steps: list, lost: list[int]) -> dict[str, Any]:
         "spawned": spawned,
         "step": step,
     }
-    replicas = (len(steps) - len(retired)) // old.partitions
-    deal = copy.copy(run.deal)  # only for the line: the tail it would deal
-    deal.events = list(run.deal.events)
-    deal.regroup(step, replicas)
-    tail = deal.describe_tail(step)
     text = ", ".join(f"rank {r} ({old.role(r)})" for r in lost) + " died"
     if retired:
         text += "; " + ", ".join(f"rank {r} ({old.role(r)})" for r in retired) + " retired"
     if spawned:
         text += f"; {spawned} new process(es) spawned in their place"
-    text = f"{run.algo.name}: {text}; going on as {replicas} replica(s) from step {step}" + (
-        f" ({tail})" if tail else ""
-    )
     return {
         "step": step,
         "dead": dead,
         "old": old.to_dict(),
         "spawned": spawned,
         "record": record,
-        "text": text,
+        "text": f"{run.algo.name}: {text}",
         "log_every": run.budget.log_every,
         **deal_state(run),
     }

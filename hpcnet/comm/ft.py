@@ -153,18 +153,7 @@ def shrink(comm: MPI.Intracomm, timeout: float, what: str) -> MPI.Intracomm:
     Raises:
         StallError: the live ranks did not all arrive within ``timeout`` seconds.
     """
-    flag = np.ones(1, np.intc)
-    req = comm.Iagree(flag)
-
-    def arrived() -> bool:
-        try:
-            return req.Test()
-        except MPI.Exception as e:  # the agreement completed, and reports the failure
-            if not is_failure(e):
-                raise
-            return True
-
-    poll_until(arrived, timeout, what, comm=comm)
+    agree(comm, True, timeout, what)  # its answer does not matter: who is there does
     return comm.Shrink()
 
 

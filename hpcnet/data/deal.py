@@ -78,6 +78,7 @@ class DataDeal:
         self.n_rows, self.batch_size, self.seed = n_rows, batch_size, seed
         self.epochs, self.max_steps = epochs, max_steps
         self.events: list[tuple[int, int]] = []  # (step, replicas from it on)
+        self._perm: tuple | None = None  # ((epoch, replicas, replica), permutation)
         self.segments = self._epochs(0, 0, replicas)
 
     def _epochs(self, epoch: int, first: int, replicas: int) -> list[Segment]:
@@ -135,8 +136,14 @@ class DataDeal:
         return start + self._order(seg, replica)[k * self.batch_size : (k + 1) * self.batch_size]
 
     def _order(self, seg: Segment, replica: int) -> np.ndarray:
-        n_local = self.n_rows // seg.replicas
-        return np.random.default_rng([self.seed, seg.epoch, replica]).permutation(n_local)
+        """BatchLoader's permutation of the replica's block in the segment's epoch (the
+        last one kept: a loader asks for it at every step of the epoch)."""
+        key = (seg.epoch, seg.replicas, replica)
+        if self._perm is None or self._perm[0] != key:
+            n_local = self.n_rows // seg.replicas
+            order = np.random.default_rng([self.seed, seg.epoch, replica]).permutation(n_local)
+            self._perm = (key, order)
+        return self._perm[1]
 
     def regroup(self, step: int, replicas: int) -> None:
         """From global step ``step`` on (steps ``0 .. step-1`` done by the old
@@ -240,6 +247,7 @@ class DealtLoader:
         )
         self.mean, self.std, self.augment, self.crop_pad = mean, std, augment, crop_pad
         self._held: tuple | None = None  # (segment key, (positions, images, labels))
+        self._lut: np.ndarray | None = None  # (C, 256) float32, from the first batch
         self.rows_read: list[tuple[int, int]] = []
 
     GAP = 4096
@@ -261,7 +269,9 @@ class DealtLoader:
             if seg.tail is not None:
                 key += [seg.first]
             images = augment_images(images, np.random.default_rng(key), self.crop_pad)
-        return _apply_lut(images, _lut(self.mean, self.std, images.shape[1])), labels
+        if self._lut is None:
+            self._lut = _lut(self.mean, self.std, images.shape[1])
+        return _apply_lut(images, self._lut), labels
 
     def _rows_of(self, seg: Segment) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(sorted positions, images, labels) of every row this replica reads in ``seg``:
