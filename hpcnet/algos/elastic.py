@@ -36,7 +36,7 @@ import numpy as np
 from mpi4py import MPI
 
 from hpcnet.algos.budget import StepBudget
-from hpcnet.algos.survivors import Retired, live_and_spawned, move_run
+from hpcnet.algos.survivors import Retired, live_and_spawned, move_run, printer_of
 from hpcnet.comm import allgather_objects, bcast_, bcast_object, ft
 from hpcnet.data.deal import DataDeal, DealtLoader
 from hpcnet.errors import RankLost
@@ -231,7 +231,9 @@ def regroup(run: TrainingRun, carry: dict[str, Any]) -> None:
             origin = [origin[r] for r in range(run.comm.Get_size()) if r not in lost]
             run.comm = comm
     else:
-        raise RankLost("ranks kept dying during the regroup; resume with --resume", printer=0)
+        raise RankLost(
+            "ranks kept dying during the regroup; resume with --resume", printer=printer_of(comm)
+        )
     step, record = plan["step"], plan["record"]
     record["detected_unix"] = carry["detected_unix"]
     run.lost_report += record["lost_ranks"]

@@ -42,6 +42,16 @@ def live_and_spawned(run: TrainingRun, grow: int):
     return merged, lost
 
 
+def printer_of(comm) -> int:
+    """The world rank of rank 0 of ``comm`` (the live ranks): who prints a
+    :class:`hpcnet.errors.RankLost` line (world rank 0 may be the one that died)."""
+    from mpi4py import MPI
+
+    world = MPI.COMM_WORLD.Get_group()
+    (rank,) = MPI.Group.Translate_ranks(comm.Get_group(), [0], world)
+    return 0 if rank == MPI.UNDEFINED else rank
+
+
 def move_run(run: TrainingRun, alive, layout: Layout) -> None:
     """``run`` as the live ranks see it from now on (every field that names ranks)."""
     from hpcnet.comm.messages import Channel

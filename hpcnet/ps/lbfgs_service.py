@@ -36,6 +36,7 @@ sent to every shard, so every shard sees the same command sequence.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Sequence
 
@@ -48,6 +49,17 @@ from hpcnet.errors import StallError
 from hpcnet.layout import Layout
 from hpcnet.ps.lbfgs_shard import TAG_CMD, TAG_REPLY, Command, LBFGSShardState, push_tag
 from hpcnet.ps.windows import window_info
+
+
+def pack_json(obj) -> np.ndarray:
+    """``obj`` (JSON-able) as float64 values, one per byte of its JSON text (a command's
+    arguments are float64)."""
+    return np.frombuffer(json.dumps(obj).encode(), np.uint8).astype(np.float64)
+
+
+def unpack_json(values: np.ndarray):
+    """What :func:`pack_json` packed."""
+    return json.loads(values.astype(np.uint8).tobytes().decode())
 
 
 class ParameterWindows:
@@ -157,9 +169,17 @@ class ShardGroup:
             total = part if total is None else total + part
         return total
 
-    def begin(self, pass_id: int, t: float) -> None:
-        """Every shard serves ``x + t d`` for pass ``pass_id`` (and is ready for its pushes)."""
-        self._call(Command.BEGIN, pass_id, t)
+    def begin(self, pass_id: int, t: float, trial: int = 0, attempt: int = 0) -> None:
+        """Every shard serves ``x + t d`` for pass ``pass_id`` (and is ready for its
+        pushes); ``trial`` and ``attempt`` (the line search's try of this direction, the
+        direction's number in this iteration) are kept for a failover."""
+        self._call(Command.BEGIN, pass_id, t, trial, attempt)
+
+    def mark(self, iteration: int, mirror: dict) -> None:
+        """An iteration boundary: every shard keeps its state here and ``mirror`` (the
+        coordinator's own state, JSON-able), from which a new coordinator goes on
+        (:mod:`hpcnet.algos.sandblaster.failover`). 8 B per byte of its JSON text."""
+        self._call(Command.MARK, iteration, *pack_json(mirror))
 
     def finalize(self, pass_id: int, n_samples: int, accepted_pushes: Sequence[int]) -> np.ndarray:
         """Waits for the pushes accepted from each replica; returns the sums
@@ -293,22 +313,38 @@ class LBFGSShardService:
         }
 
     def _take_pushes(self) -> bool:
-        """Adds every push of the current pass that has arrived; True if any."""
+        """Adds every push of the current pass that has arrived; True if any.
+
+        A replica killed while its push was on the way (under fault tolerance) leaves a
+        message the receive fails on: it is dropped, and ``finalize`` reports that
+        replica's accepted push missing (the pass is done again). Any other failure,
+        or one while the coordinator is dead, raises."""
         took = False
-        while (push := self.pushes.poll(out=self._buf)) is not None:
+        while True:
+            try:
+                push = self.pushes.poll(out=self._buf)
+            except MPI.Exception as e:
+                if not ft.is_failure(e) or self.comm.Is_revoked():
+                    raise
+                dead = ft.acknowledge(self.comm)
+                if self.coordinator in dead:
+                    raise
+                return took
+            if push is None:
+                return took
             source, grads = push
             self.state.add(grads)
             self.received[self.layout.role(source).index] += 1
             self.pushes_received += 1
             took = True
-        return took
 
     def _execute(self, op: Command, cmd: np.ndarray) -> np.ndarray:
         state = self.state
         if op == Command.BEGIN:
             pass_id = int(cmd[1])
             self.pushes = Channel(self.comm, push_tag(pass_id), np.float32)
-            self.windows.served()[:] = state.begin(float(cmd[2]))
+            position = (pass_id, float(cmd[2]), int(cmd[3]), int(cmd[4]))
+            self.windows.served()[:] = state.begin(float(cmd[2]), position)
             self.windows.publish()
             self.received[:] = 0
         elif op == Command.FINALIZE:
@@ -327,6 +363,8 @@ class LBFGSShardService:
             state.reset()
         elif op == Command.SNAPSHOT:
             return state.pack()
+        elif op == Command.MARK:
+            state.mark(int(cmd[1]), unpack_json(cmd[2:]))
         return np.ones(1)
 
     def _await_pushes(self, pass_id: int, expected: np.ndarray) -> bool:

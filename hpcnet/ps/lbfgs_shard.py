@@ -15,9 +15,11 @@ coordinator, tag :data:`TAG_CMD`, served by :mod:`hpcnet.ps.lbfgs_service`) and
 the bytes that cross the network per L-BFGS iteration, for k stored pairs and R
 replicas: ``begin`` (24 B) / ``finalize`` (24 + 8 R B, reply 24 B) once per
 evaluation pass; ``gram`` (8 B, reply 8 (2k+1)^2 B), ``direction`` (8 (2k+2) B),
-``accept`` (8 B, reply 16 B), ``commit`` (16 B) once per iteration. Only
-scalars reach the coordinator; the shard's vectors never leave it except as
-the float32 parameters replicas fetch and the final gather.
+``accept`` (8 B, reply 16 B), ``commit`` (16 B) once per iteration, and ``mark`` (16 B
++ 8 B per byte of the coordinator's mirror, a few kB;
+:mod:`hpcnet.algos.sandblaster.failover`). Only scalars reach the coordinator; the
+shard's vectors never leave it except as the float32 parameters replicas fetch and the
+final gather.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import numpy as np
 class Command(enum.IntEnum):
     """What the coordinator asks a shard to do (the first element of a command)."""
 
-    BEGIN = 1  # [BEGIN, pass, t]: serve x + t d for pass ``pass``; reply [1]
+    BEGIN = 1  # [BEGIN, pass, t, trial, attempt]: serve x + t d for pass ``pass``; reply [1]
     FINALIZE = 2  # [FINALIZE, pass, n_samples, pushes of replica 0..R-1]: reply 3 sums
     GRAM = 3  # [GRAM]: reply the partial Gram matrix, (2k+1)^2 values
     DIRECTION = 4  # [DIRECTION, delta_0..delta_2k]: d = sum delta_l b_l; reply [1]
@@ -39,6 +41,7 @@ class Command(enum.IntEnum):
     RESET = 7  # [RESET]: forget the history; reply [1]
     STOP = 8  # [STOP]: leave the service loop; no reply
     SNAPSHOT = 9  # [SNAPSHOT]: reply this shard's state (``LBFGSShardState.pack``)
+    MARK = 10  # [MARK, iteration, mirror bytes...]: an iteration boundary; reply [1]
 
 
 TAG_CMD, TAG_REPLY = 11, 12
@@ -73,9 +76,18 @@ class LBFGSShardState:
         self.m = m
         self.wd = weight_decay
         self._s = self._y = None
+        # coordinator failover: the state at the last two iteration boundaries, each
+        # (iteration, (x, g, S, Y), the coordinator's mirror), and the line search's
+        # position since the last one (pass, t, trial, attempt): see :meth:`mark`
+        self.boundaries: list[tuple[int, tuple, dict | None]] = []
+        self.position: tuple[int, float, int, int] | None = None
+        self.mark(-1, None)
 
-    def begin(self, t: float) -> np.ndarray:
-        """Starts an evaluation pass at ``x + t d``; returns it as float32 for replicas."""
+    def begin(self, t: float, position: tuple[int, float, int, int] | None = None) -> np.ndarray:
+        """Starts an evaluation pass at ``x + t d``; returns it as float32 for replicas.
+        ``position``: (pass, t, trial, attempt) of the line search, kept for a failover."""
+        if position is not None:
+            self.position = position
         self.x_trial = self.x + t * self.d
         self.g_trial[:] = 0.0
         return self.x_trial.astype(np.float32)
@@ -127,6 +139,35 @@ class LBFGSShardState:
         """Forgets the history (the next direction is steepest descent)."""
         self.S, self.Y = [], []
 
+    # coordinator failover (hpcnet.algos.sandblaster.failover) ------------------------
+    def mark(self, iteration: int, mirror: dict | None) -> None:
+        """An iteration boundary (after ``commit``): keeps references to x, g and the
+        history as they are (no copy: every command replaces those arrays and lists
+        rather than writing into them) and the coordinator's ``mirror`` of its own state
+        there; the last two boundaries are kept, because a coordinator that died while
+        sending ``MARK`` left some shards one boundary ahead of the others."""
+        self.boundaries = self.boundaries[-1:] + [
+            (iteration, (self.x, self.g, list(self.S), list(self.Y)), mirror)
+        ]
+        self.position = None
+
+    def rollback(self, iteration: int) -> None:
+        """Back to the boundary ``iteration`` (one of the last two marked): x, g and the
+        history as they were there; the iteration that followed is forgotten.
+
+        Raises:
+            ValueError: ``iteration`` is not one of the boundaries kept.
+        """
+        kept = [b for b in self.boundaries if b[0] == iteration]
+        if not kept:
+            have = [b[0] for b in self.boundaries]
+            raise ValueError(f"no boundary at iteration {iteration} (kept: {have})")
+        _, (x, g, S, Y), _ = kept[0]
+        self.x, self.g, self.S, self.Y = x, g, list(S), list(Y)
+        self.x_trial, self.d = x, np.zeros_like(x)
+        self._s = self._y = None
+        self.boundaries = [b for b in self.boundaries if b[0] <= iteration]
+
     # checkpoints: the state between two iterations (after ``commit``) -----------------
     def arrays(self) -> dict[str, np.ndarray]:
         """``x``, ``g`` (n,) and the history ``S``, ``Y`` (k, n), float64: all a resumed
@@ -146,6 +187,8 @@ class LBFGSShardState:
         self.x_trial = self.x.copy()
         self.S = [np.array(v, np.float64) for v in arrays["S"]]
         self.Y = [np.array(v, np.float64) for v in arrays["Y"]]
+        self.boundaries = []
+        self.mark(-1, None)  # until the resumed coordinator marks its iteration
 
     def pack(self) -> np.ndarray:
         """:meth:`arrays` as one float64 message ``[k, x, g, S, Y]``."""

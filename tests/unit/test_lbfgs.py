@@ -101,3 +101,49 @@ def test_shard_state_survives_a_checkpoint_message():
     a.direction(delta)
     b.direction(delta)
     np.testing.assert_array_equal(b.begin(0.25), a.begin(0.25))
+
+
+def _iterate(st: LBFGSShardState, g: np.ndarray, reset: bool = False) -> None:
+    """One shard-side iteration: direction, a pass at t=0.5, accept, commit (a RESET
+    before the direction when ``reset``)."""
+    if reset:
+        st.reset()
+    k = len(st.S)
+    st.direction(np.array([-1.0]) if not k else -np.ones(2 * k + 1))
+    st.begin(0.5, (7, 0.5, 0, 0))
+    st.add(g)
+    st.finalize(1)
+    st.accept()
+    st.commit(True)
+
+
+@pytest.mark.parametrize("reset", [False, True])
+def test_rollback_to_a_marked_boundary_equals_a_shard_that_stopped_there(reset):
+    # failover (hpcnet.algos.sandblaster.failover): a shard that went one iteration past
+    # boundary 2 (with a RESET in it, or not) and rolls back to it must hold exactly
+    # what a shard that stopped at boundary 2 holds, and continue identically
+    rng = np.random.default_rng(4)
+    n = 9
+    x0 = rng.normal(size=n)
+    grads = [rng.normal(size=n) for _ in range(5)]
+    ahead, stopped = LBFGSShardState(x0, m=2), LBFGSShardState(x0, m=2)
+    for it in range(3):
+        for st in (ahead, stopped):
+            _iterate(st, grads[it])
+            st.mark(it, {"k": len(st.S)})
+    _iterate(ahead, grads[3], reset=reset)  # the iteration in progress...
+    assert ahead.position == (7, 0.5, 0, 0)
+    ahead.mark(3, None)  # ...which some shards marked before the coordinator died
+    assert not np.array_equal(ahead.x, stopped.x)
+    ahead.rollback(2)
+    assert ahead.position is None and [b[0] for b in ahead.boundaries] == [2]
+    np.testing.assert_array_equal(ahead.x, stopped.x)
+    np.testing.assert_array_equal(ahead.g, stopped.g)
+    assert len(ahead.S) == len(stopped.S) == 2
+    np.testing.assert_array_equal(ahead.gram(), stopped.gram())
+    for st in (ahead, stopped):
+        _iterate(st, grads[4])
+    np.testing.assert_array_equal(ahead.x, stopped.x)
+    np.testing.assert_array_equal(ahead.gram(), stopped.gram())
+    with pytest.raises(ValueError, match="no boundary at iteration 1"):
+        ahead.rollback(1)  # the boundaries after 2 are forgotten, 1 was dropped at 3

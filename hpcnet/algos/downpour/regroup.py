@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from hpcnet.algos.survivors import live_and_spawned, move_run
+from hpcnet.algos.survivors import live_and_spawned, move_run, printer_of
 from hpcnet.comm import (
     allgather_objects,
     bcast_,
@@ -74,7 +74,7 @@ def regroup(run: TrainingRun, carry: dict[str, Any]) -> None:
         what="downpour regroup: the plan",
     )
     if isinstance(plan, str):  # rank 0 found the run cannot go on
-        raise RankLost(plan, printer=0)
+        raise RankLost(plan, printer=printer_of(comm))
     params = run.model.params
     adagrad = run.cfg.ps.rule == "adagrad"
     accum = np.zeros(params.size, np.float32) if adagrad else None

@@ -48,6 +48,10 @@ a rank got SIGTERM/SIGUSR1 (shards and replicas forward theirs to it,
 :meth:`~hpcnet.algos.lifecycle.TrainingRun.forward_signal`): the shards' x, g and history
 (``SNAPSHOT``), its own scalars and counters. ``--resume``: each shard restores its
 slices, the coordinator its scalars, and the iterations go on.
+
+Fault tolerance (``mpiexec --with-ft ulfm``): a dead replica's units go to the others
+(:mod:`.workunits`); a dead coordinator is replaced by the lowest live replica, which goes
+on from the iteration in progress with the mirror the shards keep (:mod:`.failover`).
 """
 
 from __future__ import annotations
@@ -61,8 +65,8 @@ from mpi4py import MPI
 from hpcnet.algos.lifecycle import TrainingRun
 from hpcnet.algos.registry import SHARDED_FLAGS, Algorithm, register
 from hpcnet.algos.sandblaster.coordinator import Coordinator
+from hpcnet.algos.sandblaster.failover import CoordinatorWatch, regroup, shard_carry
 from hpcnet.algos.sandblaster.options import OPTIONS
-from hpcnet.algos.sandblaster.protocol import coordinator_died
 from hpcnet.algos.sandblaster.replica import run_replica
 from hpcnet.comm import allgather_ranges, barrier_polling, ft, same_on_every_rank
 from hpcnet.layout import LayoutRule
@@ -126,18 +130,19 @@ def _coordinator(run: TrainingRun) -> dict:
 def _shard(run: TrainingRun) -> dict:
     p, cfg = run.shared, run.cfg
     lo, hi = p.ranges[run.role.index]
-    state = LBFGSShardState(run.model.params[lo:hi], cfg.lbfgs.m, cfg.optim.weight_decay)
-    resumed = run.resume_state()
-    if resumed is not None:  # x, g and the history where the checkpoint left them
-        state.restore(resumed[0])
+    if run.regrouped is not None:  # after a failover: the state rolled back to a boundary
+        state, run.regrouped = run.regrouped["state"], None
+    else:
+        state = LBFGSShardState(run.model.params[lo:hi], cfg.lbfgs.m, cfg.optim.weight_decay)
+        resumed = run.resume_state()
+        if resumed is not None:  # x, g and the history where the checkpoint left them
+            state.restore(resumed[0])
     d = run.deadlines
-    watch = ft.DeathWatch(
-        run.comm, run.layout.coordinator_rank, lambda: coordinator_died(run.layout, run.prep.out)
-    )
+    watch = CoordinatorWatch(run, lambda: shard_carry(run.role.index, state))
 
     def on_poll() -> None:
         run.forward_signal()
-        watch.check()  # the coordinator died (fault tolerance): no command will come
+        watch.check()  # the coordinator died (fault tolerance): a failover
 
     service = LBFGSShardService(
         run.comm,
@@ -152,7 +157,7 @@ def _shard(run: TrainingRun) -> dict:
         result = service.run()
     except MPI.Exception as e:  # e.g. its reply to a coordinator that died
         if ft.is_failure(e):
-            watch.check(force=True)  # RankLost if so
+            watch.check(force=True)  # Regroup if so
         raise
     p.x = result.pop("_x")
     return result
@@ -160,14 +165,16 @@ def _shard(run: TrainingRun) -> dict:
 
 def _replica(run: TrainingRun) -> dict:
     p = run.shared
+    r = run.role.index
     return run_replica(
         run.prep,
         run.comm,
         p.windows,
-        run.role.index,
+        r,
         p.units,
         run.deadlines,
         on_poll=run.forward_signal,
+        watch=CoordinatorWatch(run, lambda: {"kind": "replica", "index": r}),
     )
 
 
@@ -214,5 +221,6 @@ SANDBLASTER = register(
         supports_partitions=False,
         resumable=True,
         survives=True,
+        regroup=regroup,
     )
 )

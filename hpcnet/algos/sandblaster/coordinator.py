@@ -26,6 +26,8 @@ in the end barrier (replicas' late requests).
 from __future__ import annotations
 
 import math
+import os
+import signal
 import time
 from typing import TYPE_CHECKING
 
@@ -81,23 +83,25 @@ class Coordinator:
         self.lost: list[dict] = []
         self.dead_seen: set[int] = set()  # replicas whose process died (fault tolerance)
         self.voided_passes = 0  # passes done again: a dead replica's push went missing
+        self.units_before = 0  # units completed under a coordinator that died (failover)
         self.history: list[dict] = []
 
     # one evaluation pass --------------------------------------------------
-    def evaluate(self, t: float) -> tuple[float, float, float, float]:
+    def evaluate(self, t: float, trial: int = 0, attempt: int = 0) -> tuple[float, ...]:
         """f, g.d, g.g and training accuracy at x + t d (one pass over the batch; again,
         when a replica died under fault tolerance after its push was accepted and
-        before every shard had it: that pass's gradient is incomplete, and void)."""
+        before every shard had it: that pass's gradient is incomplete, and void).
+        ``trial``, ``attempt``: the line search's position, which the shards keep."""
         while True:
-            f, gd, gg, acc, missing = self._pass(t)
+            f, gd, gg, acc, missing = self._pass(t, trial, attempt)
             if not missing:
                 return f, gd, gg, acc
             self.voided_passes += 1
 
-    def _pass(self, t: float) -> tuple[float, float, float, float, bool]:
+    def _pass(self, t: float, trial: int, attempt: int) -> tuple[float, float, float, float, bool]:
         self.passes += 1
         p = self.passes
-        self.shards.begin(p, t)
+        self.shards.begin(p, t, trial, attempt)
         ws = WorkScheduler(len(self.units), self.R, self.deadlines.replica_silence)
         backoff = Backoff(first=20e-6, cap=2e-3)
         while not ws.finished:
@@ -158,15 +162,8 @@ class Coordinator:
         without history); stops the replicas and the shards; returns the figures."""
         m = self.prep.cfg.lbfgs.m
         t0 = time.perf_counter()
-        resumed = self.run_.resume_state()
-        if resumed is None:
-            f, _, gg, acc = self.evaluate(0.0)
-            self.shards.accept()
-            self.shards.commit(False)
-            self._record(0, f, acc, 0.0, gg, t0)
-            k = 0  # pairs stored
-        else:  # the shards restored their slices of x, g and the history themselves
-            f, gg, acc, k = self._restore(resumed[1])
+        f, gg, acc, k, at = self._start(t0)
+        attempt = 0  # directions tried in this iteration (a failed line search resets)
         while self.passes < self.max_passes:
             if k:
                 gram = self.shards.gram(k)
@@ -178,12 +175,15 @@ class Coordinator:
                 self.shards.reset()
                 k, delta, gd = 0, np.array([-1.0]), -gg
             self.shards.direction(delta)
-            t = 1.0 if k else first_step(math.sqrt(gg))
+            t, first = (1.0 if k else first_step(math.sqrt(gg))), 0
+            if at is not None and at[3] == attempt:  # a failover: the try in flight
+                t, first = at[1], at[2]
+            at = None
             accepted = False
-            for _ in range(MAX_TRIALS):
+            for trial in range(first, MAX_TRIALS):
                 if self.passes >= self.max_passes:
                     break
-                f_t, _, gg_t, acc_t = self.evaluate(t)
+                f_t, _, gg_t, acc_t = self.evaluate(t, trial, attempt)
                 if f_t <= f + ARMIJO_C1 * t * gd:
                     accepted = True
                     break
@@ -192,15 +192,20 @@ class Coordinator:
                 if not k:
                     break
                 self.shards.reset()
-                k = 0
+                k, attempt = 0, attempt + 1
                 continue
             sy, yy = self.shards.accept()
+            if len(self.history) == self.prep.cfg.faults.coordinator_dies_at and not (
+                self.run_.regroups  # the first coordinator only
+            ):
+                os.kill(os.getpid(), signal.SIGKILL)  # injected: every shard moved, none stored
             store = sy > CURVATURE_EPS * yy
             self.shards.commit(store)
             if store:
                 k = min(k + 1, m)
-            f, gg, acc = f_t, gg_t, acc_t
+            f, gg, acc, attempt = f_t, gg_t, acc_t, 0
             self._record(len(self.history), f, acc, t, gg, t0)
+            self._mark(k, f, gg, acc)
             if self._checkpoint_or_stop(k, f, gg, acc):
                 break
         self.replicas.stop(self.passes, self.deadlines.end_barrier)
@@ -220,7 +225,35 @@ class Coordinator:
             "final_train_loss": f,
             "final_train_accuracy": acc,
             "passes_before_resume": self.passes0,
+            "units_completed_before_failover": self.units_before,
         }
+
+    def _start(self, t0: float) -> tuple[float, float, float, int, tuple | None]:
+        """Where the iterations start: (f, g.g, accuracy, pairs stored, the line search's
+        position to go on from or None). A fresh run evaluates x0; a resumed one takes
+        the checkpoint's state (the shards restored theirs); a new coordinator after a
+        failover the mirror of the boundary the shards rolled back to."""
+        regrouped, self.run_.regrouped = self.run_.regrouped, None
+        if regrouped is not None:  # failover (hpcnet.algos.sandblaster.failover)
+            self.passes = regrouped["passes"]
+            if regrouped["mirror"] is not None:
+                f, gg, acc, k = self._restore(regrouped["mirror"], failover=True)
+                return f, gg, acc, k, regrouped["position"]
+        resumed = self.run_.resume_state() if regrouped is None else None
+        if resumed is not None:  # the shards restored their slices of x, g and the history
+            f, gg, acc, k = self._restore(resumed[1])
+        else:
+            f, _, gg, acc = self.evaluate(0.0)
+            self.shards.accept()
+            self.shards.commit(False)
+            self._record(0, f, acc, 0.0, gg, t0)
+            k = 0  # pairs stored
+        self._mark(k, f, gg, acc)
+        return f, gg, acc, k, None
+
+    def _mark(self, k: int, f: float, gg: float, acc: float) -> None:
+        """An iteration boundary: every shard keeps its state and our mirror (failover)."""
+        self.shards.mark(len(self.history) - 1, self._state(k, f, gg, acc))
 
     # checkpoints ----------------------------------------------------------------------
     def _checkpoint_or_stop(self, k: int, f: float, gg: float, acc: float) -> bool:
@@ -243,32 +276,47 @@ class Coordinator:
         ranges = run.shared.ranges
         snaps = self.shards.snapshot([hi - lo for lo, hi in ranges])
         ranks: list[tuple[dict, dict]] = [({}, {}) for _ in range(run.comm.Get_size())]
-        ranks[0] = (
-            {},
-            {
-                "k": k,
-                "f": f,
-                "gg": gg,
-                "acc": acc,
-                "passes": self.passes,
-                "completed": self.completed.tolist(),
-                "backups": self.backups,
-                "discarded": self.discarded,
-                "lost_events": self.lost_events,
-                "lost": self.lost,
-                "loss_history": [h["loss"] for h in self.history],
-            },
-        )
+        ranks[0] = ({}, self._state(k, f, gg, acc))
         for r, a in zip(run.layout.shard_ranks, snaps, strict=True):
             ranks[r] = (a, {"pairs": len(a["S"])})
         params = np.concatenate([a["x"] for a in snaps]).astype(np.float32)
         epoch = self.passes * self.n_batch / self.prep.info.n_train
         run.write_checkpoint(it, epoch, params, ranks)
 
-    def _restore(self, st: dict) -> tuple[float, float, float, int]:
-        """Takes the coordinator's state of a checkpoint; returns (f, g.g, accuracy, k)."""
-        self.passes = self.passes0 = int(st["passes"])
-        self.completed[:] = st["completed"]
+    def _state(self, k: int, f: float, gg: float, acc: float) -> dict:
+        """The coordinator's state at an iteration boundary (JSON-able): a checkpoint's
+        and a failover mirror's (its line search starts afresh each iteration)."""
+        return {
+            "k": k,
+            "f": f,
+            "gg": gg,
+            "acc": acc,
+            "passes": self.passes,
+            "passes0": self.passes0,
+            "completed": self.completed.tolist(),
+            "units_before": self.units_before,
+            "backups": self.backups,
+            "discarded": self.discarded,
+            "voided": self.voided_passes,
+            "lost_events": [list(e) for e in self.lost_events],
+            "lost": self.lost,
+            "dead": sorted(self.dead_seen),
+            "loss_history": [h["loss"] for h in self.history],
+        }
+
+    def _restore(self, st: dict, failover: bool = False) -> tuple[float, float, float, int]:
+        """Takes the coordinator's state of a checkpoint (or, ``failover``, of the dead
+        coordinator's mirror: its pass count stays the newest any shard saw, and the
+        replicas are numbered anew); returns (f, g.g, accuracy, k)."""
+        if failover:
+            self.passes0 = int(st.get("passes0", 0))
+            self.units_before = int(st.get("units_before", 0)) + sum(st["completed"])
+            self.voided_passes = int(st.get("voided", 0))
+            self.dead_seen = set()  # replica indices of the old layout
+        else:
+            self.passes = self.passes0 = int(st["passes"])
+            self.completed[:] = st["completed"]
+            self.units_before = int(st.get("units_before", 0))
         self.backups, self.discarded = int(st["backups"]), int(st["discarded"])
         self.lost_events = [tuple(e) for e in st["lost_events"]]
         self.lost = list(st.get("lost", []))

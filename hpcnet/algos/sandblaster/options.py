@@ -17,4 +17,7 @@ OPTIONS = (
     Option("lbfgs.batch", 0, "sandblaster: rows per evaluation pass (0: the whole training "
            "split)", flag="--lbfgs-batch", check=lambda v: v >= 0,
            must="must be >= 0 (0: all rows)"),
+    Option("faults.coordinator_dies_at", -1, "sandblaster: the coordinator SIGKILLs its own "
+           "process after ACCEPT of this iteration, before COMMIT (-1: never)",
+           check=lambda v: v >= -1, must="must be an iteration or -1"),
 )  # fmt: skip

@@ -154,17 +154,27 @@ class CoordinatorLink:
         replica: this replica's index (for error messages).
         timeout: seconds to wait for an answer (``Deadlines.coordinator_reply``).
         out: the run's output directory (where a checkpoint to resume from would be).
+        watch: what checks for the coordinator's death (``check(force)`` raising);
+            None: a :class:`hpcnet.comm.ft.DeathWatch` (RankLost: the run ends).
     """
 
     def __init__(
-        self, comm: MPI.Intracomm, layout: Layout, replica: int, timeout: float, out="OUT"
+        self,
+        comm: MPI.Intracomm,
+        layout: Layout,
+        replica: int,
+        timeout: float,
+        out="OUT",
+        watch=None,
     ):
         self.coordinator = layout.coordinator_rank
         self.requests = Channel(comm, TAG_REQUEST)
         self.replies = Channel(comm, TAG_REPLY)
         self.timeout = timeout
         self.what = f"replica {replica} waiting for the coordinator"
-        self.watch = ft.DeathWatch(comm, self.coordinator, lambda: coordinator_died(layout, out))
+        self.watch = watch or ft.DeathWatch(
+            comm, self.coordinator, lambda: coordinator_died(layout, out)
+        )
 
     def ask(self, request: Request) -> Reply:
         """Sends ``request`` and waits (sleeping) for the answer.

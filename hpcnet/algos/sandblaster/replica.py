@@ -48,6 +48,7 @@ def run_replica(
     units: list[tuple[int, int]],
     deadlines: Deadlines,
     on_poll=None,
+    watch=None,
 ) -> dict:
     """Replica ``r``'s work loop, until the coordinator says ``STOP``; returns its figures.
 
@@ -56,18 +57,21 @@ def run_replica(
             names).
         on_poll: called before each request (e.g. forwarding a signal this rank got
             to the coordinator).
+        watch: the check for the coordinator's death (``check(force=False)``, raising
+            to end the wait; :class:`hpcnet.algos.sandblaster.failover.CoordinatorWatch`);
+            None: the run ends when it dies (:func:`.protocol.coordinator_died`).
     """
     cfg, model, backend, info = prep.cfg, prep.model, prep.backend, prep.info
     faults = cfg.faults
     per_push = cfg.lbfgs.units_per_push
-    link = CoordinatorLink(comm, prep.layout, r, deadlines.coordinator_reply, prep.out)
+    link = CoordinatorLink(comm, prep.layout, r, deadlines.coordinator_reply, prep.out, watch)
     windows.lock()
 
     try:
         return _work(link, windows, comm, model, backend, info, faults, per_push, units, r, on_poll)
     except MPI.Exception as e:  # e.g. a push to a shard that left: the coordinator died?
         if ft.is_failure(e):
-            link.watch.check(force=True)  # RankLost if so
+            link.watch.check(force=True)  # Regroup (or RankLost) if so
         raise
 
 
