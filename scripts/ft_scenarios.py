@@ -104,8 +104,10 @@ SCENARIOS = [
              4, [*DOWNPOUR, "--shards", "1"], 0, 4),
     Scenario("ulfm-sb-replica", "ULFM sandblaster, replica 1 killed", "ompi", 5,
              SANDBLASTER, 3),
-    Scenario("ulfm-sb-coord", "ULFM sandblaster, the coordinator killed", "ompi", 5,
-             [*SANDBLASTER, "--checkpoint-every", "2"], 0, 4, expect_rc=3),
+    Scenario("ulfm-sb-coord", "ULFM sandblaster 1 shard + 3 replicas, the coordinator killed "
+             "(failover)", "ompi", 5, SANDBLASTER, 0, 4),
+    Scenario("ulfm-sb-coord-last", "ULFM sandblaster 1 shard + 1 replica, the coordinator "
+             "killed", "ompi", 3, [*SANDBLASTER, "--checkpoint-every", "2"], 0, 4, expect_rc=3),
     Scenario("ulfm-replace-replica", "ULFM downpour --replace-lost, replica 1 killed",
              "ompi", 4, [*DOWNPOUR, "--shards", "1", "--replace-lost"], 2),
     Scenario("ulfm-replace-shard", "ULFM downpour --replace-lost, the shard killed",

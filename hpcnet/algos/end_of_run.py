@@ -52,11 +52,7 @@ class EndOfRun:
     def _go_on_without(self, lost: list[int], alive: MPI.Intracomm) -> None:
         roles = {r: self.layout.role(r) for r in lost}
         named = ", ".join(f"rank {r} ({roles[r]})" for r in lost)
-        cannot = [
-            r
-            for r in lost
-            if roles[r].kind != "replica" or self.layout.partitions > 1 or not self.algo.survives
-        ]
+        cannot = [r for r in lost if roles[r].kind != "replica" or not self.algo.survives]
         if cannot:
             raise RankLost(
                 f"{named} died; {self.algo.name} cannot go on without "
@@ -83,11 +79,12 @@ class EndOfRun:
         self.say(f"{self.algo.name}: {named} died; the run ends on the {len(self.live)} others")
 
     def live_replicas(self) -> list[int]:
-        """The indices of the replicas alive at the end of the run (all, unless ranks
-        died under fault tolerance)."""
-        return sorted(
-            {self.layout.role(r).index for r in self.live if self.layout.role(r).kind == "replica"}
-        )
+        """The indices of the replicas alive at the end of the run, every partition of
+        them (all, unless ranks died under fault tolerance)."""
+        live = set(self.live)
+        return [
+            i for i in range(self.layout.replicas) if live.issuperset(self.layout.replica_ranks(i))
+        ]
 
     def evaluate(self, split: str = "test") -> tuple[float, float]:
         """Loss (mean, nats) and accuracy of the current parameters over the whole
@@ -115,7 +112,7 @@ class EndOfRun:
         if not model.buffers.size:
             return None
         mask = np.zeros(model.buffers.size)
-        if self.role.kind == "replica":
+        if self.role.kind == "replica" and self.role.index in self.live_replicas():
             mask[:] = 1.0 if self.part is None else self.part.buffer_mask()
         both = np.concatenate([model.buffers * mask, mask])
         tot = allreduce_sum(both, self.comm)
@@ -128,9 +125,9 @@ class EndOfRun:
 
     def _evaluate(self, split: str) -> tuple[float, float]:
         loss_sum = correct = count = 0.0
-        if self.role.kind == "replica":
+        live = self.live_replicas()  # a dead replica's rows: the others share them
+        if self.role.kind == "replica" and self.role.index in live:  # not a partial one
             info = self.info
-            live = self.live_replicas()  # a dead replica's rows: the others share them
             for x, y in eval_batches(
                 info.path,
                 replica=live.index(self.role.index),

@@ -196,14 +196,15 @@ def open_run_data(cfg: Config) -> DatasetInfo:
     return dataclasses.replace(info, n_train=len(keep), train_index=keep, val_index=held)
 
 
-def train_loader(prep: Prepared, replica: int) -> BatchLoader:
-    """The training-split :class:`BatchLoader` of replica ``replica`` (of ``layout.replicas``),
-    with the run's batch size, seed, normalisation and ``[data] augment`` settings."""
+def train_loader(prep: Prepared, replica: int, n_replicas: int | None = None) -> BatchLoader:
+    """The training-split :class:`BatchLoader` of replica ``replica`` of ``n_replicas``
+    (None: ``layout.replicas``), with the run's batch size, seed, normalisation and
+    ``[data] augment`` settings."""
     cfg = prep.cfg
     return BatchLoader(
         prep.info.path,
         replica=replica,
-        n_replicas=prep.layout.replicas,
+        n_replicas=n_replicas or prep.layout.replicas,
         batch_size=cfg.run.batch_size,
         seed=cfg.run.seed,
         mean=prep.info.mean,

@@ -23,8 +23,9 @@ def model_parallel_summary(run: TrainingRun) -> dict[str, Any]:
         mine["expected_bytes_sent_per_step"], mine["expected_bytes_recv_per_step"] = (
             run.part.expected_bytes(run.cfg.run.batch_size)
         )
-    every = allgather_objects(mine, run.comm)
-    per = [every[r] for r in run.layout.replica_ranks(0)]
+    every = allgather_objects(mine, run.comm)  # over the live ranks (run.live, in order)
+    first = (run.live_replicas() or [0])[0]  # a replica that kept every partition
+    per = [every[run.live.index(r)] for r in run.layout.replica_ranks(first)]
     return {
         "scheme": per[0]["scheme"],
         "partitions": run.layout.partitions,

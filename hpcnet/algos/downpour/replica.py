@@ -9,6 +9,9 @@ Fault injection (``[faults]``): the slow replica (``--slow-replica``) sleeps
 ``slow_factor - 1`` times its compute time after each step's forward + backward (as
 Sandblaster's does); ``--fail-replica`` stops after ``--fail-at-step`` steps without
 saying done.
+
+Under fault tolerance a replica that learns at an epoch boundary that others died reads
+the next epochs dealt over the survivors (:func:`_redeal`): no row block is lost with them.
 """
 
 from __future__ import annotations
@@ -21,9 +24,48 @@ import numpy as np
 from mpi4py import MPI
 
 from hpcnet.algos.lifecycle import Regroup, TrainingRun
+from hpcnet.algos.prepare import train_loader
 from hpcnet.comm import ft, watchdog
 from hpcnet.ps.client import ShardClient
 from hpcnet.ps.ssp import ClockGate
+
+
+def _redeal(run: TrainingRun, loader, redealt: list, step: int):
+    """At an epoch boundary, under fault tolerance: when MPI reports replicas dead, the
+    next epochs are dealt over the live replicas only (this one's index among them), so
+    the dead replicas' row blocks are read by the survivors instead of never again; each
+    survivor's steps (the budget) stay as they were, its epochs grow longer. The rows the
+    dead replica had not read in the epoch it died in are not dealt (the replicas are not
+    in step). Not for split replicas (its partitions could see the deaths at different
+    boundaries). Returns the loader to read from next."""
+    layout = run.layout
+    if not ft.enabled() or layout.partitions > 1:
+        return loader
+    roles = [layout.role(r) for r in ft.failed_ranks(run.comm)]
+    dead = {role.index for role in roles if role.kind == "replica"}
+    live = [i for i in range(layout.replicas) if i not in dead]
+    if len(live) >= loader.n_replicas or run.role.index not in live:
+        return loader
+    loader.close()
+    redealt.append({"step": step, "replicas": len(live)})
+    return train_loader(run.prep, live.index(run.role.index), len(live))
+
+
+def _partner_died(run: TrainingRun, e: BaseException) -> str:
+    """Why this partition stops with its replica, or "": under fault tolerance, when a
+    partition of its own replica died (its exchanges fail) and no shard did. The
+    replica's live partitions then stop as one client: each says done to the shards
+    (its completed pushes count once; the dead one's client is lost) and goes to the
+    end of the run, where the replica is left out of the evaluation."""
+    layout = run.layout
+    if isinstance(e, ft.PeerDied) or layout.partitions == 1 or not ft.enabled():
+        return ""
+    failed = set(ft.failed_ranks(run.comm))
+    partners = failed & set(layout.replica_ranks(run.role.index))
+    if not partners or failed & set(layout.shard_ranks):
+        return ""
+    named = ", ".join(f"rank {r} ({layout.role(r)})" for r in sorted(partners))
+    return f"{named} died: replica {run.role.index} stopped"
 
 
 def run_replica(run: TrainingRun) -> dict[str, Any]:
@@ -76,6 +118,7 @@ def run_replica(run: TrainingRun) -> dict[str, Any]:
         return part.ex.agree_any(stop) if part else stop
 
     loader = run.loader()
+    redealt: list[dict[str, int]] = []  # epochs dealt over the live replicas only
     # n_push = 1 pushes the model's gradient buffer itself (push only reads it, and has
     # flushed it before returning): no summing into a second buffer, no zeroing it
     direct = ps.n_push == 1
@@ -94,6 +137,7 @@ def run_replica(run: TrainingRun) -> dict[str, Any]:
             max(1, ps.warm_start_steps // ps.n_push), timeout=run.deadlines.warm_start
         )
     shard_died = False
+    retired = ""  # why this partition stopped with its replica (a partner died)
     try:
         stopped = False
         while step < total_steps and not stopped and not failed:
@@ -137,6 +181,7 @@ def run_replica(run: TrainingRun) -> dict[str, Any]:
                     break
             epoch += 1
             start = 0
+            loader = _redeal(run, loader, redealt, step)
         if since_push and not failed and not stopped:
             client.push(acc, since_push, *stats)
         if not failed:
@@ -144,10 +189,14 @@ def run_replica(run: TrainingRun) -> dict[str, Any]:
     except (ft.PeerDied, MPI.Exception) as e:  # a shard died (fault tolerance): regroup
         if isinstance(e, MPI.Exception) and not ft.is_failure(e):
             raise
-        shard_died = ft.enabled()  # without ULFM nobody died (grow): close as usual
-        carry = {"kind": "replica", "index": replica, "step": step}
-        carry.update(versions=client.versions.tolist(), detected_unix=time.time())
-        raise Regroup(carry) from None
+        retired = _partner_died(run, e)
+        if retired:  # the replica is gone; the shards still count this partition's pushes
+            client.done()
+        else:
+            shard_died = ft.enabled()  # without ULFM nobody died (grow): close as usual
+            carry = {"kind": "replica", "index": replica, "step": step}
+            carry.update(versions=client.versions.tolist(), detected_unix=time.time())
+            raise Regroup(carry) from None
     finally:
         loader.close()
         if not shard_died:  # Unlock_all reaches the dead shard's windows too
@@ -169,6 +218,8 @@ def run_replica(run: TrainingRun) -> dict[str, Any]:
             "wall_s": wall,
             "samples_per_s": (step - step0) * cfg.run.batch_size / wall if wall else 0.0,
             "ssp": asdict(gate.stats) if gate is not None else None,
+            "redealt": redealt,
+            "retired": retired,
         }
     )
     return out
