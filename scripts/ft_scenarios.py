@@ -98,6 +98,13 @@ SCENARIOS = [
              "ompi", 2, [*DOWNPOUR, "--shards", "1", "--epochs", "10"], 1, 8, expect_rc=3),
     Scenario("ulfm-replica", "ULFM downpour 1 shard + 3 replicas, replica 1 killed", "ompi",
              4, [*DOWNPOUR, "--shards", "1"], 2),
+    Scenario("ulfm-replica-long", "ULFM downpour 1 shard + 3 replicas, replica 1 killed, "
+             "10 epochs", "ompi", 4, [*DOWNPOUR, "--shards", "1", "--epochs", "10"], 2, 8),
+    Scenario("ulfm-dp-partition", "ULFM downpour 1 shard + 2 replicas x 2 partitions, "
+             "replica 1's partition 1 killed, 10 epochs", "ompi", 5,
+             [*DOWNPOUR, "--shards", "1", "--partitions", "2", "--epochs", "10"], 4, 8),
+    Scenario("ulfm-sb-shard", "ULFM sandblaster 2 shards + 3 replicas, shard 1 killed",
+             "ompi", 6, [*SANDBLASTER, "--shards", "2"], 2, 4),
     Scenario("ulfm-shard-ckpt", "ULFM downpour, the shard killed, --checkpoint-every 10",
              "ompi", 4, [*DOWNPOUR, "--shards", "1", "--checkpoint-every", "10"], 0, 4),
     Scenario("ulfm-shard-copy", "ULFM downpour, the shard killed, no checkpoint", "ompi",

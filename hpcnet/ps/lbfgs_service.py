@@ -80,6 +80,7 @@ class ParameterWindows:
         rank = comm.Get_rank()
         self.shard_ranks, self.ranges = list(shard_ranks), list(ranges)
         self.shard = self.shard_ranks.index(rank) if rank in self.shard_ranks else None
+        self.fetched_pass = -1  # a replica's: the evaluation pass of its last fetch
         info = window_info()
         self.wins = [
             MPI.Win.Allocate((hi - lo) * 4 if owner == rank else 0, 4, info, comm)
@@ -155,6 +156,7 @@ class ShardGroup:
 
     def __init__(self, comm: MPI.Intracomm, shard_ranks: Sequence[int], timeout: float):
         self.ranks, self.timeout = list(shard_ranks), timeout
+        self.give_up = None  # runs between polls for a reply and may raise (a shard died)
         self.commands = Channel(comm, TAG_CMD)
         self.replies = Channel(comm, TAG_REPLY)
 
@@ -165,7 +167,8 @@ class ShardGroup:
         total = None
         for s, rank in enumerate(self.ranks):
             what = f"coordinator: shard {s}'s answer to {op.name}"
-            part = self.replies.recv(rank, self.timeout, what, Backoff(first=20e-6, cap=2e-3))
+            backoff = Backoff(first=20e-6, cap=2e-3)
+            part = self.replies.recv(rank, self.timeout, what, backoff, give_up=self.give_up)
             total = part if total is None else total + part
         return total
 
@@ -318,7 +321,7 @@ class LBFGSShardService:
         A replica killed while its push was on the way (under fault tolerance) leaves a
         message the receive fails on: it is dropped, and ``finalize`` reports that
         replica's accepted push missing (the pass is done again). Any other failure,
-        or one while the coordinator is dead, raises."""
+        or one while the coordinator or a shard is dead, raises."""
         took = False
         while True:
             try:
@@ -326,8 +329,8 @@ class LBFGSShardService:
             except MPI.Exception as e:
                 if not ft.is_failure(e) or self.comm.Is_revoked():
                     raise
-                dead = ft.acknowledge(self.comm)
-                if self.coordinator in dead:
+                dead = set(ft.acknowledge(self.comm))
+                if dead & {self.coordinator, *self.layout.shard_ranks}:
                     raise
                 return took
             if push is None:

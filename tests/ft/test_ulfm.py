@@ -239,11 +239,12 @@ def test_sandblaster_coordinator_failover_goes_on_from_the_iteration_in_progress
     s = json.loads((out / "summary.json").read_text())
     assert s["lost_ranks"] == [{"rank": 0, "role": "coordinator 0"}], s["lost_ranks"]
     (g,) = s["regroups"]
-    assert g["new_coordinator"] == {"old_rank": 2, "was": "replica 0"}, g
+    want = {"old": "rank 2 (replica 0)", "old_rank": 2, "role": "coordinator"}
+    assert g["new_roles"] == [want] and not g["restart"], g
     assert "1 coordinator + 1 parameter shard + 2 replicas" in g["layout"], g
     assert 0 <= g["detected_unix"] - killed_at < 10, g
     assert g["iteration"] >= 3, g  # 4 records written: boundary 3 at least
-    assert "rank 0 (coordinator 0) died; rank 2 (replica 0) takes the coordinator's role" in stdout
+    assert "rank 0 (coordinator 0) died; rank 2 (replica 0) takes the role of coordinator" in stdout
     _same_run(s, sandblaster_reference, g["iteration"])
 
 
@@ -263,8 +264,35 @@ def test_sandblaster_failover_rolls_back_a_step_the_shards_had_taken(
     s = json.loads((out / "summary.json").read_text())
     (g,) = s["regroups"]
     assert g["iteration"] == 4 and g["position"][1:] == [1.0, 0, 0], g
-    assert "goes on from iteration 5 (its line search at t=1, try 1)" in stdout, stdout
+    assert "going on from iteration 5 (its line search at t=1, try 1)" in stdout, stdout
     _same_run(s, sandblaster_reference, g["iteration"])
+
+
+@pytest.mark.timeout(400)
+@pytest.mark.parametrize("shards, rank", [(1, 1), (2, 2)], ids=["only-shard", "shard-1-of-2"])
+def test_sandblaster_goes_on_without_a_killed_shard(tmp_path, shards, rank):
+    # coordinator + S shards + 3 replicas; shard S-1 killed: replica 0's rank takes its
+    # place, the range comes back from the replica that fetched last, L-BFGS starts
+    # afresh there (history lost with the shard) and the run ends normally (exit 0)
+    out = tmp_path / "run"
+    p = launch(shards + 4, [*SANDBLASTER, "--shards", str(shards)], out, tmp_path)
+    killed_at = kill_rank_after(p, out, rank, records=4)
+    code, stdout, stderr = finish(p)
+    assert code == 0, stderr
+    s = json.loads((out / "summary.json").read_text())
+    assert s["lost_ranks"] == [{"rank": rank, "role": f"shard {shards - 1}"}], s["lost_ranks"]
+    (g,) = s["regroups"]
+    taker = shards + 1  # replica 0's rank
+    want = {"old": f"rank {taker} (replica 0)", "old_rank": taker, "role": f"shard {shards - 1}"}
+    assert g["new_roles"] == [want] and g["restart"], g
+    assert f"{shards} parameter shard" in g["layout"] and "2 replicas" in g["layout"], g
+    assert 0 <= g["detected_unix"] - killed_at < 10, g
+    assert f"rank {rank} (shard {shards - 1}) died; rank {taker} (replica 0) takes" in stdout
+    h = s["loss_history"]
+    assert len(h) == s["iterations"] + 1 > g["iteration"] + 2, s  # it went on after
+    after = h[g["iteration"] + 1 :]  # from the restart: Armijo again, each descends
+    assert all(b < a for a, b in zip(after[:-1], after[1:], strict=False)), h
+    assert s["test_accuracy"] >= 0.9, s["test_accuracy"]
 
 
 @pytest.mark.timeout(400)
@@ -277,9 +305,9 @@ def test_sandblaster_coordinator_death_with_one_replica_ends_with_one_line(tmp_p
     code, stdout, stderr = finish(p, timeout=120)
     assert code == 3, stderr
     line = (
-        "hpcnet: error: rank 0 (coordinator 0) died and fewer than two replicas are left "
-        "(one takes the coordinator's role): the Sandblaster coordinator (rank 0) died; "
-        "the run ends: resume it "
+        "hpcnet: error: rank 0 (coordinator 0) died and too few replicas are left to take "
+        "their roles and still work: the Sandblaster coordinator (rank 0) died; the run "
+        "ends: resume it "
     )
     assert stderr.count(line) == 1, stderr
     assert "Traceback" not in stderr, stderr

@@ -33,6 +33,7 @@ def test_evaluation_uses_the_replicas_mean_and_each_keeps_its_own(comm):
         part=None,
         comm=comm,
         averaged_buffers=None,
+        live_replicas=lambda: list(range(size)),  # every replica whole
     )
     own = EndOfRun._average_buffers(run)
     replicas = [r for r in range(size) if not (size > 2 and r == size - 1)]
@@ -63,6 +64,7 @@ def test_each_entry_is_averaged_over_the_partitions_that_compute_it(comm):
         part=SimpleNamespace(buffer_mask=lambda: mask),
         comm=sub,
         averaged_buffers=None,
+        live_replicas=lambda: [0, 1],  # both replicas whole
     )
     EndOfRun._average_buffers(run)
     want = np.concatenate(

@@ -65,7 +65,7 @@ from mpi4py import MPI
 from hpcnet.algos.lifecycle import TrainingRun
 from hpcnet.algos.registry import SHARDED_FLAGS, Algorithm, register
 from hpcnet.algos.sandblaster.coordinator import Coordinator
-from hpcnet.algos.sandblaster.failover import CoordinatorWatch, regroup, shard_carry
+from hpcnet.algos.sandblaster.failover import PeerWatch, regroup, shard_carry
 from hpcnet.algos.sandblaster.options import OPTIONS
 from hpcnet.algos.sandblaster.replica import run_replica
 from hpcnet.comm import allgather_ranges, barrier_polling, ft, same_on_every_rank
@@ -124,7 +124,14 @@ def _coordinator(run: TrainingRun) -> dict:
     p = run.shared
     coordinator = Coordinator(run, p.units, p.n_batch, p.max_passes)
     run.on_end_poll = coordinator.drain  # replicas' late requests, while all meet
-    return coordinator.run()
+    coordinator.watch = PeerWatch(run, lambda: {"kind": "coordinator", "marks": coordinator.marks})
+    coordinator.shards.give_up = coordinator.watch.check
+    try:
+        return coordinator.run()
+    except MPI.Exception as e:  # e.g. a command to a shard that died
+        if ft.is_failure(e):
+            coordinator.watch.check(force=True)  # Regroup if so
+        raise
 
 
 def _shard(run: TrainingRun) -> dict:
@@ -138,11 +145,11 @@ def _shard(run: TrainingRun) -> dict:
         if resumed is not None:  # x, g and the history where the checkpoint left them
             state.restore(resumed[0])
     d = run.deadlines
-    watch = CoordinatorWatch(run, lambda: shard_carry(run.role.index, state))
+    watch = PeerWatch(run, lambda: shard_carry(run.role.index, state))
 
     def on_poll() -> None:
         run.forward_signal()
-        watch.check()  # the coordinator died (fault tolerance): a failover
+        watch.check()  # the coordinator or a shard died (fault tolerance): a failover
 
     service = LBFGSShardService(
         run.comm,
@@ -166,6 +173,7 @@ def _shard(run: TrainingRun) -> dict:
 def _replica(run: TrainingRun) -> dict:
     p = run.shared
     r = run.role.index
+    carry = lambda: {"kind": "replica", "index": r, "fetched": p.windows.fetched_pass}  # noqa: E731
     return run_replica(
         run.prep,
         run.comm,
@@ -174,7 +182,7 @@ def _replica(run: TrainingRun) -> dict:
         p.units,
         run.deadlines,
         on_poll=run.forward_signal,
-        watch=CoordinatorWatch(run, lambda: {"kind": "replica", "index": r}),
+        watch=PeerWatch(run, carry),
     )
 
 

@@ -84,6 +84,8 @@ class Coordinator:
         self.dead_seen: set[int] = set()  # replicas whose process died (fault tolerance)
         self.voided_passes = 0  # passes done again: a dead replica's push went missing
         self.units_before = 0  # units completed under a coordinator that died (failover)
+        self.marks: dict[int, dict] = {}  # our last two boundaries' mirrors (failover)
+        self.watch = None  # checks for a dead shard (failover.PeerWatch); set by the program
         self.history: list[dict] = []
 
     # one evaluation pass --------------------------------------------------
@@ -106,6 +108,8 @@ class Coordinator:
         backoff = Backoff(first=20e-6, cap=2e-3)
         while not ws.finished:
             watchdog.heartbeat(self.passes)
+            if self.watch is not None:
+                self.watch.check()  # a shard died (fault tolerance): regroup
             for r in ws.check_timeouts():
                 self._lost(p, r, "silent")
             for r in self.replicas.died() - ws.lost:  # its process died (fault tolerance)
@@ -238,22 +242,26 @@ class Coordinator:
             self.passes = regrouped["passes"]
             if regrouped["mirror"] is not None:
                 f, gg, acc, k = self._restore(regrouped["mirror"], failover=True)
-                return f, gg, acc, k, regrouped["position"]
+                if not regrouped["restart"]:
+                    return f, gg, acc, k, regrouped["position"]
         resumed = self.run_.resume_state() if regrouped is None else None
         if resumed is not None:  # the shards restored their slices of x, g and the history
             f, gg, acc, k = self._restore(resumed[1])
-        else:
+        else:  # a fresh start (or a restart after a shard died: counters kept)
             f, _, gg, acc = self.evaluate(0.0)
             self.shards.accept()
             self.shards.commit(False)
-            self._record(0, f, acc, 0.0, gg, t0)
+            self._record(len(self.history), f, acc, 0.0, gg, t0)
             k = 0  # pairs stored
         self._mark(k, f, gg, acc)
         return f, gg, acc, k, None
 
     def _mark(self, k: int, f: float, gg: float, acc: float) -> None:
-        """An iteration boundary: every shard keeps its state and our mirror (failover)."""
-        self.shards.mark(len(self.history) - 1, self._state(k, f, gg, acc))
+        """An iteration boundary: every shard keeps its state and our mirror (failover);
+        so do we (our last two), for a regroup after a shard died."""
+        it, mirror = len(self.history) - 1, self._state(k, f, gg, acc)
+        self.marks = {i: m for i, m in self.marks.items() if i == max(self.marks)} | {it: mirror}
+        self.shards.mark(it, mirror)
 
     # checkpoints ----------------------------------------------------------------------
     def _checkpoint_or_stop(self, k: int, f: float, gg: float, acc: float) -> bool:

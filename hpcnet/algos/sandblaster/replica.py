@@ -122,6 +122,7 @@ def _work(link, windows, comm, model, backend, info, faults, per_push, units, r,
         backoff.reset()
         if p != current:
             windows.fetch(model.params)
+            windows.fetched_pass = p
             fetches += 1
             current = p
         u = reply.unit
