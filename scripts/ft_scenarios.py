@@ -295,7 +295,7 @@ def survivors(res: dict) -> str:
         h = s["loss_history"]
         mono = all(b < a for a, b in zip(h[:-1], h[1:], strict=False))
         parts.append(f"loss monotone {'yes' if mono else 'NO'} over {len(h)} passes")
-        if "units_completed" in s:
+        if "units_completed" in s and not s.get("regroups"):  # a regroup renumbers units
             ok = sum(s["units_completed"]) == s["passes"] * s["units_per_pass"]
             parts.append(f"units counted once {'yes' if ok else 'NO'}")
     for g in s.get("regroups") or []:
